@@ -1,0 +1,238 @@
+//! The commands the ledger accepts, built from already-validated parts. Constructors
+//! check the rules that span fields (non-empty lines, no SKU twice), so a command that
+//! exists is a command the ledger can apply without re-checking its shape.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::ids::{ExternalRef, IdempotencyKey, OrderId, Sku, StoreId};
+use crate::quantity::{Delta, LineQuantity, OnHandCount, TtlSeconds};
+
+/// A request whose shape is wrong; `field` names the offending part of the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct RequestError {
+    pub field: String,
+    pub message: String,
+}
+
+impl RequestError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Most lines one reservation (or one release/fulfil) may carry.
+pub const MAX_LINES: usize = 500;
+
+/// Checks a list of (sku, quantity) lines: 1..=500 of them, no SKU twice.
+pub fn check_lines(lines: &[(Sku, LineQuantity)], field: &str) -> Result<(), RequestError> {
+    if lines.is_empty() {
+        return Err(RequestError::new(field, "must have at least one line"));
+    }
+    if lines.len() > MAX_LINES {
+        return Err(RequestError::new(
+            field,
+            format!("must have at most {MAX_LINES} lines"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(lines.len());
+    for (i, (sku, _)) in lines.iter().enumerate() {
+        if !seen.insert(sku) {
+            return Err(RequestError::new(
+                format!("{field}[{i}].sku"),
+                format!("sku {sku} appears more than once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reserve every line or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reserve {
+    order_id: OrderId,
+    store_id: StoreId,
+    lines: Vec<(Sku, LineQuantity)>,
+    ttl: Option<TtlSeconds>,
+    idempotency_key: Option<IdempotencyKey>,
+}
+
+impl Reserve {
+    pub fn new(
+        order_id: OrderId,
+        store_id: StoreId,
+        lines: Vec<(Sku, LineQuantity)>,
+        ttl: Option<TtlSeconds>,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Self, RequestError> {
+        check_lines(&lines, "lines")?;
+        Ok(Self {
+            order_id,
+            store_id,
+            lines,
+            ttl,
+            idempotency_key,
+        })
+    }
+
+    pub fn order_id(&self) -> &OrderId {
+        &self.order_id
+    }
+
+    pub fn store_id(&self) -> &StoreId {
+        &self.store_id
+    }
+
+    pub fn lines(&self) -> &[(Sku, LineQuantity)] {
+        &self.lines
+    }
+
+    pub fn ttl(&self) -> Option<TtlSeconds> {
+        self.ttl
+    }
+
+    /// The key a repeat of this request is recognised by: the `Idempotency-Key` when
+    /// given, else the (order, store) pair. The prefixes keep the two spaces apart.
+    pub fn idempotency_key(&self) -> String {
+        match &self.idempotency_key {
+            Some(key) => format!("key:{key}"),
+            None => format!("order:{}|{}", self.order_id, self.store_id),
+        }
+    }
+
+    /// A digest of what the request asks for, to tell a true repeat from a different
+    /// request reusing the key.
+    pub fn fingerprint(&self) -> String {
+        #[derive(Serialize)]
+        struct Canonical<'a> {
+            order_id: &'a OrderId,
+            store_id: &'a StoreId,
+            lines: &'a [(Sku, LineQuantity)],
+            ttl: Option<TtlSeconds>,
+        }
+        digest(&Canonical {
+            order_id: &self.order_id,
+            store_id: &self.store_id,
+            lines: &self.lines,
+            ttl: self.ttl,
+        })
+    }
+}
+
+/// Why stock is released on a client's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseReason {
+    OrderCancelled,
+    OrderChanged,
+    PaymentFailed,
+    CustomerRequest,
+    Other,
+}
+
+/// Why `on_hand` changes on an external system's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustReason {
+    StockIn,
+    StockOut,
+    CycleCount,
+    Damage,
+    Return,
+    Correction,
+}
+
+/// A relative change or an absolute count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Delta(Delta),
+    SetOnHand(OnHandCount),
+}
+
+/// Change `on_hand` of one (store, sku).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Adjust {
+    pub store_id: StoreId,
+    pub sku: Sku,
+    pub change: Change,
+    pub reason: AdjustReason,
+    pub external_ref: Option<ExternalRef>,
+    /// Compare-and-set: refuse unless the row is at this version.
+    pub if_version: Option<i64>,
+}
+
+impl Adjust {
+    pub fn fingerprint(&self) -> String {
+        digest(self)
+    }
+}
+
+fn digest(value: &impl Serialize) -> String {
+    // Serializing these plain structs cannot fail; an empty digest would only make a
+    // repeat look like a conflict, never the other way round.
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(s: &str, n: i64) -> (Sku, LineQuantity) {
+        (Sku::parse(s).unwrap(), LineQuantity::new(n).unwrap())
+    }
+
+    fn reserve(
+        lines: Vec<(Sku, LineQuantity)>,
+        key: Option<&str>,
+    ) -> Result<Reserve, RequestError> {
+        Reserve::new(
+            OrderId::parse("O-1").unwrap(),
+            StoreId::parse("S1").unwrap(),
+            lines,
+            None,
+            key.map(|k| IdempotencyKey::parse(k).unwrap()),
+        )
+    }
+
+    #[test]
+    fn empty_and_duplicate_lines_are_refused_naming_the_field() {
+        assert_eq!(reserve(vec![], None).unwrap_err().field, "lines");
+        let err = reserve(vec![line("A", 1), line("A", 2)], None).unwrap_err();
+        assert_eq!(err.field, "lines[1].sku");
+        let many = (0..=MAX_LINES).map(|i| line(&format!("S{i}"), 1)).collect();
+        assert!(reserve(many, None).is_err());
+    }
+
+    #[test]
+    fn the_idempotency_key_defaults_to_order_and_store() {
+        assert_eq!(
+            reserve(vec![line("A", 1)], None).unwrap().idempotency_key(),
+            "order:O-1|S1"
+        );
+        assert_eq!(
+            reserve(vec![line("A", 1)], Some("k"))
+                .unwrap()
+                .idempotency_key(),
+            "key:k"
+        );
+    }
+
+    #[test]
+    fn fingerprints_differ_when_the_request_differs() {
+        let a = reserve(vec![line("A", 1)], None).unwrap().fingerprint();
+        let b = reserve(vec![line("A", 2)], None).unwrap().fingerprint();
+        assert_eq!(
+            a,
+            reserve(vec![line("A", 1)], Some("k"))
+                .unwrap()
+                .fingerprint()
+        );
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,269 @@
+//! The Inventory Sync Event, wire version 1 (`events.md`), and its CloudEvents 1.0
+//! envelope. This module is the one place where events become JSON and back.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ids::{ExternalRef, OrderId, Sku, StoreId};
+use crate::stock::StockLevel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventType {
+    Reserved,
+    Released,
+    Adjusted,
+}
+
+impl EventType {
+    /// The CloudEvents `type` attribute of this event type in wire version 1.
+    pub fn cloudevents_type(self) -> &'static str {
+        match self {
+            Self::Reserved => "com.invsync.inventory.reserved.v1",
+            Self::Released => "com.invsync.inventory.released.v1",
+            Self::Adjusted => "com.invsync.inventory.adjusted.v1",
+        }
+    }
+}
+
+/// Why the stock changed. Clients choose among a subset (see `command`); `OrderPlaced`,
+/// `Expired` and `Fulfilled` are set by the ledger itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    OrderPlaced,
+    OrderCancelled,
+    OrderChanged,
+    PaymentFailed,
+    CustomerRequest,
+    Other,
+    Expired,
+    Fulfilled,
+    StockIn,
+    StockOut,
+    CycleCount,
+    Damage,
+    Return,
+    Correction,
+}
+
+impl From<crate::command::ReleaseReason> for Reason {
+    fn from(value: crate::command::ReleaseReason) -> Self {
+        use crate::command::ReleaseReason as R;
+        match value {
+            R::OrderCancelled => Self::OrderCancelled,
+            R::OrderChanged => Self::OrderChanged,
+            R::PaymentFailed => Self::PaymentFailed,
+            R::CustomerRequest => Self::CustomerRequest,
+            R::Other => Self::Other,
+        }
+    }
+}
+
+impl From<crate::command::AdjustReason> for Reason {
+    fn from(value: crate::command::AdjustReason) -> Self {
+        use crate::command::AdjustReason as A;
+        match value {
+            A::StockIn => Self::StockIn,
+            A::StockOut => Self::StockOut,
+            A::CycleCount => Self::CycleCount,
+            A::Damage => Self::Damage,
+            A::Return => Self::Return,
+            A::Correction => Self::Correction,
+        }
+    }
+}
+
+/// The `data` of an Inventory Sync Event v1. It carries the change *and* the levels
+/// right after it, so a consumer can converge from any one event, spot a gap (version
+/// jumps by more than one) and drop stale or repeated ones (version not above its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryEventV1 {
+    pub schema_version: u8,
+    pub event_id: Uuid,
+    pub event_type: EventType,
+    pub store_id: StoreId,
+    pub product_sku: Sku,
+    /// The signed change of the field the type names: `reserved` for RESERVED and
+    /// RELEASED, `on_hand` for ADJUSTED (a fulfilment's on_hand drop).
+    pub quantity: i64,
+    pub order_id: Option<OrderId>,
+    pub reservation_id: Option<Uuid>,
+    pub reason: Reason,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub available: i64,
+    pub version: i64,
+    pub occurred_at: DateTime<Utc>,
+    /// The adjustment's `external_ref`, when an external system gave one (optional
+    /// field added within v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_ref: Option<ExternalRef>,
+}
+
+/// What caused a change, beside the levels: filled in by the ledger for each event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    pub event_type: EventType,
+    pub reason: Reason,
+    pub quantity: i64,
+    pub order_id: Option<OrderId>,
+    pub reservation_id: Option<Uuid>,
+    pub external_ref: Option<ExternalRef>,
+}
+
+impl InventoryEventV1 {
+    pub const SCHEMA_VERSION: u8 = 1;
+
+    pub fn new(
+        event_id: Uuid,
+        occurred_at: DateTime<Utc>,
+        store_id: StoreId,
+        product_sku: Sku,
+        cause: Cause,
+        after: StockLevel,
+    ) -> Self {
+        Self {
+            schema_version: Self::SCHEMA_VERSION,
+            event_id,
+            event_type: cause.event_type,
+            store_id,
+            product_sku,
+            quantity: cause.quantity,
+            order_id: cause.order_id,
+            reservation_id: cause.reservation_id,
+            reason: cause.reason,
+            on_hand: after.on_hand(),
+            reserved: after.reserved(),
+            available: after.available(),
+            version: after.version(),
+            occurred_at,
+            external_ref: cause.external_ref,
+        }
+    }
+
+    /// The levels this event leaves its (store, sku) at.
+    pub fn level(&self) -> Result<StockLevel, crate::stock::InvalidLevel> {
+        StockLevel::new(self.on_hand, self.reserved, self.version)
+    }
+
+    /// Wraps the event in its CloudEvents envelope; `source` names the deployment
+    /// (`invsync://<deployment-name>`).
+    pub fn to_envelope(&self, source: &str) -> CloudEvent {
+        CloudEvent {
+            specversion: "1.0".to_owned(),
+            id: self.event_id,
+            source: source.to_owned(),
+            event_type: self.event_type.cloudevents_type().to_owned(),
+            subject: self.product_sku.to_string(),
+            time: self.occurred_at,
+            datacontenttype: "application/json".to_owned(),
+            partitionkey: self.product_sku.to_string(),
+            data: self.clone(),
+        }
+    }
+}
+
+/// A CloudEvents 1.0 envelope in structured JSON mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudEvent {
+    pub specversion: String,
+    pub id: Uuid,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub subject: String,
+    pub time: DateTime<Utc>,
+    pub datacontenttype: String,
+    pub partitionkey: String,
+    pub data: InventoryEventV1,
+}
+
+/// Why bytes read from the log or the bus are not a v1 Inventory Sync Event.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("not a CloudEvents JSON envelope of an inventory event: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported envelope: {0}")]
+    Mismatch(&'static str),
+}
+
+impl CloudEvent {
+    /// Parses and cross-checks an envelope: the attributes must agree with the data,
+    /// so an event that was tampered with or mis-built is refused rather than applied.
+    pub fn parse(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let envelope: CloudEvent = serde_json::from_slice(bytes)?;
+        if envelope.specversion != "1.0" {
+            return Err(EnvelopeError::Mismatch("specversion must be 1.0"));
+        }
+        if envelope.data.schema_version != InventoryEventV1::SCHEMA_VERSION {
+            return Err(EnvelopeError::Mismatch("data.schema_version must be 1"));
+        }
+        if envelope.event_type != envelope.data.event_type.cloudevents_type() {
+            return Err(EnvelopeError::Mismatch(
+                "type does not match data.event_type",
+            ));
+        }
+        if envelope.id != envelope.data.event_id {
+            return Err(EnvelopeError::Mismatch("id does not match data.event_id"));
+        }
+        if envelope.partitionkey != envelope.data.product_sku.as_str() {
+            return Err(EnvelopeError::Mismatch(
+                "partitionkey must be the product_sku",
+            ));
+        }
+        if envelope.data.available != envelope.data.on_hand - envelope.data.reserved {
+            return Err(EnvelopeError::Mismatch(
+                "available must be on_hand - reserved",
+            ));
+        }
+        Ok(envelope)
+    }
+
+    pub fn to_json(&self) -> String {
+        // A struct of strings, numbers and validated newtypes always serializes.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> InventoryEventV1 {
+        InventoryEventV1::new(
+            Uuid::now_v7(),
+            Utc::now(),
+            StoreId::parse("S1").unwrap(),
+            Sku::parse("SKU-1").unwrap(),
+            Cause {
+                event_type: EventType::Reserved,
+                reason: Reason::OrderPlaced,
+                quantity: 2,
+                order_id: Some(OrderId::parse("O-1").unwrap()),
+                reservation_id: Some(Uuid::now_v7()),
+                external_ref: None,
+            },
+            StockLevel::new(10, 3, 12).unwrap(),
+        )
+    }
+
+    #[test]
+    fn an_envelope_round_trips() {
+        let envelope = sample().to_envelope("invsync://test");
+        let parsed = CloudEvent::parse(envelope.to_json().as_bytes()).unwrap();
+        assert_eq!(parsed, envelope);
+        assert_eq!(parsed.data.available, 7);
+    }
+
+    #[test]
+    fn an_envelope_whose_attributes_disagree_with_its_data_is_refused() {
+        let mut envelope = sample().to_envelope("invsync://test");
+        envelope.event_type = EventType::Adjusted.cloudevents_type().to_owned();
+        assert!(CloudEvent::parse(envelope.to_json().as_bytes()).is_err());
+        let mut envelope = sample().to_envelope("invsync://test");
+        envelope.data.available = 99;
+        assert!(CloudEvent::parse(envelope.to_json().as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! invsync's domain: the types and rules of inventory reservation and synchronization,
+//! with no I/O (no tokio, no SQL, no HTTP). Every other crate speaks these types.
+//!
+//! # Layout
+//!
+//! - [`ids`]: validated identifiers (`StoreId`, `Sku`, `OrderId`, …).
+//! - [`quantity`]: validated quantities with the limits of the API.
+//! - [`stock`]: `StockLevel` and its transitions (reserve, release, fulfil, adjust).
+//! - [`reservation`]: reservations and their per-line state machine.
+//! - [`command`]: the commands the ledger accepts, with cross-field checks and
+//!   idempotency fingerprints.
+//! - [`event`]: the Inventory Sync Event v1 and its CloudEvents envelope.
+//! - [`error`]: business outcomes that refuse a command.
+#![forbid(unsafe_code)]
+
+pub mod command;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod quantity;
+pub mod reservation;
+pub mod stock;
+
+pub use command::{Adjust, AdjustReason, Change, ReleaseReason, RequestError, Reserve};
+pub use error::{DomainError, ShortLine};
+pub use event::{Cause, CloudEvent, EventType, InventoryEventV1, Reason};
+pub use ids::{ExternalRef, IdError, IdempotencyKey, OrderId, Sku, StoreId};
+pub use quantity::{Delta, LineQuantity, OnHandCount, RangeError, TtlSeconds};
+pub use reservation::{ReleaseKind, Reservation, ReservationLine, ReservationStatus};
+pub use stock::StockLevel;
