@@ -1,1 +1,85 @@
+//! invsync's ledger: the source of truth for stock and reservations, and the event log
+//! every change is recorded in, in the same transaction.
+//!
+//! # Layout
+//!
+//! - [`Ledger`]: what the rest of invsync asks of a ledger, whatever the back end.
+//! - `engine`: how each command changes stock, reservations and the log, written once
+//!   against a small row-level `Tx` trait that each back end implements.
+//! - [`sqlite`]: the embedded back end (one writer thread with group commit, WAL,
+//!   read-only connections for queries).
+//! - [`clock`]: injected time, so expiry is testable without sleeping.
+//! - [`model`]: what the ledger answers.
+//!
+//! Architecture invariant: only this crate knows SQL.
+#![forbid(unsafe_code)]
 
+pub mod clock;
+mod engine;
+pub mod error;
+pub mod model;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use invsync_core::{
+    Adjust, LineQuantity, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId,
+};
+use uuid::Uuid;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::LedgerError;
+pub use model::{
+    AdjustmentOutcome, EventPage, LoggedEvent, ReserveOutcome, SnapshotPage, StockRow,
+};
+pub use sqlite::{SqliteConfig, SqliteLedger};
+
+/// Lines of a partial release or fulfilment; `None` means everything still held.
+pub type ReleaseLines = Option<Vec<(Sku, LineQuantity)>>;
+
+/// The ledger as the API and the background tasks see it. Every write is one atomic
+/// transaction that also appends its events to the log; a successful answer means the
+/// change is durably committed.
+#[async_trait]
+pub trait Ledger: Send + Sync + 'static {
+    /// Reserves every line or none; a repeat of the same request answers the original.
+    async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError>;
+    async fn release(
+        &self,
+        id: Uuid,
+        lines: ReleaseLines,
+        reason: ReleaseReason,
+    ) -> Result<Reservation, LedgerError>;
+    async fn fulfil(&self, id: Uuid, lines: ReleaseLines) -> Result<Reservation, LedgerError>;
+    async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError>;
+    /// Applies each adjustment atomically on its own; answers in the same order.
+    async fn adjust_many(&self, cmds: Vec<Adjust>) -> Vec<Result<AdjustmentOutcome, LedgerError>>;
+    /// Releases every active reservation whose TTL has run out; returns how many.
+    async fn expire_due(&self) -> Result<usize, LedgerError>;
+
+    async fn stock(&self, store: StoreId, sku: Sku) -> Result<Option<StockRow>, LedgerError>;
+    async fn stock_by_sku(&self, sku: Sku) -> Result<Vec<StockRow>, LedgerError>;
+    /// One page of a store's stock, by SKU, after the cursor SKU.
+    async fn stock_by_store(
+        &self,
+        store: StoreId,
+        after: Option<Sku>,
+        limit: usize,
+    ) -> Result<Vec<StockRow>, LedgerError>;
+    /// One page of every stock level, after the cursor (store, sku), with the log offset
+    /// it is consistent with.
+    async fn snapshot(
+        &self,
+        after: Option<(StoreId, Sku)>,
+        limit: usize,
+    ) -> Result<SnapshotPage, LedgerError>;
+    /// Every stock row (for audits and tests; not for request paths).
+    async fn all_stock(&self) -> Result<Vec<StockRow>, LedgerError>;
+    async fn reservation(&self, id: Uuid) -> Result<Option<Reservation>, LedgerError>;
+    async fn reservations_by_order(&self, order: OrderId) -> Result<Vec<Reservation>, LedgerError>;
+    /// Events with offset > `after`, oldest first, at most `limit`.
+    async fn events(&self, after: i64, limit: usize) -> Result<EventPage, LedgerError>;
+    /// Succeeds when the ledger can serve requests.
+    async fn ping(&self) -> Result<(), LedgerError>;
+    /// Finishes queued writes and stops; later writes answer `Unavailable`.
+    async fn shutdown(&self);
+}

@@ -1,0 +1,318 @@
+//! How each command changes the ledger, written once against [`Tx`], the handful of
+//! row operations a back end provides inside one transaction. The engine decides; the
+//! back end only reads and writes rows. Every change of a stock row goes through
+//! [`Engine::change`], which writes the row and its event together, so "every change
+//! has exactly one event" holds by construction.
+
+use chrono::{DateTime, Utc};
+use invsync_core::{
+    Adjust, Cause, Change, DomainError, EventType, ExternalRef, InventoryEventV1, LineQuantity,
+    Reason, ReleaseKind, Reservation, ReservationLine, ReservationStatus, Reserve, ShortLine, Sku,
+    StockLevel, StoreId,
+};
+use uuid::Uuid;
+
+use crate::error::LedgerError;
+use crate::model::{AdjustmentOutcome, ReserveOutcome};
+
+/// Row operations inside one open transaction of a back end.
+pub(crate) trait Tx {
+    /// Reads (and, where the back end locks rows, locks) one stock row.
+    fn stock(&mut self, store: &StoreId, sku: &Sku) -> Result<Option<StockLevel>, LedgerError>;
+    fn put_stock(
+        &mut self,
+        store: &StoreId,
+        sku: &Sku,
+        level: StockLevel,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError>;
+    /// Appends an event to the log/outbox in this transaction.
+    fn append_event(&mut self, event: &InventoryEventV1) -> Result<(), LedgerError>;
+    /// The reservation stored under an idempotency key, with its request fingerprint.
+    fn reservation_by_key(
+        &mut self,
+        key: &str,
+    ) -> Result<Option<(String, Reservation)>, LedgerError>;
+    fn reservation(&mut self, id: Uuid) -> Result<Option<Reservation>, LedgerError>;
+    fn insert_reservation(
+        &mut self,
+        reservation: &Reservation,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<(), LedgerError>;
+    /// Stores the lines' counters and the status of an existing reservation.
+    fn update_reservation(
+        &mut self,
+        reservation: &Reservation,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError>;
+    fn adjustment_by_ref(
+        &mut self,
+        external_ref: &ExternalRef,
+    ) -> Result<Option<(String, AdjustmentOutcome)>, LedgerError>;
+    fn insert_adjustment(
+        &mut self,
+        external_ref: &ExternalRef,
+        fingerprint: &str,
+        outcome: &AdjustmentOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError>;
+    /// Active reservations whose TTL ran out at `now`, oldest first.
+    fn due_reservations(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Uuid>, LedgerError>;
+}
+
+/// One command's worth of decisions, at one instant.
+pub(crate) struct Engine<'a, T: Tx> {
+    pub(crate) tx: &'a mut T,
+    pub(crate) now: DateTime<Utc>,
+}
+
+impl<T: Tx> Engine<'_, T> {
+    /// Writes a new level and its event. The only way a stock row changes.
+    fn change(
+        &mut self,
+        store: &StoreId,
+        sku: &Sku,
+        after: StockLevel,
+        cause: Cause,
+    ) -> Result<InventoryEventV1, LedgerError> {
+        self.tx.put_stock(store, sku, after, self.now)?;
+        let event = InventoryEventV1::new(
+            Uuid::now_v7(),
+            self.now,
+            store.clone(),
+            sku.clone(),
+            cause,
+            after,
+        );
+        self.tx.append_event(&event)?;
+        Ok(event)
+    }
+
+    pub(crate) fn reserve(&mut self, cmd: &Reserve) -> Result<ReserveOutcome, LedgerError> {
+        let key = cmd.idempotency_key();
+        let fingerprint = cmd.fingerprint();
+        if let Some((stored, reservation)) = self.tx.reservation_by_key(&key)? {
+            if stored != fingerprint {
+                return Err(DomainError::IdempotencyConflict.into());
+            }
+            return Ok(ReserveOutcome {
+                reservation,
+                created: false,
+            });
+        }
+
+        // Rows are visited in (store, sku) order: on a back end with row locks, two
+        // orders over the same SKUs then lock in the same order and cannot deadlock.
+        let mut order: Vec<usize> = (0..cmd.lines().len()).collect();
+        order.sort_by(|&a, &b| cmd.lines()[a].0.cmp(&cmd.lines()[b].0));
+        let store = cmd.store_id();
+        let mut levels = Vec::with_capacity(order.len());
+        let mut short = Vec::new();
+        for &i in &order {
+            let (sku, quantity) = &cmd.lines()[i];
+            let level = self.tx.stock(store, sku)?.unwrap_or_default();
+            match level.reserve(quantity.get()) {
+                Ok(after) => levels.push((i, after)),
+                Err(available) => short.push(ShortLine {
+                    sku: sku.clone(),
+                    requested: quantity.get(),
+                    available,
+                }),
+            }
+        }
+        if !short.is_empty() {
+            return Err(DomainError::InsufficientStock { lines: short }.into());
+        }
+
+        let reservation = Reservation {
+            reservation_id: Uuid::now_v7(),
+            order_id: cmd.order_id().clone(),
+            store_id: store.clone(),
+            status: ReservationStatus::Active,
+            lines: cmd
+                .lines()
+                .iter()
+                .map(|(sku, q)| ReservationLine::new(sku.clone(), *q))
+                .collect(),
+            expires_at: cmd
+                .ttl()
+                .map(|ttl| self.now + chrono::TimeDelta::seconds(ttl.get())),
+            created_at: self.now,
+        };
+        for (i, after) in levels {
+            let (sku, quantity) = &cmd.lines()[i];
+            let cause = Cause {
+                event_type: EventType::Reserved,
+                reason: Reason::OrderPlaced,
+                quantity: quantity.get(),
+                order_id: Some(reservation.order_id.clone()),
+                reservation_id: Some(reservation.reservation_id),
+                external_ref: None,
+            };
+            self.change(store, sku, after, cause)?;
+        }
+        self.tx
+            .insert_reservation(&reservation, &key, &fingerprint)?;
+        Ok(ReserveOutcome {
+            reservation,
+            created: true,
+        })
+    }
+
+    /// Releases (part of) a reservation; `kind` tells a client's release from expiry.
+    pub(crate) fn release(
+        &mut self,
+        id: Uuid,
+        lines: Option<&[(Sku, LineQuantity)]>,
+        reason: Reason,
+        kind: ReleaseKind,
+    ) -> Result<Reservation, LedgerError> {
+        let mut reservation = self.load(id)?;
+        let taken = reservation.release(lines, kind)?;
+        self.settle(
+            &reservation,
+            &taken,
+            |level, q| level.release(q),
+            |q| Cause {
+                event_type: EventType::Released,
+                reason,
+                quantity: -q,
+                order_id: None,
+                reservation_id: None,
+                external_ref: None,
+            },
+        )?;
+        Ok(reservation)
+    }
+
+    pub(crate) fn fulfil(
+        &mut self,
+        id: Uuid,
+        lines: Option<&[(Sku, LineQuantity)]>,
+    ) -> Result<Reservation, LedgerError> {
+        let mut reservation = self.load(id)?;
+        let taken = reservation.fulfil(lines)?;
+        self.settle(
+            &reservation,
+            &taken,
+            |level, q| level.fulfil(q),
+            |q| Cause {
+                event_type: EventType::Adjusted,
+                reason: Reason::Fulfilled,
+                quantity: -q,
+                order_id: None,
+                reservation_id: None,
+                external_ref: None,
+            },
+        )?;
+        Ok(reservation)
+    }
+
+    fn load(&mut self, id: Uuid) -> Result<Reservation, LedgerError> {
+        self.tx
+            .reservation(id)?
+            .ok_or_else(|| DomainError::NotFound("reservation").into())
+    }
+
+    /// Applies what a release or fulfilment took from the reservation to the stock
+    /// rows (in key order), with one event per row, then stores the reservation.
+    fn settle(
+        &mut self,
+        reservation: &Reservation,
+        taken: &[(Sku, i64)],
+        step: impl Fn(&StockLevel, i64) -> Result<StockLevel, DomainError>,
+        cause: impl Fn(i64) -> Cause,
+    ) -> Result<(), LedgerError> {
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let mut taken = taken.to_vec();
+        taken.sort_by(|a, b| a.0.cmp(&b.0));
+        let store = &reservation.store_id;
+        for (sku, quantity) in &taken {
+            let level = self.tx.stock(store, sku)?.ok_or_else(|| {
+                LedgerError::Internal(format!(
+                    "reservation holds {sku} in {store} but the row is gone"
+                ))
+            })?;
+            let after = step(&level, *quantity)?;
+            let mut cause = cause(*quantity);
+            cause.order_id = Some(reservation.order_id.clone());
+            cause.reservation_id = Some(reservation.reservation_id);
+            self.change(store, sku, after, cause)?;
+        }
+        self.tx.update_reservation(reservation, self.now)
+    }
+
+    pub(crate) fn adjust(&mut self, cmd: &Adjust) -> Result<AdjustmentOutcome, LedgerError> {
+        let fingerprint = cmd.fingerprint();
+        if let Some(external_ref) = &cmd.external_ref {
+            if let Some((stored, outcome)) = self.tx.adjustment_by_ref(external_ref)? {
+                if stored != fingerprint {
+                    return Err(DomainError::IdempotencyConflict.into());
+                }
+                return Ok(outcome);
+            }
+        }
+        let existing = self.tx.stock(&cmd.store_id, &cmd.sku)?;
+        let level = existing.unwrap_or_default();
+        if let Some(expected) = cmd.if_version {
+            if expected != level.version() {
+                return Err(DomainError::VersionConflict {
+                    expected,
+                    actual: level.version(),
+                }
+                .into());
+            }
+        }
+        let delta = match cmd.change {
+            Change::Delta(d) => d.get(),
+            Change::SetOnHand(count) => count.get() - level.on_hand(),
+        };
+        let (level, event_id) = if delta == 0 {
+            // A count that confirms what the ledger holds changes nothing: no event.
+            (level, None)
+        } else {
+            let after = level.adjust(delta)?;
+            let cause = Cause {
+                event_type: EventType::Adjusted,
+                reason: cmd.reason.into(),
+                quantity: delta,
+                order_id: None,
+                reservation_id: None,
+                external_ref: cmd.external_ref.clone(),
+            };
+            let event = self.change(&cmd.store_id, &cmd.sku, after, cause)?;
+            (after, Some(event.event_id))
+        };
+        let outcome = AdjustmentOutcome {
+            event_id,
+            store_id: cmd.store_id.clone(),
+            sku: cmd.sku.clone(),
+            on_hand: level.on_hand(),
+            reserved: level.reserved(),
+            available: level.available(),
+            version: level.version(),
+            shortage: level.shortage(),
+        };
+        if let Some(external_ref) = &cmd.external_ref {
+            self.tx
+                .insert_adjustment(external_ref, &fingerprint, &outcome, self.now)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Releases, with reason `expired`, up to `limit` reservations whose TTL ran out.
+    pub(crate) fn expire_due(&mut self, limit: usize) -> Result<usize, LedgerError> {
+        let due = self.tx.due_reservations(self.now, limit)?;
+        for id in &due {
+            self.release(*id, None, Reason::Expired, ReleaseKind::Expiry)?;
+        }
+        Ok(due.len())
+    }
+}

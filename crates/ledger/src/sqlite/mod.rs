@@ -1,0 +1,513 @@
+//! The embedded SQLite ledger: one file in WAL mode with `synchronous=FULL`.
+//!
+//! One writer thread owns the only writable connection. Requests queue up as jobs; the
+//! writer takes everything waiting (up to `max_batch`) and applies it in one
+//! transaction with one fsync — group commit — giving each job its own savepoint, so a
+//! refused or failed job rolls back alone and never affects its neighbours. Answers
+//! are sent only after the commit: a success means the change is on disk. Reads use a
+//! small pool of read-only connections and never wait for the writer.
+
+mod rows;
+mod schema;
+mod tx;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use invsync_core::{
+    Adjust, OrderId, Reason, ReleaseKind, ReleaseReason, Reservation, Reserve, Sku, StoreId,
+};
+use rusqlite::{params, Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use self::rows::STOCK_COLUMNS;
+use self::tx::SqliteTx;
+use crate::clock::Clock;
+use crate::engine::Engine;
+use crate::error::LedgerError;
+use crate::model::{
+    AdjustmentOutcome, EventPage, LoggedEvent, ReserveOutcome, SnapshotPage, StockRow,
+};
+use crate::{Ledger, ReleaseLines};
+
+/// How the SQLite ledger runs.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The database file (created with its directory when missing).
+    pub path: PathBuf,
+    /// Most commands committed together; 1 switches group commit off.
+    pub max_batch: usize,
+    /// Read-only connections for queries.
+    pub readers: usize,
+    /// CloudEvents `source` of the events this ledger writes.
+    pub source: String,
+}
+
+impl SqliteConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            max_batch: 256,
+            readers: 4,
+            source: "invsync://local".to_owned(),
+        }
+    }
+}
+
+/// Work for the writer: runs inside the batch transaction and returns how to answer
+/// once the batch's fate (committed or not) is known.
+type Work = Box<dyn FnOnce(&mut SqliteTx<'_>, DateTime<Utc>) -> Pending + Send>;
+
+enum Job {
+    Work(Work),
+    Stop(oneshot::Sender<()>),
+}
+
+struct Pending {
+    ok: bool,
+    /// Called after the batch ends, with the commit error if the commit failed.
+    answer: Box<dyn FnOnce(Option<&LedgerError>) + Send>,
+}
+
+pub struct SqliteLedger {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<Readers>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl SqliteLedger {
+    /// Opens (creating and migrating when needed) the ledger and starts its writer.
+    pub fn open(config: SqliteConfig, clock: Arc<dyn Clock>) -> Result<Self, LedgerError> {
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                LedgerError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut conn = Connection::open(&config.path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(LedgerError::Internal(format!(
+                "journal_mode is {mode}, WAL was refused"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        schema::migrate(&mut conn)?;
+        let last_offset = rows::last_offset(&conn)?;
+        let readers = Arc::new(Readers::open(&config.path, config.readers.max(1))?);
+
+        // Bounded, so a flood of requests waits in the HTTP layer instead of growing
+        // memory without limit.
+        let (tx, rx) = mpsc::channel(16_384);
+        let writer = Writer {
+            conn,
+            clock,
+            source: config.source,
+            max_batch: config.max_batch.max(1),
+            last_offset,
+        };
+        let handle = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LedgerError::Internal(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            jobs: tx,
+            readers,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Runs `f` in the writer's next batch and waits for the committed answer.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Engine<'_, SqliteTx<'_>>) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        Self::answer(self.enqueue(f).await?).await
+    }
+
+    async fn answer<T>(
+        answer: oneshot::Receiver<Result<T, LedgerError>>,
+    ) -> Result<T, LedgerError> {
+        answer
+            .await
+            .map_err(|_| LedgerError::Unavailable("the ledger writer stopped".into()))?
+    }
+
+    /// Queues `f` for the writer and returns where its answer will arrive. Dropping
+    /// the job unanswered (writer gone) makes the answer an `Unavailable` error.
+    async fn enqueue<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Engine<'_, SqliteTx<'_>>) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<oneshot::Receiver<Result<T, LedgerError>>, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        let work: Work = Box::new(move |tx, now| {
+            let result = f(&mut Engine { tx, now });
+            Pending {
+                ok: result.is_ok(),
+                answer: Box::new(move |commit_error| {
+                    let result = match (result, commit_error) {
+                        (Ok(_), Some(err)) => Err(LedgerError::Unavailable(err.to_string())),
+                        (result, _) => result,
+                    };
+                    let _ = reply.send(result);
+                }),
+            }
+        });
+        self.jobs
+            .send(Job::Work(work))
+            .await
+            .map_err(|_| LedgerError::Unavailable("the ledger is shutting down".into()))?;
+        Ok(answer)
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .map_err(|e| LedgerError::Internal(format!("read task failed: {e}")))?
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    clock: Arc<dyn Clock>,
+    source: String,
+    max_batch: usize,
+    /// The last event offset written and committed (or about to be, within a batch).
+    last_offset: i64,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(job) = rx.blocking_recv() {
+            let mut stop = None;
+            match job {
+                Job::Work(work) => batch.push(work),
+                Job::Stop(done) => stop = Some(done),
+            }
+            while stop.is_none() && batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(Job::Work(work)) => batch.push(work),
+                    Ok(Job::Stop(done)) => stop = Some(done),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.run_batch(&mut batch);
+            }
+            if let Some(done) = stop {
+                let _ = done.send(());
+                break;
+            }
+        }
+        tracing::info!("ledger writer stopped");
+    }
+
+    fn run_batch(&mut self, batch: &mut Vec<Work>) {
+        let now = self.clock.now();
+        let committed_offset = self.last_offset;
+        if let Err(err) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = LedgerError::from(err);
+            tracing::error!(error = %err, "cannot begin a ledger transaction");
+            // Dropping the jobs unrun drops their reply senders: each caller gets
+            // `Unavailable` and may retry.
+            batch.clear();
+            return;
+        }
+        let mut pending = Vec::with_capacity(batch.len());
+        for work in batch.drain(..) {
+            pending.push(self.run_one(work, now));
+        }
+        let commit = self
+            .conn
+            .execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'last_offset'",
+                params![self.last_offset],
+            )
+            .and_then(|_| self.conn.execute_batch("COMMIT"))
+            .map_err(LedgerError::from);
+        let commit_error = match commit {
+            Ok(()) => None,
+            Err(err) => {
+                tracing::error!(error = %err, "ledger commit failed; the batch is rolled back");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.last_offset = committed_offset;
+                Some(err)
+            }
+        };
+        for p in pending {
+            (p.answer)(commit_error.as_ref());
+        }
+    }
+
+    fn run_one(&mut self, work: Work, now: DateTime<Utc>) -> Pending {
+        let before = self.last_offset;
+        if let Err(err) = self.conn.execute_batch("SAVEPOINT command") {
+            // The job is dropped unrun; its caller gets `Unavailable`.
+            tracing::error!(error = %LedgerError::from(err), "cannot open a savepoint");
+            return Pending {
+                ok: false,
+                answer: Box::new(|_| {}),
+            };
+        }
+        let mut tx = SqliteTx {
+            conn: &self.conn,
+            last_offset: &mut self.last_offset,
+            source: &self.source,
+        };
+        let pending = work(&mut tx, now);
+        if !pending.ok {
+            // A refused or failed command leaves no trace: its rows and its offsets go.
+            let _ = self.conn.execute_batch("ROLLBACK TO command");
+            self.last_offset = before;
+        }
+        let _ = self.conn.execute_batch("RELEASE command");
+        pending
+    }
+}
+
+/// Read-only connections, handed out round-robin.
+struct Readers {
+    conns: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+impl Readers {
+    fn open(path: &Path, n: usize) -> Result<Self, LedgerError> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conns.push(Mutex::new(conn));
+        }
+        Ok(Self {
+            conns,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let mut conn = self.conns[i].lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut conn)
+    }
+}
+
+/// Runs `f` in one read transaction, so everything it reads is one consistent
+/// snapshot of the database.
+fn in_snapshot<T>(
+    conn: &mut Connection,
+    f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
+) -> Result<T, LedgerError> {
+    let tx = conn.transaction()?;
+    let out = f(&tx)?;
+    tx.finish()?;
+    Ok(out)
+}
+
+#[async_trait]
+impl Ledger for SqliteLedger {
+    async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError> {
+        self.write(move |e| e.reserve(&cmd)).await
+    }
+
+    async fn release(
+        &self,
+        id: Uuid,
+        lines: ReleaseLines,
+        reason: ReleaseReason,
+    ) -> Result<Reservation, LedgerError> {
+        self.write(move |e| {
+            e.release(
+                id,
+                lines.as_deref(),
+                Reason::from(reason),
+                ReleaseKind::Requested,
+            )
+        })
+        .await
+    }
+
+    async fn fulfil(&self, id: Uuid, lines: ReleaseLines) -> Result<Reservation, LedgerError> {
+        self.write(move |e| e.fulfil(id, lines.as_deref())).await
+    }
+
+    async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError> {
+        self.write(move |e| e.adjust(&cmd)).await
+    }
+
+    async fn adjust_many(&self, cmds: Vec<Adjust>) -> Vec<Result<AdjustmentOutcome, LedgerError>> {
+        // Queued together, they usually share one batch (one fsync), yet each is
+        // applied on its own savepoint.
+        let mut queued = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            queued.push(self.enqueue(move |e| e.adjust(&cmd)).await);
+        }
+        let mut out = Vec::with_capacity(queued.len());
+        for answer in queued {
+            out.push(match answer {
+                Ok(answer) => Self::answer(answer).await,
+                Err(err) => Err(err),
+            });
+        }
+        out
+    }
+
+    async fn expire_due(&self) -> Result<usize, LedgerError> {
+        const CHUNK: usize = 500;
+        let mut total = 0;
+        loop {
+            let n = self.write(|e| e.expire_due(CHUNK)).await?;
+            total += n;
+            if n < CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn stock(&self, store: StoreId, sku: Sku) -> Result<Option<StockRow>, LedgerError> {
+        self.read(move |c| {
+            let sql = format!("SELECT {STOCK_COLUMNS} FROM stock WHERE store_id = ?1 AND sku = ?2");
+            Ok(rows::stock_rows(c, &sql, params![store.as_str(), sku.as_str()])?.pop())
+        })
+        .await
+    }
+
+    async fn stock_by_sku(&self, sku: Sku) -> Result<Vec<StockRow>, LedgerError> {
+        self.read(move |c| {
+            let sql = format!("SELECT {STOCK_COLUMNS} FROM stock WHERE sku = ?1 ORDER BY store_id");
+            rows::stock_rows(c, &sql, [sku.as_str()])
+        })
+        .await
+    }
+
+    async fn stock_by_store(
+        &self,
+        store: StoreId,
+        after: Option<Sku>,
+        limit: usize,
+    ) -> Result<Vec<StockRow>, LedgerError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {STOCK_COLUMNS} FROM stock WHERE store_id = ?1 AND sku > ?2 ORDER BY sku LIMIT ?3"
+            );
+            let after = after.as_ref().map_or("", Sku::as_str);
+            rows::stock_rows(c, &sql, params![store.as_str(), after, limit as i64])
+        })
+        .await
+    }
+
+    async fn snapshot(
+        &self,
+        after: Option<(StoreId, Sku)>,
+        limit: usize,
+    ) -> Result<SnapshotPage, LedgerError> {
+        self.read(move |c| {
+            in_snapshot(c, |c| {
+                let (store, sku) = after
+                    .as_ref()
+                    .map_or(("", ""), |(st, sk)| (st.as_str(), sk.as_str()));
+                let sql = format!(
+                    "SELECT {STOCK_COLUMNS} FROM stock WHERE (store_id, sku) > (?1, ?2)
+                     ORDER BY store_id, sku LIMIT ?3"
+                );
+                let items = rows::stock_rows(c, &sql, params![store, sku, limit as i64])?;
+                let log_offset = rows::last_offset(c)?;
+                Ok(SnapshotPage { items, log_offset })
+            })
+        })
+        .await
+    }
+
+    async fn all_stock(&self) -> Result<Vec<StockRow>, LedgerError> {
+        self.read(|c| {
+            let sql = format!("SELECT {STOCK_COLUMNS} FROM stock ORDER BY store_id, sku");
+            rows::stock_rows(c, &sql, [])
+        })
+        .await
+    }
+
+    async fn reservation(&self, id: Uuid) -> Result<Option<Reservation>, LedgerError> {
+        self.read(move |c| rows::load_reservation(c, id)).await
+    }
+
+    async fn reservations_by_order(&self, order: OrderId) -> Result<Vec<Reservation>, LedgerError> {
+        self.read(move |c| {
+            in_snapshot(c, |c| {
+                let ids = rows::reservation_ids(
+                    c,
+                    "SELECT id FROM reservations WHERE order_id = ?1 ORDER BY created_at, id",
+                    [order.as_str()],
+                )?;
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    out.extend(rows::load_reservation(c, id)?);
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn events(&self, after: i64, limit: usize) -> Result<EventPage, LedgerError> {
+        self.read(move |c| {
+            in_snapshot(c, |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT log_offset, envelope FROM events WHERE log_offset > ?1
+                     ORDER BY log_offset LIMIT ?2",
+                )?;
+                let mut rows = stmt.query(params![after, limit as i64])?;
+                let mut events = Vec::new();
+                while let Some(row) = rows.next()? {
+                    events.push(LoggedEvent {
+                        offset: row.get(0)?,
+                        envelope: row.get(1)?,
+                    });
+                }
+                let last_offset = rows::last_offset(c)?;
+                let oldest: Option<i64> =
+                    c.query_row("SELECT min(log_offset) FROM events", [], |r| r.get(0))?;
+                Ok(EventPage {
+                    events,
+                    oldest_offset: oldest.unwrap_or(last_offset + 1),
+                    last_offset,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), LedgerError> {
+        if self.jobs.is_closed() {
+            return Err(LedgerError::Unavailable("the ledger writer stopped".into()));
+        }
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.jobs.send(Job::Stop(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Reading and writing domain values as SQLite rows; shared by the writer's
+//! transaction and the read-only connections.
+
+use chrono::{DateTime, Utc};
+use invsync_core::{
+    OrderId, Reservation, ReservationLine, ReservationStatus, Sku, StockLevel, StoreId,
+};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use uuid::Uuid;
+
+use crate::error::LedgerError;
+use crate::model::StockRow;
+
+pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub(crate) fn time(micros: i64) -> Result<DateTime<Utc>, LedgerError> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| LedgerError::Internal(format!("stored time {micros} out of range")))
+}
+
+fn corrupt(what: &str, err: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Internal(format!("stored {what} is invalid: {err}"))
+}
+
+pub(crate) fn uuid(bytes: &[u8]) -> Result<Uuid, LedgerError> {
+    Uuid::from_slice(bytes).map_err(|e| corrupt("uuid", e))
+}
+
+/// Columns: store_id, sku, on_hand, reserved, version, updated_at.
+pub(crate) const STOCK_COLUMNS: &str = "store_id, sku, on_hand, reserved, version, updated_at";
+
+pub(crate) fn stock_row(row: &Row<'_>) -> Result<StockRow, LedgerError> {
+    Ok(StockRow {
+        store_id: StoreId::parse(row.get::<_, String>(0)?).map_err(|e| corrupt("store_id", e))?,
+        sku: Sku::parse(row.get::<_, String>(1)?).map_err(|e| corrupt("sku", e))?,
+        level: StockLevel::new(row.get(2)?, row.get(3)?, row.get(4)?)?,
+        updated_at: time(row.get(5)?)?,
+    })
+}
+
+/// Runs a stock query and maps every row.
+pub(crate) fn stock_rows(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<StockRow>, LedgerError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(stock_row(row)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn load_reservation(
+    conn: &Connection,
+    id: Uuid,
+) -> Result<Option<Reservation>, LedgerError> {
+    let head = conn
+        .prepare_cached(
+            "SELECT order_id, store_id, status, expires_at, created_at FROM reservations WHERE id = ?1",
+        )?
+        .query_row([id.as_bytes()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((order_id, store_id, status, expires_at, created_at)) = head else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT sku, quantity, released, fulfilled FROM reservation_lines
+         WHERE reservation_id = ?1 ORDER BY line_no",
+    )?;
+    let mut rows = stmt.query([id.as_bytes()])?;
+    let mut lines = Vec::new();
+    while let Some(row) = rows.next()? {
+        lines.push(ReservationLine {
+            sku: Sku::parse(row.get::<_, String>(0)?).map_err(|e| corrupt("sku", e))?,
+            quantity: row.get(1)?,
+            released: row.get(2)?,
+            fulfilled: row.get(3)?,
+        });
+    }
+    Ok(Some(Reservation {
+        reservation_id: id,
+        order_id: OrderId::parse(order_id).map_err(|e| corrupt("order_id", e))?,
+        store_id: StoreId::parse(store_id).map_err(|e| corrupt("store_id", e))?,
+        status: ReservationStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        lines,
+        expires_at: expires_at.map(time).transpose()?,
+        created_at: time(created_at)?,
+    }))
+}
+
+pub(crate) fn reservation_ids(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Uuid>, LedgerError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut ids = Vec::new();
+    while let Some(row) = rows.next()? {
+        ids.push(uuid(&row.get::<_, Vec<u8>>(0)?)?);
+    }
+    Ok(ids)
+}
+
+pub(crate) fn last_offset(conn: &Connection) -> Result<i64, LedgerError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'last_offset'")?
+        .query_row(params![], |r| r.get(0))?)
+}

@@ -1,0 +1,231 @@
+//! The writer's side of a SQLite transaction: [`Tx`] for the engine.
+
+use chrono::{DateTime, Utc};
+use invsync_core::{ExternalRef, InventoryEventV1, Reservation, Sku, StockLevel, StoreId};
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use super::rows::{self, micros};
+use crate::engine::Tx;
+use crate::error::LedgerError;
+use crate::model::AdjustmentOutcome;
+
+pub(crate) struct SqliteTx<'a> {
+    pub(crate) conn: &'a Connection,
+    /// The last offset written; the writer restores it when a command rolls back.
+    pub(crate) last_offset: &'a mut i64,
+    /// The CloudEvents `source` of this deployment.
+    pub(crate) source: &'a str,
+}
+
+impl Tx for SqliteTx<'_> {
+    fn stock(&mut self, store: &StoreId, sku: &Sku) -> Result<Option<StockLevel>, LedgerError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT on_hand, reserved, version FROM stock WHERE store_id = ?1 AND sku = ?2",
+            )?
+            .query_row(params![store.as_str(), sku.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        Ok(match row {
+            Some((on_hand, reserved, version)) => {
+                Some(StockLevel::new(on_hand, reserved, version)?)
+            }
+            None => None,
+        })
+    }
+
+    fn put_stock(
+        &mut self,
+        store: &StoreId,
+        sku: &Sku,
+        level: StockLevel,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO stock (store_id, sku, on_hand, reserved, version, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (store_id, sku) DO UPDATE SET on_hand = excluded.on_hand,
+                     reserved = excluded.reserved, version = excluded.version,
+                     updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                store.as_str(),
+                sku.as_str(),
+                level.on_hand(),
+                level.reserved(),
+                level.version(),
+                micros(now)
+            ])?;
+        Ok(())
+    }
+
+    fn append_event(&mut self, event: &InventoryEventV1) -> Result<(), LedgerError> {
+        let offset = *self.last_offset + 1;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events (log_offset, event_id, store_id, sku, version, occurred_at, envelope)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                offset,
+                event.event_id.as_bytes(),
+                event.store_id.as_str(),
+                event.product_sku.as_str(),
+                event.version,
+                micros(event.occurred_at),
+                event.to_envelope(self.source).to_json()
+            ])?;
+        *self.last_offset = offset;
+        Ok(())
+    }
+
+    fn reservation_by_key(
+        &mut self,
+        key: &str,
+    ) -> Result<Option<(String, Reservation)>, LedgerError> {
+        let found = self
+            .conn
+            .prepare_cached("SELECT id, fingerprint FROM reservations WHERE idem_key = ?1")?
+            .query_row([key], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()?;
+        let Some((id, fingerprint)) = found else {
+            return Ok(None);
+        };
+        let id = rows::uuid(&id)?;
+        let reservation = rows::load_reservation(self.conn, id)?
+            .ok_or_else(|| LedgerError::Internal(format!("reservation {id} vanished")))?;
+        Ok(Some((fingerprint, reservation)))
+    }
+
+    fn reservation(&mut self, id: Uuid) -> Result<Option<Reservation>, LedgerError> {
+        rows::load_reservation(self.conn, id)
+    }
+
+    fn insert_reservation(
+        &mut self,
+        r: &Reservation,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<(), LedgerError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO reservations
+                 (id, order_id, store_id, idem_key, fingerprint, status, expires_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            )?
+            .execute(params![
+                r.reservation_id.as_bytes(),
+                r.order_id.as_str(),
+                r.store_id.as_str(),
+                key,
+                fingerprint,
+                r.status.as_str(),
+                r.expires_at.map(micros),
+                micros(r.created_at)
+            ])?;
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO reservation_lines (reservation_id, line_no, sku, quantity, released, fulfilled)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (no, line) in r.lines.iter().enumerate() {
+            stmt.execute(params![
+                r.reservation_id.as_bytes(),
+                no as i64,
+                line.sku.as_str(),
+                line.quantity,
+                line.released,
+                line.fulfilled
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn update_reservation(
+        &mut self,
+        r: &Reservation,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        self.conn
+            .prepare_cached("UPDATE reservations SET status = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![
+                r.reservation_id.as_bytes(),
+                r.status.as_str(),
+                micros(now)
+            ])?;
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE reservation_lines SET released = ?3, fulfilled = ?4
+             WHERE reservation_id = ?1 AND line_no = ?2",
+        )?;
+        for (no, line) in r.lines.iter().enumerate() {
+            stmt.execute(params![
+                r.reservation_id.as_bytes(),
+                no as i64,
+                line.released,
+                line.fulfilled
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn adjustment_by_ref(
+        &mut self,
+        external_ref: &ExternalRef,
+    ) -> Result<Option<(String, AdjustmentOutcome)>, LedgerError> {
+        let found = self
+            .conn
+            .prepare_cached("SELECT fingerprint, outcome FROM adjustments WHERE external_ref = ?1")?
+            .query_row([external_ref.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()?;
+        let Some((fingerprint, outcome)) = found else {
+            return Ok(None);
+        };
+        let outcome = serde_json::from_str(&outcome)
+            .map_err(|e| LedgerError::Internal(format!("stored adjustment outcome: {e}")))?;
+        Ok(Some((fingerprint, outcome)))
+    }
+
+    fn insert_adjustment(
+        &mut self,
+        external_ref: &ExternalRef,
+        fingerprint: &str,
+        outcome: &AdjustmentOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        let outcome = serde_json::to_string(outcome)
+            .map_err(|e| LedgerError::Internal(format!("encoding adjustment outcome: {e}")))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO adjustments (external_ref, fingerprint, outcome, created_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                external_ref.as_str(),
+                fingerprint,
+                outcome,
+                micros(now)
+            ])?;
+        Ok(())
+    }
+
+    fn due_reservations(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Uuid>, LedgerError> {
+        rows::reservation_ids(
+            self.conn,
+            "SELECT id FROM reservations
+             WHERE status = 'active' AND expires_at IS NOT NULL AND expires_at <= ?1
+             ORDER BY expires_at LIMIT ?2",
+            params![micros(now), limit as i64],
+        )
+    }
+}

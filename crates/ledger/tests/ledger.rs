@@ -1,0 +1,542 @@
+//! The ledger's rules, checked against a real SQLite file: property tests over random
+//! command sequences, idempotency, and expiry with a manual clock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{TimeDelta, Utc};
+use invsync_core::{
+    Adjust, AdjustReason, Change, CloudEvent, Delta, DomainError, EventType, IdempotencyKey,
+    LineQuantity, OnHandCount, OrderId, Reason, ReleaseReason, ReservationStatus, Reserve, Sku,
+    StoreId, TtlSeconds,
+};
+use invsync_ledger::{Ledger, LedgerError, ManualClock, SqliteConfig, SqliteLedger};
+use proptest::prelude::*;
+
+fn store(s: &str) -> StoreId {
+    StoreId::parse(s).unwrap()
+}
+fn sku(s: &str) -> Sku {
+    Sku::parse(s).unwrap()
+}
+fn q(n: i64) -> LineQuantity {
+    LineQuantity::new(n).unwrap()
+}
+
+struct Fixture {
+    ledger: SqliteLedger,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+fn open(max_batch: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let mut config = SqliteConfig::new(dir.path().join("ledger.db"));
+    config.max_batch = max_batch;
+    let ledger = SqliteLedger::open(config, clock.clone()).unwrap();
+    Fixture {
+        ledger,
+        clock,
+        _dir: dir,
+    }
+}
+
+fn adjust(st: &str, sk: &str, change: Change) -> Adjust {
+    Adjust {
+        store_id: store(st),
+        sku: sku(sk),
+        change,
+        reason: AdjustReason::StockIn,
+        external_ref: None,
+        if_version: None,
+    }
+}
+
+fn reserve(order: &str, st: &str, lines: &[(&str, i64)], ttl: Option<i64>) -> Reserve {
+    Reserve::new(
+        OrderId::parse(order).unwrap(),
+        store(st),
+        lines.iter().map(|(s, n)| (sku(s), q(*n))).collect(),
+        ttl.map(|t| TtlSeconds::new(t).unwrap()),
+        None,
+    )
+    .unwrap()
+}
+
+/// Reads the whole log and checks what must hold of it at any moment: offsets gapless
+/// from 1, versions of each (store, sku) rising by exactly one from 1, no event with a
+/// negative count, no reservation taking `available` below zero, and every stock row
+/// equal to the fold (the last state) of its events. Returns the events.
+async fn check_log(ledger: &SqliteLedger) -> Vec<CloudEvent> {
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = ledger.events(after, 1000).await.unwrap();
+        if page.events.is_empty() {
+            assert_eq!(after, page.last_offset, "the log ends at its last offset");
+            break;
+        }
+        for logged in page.events {
+            assert_eq!(logged.offset, after + 1, "offsets are gapless");
+            after = logged.offset;
+            events.push(CloudEvent::parse(logged.envelope.as_bytes()).unwrap());
+        }
+    }
+    let mut folded: BTreeMap<(StoreId, Sku), (i64, i64, i64)> = BTreeMap::new();
+    for e in &events {
+        let d = &e.data;
+        assert!(
+            d.on_hand >= 0 && d.reserved >= 0,
+            "counts never negative: {d:?}"
+        );
+        if d.event_type == EventType::Reserved {
+            assert!(
+                d.available >= 0,
+                "a reservation never takes available below 0: {d:?}"
+            );
+        }
+        let key = (d.store_id.clone(), d.product_sku.clone());
+        let previous = folded.get(&key).map_or(0, |l| l.2);
+        assert_eq!(
+            d.version,
+            previous + 1,
+            "versions rise by exactly one: {d:?}"
+        );
+        folded.insert(key, (d.on_hand, d.reserved, d.version));
+    }
+    let rows = ledger.all_stock().await.unwrap();
+    assert_eq!(rows.len(), folded.len(), "one row per key that has events");
+    for row in rows {
+        let expected = folded[&(row.store_id.clone(), row.sku.clone())];
+        let actual = (
+            row.level.on_hand(),
+            row.level.reserved(),
+            row.level.version(),
+        );
+        assert_eq!(actual, expected, "the row equals the fold of its events");
+    }
+    events
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Adjust {
+        store: usize,
+        sku: usize,
+        delta: i64,
+    },
+    Count {
+        store: usize,
+        sku: usize,
+        on_hand: i64,
+    },
+    Reserve {
+        order: usize,
+        store: usize,
+        lines: Vec<(usize, i64)>,
+        ttl: Option<i64>,
+    },
+    Release {
+        order: usize,
+        partial: Option<i64>,
+    },
+    Fulfil {
+        order: usize,
+        partial: Option<i64>,
+    },
+    Expire {
+        seconds: i64,
+    },
+}
+
+const STORES: [&str; 2] = ["S1", "S2"];
+const SKUS: [&str; 3] = ["A", "B", "C"];
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..2usize, 0..3usize, -15i64..40).prop_filter("non-zero", |t| t.2 != 0)
+            .prop_map(|(store, sku, delta)| Op::Adjust { store, sku, delta }),
+        1 => (0..2usize, 0..3usize, 0i64..30).prop_map(|(store, sku, on_hand)| Op::Count { store, sku, on_hand }),
+        5 => (0..12usize, 0..2usize, proptest::collection::vec((0..3usize, 1i64..8), 1..4), proptest::option::of(1i64..100))
+            .prop_map(|(order, store, lines, ttl)| Op::Reserve { order, store, lines, ttl }),
+        2 => (0..12usize, proptest::option::of(1i64..4)).prop_map(|(order, partial)| Op::Release { order, partial }),
+        2 => (0..12usize, proptest::option::of(1i64..4)).prop_map(|(order, partial)| Op::Fulfil { order, partial }),
+        1 => (1i64..120).prop_map(|seconds| Op::Expire { seconds }),
+    ]
+}
+
+async fn run(ops: Vec<Op>, max_batch: usize) {
+    let f = open(max_batch);
+    // The reservation each order got, to release or fulfil it later.
+    let mut placed: HashMap<usize, uuid::Uuid> = HashMap::new();
+    for op in ops {
+        match op {
+            Op::Adjust { store, sku, delta } => {
+                let cmd = adjust(
+                    STORES[store],
+                    SKUS[sku],
+                    Change::Delta(Delta::new(delta).unwrap()),
+                );
+                match f.ledger.adjust(cmd).await {
+                    Ok(_) | Err(LedgerError::Domain(DomainError::InsufficientOnHand { .. })) => {}
+                    Err(e) => panic!("adjust failed: {e}"),
+                }
+            }
+            Op::Count {
+                store,
+                sku,
+                on_hand,
+            } => {
+                let cmd = adjust(
+                    STORES[store],
+                    SKUS[sku],
+                    Change::SetOnHand(OnHandCount::new(on_hand).unwrap()),
+                );
+                f.ledger.adjust(cmd).await.unwrap();
+            }
+            Op::Reserve {
+                order,
+                store,
+                mut lines,
+                ttl,
+            } => {
+                lines.sort_by_key(|l| l.0);
+                lines.dedup_by_key(|l| l.0);
+                let lines: Vec<(&str, i64)> = lines.iter().map(|(s, n)| (SKUS[*s], *n)).collect();
+                let cmd = reserve(&format!("O{order}"), STORES[store], &lines, ttl);
+                match f.ledger.reserve(cmd).await {
+                    Ok(out) => {
+                        placed
+                            .entry(order)
+                            .or_insert(out.reservation.reservation_id);
+                    }
+                    Err(LedgerError::Domain(
+                        DomainError::InsufficientStock { .. } | DomainError::IdempotencyConflict,
+                    )) => {}
+                    Err(e) => panic!("reserve failed: {e}"),
+                }
+            }
+            Op::Release { order, partial } | Op::Fulfil { order, partial } => {
+                let Some(&id) = placed.get(&order) else {
+                    continue;
+                };
+                let held = f.ledger.reservation(id).await.unwrap().unwrap();
+                let lines = partial.and_then(|n| {
+                    let line = held.lines.iter().find(|l| l.held() > 0)?;
+                    Some(vec![(line.sku.clone(), q(n.min(line.held())))])
+                });
+                let result = if matches!(op, Op::Release { .. }) {
+                    f.ledger
+                        .release(id, lines, ReleaseReason::OrderCancelled)
+                        .await
+                } else {
+                    f.ledger.fulfil(id, lines).await
+                };
+                match result {
+                    Ok(_) | Err(LedgerError::Domain(DomainError::InsufficientOnHand { .. })) => {}
+                    Err(e) => panic!("release/fulfil failed: {e}"),
+                }
+            }
+            Op::Expire { seconds } => {
+                f.clock.advance(TimeDelta::seconds(seconds));
+                f.ledger.expire_due().await.unwrap();
+            }
+        }
+    }
+    check_log(&f.ledger).await;
+
+    // `reserved` of every row is exactly what the reservations still hold.
+    let mut held: BTreeMap<(StoreId, Sku), i64> = BTreeMap::new();
+    for order in 0..12 {
+        for r in f
+            .ledger
+            .reservations_by_order(OrderId::parse(format!("O{order}")).unwrap())
+            .await
+            .unwrap()
+        {
+            for line in &r.lines {
+                *held
+                    .entry((r.store_id.clone(), line.sku.clone()))
+                    .or_default() += line.held();
+            }
+            assert_eq!(r.status == ReservationStatus::Active, r.held() > 0);
+        }
+    }
+    for row in f.ledger.all_stock().await.unwrap() {
+        let expected = held
+            .get(&(row.store_id.clone(), row.sku.clone()))
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(
+            row.level.reserved(),
+            expected,
+            "reserved equals what reservations hold"
+        );
+    }
+    f.ledger.shutdown().await;
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_command_sequences_keep_every_invariant(ops in proptest::collection::vec(op(), 1..60)) {
+        runtime().block_on(run(ops, 256));
+    }
+}
+
+#[tokio::test]
+async fn concurrent_commands_in_one_batch_keep_their_own_outcomes() {
+    let f = open(256);
+    f.ledger
+        .adjust(adjust("S1", "A", Change::Delta(Delta::new(10).unwrap())))
+        .await
+        .unwrap();
+    // 40 reservations of 1 queued at once share batches; exactly 10 can succeed, and
+    // the refused ones must not roll back their neighbours.
+    let ledger = Arc::new(f.ledger);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            ledger
+                .reserve(reserve(&format!("O{i}"), "S1", &[("A", 1)], None))
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(LedgerError::Domain(DomainError::InsufficientStock { lines })) => {
+                assert_eq!(lines[0].available, 0);
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok, 10);
+    let events = check_log(&ledger).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.data.event_type == EventType::Reserved)
+            .count(),
+        10
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_reservation_answers_the_original_and_a_changed_one_conflicts() {
+    let f = open(256);
+    f.ledger
+        .adjust(adjust("S1", "A", Change::Delta(Delta::new(10).unwrap())))
+        .await
+        .unwrap();
+    let first = f
+        .ledger
+        .reserve(reserve("O1", "S1", &[("A", 2)], None))
+        .await
+        .unwrap();
+    let again = f
+        .ledger
+        .reserve(reserve("O1", "S1", &[("A", 2)], None))
+        .await
+        .unwrap();
+    assert!(first.created && !again.created);
+    assert_eq!(first.reservation, again.reservation);
+    let err = f
+        .ledger
+        .reserve(reserve("O1", "S1", &[("A", 3)], None))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::Domain(DomainError::IdempotencyConflict)
+    ));
+    // With an explicit key, the same order may reserve again under a new key.
+    let keyed = Reserve::new(
+        OrderId::parse("O1").unwrap(),
+        store("S1"),
+        vec![(sku("A"), q(1))],
+        None,
+        Some(IdempotencyKey::parse("k-1").unwrap()),
+    )
+    .unwrap();
+    assert!(f.ledger.reserve(keyed).await.unwrap().created);
+    let events = check_log(&f.ledger).await;
+    assert_eq!(events.len(), 3, "one adjustment and two reservations");
+}
+
+#[tokio::test]
+async fn an_adjustment_with_the_same_external_ref_is_applied_once() {
+    let f = open(256);
+    let mut cmd = adjust("S1", "A", Change::Delta(Delta::new(5).unwrap()));
+    cmd.external_ref = Some(invsync_core::ExternalRef::parse("GRN-1").unwrap());
+    let first = f.ledger.adjust(cmd.clone()).await.unwrap();
+    let again = f.ledger.adjust(cmd.clone()).await.unwrap();
+    assert_eq!(first, again);
+    cmd.change = Change::Delta(Delta::new(6).unwrap());
+    assert!(matches!(
+        f.ledger.adjust(cmd).await.unwrap_err(),
+        LedgerError::Domain(DomainError::IdempotencyConflict)
+    ));
+    assert_eq!(check_log(&f.ledger).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_conditional_adjustment_checks_the_version() {
+    let f = open(256);
+    f.ledger
+        .adjust(adjust("S1", "A", Change::Delta(Delta::new(5).unwrap())))
+        .await
+        .unwrap();
+    let mut cmd = adjust("S1", "A", Change::SetOnHand(OnHandCount::new(40).unwrap()));
+    cmd.if_version = Some(2);
+    let err = f.ledger.adjust(cmd.clone()).await.unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::Domain(DomainError::VersionConflict {
+            expected: 2,
+            actual: 1
+        })
+    ));
+    cmd.if_version = Some(1);
+    let out = f.ledger.adjust(cmd).await.unwrap();
+    assert_eq!((out.on_hand, out.version), (40, 2));
+}
+
+#[tokio::test]
+async fn a_reservation_expires_when_its_ttl_runs_out_and_not_before() {
+    let f = open(256);
+    f.ledger
+        .adjust(adjust("S1", "A", Change::Delta(Delta::new(5).unwrap())))
+        .await
+        .unwrap();
+    let placed = f
+        .ledger
+        .reserve(reserve("O1", "S1", &[("A", 3)], Some(60)))
+        .await
+        .unwrap();
+    let id = placed.reservation.reservation_id;
+    assert_eq!(
+        placed.reservation.expires_at,
+        Some(placed.reservation.created_at + TimeDelta::seconds(60))
+    );
+
+    f.clock.advance(TimeDelta::seconds(59));
+    assert_eq!(f.ledger.expire_due().await.unwrap(), 0);
+    assert_eq!(
+        f.ledger.reservation(id).await.unwrap().unwrap().status,
+        ReservationStatus::Active
+    );
+
+    f.clock.advance(TimeDelta::seconds(1));
+    assert_eq!(f.ledger.expire_due().await.unwrap(), 1);
+    let expired = f.ledger.reservation(id).await.unwrap().unwrap();
+    assert_eq!(expired.status, ReservationStatus::Expired);
+    let row = f
+        .ledger
+        .stock(store("S1"), sku("A"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.level.reserved(), 0);
+
+    let events = check_log(&f.ledger).await;
+    let last = &events.last().unwrap().data;
+    assert_eq!(
+        (last.event_type, last.reason, last.quantity),
+        (EventType::Released, Reason::Expired, -3)
+    );
+    assert_eq!(last.reservation_id, Some(id));
+    // Expired is final: a second sweep finds nothing.
+    assert_eq!(f.ledger.expire_due().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_fulfilled_reservation_does_not_expire() {
+    let f = open(256);
+    f.ledger
+        .adjust(adjust("S1", "A", Change::Delta(Delta::new(5).unwrap())))
+        .await
+        .unwrap();
+    let placed = f
+        .ledger
+        .reserve(reserve("O1", "S1", &[("A", 3)], Some(10)))
+        .await
+        .unwrap();
+    f.ledger
+        .fulfil(placed.reservation.reservation_id, None)
+        .await
+        .unwrap();
+    f.clock.advance(TimeDelta::seconds(11));
+    assert_eq!(f.ledger.expire_due().await.unwrap(), 0);
+    let row = f
+        .ledger
+        .stock(store("S1"), sku("A"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((row.level.on_hand(), row.level.reserved()), (2, 0));
+}
+
+#[tokio::test]
+async fn the_snapshot_names_the_offset_it_is_consistent_with() {
+    let f = open(256);
+    for (i, s) in ["A", "B", "C"].iter().enumerate() {
+        f.ledger
+            .adjust(adjust(
+                "S1",
+                s,
+                Change::Delta(Delta::new(i as i64 + 1).unwrap()),
+            ))
+            .await
+            .unwrap();
+    }
+    let first = f.ledger.snapshot(None, 2).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    assert_eq!(first.log_offset, 3);
+    let last = first.items.last().unwrap();
+    let rest = f
+        .ledger
+        .snapshot(Some((last.store_id.clone(), last.sku.clone())), 2)
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.items[0].sku, sku("C"));
+}
+
+#[tokio::test]
+async fn reopening_keeps_data_and_offsets_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let ledger = SqliteLedger::open(SqliteConfig::new(&path), clock.clone()).unwrap();
+    ledger
+        .adjust(adjust("S1", "A", Change::Delta(Delta::new(5).unwrap())))
+        .await
+        .unwrap();
+    ledger.shutdown().await;
+    assert!(matches!(
+        ledger
+            .adjust(adjust("S1", "A", Change::Delta(Delta::new(1).unwrap())))
+            .await,
+        Err(LedgerError::Unavailable(_))
+    ));
+    drop(ledger);
+    let ledger = SqliteLedger::open(SqliteConfig::new(&path), clock).unwrap();
+    ledger
+        .adjust(adjust("S1", "A", Change::Delta(Delta::new(1).unwrap())))
+        .await
+        .unwrap();
+    let events = check_log(&ledger).await;
+    assert_eq!(events.len(), 2);
+}
