@@ -1,1 +1,130 @@
+//! invsync's HTTP API: the v1 routes of `api.md` over a [`Ledger`], with bearer-token
+//! scopes, problem+json errors, Prometheus metrics and a generated OpenAPI document.
+//!
+//! # Layout
+//!
+//! - [`router`] / [`serve`]: the axum application and its graceful server.
+//! - `routes`: one module per area (stock, adjustments, reservations, events, health).
+//! - `wire`: request/response bodies; requests deserialize into domain types.
+//! - `extract`: JSON/query/path extractors whose errors name the field at fault.
+//! - [`auth`]: tokens and scopes, enforced by the `Auth<Scope>` extractor.
+//! - [`error`]: `ApiError` → RFC 9457 problem+json.
+//!
+//! Architecture invariant: only this crate knows HTTP and JSON request shapes.
+#![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod error;
+mod extract;
+pub mod openapi;
+mod routes;
+pub mod telemetry;
+mod wire;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use invsync_ledger::Ledger;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use auth::{Access, Scope, TokenEntry};
+pub use error::{ApiError, ErrorCode, Problem};
+pub const BODY_LIMIT: usize = extract::BODY_LIMIT;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    ledger: Arc<dyn Ledger>,
+    access: Access,
+    /// Reported by `/readyz`; `embedded` until other buses exist.
+    bus_name: &'static str,
+}
+
+impl AppState {
+    pub fn new(ledger: Arc<dyn Ledger>, access: Access) -> Self {
+        Self(Arc::new(Inner {
+            ledger,
+            access,
+            bus_name: "embedded",
+        }))
+    }
+
+    pub fn ledger(&self) -> &dyn Ledger {
+        self.0.ledger.as_ref()
+    }
+
+    pub(crate) fn access(&self) -> &Access {
+        &self.0.access
+    }
+
+    pub(crate) fn bus_name(&self) -> &'static str {
+        self.0.bus_name
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    use routes::{adjustments, events, health, reservations, stock};
+    telemetry::init();
+    Router::new()
+        .route("/v1/stock", get(stock::list))
+        .route("/v1/stock/snapshot", get(stock::snapshot))
+        .route("/v1/stock/{store_id}/{sku}", get(stock::get_one))
+        .route("/v1/adjustments", post(adjustments::adjust))
+        .route("/v1/adjustments/batch", post(adjustments::batch))
+        .route(
+            "/v1/reservations",
+            post(reservations::create).get(reservations::list),
+        )
+        .route(
+            "/v1/reservations/{reservation_id}",
+            get(reservations::get_one),
+        )
+        .route(
+            "/v1/reservations/{reservation_id}/release",
+            post(reservations::release),
+        )
+        .route(
+            "/v1/reservations/{reservation_id}/fulfil",
+            post(reservations::fulfil),
+        )
+        .route("/v1/events", get(events::list))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(health::openapi))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "this route does not accept that method",
+            )
+        })
+        .layer(axum::middleware::from_fn(telemetry::track))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a request handler panicked");
+            axum::response::IntoResponse::into_response(ApiError::new(
+                ErrorCode::Internal,
+                "internal error",
+            ))
+        }))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight
+/// requests and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,45 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the wire
+//! types, served at `/openapi.json`.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::{error, routes, wire};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "invsync", description = "Inventory reservation and synchronization API (v1)."),
+    paths(
+        routes::stock::get_one, routes::stock::list, routes::stock::snapshot,
+        routes::adjustments::adjust, routes::adjustments::batch,
+        routes::reservations::create, routes::reservations::get_one, routes::reservations::list,
+        routes::reservations::release, routes::reservations::fulfil,
+        routes::events::list,
+    ),
+    components(schemas(
+        error::Problem, wire::LineBody, wire::ReserveBody, wire::ReleaseBody, wire::FulfilBody,
+        wire::AdjustmentBody, wire::AdjustmentBatchBody, wire::StockView, wire::StockList,
+        wire::StockPage, wire::SnapshotView, wire::AdjustmentView, wire::BatchView,
+        wire::ReservationView, wire::ReservationLineView, wire::ReservationList,
+        wire::EventView, wire::EventsView,
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

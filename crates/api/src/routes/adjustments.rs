@@ -1,0 +1,63 @@
+//! `POST /v1/adjustments[/batch]`: external systems' stock-in, stock-out and counts.
+
+use axum::extract::State;
+use axum::Json;
+
+use crate::auth::{AdjustScope, Auth};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiJson;
+use crate::wire::{
+    AdjustmentBatchBody, AdjustmentBody, AdjustmentView, BatchResult, BatchView, MAX_BATCH,
+};
+use crate::AppState;
+
+/// Applies one adjustment (`delta` or `set_on_hand`).
+#[utoipa::path(post, path = "/v1/adjustments", tag = "adjustments", request_body = AdjustmentBody,
+    responses((status = 200, body = AdjustmentView),
+        (status = 409, description = "insufficient_on_hand, version_conflict, idempotency_conflict", body = crate::error::Problem)))]
+pub(crate) async fn adjust(
+    _: Auth<AdjustScope>,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<AdjustmentBody>,
+) -> ApiResult<Json<AdjustmentView>> {
+    let cmd = body.into_command("")?;
+    Ok(Json(state.ledger().adjust(cmd).await?.into()))
+}
+
+/// Applies up to 1,000 adjustments, each atomically on its own, answering in order.
+/// A malformed item refuses the whole batch (nothing is applied); business refusals
+/// are answered per item.
+#[utoipa::path(post, path = "/v1/adjustments/batch", tag = "adjustments", request_body = AdjustmentBatchBody,
+    responses((status = 200, body = BatchView)))]
+pub(crate) async fn batch(
+    _: Auth<AdjustScope>,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<AdjustmentBatchBody>,
+) -> ApiResult<Json<BatchView>> {
+    if body.items.is_empty() || body.items.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "items",
+            format!(
+                "must hold 1 to {MAX_BATCH} adjustments, got {}",
+                body.items.len()
+            ),
+        ));
+    }
+    let cmds = body
+        .items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| item.into_command(&format!("items[{i}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = state
+        .ledger()
+        .adjust_many(cmds)
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Ok(outcome) => BatchResult::Ok(outcome.into()),
+            Err(err) => BatchResult::Error(ApiError::from(err).problem().clone()),
+        })
+        .collect();
+    Ok(Json(BatchView { results }))
+}

@@ -1,0 +1,154 @@
+//! `/v1/reservations…`: the Order domain's reserve, release and fulfil.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use invsync_core::{IdempotencyKey, OrderId, ReleaseReason, Reserve};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::auth::{Auth, ReadScope, ReserveScope};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{field, ApiJson, ApiPath, ApiQuery, OptionalJson};
+use crate::wire::{lines, FulfilBody, ReleaseBody, ReservationList, ReservationView, ReserveBody};
+use crate::AppState;
+
+const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// Reserves every line or none. A repeat (same `Idempotency-Key`, or same order and
+/// store when no key is given) with the same body answers 200 with the original.
+#[utoipa::path(post, path = "/v1/reservations", tag = "reservations", request_body = ReserveBody,
+    params(("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 201, body = ReservationView), (status = 200, description = "a repeat", body = ReservationView),
+        (status = 409, description = "insufficient_stock (with `lines`), idempotency_conflict", body = crate::error::Problem)))]
+pub(crate) async fn create(
+    _: Auth<ReserveScope>,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ReserveBody>,
+) -> ApiResult<(StatusCode, Json<ReservationView>)> {
+    let key = headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|v| {
+            let v = field(IDEMPOTENCY_KEY, v.to_str())?;
+            field(IDEMPOTENCY_KEY, IdempotencyKey::parse(v))
+        })
+        .transpose()?;
+    let cmd = Reserve::new(
+        body.order_id,
+        body.store_id,
+        lines(body.lines),
+        body.ttl_seconds,
+        key,
+    )?;
+    let result = state.ledger().reserve(cmd).await;
+    let label = match &result {
+        Ok(out) if out.created => "reserved",
+        Ok(_) => "replayed",
+        Err(invsync_ledger::LedgerError::Domain(
+            invsync_core::DomainError::InsufficientStock { .. },
+        )) => "insufficient",
+        Err(invsync_ledger::LedgerError::Domain(_)) => "conflict",
+        Err(_) => "error",
+    };
+    metrics::counter!("invsync_reservations_total", "result" => label).increment(1);
+    let out = result?;
+    let status = if out.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(out.reservation.into())))
+}
+
+fn reservation_id(raw: &str) -> Result<Uuid, ApiError> {
+    field("reservation_id", Uuid::parse_str(raw))
+}
+
+#[utoipa::path(get, path = "/v1/reservations/{reservation_id}", tag = "reservations",
+    params(("reservation_id" = Uuid, Path)),
+    responses((status = 200, body = ReservationView), (status = 404, body = crate::error::Problem)))]
+pub(crate) async fn get_one(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<ReservationView>> {
+    let id = reservation_id(&id)?;
+    let found = state.ledger().reservation(id).await?;
+    found
+        .map(|r| Json(r.into()))
+        .ok_or_else(|| ApiError::not_found("reservation"))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ByOrder {
+    order_id: Option<String>,
+}
+
+/// Every reservation of an order (one per store, or more with idempotency keys).
+#[utoipa::path(get, path = "/v1/reservations", tag = "reservations", params(ByOrder),
+    responses((status = 200, body = ReservationList)))]
+pub(crate) async fn list(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ByOrder>,
+) -> ApiResult<Json<ReservationList>> {
+    let order = q
+        .order_id
+        .ok_or_else(|| ApiError::invalid("order_id", "is required"))?;
+    let order = field("order_id", OrderId::parse(order))?;
+    let items = state.ledger().reservations_by_order(order).await?;
+    Ok(Json(ReservationList {
+        items: items.into_iter().map(Into::into).collect(),
+    }))
+}
+
+fn check_lines(
+    lines: &Option<Vec<(invsync_core::Sku, invsync_core::LineQuantity)>>,
+) -> ApiResult<()> {
+    if let Some(lines) = lines {
+        invsync_core::command::check_lines(lines, "lines")?;
+    }
+    Ok(())
+}
+
+/// Releases the given lines, or everything still held. Releasing a reservation that
+/// holds nothing answers 200 with no event, so retries are safe.
+#[utoipa::path(post, path = "/v1/reservations/{reservation_id}/release", tag = "reservations",
+    params(("reservation_id" = Uuid, Path)), request_body(content = Option<ReleaseBody>),
+    responses((status = 200, body = ReservationView),
+        (status = 409, description = "invalid_state: more than is held", body = crate::error::Problem)))]
+pub(crate) async fn release(
+    _: Auth<ReserveScope>,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<ReleaseBody>,
+) -> ApiResult<Json<ReservationView>> {
+    let id = reservation_id(&id)?;
+    let body = body.unwrap_or_default();
+    let lines = body.lines.map(lines);
+    check_lines(&lines)?;
+    let reason = body.reason.unwrap_or(ReleaseReason::OrderCancelled);
+    Ok(Json(
+        state.ledger().release(id, lines, reason).await?.into(),
+    ))
+}
+
+/// Fulfils the given lines, or everything still held: they leave `reserved` and
+/// `on_hand` together.
+#[utoipa::path(post, path = "/v1/reservations/{reservation_id}/fulfil", tag = "reservations",
+    params(("reservation_id" = Uuid, Path)), request_body(content = Option<FulfilBody>),
+    responses((status = 200, body = ReservationView),
+        (status = 409, description = "invalid_state, insufficient_on_hand", body = crate::error::Problem)))]
+pub(crate) async fn fulfil(
+    _: Auth<ReserveScope>,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<FulfilBody>,
+) -> ApiResult<Json<ReservationView>> {
+    let id = reservation_id(&id)?;
+    let lines = body.unwrap_or_default().lines.map(lines);
+    check_lines(&lines)?;
+    Ok(Json(state.ledger().fulfil(id, lines).await?.into()))
+}

@@ -1,0 +1,131 @@
+//! `GET /v1/stock…`: the ledger's strongly consistent levels.
+
+use axum::extract::State;
+use axum::Json;
+use invsync_core::{Sku, StoreId};
+use serde::Deserialize;
+
+use super::page_limit;
+use crate::auth::{Auth, ReadScope};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{field, ApiPath, ApiQuery};
+use crate::wire::{SnapshotView, StockList, StockPage, StockView};
+use crate::AppState;
+
+/// One (store, sku) level.
+#[utoipa::path(get, path = "/v1/stock/{store_id}/{sku}", tag = "stock",
+    params(("store_id" = String, Path), ("sku" = String, Path)),
+    responses((status = 200, body = StockView), (status = 404, body = crate::error::Problem)))]
+pub(crate) async fn get_one(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    ApiPath((store_id, sku)): ApiPath<(String, String)>,
+) -> ApiResult<Json<StockView>> {
+    let store_id = field("store_id", StoreId::parse(store_id))?;
+    let sku = field("sku", Sku::parse(sku))?;
+    let row = state.ledger().stock(store_id, sku).await?;
+    row.map(|r| Json(r.into()))
+        .ok_or_else(|| ApiError::not_found("stock for this store and sku"))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StockQuery {
+    /// Every store holding this SKU.
+    sku: Option<String>,
+    /// One store's stock, paged by SKU.
+    store_id: Option<String>,
+    limit: Option<i64>,
+    /// Cursor from the previous page's `next`.
+    after: Option<String>,
+}
+
+/// Levels by SKU (`?sku=`) or by store (`?store_id=&limit=&after=`).
+#[utoipa::path(get, path = "/v1/stock", tag = "stock", params(StockQuery),
+    responses((status = 200, description = "`{items}` for sku, `{items, next}` for store_id", body = StockPage)))]
+pub(crate) async fn list(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<StockQuery>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    match (q.sku, q.store_id) {
+        (Some(sku), None) => {
+            if q.limit.is_some() || q.after.is_some() {
+                return Err(ApiError::invalid(
+                    "limit",
+                    "paging applies to store_id listings only",
+                ));
+            }
+            let sku = field("sku", Sku::parse(sku))?;
+            let items = state.ledger().stock_by_sku(sku).await?;
+            Ok(Json(StockList {
+                items: items.into_iter().map(Into::into).collect(),
+            })
+            .into_response())
+        }
+        (None, Some(store)) => {
+            let store = field("store_id", StoreId::parse(store))?;
+            let limit = page_limit(q.limit)?;
+            let after = q.after.map(|a| field("after", Sku::parse(a))).transpose()?;
+            let items = state.ledger().stock_by_store(store, after, limit).await?;
+            let next = (items.len() == limit)
+                .then(|| items.last().map(|r| r.sku.to_string()))
+                .flatten();
+            Ok(Json(StockPage {
+                items: items.into_iter().map(Into::into).collect(),
+                next,
+            })
+            .into_response())
+        }
+        _ => Err(ApiError::invalid(
+            "sku",
+            "give exactly one of sku and store_id",
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SnapshotQuery {
+    limit: Option<i64>,
+    /// Cursor from the previous page's `next` (`<store_id>/<sku>`).
+    after: Option<String>,
+}
+
+/// Every level, paged, with the log offset each page is consistent with. To
+/// bootstrap a consumer: take the pages, then follow the log from the first page's
+/// `log_offset`, skipping events whose version is not above the level's.
+#[utoipa::path(get, path = "/v1/stock/snapshot", tag = "stock", params(SnapshotQuery),
+    responses((status = 200, body = SnapshotView)))]
+pub(crate) async fn snapshot(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<SnapshotQuery>,
+) -> ApiResult<Json<SnapshotView>> {
+    let limit = page_limit(q.limit)?;
+    let after = q.after.map(|a| parse_cursor(&a)).transpose()?;
+    let page = state.ledger().snapshot(after, limit).await?;
+    let next = (page.items.len() == limit)
+        .then(|| {
+            page.items
+                .last()
+                .map(|r| format!("{}/{}", r.store_id, r.sku))
+        })
+        .flatten();
+    Ok(Json(SnapshotView {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next,
+        log_offset: page.log_offset,
+    }))
+}
+
+fn parse_cursor(cursor: &str) -> Result<(StoreId, Sku), ApiError> {
+    let (store, sku) = cursor
+        .split_once('/')
+        .ok_or_else(|| ApiError::invalid("after", "must be a cursor returned as `next`"))?;
+    Ok((
+        field("after", StoreId::parse(store))?,
+        field("after", Sku::parse(sku))?,
+    ))
+}

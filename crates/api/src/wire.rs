@@ -1,0 +1,275 @@
+//! Request and response bodies of the v1 API. Requests deserialize straight into
+//! validated domain types (a bad value fails with its JSON path) and refuse unknown
+//! fields; responses are plain views built from ledger answers.
+
+use chrono::{DateTime, Utc};
+use invsync_core::{
+    Adjust, AdjustReason, Change, Delta, ExternalRef, LineQuantity, OnHandCount, OrderId,
+    ReleaseReason, Reservation, ReservationStatus, Sku, StoreId, TtlSeconds,
+};
+use invsync_ledger::{AdjustmentOutcome, StockRow};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// Most items in one adjustment batch.
+pub(crate) const MAX_BATCH: usize = 1000;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LineBody {
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
+    pub(crate) sku: Sku,
+    #[schema(value_type = i64, minimum = 1, maximum = 1000000)]
+    pub(crate) quantity: LineQuantity,
+}
+
+pub(crate) fn lines(body: Vec<LineBody>) -> Vec<(Sku, LineQuantity)> {
+    body.into_iter().map(|l| (l.sku, l.quantity)).collect()
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReserveBody {
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    pub(crate) order_id: OrderId,
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
+    pub(crate) store_id: StoreId,
+    /// 1 to 500 lines, each SKU at most once. All are reserved or none.
+    pub(crate) lines: Vec<LineBody>,
+    /// Releases the reservation with reason `expired` unless fulfilled by then.
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 604800)]
+    pub(crate) ttl_seconds: Option<TtlSeconds>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReleaseBody {
+    /// What to release; everything still held when absent.
+    pub(crate) lines: Option<Vec<LineBody>>,
+    /// Defaults to `order_cancelled`.
+    #[schema(value_type = Option<String>, example = "order_cancelled")]
+    pub(crate) reason: Option<ReleaseReason>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FulfilBody {
+    /// What to fulfil; everything still held when absent.
+    pub(crate) lines: Option<Vec<LineBody>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdjustmentBody {
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
+    pub(crate) store_id: StoreId,
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
+    pub(crate) sku: Sku,
+    /// A relative change; exactly one of `delta` and `set_on_hand`.
+    #[schema(value_type = Option<i64>, minimum = -1000000000, maximum = 1000000000)]
+    pub(crate) delta: Option<Delta>,
+    /// An absolute count; exactly one of `delta` and `set_on_hand`.
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000000)]
+    pub(crate) set_on_hand: Option<OnHandCount>,
+    #[schema(value_type = String, example = "stock_in")]
+    pub(crate) reason: AdjustReason,
+    /// Makes the adjustment idempotent: a repeat gets the original answer.
+    #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    pub(crate) external_ref: Option<ExternalRef>,
+    /// Compare-and-set: refused with `version_conflict` unless the row is at this version.
+    #[schema(minimum = 0)]
+    pub(crate) if_version: Option<i64>,
+}
+
+impl AdjustmentBody {
+    /// Checks the rules that span fields; `prefix` locates the item in a batch.
+    pub(crate) fn into_command(self, prefix: &str) -> Result<Adjust, ApiError> {
+        let change = match (self.delta, self.set_on_hand) {
+            (Some(delta), None) => Change::Delta(delta),
+            (None, Some(count)) => Change::SetOnHand(count),
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("{prefix}delta"),
+                    "give exactly one of delta and set_on_hand",
+                ))
+            }
+        };
+        if let Some(version) = self.if_version.filter(|v| *v < 0) {
+            return Err(ApiError::invalid(
+                format!("{prefix}if_version"),
+                format!("must be 0 or more, got {version}"),
+            ));
+        }
+        Ok(Adjust {
+            store_id: self.store_id,
+            sku: self.sku,
+            change,
+            reason: self.reason,
+            external_ref: self.external_ref,
+            if_version: self.if_version,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdjustmentBatchBody {
+    /// 1 to 1,000 adjustments, each applied atomically on its own.
+    pub(crate) items: Vec<AdjustmentBody>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StockView {
+    pub(crate) store_id: String,
+    pub(crate) sku: String,
+    pub(crate) on_hand: i64,
+    pub(crate) reserved: i64,
+    pub(crate) available: i64,
+    pub(crate) version: i64,
+    pub(crate) updated_at: DateTime<Utc>,
+}
+
+impl From<StockRow> for StockView {
+    fn from(row: StockRow) -> Self {
+        Self {
+            store_id: row.store_id.into(),
+            sku: row.sku.into(),
+            on_hand: row.level.on_hand(),
+            reserved: row.level.reserved(),
+            available: row.level.available(),
+            version: row.level.version(),
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// Every store's level of one SKU.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StockList {
+    pub(crate) items: Vec<StockView>,
+}
+
+/// One page of a store's levels.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StockPage {
+    pub(crate) items: Vec<StockView>,
+    /// The cursor of the next page (`after=`), or null on the last page.
+    pub(crate) next: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SnapshotView {
+    pub(crate) items: Vec<StockView>,
+    pub(crate) next: Option<String>,
+    /// The event-log offset this page is consistent with: follow the log from here.
+    pub(crate) log_offset: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AdjustmentView {
+    /// Null when the adjustment changed nothing (a count equal to on_hand).
+    pub(crate) event_id: Option<Uuid>,
+    pub(crate) store_id: String,
+    pub(crate) sku: String,
+    pub(crate) on_hand: i64,
+    pub(crate) reserved: i64,
+    pub(crate) available: i64,
+    pub(crate) version: i64,
+    /// How far `available` is below zero.
+    pub(crate) shortage: i64,
+}
+
+impl From<AdjustmentOutcome> for AdjustmentView {
+    fn from(o: AdjustmentOutcome) -> Self {
+        Self {
+            event_id: o.event_id,
+            store_id: o.store_id.into(),
+            sku: o.sku.into(),
+            on_hand: o.on_hand,
+            reserved: o.reserved,
+            available: o.available,
+            version: o.version,
+            shortage: o.shortage,
+        }
+    }
+}
+
+/// One answer of a batch: `{"ok": …}` or `{"error": problem}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum BatchResult {
+    Ok(AdjustmentView),
+    Error(crate::error::Problem),
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BatchView {
+    pub(crate) results: Vec<BatchResult>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ReservationLineView {
+    pub(crate) sku: String,
+    pub(crate) quantity: i64,
+    pub(crate) released: i64,
+    pub(crate) fulfilled: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ReservationView {
+    pub(crate) reservation_id: Uuid,
+    pub(crate) order_id: String,
+    pub(crate) store_id: String,
+    #[schema(value_type = String, example = "active")]
+    pub(crate) status: ReservationStatus,
+    pub(crate) lines: Vec<ReservationLineView>,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+    pub(crate) created_at: DateTime<Utc>,
+}
+
+impl From<Reservation> for ReservationView {
+    fn from(r: Reservation) -> Self {
+        Self {
+            reservation_id: r.reservation_id,
+            order_id: r.order_id.into(),
+            store_id: r.store_id.into(),
+            status: r.status,
+            lines: r
+                .lines
+                .into_iter()
+                .map(|l| ReservationLineView {
+                    sku: l.sku.into(),
+                    quantity: l.quantity,
+                    released: l.released,
+                    fulfilled: l.fulfilled,
+                })
+                .collect(),
+            expires_at: r.expires_at,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ReservationList {
+    pub(crate) items: Vec<ReservationView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EventView {
+    pub(crate) offset: i64,
+    /// The CloudEvents envelope of the Inventory Sync Event v1.
+    #[schema(value_type = Object)]
+    pub(crate) event: Box<RawValue>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EventsView {
+    pub(crate) events: Vec<EventView>,
+    /// The last offset returned (or `after` when none): pass it as the next `after`.
+    pub(crate) next_offset: i64,
+}

@@ -1,0 +1,305 @@
+//! `invsync bench`: a load generator for the reservation path. One process, async,
+//! keep-alive connections; seeds a catalog, drives `--clients` concurrent clients for
+//! `--duration`, then prints throughput, latency percentiles, answers by status and
+//! code, and checks for overselling (the final levels must equal what the successful
+//! answers imply).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use rand::Rng;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Every reservation picks a uniformly random (store, sku).
+    Spread,
+    /// Every reservation is for the same (store, sku).
+    Hot,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    #[arg(long, env = "INVSYNC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, value_enum, default_value = "spread")]
+    pub workload: Workload,
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// How long to drive load, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub duration: Duration,
+    #[arg(long, default_value_t = 1)]
+    pub stores: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pub skus: usize,
+    /// on_hand each (store, sku) is seeded with.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub stock: i64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub workload: Workload,
+    pub clients: usize,
+    pub seconds: f64,
+    pub requests: u64,
+    pub reserved: u64,
+    pub throughput_per_s: f64,
+    pub latency_ms: BTreeMap<String, f64>,
+    pub answers: BTreeMap<String, u64>,
+    pub oversell_check: String,
+}
+
+fn store(i: usize) -> String {
+    format!("bench-S{i}")
+}
+
+fn sku(i: usize) -> String {
+    format!("bench-{i:08}")
+}
+
+struct Target {
+    http: reqwest::Client,
+    url: String,
+    token: Option<String>,
+}
+
+impl Target {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{}", self.url, path));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    async fn json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self.request(method, path);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {path}"))?;
+        let status = resp.status();
+        let value: Value = resp
+            .json()
+            .await
+            .with_context(|| format!("reading the answer of {path}"))?;
+        if !status.is_success() {
+            bail!("{path}: {status}: {}", value["detail"]);
+        }
+        Ok(value)
+    }
+
+    /// Total `reserved` over the bench catalog, checking no row is oversold.
+    async fn reserved_total(&self, stores: usize) -> anyhow::Result<(i64, usize)> {
+        let mut total = 0;
+        let mut oversold = 0;
+        for s in 0..stores {
+            let mut after: Option<String> = None;
+            loop {
+                let mut path = format!("/v1/stock?store_id={}&limit=1000", store(s));
+                if let Some(a) = &after {
+                    path.push_str(&format!("&after={a}"));
+                }
+                let page = self.json(reqwest::Method::GET, &path, None).await?;
+                for item in page["items"].as_array().into_iter().flatten() {
+                    total += item["reserved"].as_i64().unwrap_or(0);
+                    if item["available"].as_i64().unwrap_or(0) < 0 {
+                        oversold += 1;
+                    }
+                }
+                match page["next"].as_str() {
+                    Some(next) => after = Some(next.to_owned()),
+                    None => break,
+                }
+            }
+        }
+        Ok((total, oversold))
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
+    if args.clients == 0 || args.stores == 0 || args.skus == 0 {
+        bail!("--clients, --stores and --skus must be at least 1");
+    }
+    let target = Arc::new(Target {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(args.clients)
+            .tcp_nodelay(true)
+            .build()?,
+        url: args.url.trim_end_matches('/').to_owned(),
+        token: args.token.clone(),
+    });
+    let (stores, skus) = match args.workload {
+        Workload::Spread => (args.stores, args.skus),
+        Workload::Hot => (1, 1),
+    };
+    seed(&target, stores, skus, args.stock).await?;
+    let (reserved_before, _) = target.reserved_total(stores).await?;
+
+    let run_id: u64 = rand::rng().random();
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut tasks = Vec::with_capacity(args.clients);
+    for client in 0..args.clients {
+        let target = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .expect("static bounds are valid");
+            let mut answers: BTreeMap<String, u64> = BTreeMap::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let (s, k) = {
+                    let mut rng = rand::rng();
+                    (rng.random_range(0..stores), rng.random_range(0..skus))
+                };
+                let body = json!({
+                    "order_id": format!("bench-{run_id:x}-{client}-{n}"),
+                    "store_id": store(s),
+                    "lines": [{"sku": sku(k), "quantity": 1}],
+                });
+                n += 1;
+                let t0 = Instant::now();
+                let answer = target
+                    .request(reqwest::Method::POST, "/v1/reservations")
+                    .json(&body)
+                    .send()
+                    .await;
+                let key = match answer {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        let code = if status >= 400 {
+                            resp.json::<Value>()
+                                .await
+                                .ok()
+                                .and_then(|v| v["code"].as_str().map(str::to_owned))
+                        } else {
+                            let _ = resp.bytes().await;
+                            None
+                        };
+                        match code {
+                            Some(code) => format!("{status} {code}"),
+                            None => status.to_string(),
+                        }
+                    }
+                    Err(e) => format!(
+                        "transport error: {}",
+                        if e.is_connect() { "connect" } else { "other" }
+                    ),
+                };
+                let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+                *answers.entry(key).or_default() += 1;
+            }
+            (hist, answers)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut answers: BTreeMap<String, u64> = BTreeMap::new();
+    for t in tasks {
+        let (h, a) = t.await?;
+        hist.add(h)?;
+        for (k, v) in a {
+            *answers.entry(k).or_default() += v;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let reserved = answers.get("201").copied().unwrap_or(0);
+    let (reserved_after, oversold) = target.reserved_total(stores).await?;
+    let implied = reserved_before + reserved as i64;
+    let oversell_check = if reserved_after == implied && oversold == 0 {
+        format!(
+            "ok: reserved grew by exactly the {reserved} successful reservations; no row oversold"
+        )
+    } else {
+        format!("FAILED: reserved is {reserved_after}, the answers imply {implied}; {oversold} rows oversold")
+    };
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let latency_ms = BTreeMap::from([
+        ("p50".to_owned(), ms(0.50)),
+        ("p90".to_owned(), ms(0.90)),
+        ("p99".to_owned(), ms(0.99)),
+        ("p99.9".to_owned(), ms(0.999)),
+        ("max".to_owned(), hist.max() as f64 / 1000.0),
+    ]);
+    Ok(Summary {
+        workload: args.workload,
+        clients: args.clients,
+        seconds,
+        requests: hist.len(),
+        reserved,
+        throughput_per_s: hist.len() as f64 / seconds,
+        latency_ms,
+        answers,
+        oversell_check,
+    })
+}
+
+/// Sets every (store, sku) of the catalog to `stock` on hand, 1,000 per request.
+async fn seed(target: &Target, stores: usize, skus: usize, stock: i64) -> anyhow::Result<()> {
+    let pairs: Vec<(usize, usize)> = (0..stores)
+        .flat_map(|s| (0..skus).map(move |k| (s, k)))
+        .collect();
+    for chunk in pairs.chunks(1000) {
+        let items: Vec<Value> = chunk
+            .iter()
+            .map(|(s, k)| json!({"store_id": store(*s), "sku": sku(*k), "set_on_hand": stock, "reason": "cycle_count"}))
+            .collect();
+        let answer = target
+            .json(
+                reqwest::Method::POST,
+                "/v1/adjustments/batch",
+                Some(json!({"items": items})),
+            )
+            .await?;
+        if let Some(err) = answer["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|r| r.get("error"))
+        {
+            bail!("seeding failed: {}", err["detail"]);
+        }
+    }
+    Ok(())
+}
+
+pub fn print(summary: &Summary) {
+    println!(
+        "{:?} workload, {} clients, {:.1} s: {} requests, {:.0} req/s, {} reserved",
+        summary.workload,
+        summary.clients,
+        summary.seconds,
+        summary.requests,
+        summary.throughput_per_s,
+        summary.reserved
+    );
+    let l = &summary.latency_ms;
+    println!(
+        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        l["p50"], l["p90"], l["p99"], l["p99.9"], l["max"]
+    );
+    for (answer, n) in &summary.answers {
+        println!("  {answer}: {n}");
+    }
+    println!("oversell check: {}", summary.oversell_check);
+}

@@ -1,0 +1,314 @@
+//! `invsync serve` configuration: one typed struct built from flags > environment >
+//! TOML file > defaults (clap resolves flag and environment; the file fills the rest).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// A configuration value that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn bad(key: &'static str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError {
+        key,
+        message: message.to_string(),
+    }
+}
+
+/// The flags of `invsync serve`. Every one may also come from its environment variable
+/// or from the `--config` file (same key names).
+#[derive(Debug, Default, Clone, Args)]
+pub struct ServeArgs {
+    /// TOML file with the same keys as these flags.
+    #[arg(long, env = "INVSYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded ledger (default ./invsync-data).
+    #[arg(long, env = "INVSYNC_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP address (default 127.0.0.1:8080).
+    #[arg(long, env = "INVSYNC_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// `sqlite://PATH` (default: ledger.db in the data dir).
+    #[arg(long, env = "INVSYNC_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// `embedded` (default).
+    #[arg(long, env = "INVSYNC_BUS", value_name = "URL")]
+    pub bus: Option<String>,
+    /// Event retention, e.g. 7d, 36h, 90s (default 7d).
+    #[arg(long, env = "INVSYNC_RETENTION", value_name = "DUR")]
+    pub retention: Option<String>,
+    /// Visibility SLA metrics judge against (default 30s).
+    #[arg(long, env = "INVSYNC_SLA", value_name = "DUR")]
+    pub sla: Option<String>,
+    /// TOML file of API tokens and their scopes.
+    #[arg(long, env = "INVSYNC_TOKENS", value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+    /// `text` (default) or `json`.
+    #[arg(long, env = "INVSYNC_LOG_FORMAT", value_name = "F")]
+    pub log_format: Option<String>,
+    /// Deployment name, used in events' `source` (invsync://NAME; default "local").
+    #[arg(long, env = "INVSYNC_DEPLOYMENT", value_name = "NAME")]
+    pub deployment: Option<String>,
+    /// Most ledger commands committed together (group commit); 1 switches it off
+    /// (default 256).
+    #[arg(long, env = "INVSYNC_MAX_BATCH", value_name = "N")]
+    pub max_batch: Option<usize>,
+}
+
+/// The `--config` file: the same keys as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    database_url: Option<String>,
+    bus: Option<String>,
+    retention: Option<String>,
+    sla: Option<String>,
+    tokens: Option<PathBuf>,
+    log_format: Option<String>,
+    deployment: Option<String>,
+    max_batch: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+}
+
+/// The resolved configuration of `invsync serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub database: Database,
+    pub retention: Duration,
+    pub sla: Duration,
+    pub tokens: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// CloudEvents `source` of this deployment's events.
+    pub source: String,
+    pub max_batch: usize,
+}
+
+impl Config {
+    /// Resolves flags/env (already merged by clap) over the file over defaults.
+    pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./invsync-data"));
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        let listen: SocketAddr = listen.parse().map_err(|e| {
+            bad(
+                "listen",
+                format!("{listen:?} is not an address like 127.0.0.1:8080 ({e})"),
+            )
+        })?;
+        let database = match args.database_url.or(file.database_url) {
+            None => Database::Sqlite(data_dir.join("ledger.db")),
+            Some(url) => parse_database_url(&url)?,
+        };
+        let bus = args
+            .bus
+            .or(file.bus)
+            .unwrap_or_else(|| "embedded".to_owned());
+        if bus != "embedded" {
+            return Err(bad(
+                "bus",
+                format!("{bus:?} is not supported by this build; use `embedded`"),
+            ));
+        }
+        let retention = duration("retention", args.retention.or(file.retention), "7d")?;
+        let sla = duration("sla", args.sla.or(file.sla), "30s")?;
+        let log_format = match args.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(bad(
+                    "log-format",
+                    format!("{other:?} is not `text` or `json`"),
+                ))
+            }
+        };
+        let deployment = args
+            .deployment
+            .or(file.deployment)
+            .unwrap_or_else(|| "local".to_owned());
+        invsync_core::StoreId::parse(deployment.as_str())
+            .map_err(|e| bad("deployment", format!("{deployment:?}: {e}")))?;
+        let max_batch = args.max_batch.or(file.max_batch).unwrap_or(256);
+        if !(1..=10_000).contains(&max_batch) {
+            return Err(bad(
+                "max-batch",
+                format!("must be from 1 to 10000, got {max_batch}"),
+            ));
+        }
+        Ok(Self {
+            data_dir,
+            listen,
+            database,
+            retention,
+            sla,
+            tokens: args.tokens.or(file.tokens),
+            log_format,
+            source: format!("invsync://{deployment}"),
+            max_batch,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| bad("config", format!("{}: {}", path.display(), e.message())))
+}
+
+fn parse_database_url(url: &str) -> Result<Database, ConfigError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(bad(
+                "database-url",
+                "sqlite:// needs a path, e.g. sqlite://./ledger.db",
+            ));
+        }
+        return Ok(Database::Sqlite(PathBuf::from(path)));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(bad(
+            "database-url",
+            "PostgreSQL is not supported by this build yet; use sqlite://PATH",
+        ));
+    }
+    Err(bad("database-url", format!("{url:?} is not sqlite://PATH")))
+}
+
+/// Parses `7d`, `36h`, `90s`, `1h30m`; refuses zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 7d, 36h or 90s ({e})"))?;
+    if d.is_zero() {
+        return Err(format!("{text:?} must be longer than zero"));
+    }
+    Ok(d)
+}
+
+fn duration(
+    key: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    parse_duration(value.as_deref().unwrap_or(default)).map_err(|e| bad(key, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.database,
+            Database::Sqlite(PathBuf::from("./invsync-data/ledger.db"))
+        );
+        assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.sla, Duration::from_secs(30));
+        assert_eq!(c.max_batch, 256);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("invsync.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nretention = \"36h\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            listen: Some("127.0.0.1:9100".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(args).unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.retention, Duration::from_secs(36 * 3600));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: [(ServeArgs, &str); 5] = [
+            (
+                ServeArgs {
+                    listen: Some("nowhere".into()),
+                    ..Default::default()
+                },
+                "listen",
+            ),
+            (
+                ServeArgs {
+                    retention: Some("soon".into()),
+                    ..Default::default()
+                },
+                "retention",
+            ),
+            (
+                ServeArgs {
+                    database_url: Some("mysql://x".into()),
+                    ..Default::default()
+                },
+                "database-url",
+            ),
+            (
+                ServeArgs {
+                    log_format: Some("xml".into()),
+                    ..Default::default()
+                },
+                "log-format",
+            ),
+            (
+                ServeArgs {
+                    max_batch: Some(0),
+                    ..Default::default()
+                },
+                "max-batch",
+            ),
+        ];
+        for (args, key) in cases {
+            assert_eq!(Config::resolve(args).unwrap_err().key, key);
+        }
+    }
+
+    #[test]
+    fn an_unknown_file_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("invsync.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+        let err = Config::resolve(ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.key, "config");
+        assert!(err.message.contains("lisen"), "{}", err.message);
+    }
+}

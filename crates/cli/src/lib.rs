@@ -1,0 +1,514 @@
+//! The `invsync` binary's library: the command line, configuration, and each
+//! subcommand. `main` only parses arguments and calls [`run`].
+//!
+//! # Layout
+//!
+//! - [`config`]: `serve`'s typed configuration (flags > env > file > defaults).
+//! - [`serve`]: the server's tasks under one supervisor, with graceful shutdown.
+//! - [`client`]: client commands over the HTTP API.
+//! - [`tokens`]: the tokens file and `token new`.
+//! - [`bench`]: the load generator.
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod client;
+pub mod config;
+pub mod serve;
+pub mod tokens;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::{lines_json, parse_line, show, Client, ClientArgs, ClientError};
+use crate::config::{Config, LogFormat, ServeArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "invsync",
+    version,
+    about = "Inventory reservation and synchronization service"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (embedded SQLite ledger by default).
+    Serve(ServeArgs),
+    /// Show stock: `stock STORE SKU`, `stock --sku SKU` or `stock --store STORE`.
+    Stock {
+        store: Option<String>,
+        sku: Option<String>,
+        #[arg(long = "sku", conflicts_with_all = ["store", "by_store"])]
+        by_sku: Option<String>,
+        #[arg(long = "store", conflicts_with_all = ["store", "sku"])]
+        by_store: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Adjust on_hand: `adjust --store S --sku K --delta 25 --reason stock_in`.
+    Adjust {
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        sku: String,
+        #[arg(
+            long,
+            allow_hyphen_values = true,
+            required_unless_present = "set",
+            conflicts_with = "set"
+        )]
+        delta: Option<i64>,
+        /// An absolute count instead of a delta.
+        #[arg(long)]
+        set: Option<i64>,
+        #[arg(long, default_value = "correction")]
+        reason: String,
+        #[arg(long)]
+        external_ref: Option<String>,
+        #[arg(long)]
+        if_version: Option<i64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Reserve stock for an order: `reserve --order O-1 --store S1 --line SKU-1=2`.
+    Reserve {
+        #[arg(long)]
+        order: String,
+        #[arg(long)]
+        store: String,
+        /// SKU=QUANTITY, repeatable.
+        #[arg(long = "line", required = true, value_parser = parse_line)]
+        lines: Vec<(String, i64)>,
+        #[arg(long)]
+        ttl: Option<i64>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Release a reservation (all of it, or the given lines).
+    Release {
+        reservation_id: String,
+        #[arg(long = "line", value_parser = parse_line)]
+        lines: Vec<(String, i64)>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Fulfil a reservation (all of it, or the given lines).
+    Fulfil {
+        reservation_id: String,
+        #[arg(long = "line", value_parser = parse_line)]
+        lines: Vec<(String, i64)>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a reservation by id, or an order's reservations with --order.
+    Reservation {
+        #[arg(required_unless_present = "order")]
+        reservation_id: Option<String>,
+        #[arg(long, conflicts_with = "reservation_id")]
+        order: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Read the event log.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Drive load against a server and report throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Print events after an offset.
+    Tail {
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a new random token and the tokens-file entry holding its SHA-256.
+    New {
+        #[arg(long)]
+        name: String,
+        /// read, reserve, adjust or admin; repeatable.
+        #[arg(long = "scope", required = true, value_parser = ["read", "reserve", "adjust", "admin"])]
+        scopes: Vec<String>,
+    },
+}
+
+/// Runs the parsed command line; the exit code follows `operations.md`: 0 on success,
+/// 2 for a bad flag or configuration value, 1 for any other failure.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("invsync: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match Config::resolve(args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("invsync: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(config.log_format);
+            match runtime.block_on(serve::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("invsync: {e:#}");
+                    if e.to_string().starts_with("listen:") || e.to_string().starts_with("tokens:")
+                    {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+        Command::Token {
+            command: TokenCommand::New { name, scopes },
+        } => {
+            let (token, entry) = tokens::new_token(&name, &scopes);
+            println!("token: {token}\n\n# add to the tokens file:\n{entry}");
+            ExitCode::SUCCESS
+        }
+        Command::Bench(args) => {
+            let json = args.json;
+            match runtime.block_on(bench::run(args)) {
+                Ok(summary) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&summary).unwrap_or_default()
+                        );
+                    } else {
+                        bench::print(&summary);
+                    }
+                    if summary.oversell_check.starts_with("ok") {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("invsync bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        command => match runtime.block_on(client_command(command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(ClientError::Usage(msg)) => {
+                eprintln!("invsync: {msg}");
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("invsync: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+fn print(client: &Client, value: &Value, human: impl FnOnce(&Value) -> String) {
+    if client.json_output() {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        println!("{}", human(value));
+    }
+}
+
+fn list(value: &Value, item: fn(&Value) -> String) -> String {
+    let items: Vec<String> = value["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(item)
+        .collect();
+    if items.is_empty() {
+        "(none)".to_owned()
+    } else {
+        items.join("\n")
+    }
+}
+
+/// Percent-encodes a value for a URL path segment or query.
+fn enc(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn client_command(command: Command) -> Result<(), ClientError> {
+    match command {
+        Command::Stock {
+            store,
+            sku,
+            by_sku,
+            by_store,
+            limit,
+            after,
+            client,
+        } => {
+            let c = Client::new(client);
+            match (store, sku, by_sku, by_store) {
+                (Some(store), Some(sku), None, None) => {
+                    let (_, v) = c
+                        .call(
+                            Method::GET,
+                            &format!("/v1/stock/{}/{}", enc(&store), enc(&sku)),
+                            None,
+                        )
+                        .await?;
+                    print(&c, &v, show::stock);
+                }
+                (None, None, Some(sku), None) => {
+                    let (_, v) = c
+                        .call(Method::GET, &format!("/v1/stock?sku={}", enc(&sku)), None)
+                        .await?;
+                    print(&c, &v, |v| list(v, show::stock));
+                }
+                (None, None, None, Some(store)) => {
+                    let mut path = format!("/v1/stock?store_id={}", enc(&store));
+                    if let Some(limit) = limit {
+                        path.push_str(&format!("&limit={limit}"));
+                    }
+                    if let Some(after) = after {
+                        path.push_str(&format!("&after={}", enc(&after)));
+                    }
+                    let (_, v) = c.call(Method::GET, &path, None).await?;
+                    print(&c, &v, |v| {
+                        let mut out = list(v, show::stock);
+                        if let Some(next) = v["next"].as_str() {
+                            out.push_str(&format!("\nmore: --after {next}"));
+                        }
+                        out
+                    });
+                }
+                _ => {
+                    return Err(ClientError::Usage(
+                        "give STORE SKU, --sku SKU or --store STORE".into(),
+                    ))
+                }
+            }
+        }
+        Command::Adjust {
+            store,
+            sku,
+            delta,
+            set,
+            reason,
+            external_ref,
+            if_version,
+            client,
+        } => {
+            let c = Client::new(client);
+            let mut body = json!({"store_id": store, "sku": sku, "reason": reason});
+            match (delta, set) {
+                (Some(d), None) => body["delta"] = json!(d),
+                (None, Some(s)) => body["set_on_hand"] = json!(s),
+                _ => {
+                    return Err(ClientError::Usage(
+                        "give exactly one of --delta and --set".into(),
+                    ))
+                }
+            }
+            if let Some(r) = external_ref {
+                body["external_ref"] = json!(r);
+            }
+            if let Some(v) = if_version {
+                body["if_version"] = json!(v);
+            }
+            let (_, v) = c.call(Method::POST, "/v1/adjustments", Some(body)).await?;
+            print(&c, &v, show::adjustment);
+        }
+        Command::Reserve {
+            order,
+            store,
+            lines,
+            ttl,
+            idempotency_key,
+            client,
+        } => {
+            let c = Client::new(client);
+            let mut body =
+                json!({"order_id": order, "store_id": store, "lines": lines_json(&lines)});
+            if let Some(ttl) = ttl {
+                body["ttl_seconds"] = json!(ttl);
+            }
+            if idempotency_key.is_some() {
+                return call_with_key(&c, body, idempotency_key).await;
+            }
+            let (_, v) = c.call(Method::POST, "/v1/reservations", Some(body)).await?;
+            print(&c, &v, show::reservation);
+        }
+        Command::Release {
+            reservation_id,
+            lines,
+            reason,
+            client,
+        } => {
+            let c = Client::new(client);
+            let mut body = json!({});
+            if !lines.is_empty() {
+                body["lines"] = lines_json(&lines);
+            }
+            if let Some(reason) = reason {
+                body["reason"] = json!(reason);
+            }
+            let path = format!("/v1/reservations/{}/release", enc(&reservation_id));
+            let (_, v) = c.call(Method::POST, &path, Some(body)).await?;
+            print(&c, &v, show::reservation);
+        }
+        Command::Fulfil {
+            reservation_id,
+            lines,
+            client,
+        } => {
+            let c = Client::new(client);
+            let body = if lines.is_empty() {
+                json!({})
+            } else {
+                json!({"lines": lines_json(&lines)})
+            };
+            let path = format!("/v1/reservations/{}/fulfil", enc(&reservation_id));
+            let (_, v) = c.call(Method::POST, &path, Some(body)).await?;
+            print(&c, &v, show::reservation);
+        }
+        Command::Reservation {
+            reservation_id,
+            order,
+            client,
+        } => {
+            let c = Client::new(client);
+            match (reservation_id, order) {
+                (Some(id), None) => {
+                    let (_, v) = c
+                        .call(Method::GET, &format!("/v1/reservations/{}", enc(&id)), None)
+                        .await?;
+                    print(&c, &v, show::reservation);
+                }
+                (None, Some(order)) => {
+                    let (_, v) = c
+                        .call(
+                            Method::GET,
+                            &format!("/v1/reservations?order_id={}", enc(&order)),
+                            None,
+                        )
+                        .await?;
+                    print(&c, &v, |v| list(v, show::reservation));
+                }
+                _ => {
+                    return Err(ClientError::Usage(
+                        "give a reservation id or --order".into(),
+                    ))
+                }
+            }
+        }
+        Command::Events {
+            command:
+                EventsCommand::Tail {
+                    after,
+                    limit,
+                    client,
+                },
+        } => {
+            let c = Client::new(client);
+            let (_, v) = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/events?after={after}&limit={limit}"),
+                    None,
+                )
+                .await?;
+            print(&c, &v, |v| {
+                let lines: Vec<String> = v["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| show::event(&e["offset"], &e["event"]))
+                    .collect();
+                if lines.is_empty() {
+                    format!("(no events after offset {after})")
+                } else {
+                    lines.join("\n")
+                }
+            });
+        }
+        Command::Serve(_) | Command::Token { .. } | Command::Bench(_) => {
+            return Err(ClientError::Usage("not a client command".into()))
+        }
+    }
+    Ok(())
+}
+
+/// `reserve` with an `Idempotency-Key` header (the one client call that sends one).
+async fn call_with_key(c: &Client, body: Value, key: Option<String>) -> Result<(), ClientError> {
+    let (_, v) = c
+        .call_with_header(
+            Method::POST,
+            "/v1/reservations",
+            Some(body),
+            key.map(|k| ("Idempotency-Key", k)),
+        )
+        .await?;
+    print(c, &v, show::reservation);
+    Ok(())
+}
