@@ -1,0 +1,142 @@
+//! Spawns the real application on a free loopback port over a private SQLite ledger.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+
+use invsync_api::{Access, AppState, Scope, TokenEntry};
+use invsync_ledger::{Ledger, SqliteConfig, SqliteLedger, SystemClock};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub struct App {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub ledger: Arc<SqliteLedger>,
+    pub token: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn spawn() -> App {
+    spawn_with(Access::Anonymous, None).await
+}
+
+/// An app with three tokens: `reader` (read), `orders` (reserve, read), `admin`.
+pub async fn spawn_with_tokens() -> App {
+    let entry = |name: &str, scopes: Vec<Scope>| TokenEntry {
+        name: name.to_owned(),
+        scopes,
+        sha256: Sha256::digest(format!("{name}-secret-token").as_bytes()).into(),
+    };
+    let access = Access::Tokens(vec![
+        entry("reader", vec![Scope::Read]),
+        entry("orders", vec![Scope::Reserve, Scope::Read]),
+        entry("admin", vec![Scope::Admin]),
+    ]);
+    spawn_with(access, Some("admin-secret-token".to_owned())).await
+}
+
+async fn spawn_with(access: Access, token: Option<String>) -> App {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = Arc::new(
+        SqliteLedger::open(
+            SqliteConfig::new(dir.path().join("ledger.db")),
+            Arc::new(SystemClock),
+        )
+        .expect("open ledger"),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let state = AppState::new(ledger.clone() as Arc<dyn Ledger>, access);
+    tokio::spawn(invsync_api::serve(listener, state, std::future::pending()));
+    App {
+        url,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client"),
+        ledger,
+        token,
+        _dir: dir,
+    }
+}
+
+/// One answer: status, content type and the JSON body (Null when there is none).
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl App {
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{}", self.url, path));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = resp.bytes().await.expect("body read");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.send(self.request(Method::POST, path).json(&body))
+            .await
+    }
+
+    pub async fn adjust(&self, store: &str, sku: &str, delta: i64) -> Answer {
+        let a = self
+            .post(
+                "/v1/adjustments",
+                serde_json::json!({"store_id": store, "sku": sku, "delta": delta, "reason": "stock_in"}),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        a
+    }
+
+    /// Every event of the log, in offset order, checking offsets are gapless.
+    pub async fn all_events(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .get(&format!("/v1/events?after={after}&limit=1000"))
+                .await;
+            assert_eq!(page.status, 200, "{}", page.body);
+            let events = page.body["events"].as_array().expect("events").clone();
+            if events.is_empty() {
+                return out;
+            }
+            for e in events {
+                assert_eq!(e["offset"].as_i64(), Some(after + 1), "offsets are gapless");
+                after += 1;
+                out.push(e["event"].clone());
+            }
+            assert_eq!(page.body["next_offset"].as_i64(), Some(after));
+        }
+    }
+}
