@@ -64,6 +64,23 @@ fn reserve(order: &str, st: &str, lines: &[(&str, i64)], ttl: Option<i64>) -> Re
     .unwrap()
 }
 
+/// The JSON Schema of event v1 (kept in the core crate), compiled once.
+fn schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../core/schema/inventory-sync-event.v1.schema.json"
+        );
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap()
+    })
+}
+
 /// Reads the whole log and checks what must hold of it at any moment: offsets gapless
 /// from 1, versions of each (store, sku) rising by exactly one from 1, no event with a
 /// negative count, no reservation taking `available` below zero, and every stock row
@@ -80,6 +97,15 @@ async fn check_log(ledger: &SqliteLedger) -> Vec<CloudEvent> {
         for logged in page.events {
             assert_eq!(logged.offset, after + 1, "offsets are gapless");
             after = logged.offset;
+            let value: serde_json::Value = serde_json::from_str(&logged.envelope).unwrap();
+            let errors: Vec<String> = schema()
+                .iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "emitted event fails the v1 schema: {errors:?}\n{value}"
+            );
             events.push(CloudEvent::parse(logged.envelope.as_bytes()).unwrap());
         }
     }
@@ -539,4 +565,105 @@ async fn reopening_keeps_data_and_offsets_continue() {
         .unwrap();
     let events = check_log(&ledger).await;
     assert_eq!(events.len(), 2);
+}
+
+#[tokio::test]
+async fn every_kind_and_reason_of_event_validates_against_the_v1_schema() {
+    use invsync_core::{ExternalRef, ReleaseReason as R};
+    let f = open(256);
+    let reasons = [
+        AdjustReason::StockIn,
+        AdjustReason::StockOut,
+        AdjustReason::CycleCount,
+        AdjustReason::Damage,
+        AdjustReason::Return,
+        AdjustReason::Correction,
+    ];
+    f.ledger
+        .adjust(adjust("S1", "A", Change::Delta(Delta::new(1000).unwrap())))
+        .await
+        .unwrap();
+    for (i, reason) in reasons.into_iter().enumerate() {
+        let mut cmd = adjust(
+            "S1",
+            "A",
+            Change::Delta(Delta::new(if i % 2 == 0 { 3 } else { -1 }).unwrap()),
+        );
+        cmd.reason = reason;
+        cmd.external_ref = (i % 2 == 0).then(|| ExternalRef::parse(format!("REF-{i}")).unwrap());
+        f.ledger.adjust(cmd).await.unwrap();
+    }
+    let releases = [
+        R::OrderCancelled,
+        R::OrderChanged,
+        R::PaymentFailed,
+        R::CustomerRequest,
+        R::Other,
+    ];
+    for (i, reason) in releases.into_iter().enumerate() {
+        let placed = f
+            .ledger
+            .reserve(reserve(
+                &format!("O{i}"),
+                "S1",
+                &[("A", 2), ("B-1.x:y", 1)],
+                None,
+            ))
+            .await;
+        let placed = match placed {
+            Ok(p) => p,
+            Err(_) => {
+                f.ledger
+                    .adjust(adjust(
+                        "S1",
+                        "B-1.x:y",
+                        Change::Delta(Delta::new(100).unwrap()),
+                    ))
+                    .await
+                    .unwrap();
+                f.ledger
+                    .reserve(reserve(
+                        &format!("O{i}"),
+                        "S1",
+                        &[("A", 2), ("B-1.x:y", 1)],
+                        None,
+                    ))
+                    .await
+                    .unwrap()
+            }
+        };
+        let id = placed.reservation.reservation_id;
+        f.ledger
+            .release(id, Some(vec![(sku("A"), q(1))]), reason)
+            .await
+            .unwrap();
+        f.ledger.fulfil(id, None).await.unwrap();
+    }
+    let placed = f
+        .ledger
+        .reserve(reserve("O-exp", "S2", &[("A", 1)], Some(1)))
+        .await;
+    assert!(placed.is_err(), "S2 has no stock");
+    f.ledger
+        .adjust(adjust(
+            "S2",
+            "A",
+            Change::SetOnHand(OnHandCount::new(5).unwrap()),
+        ))
+        .await
+        .unwrap();
+    f.ledger
+        .reserve(reserve("O-exp", "S2", &[("A", 1)], Some(1)))
+        .await
+        .unwrap();
+    f.clock.advance(TimeDelta::seconds(2));
+    assert_eq!(f.ledger.expire_due().await.unwrap(), 1);
+
+    let events = check_log(&f.ledger).await;
+    let seen: std::collections::HashSet<Reason> = events.iter().map(|e| e.data.reason).collect();
+    assert_eq!(
+        seen.len(),
+        14,
+        "every reason was emitted and validated: {seen:?}"
+    );
 }
