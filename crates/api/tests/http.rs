@@ -2,6 +2,9 @@
 //! overselling, one reservation per idempotency key, no deadlock), every error code,
 //! a table of malformed requests, auth, and the documented shapes.
 
+// Tests fail loudly on anything unexpected.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashSet;

@@ -1,6 +1,9 @@
 //! The golden v1 events still parse and validate, and what the code builds validates
 //! against the schema (the ledger's tests validate every event it actually emits).
 
+// Tests fail loudly on anything unexpected.
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use invsync_core::CloudEvent;

@@ -1,6 +1,9 @@
 //! The ledger's rules, checked against a real SQLite file: property tests over random
 //! command sequences, idempotency, and expiry with a manual clock.
 
+// Tests fail loudly on anything unexpected.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 

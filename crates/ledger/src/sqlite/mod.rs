@@ -67,10 +67,13 @@ enum Job {
     Stop(oneshot::Sender<()>),
 }
 
+/// Answers a job's caller once the batch has ended, given the commit error if the
+/// commit failed.
+type Answer = Box<dyn FnOnce(Option<&LedgerError>) + Send>;
+
 struct Pending {
     ok: bool,
-    /// Called after the batch ends, with the commit error if the commit failed.
-    answer: Box<dyn FnOnce(Option<&LedgerError>) + Send>,
+    answer: Answer,
 }
 
 pub struct SqliteLedger {
