@@ -40,6 +40,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Arc::new(ledger)
         }
     };
+    // Signal handlers go in before the server says it is listening, so a SIGTERM
+    // that follows the announcement always finds them.
+    let signals = ShutdownSignals::install().context("installing signal handlers")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
@@ -47,31 +50,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, "invsync listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let signal_stop = stop_tx.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.recv().await;
         tracing::info!("shutdown requested: finishing in-flight requests");
-        let _ = stop_tx.send(true);
+        let _ = signal_stop.send(true);
     });
 
-    let http = tokio::spawn(invsync_api::serve(
+    let mut http = tokio::spawn(invsync_api::serve(
         listener,
         AppState::new(ledger.clone(), access),
         stopped(stop_rx.clone()),
     ));
-    let sweeper = tokio::spawn(expire_loop(ledger.clone(), stop_rx.clone()));
+    let mut sweeper = tokio::spawn(expire_loop(ledger.clone(), stop_rx.clone()));
 
-    // The supervisor: whichever task ends first, say which and why, then stop the rest.
-    let outcome = tokio::select! {
-        r = http => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(anyhow::anyhow!("the HTTP server stopped: {e}")),
-            Err(e) => Err(anyhow::anyhow!("the HTTP server task failed: {e}")),
-        },
-        r = sweeper => Err(anyhow::anyhow!("the expiry sweeper stopped unexpectedly: {r:?}")),
+    // The supervisor: a task that ends before shutdown was requested is a failure;
+    // say which and why, then stop the others. After a request, every task ends.
+    let (failure, rest) = tokio::select! {
+        r = &mut http => (match r {
+            Ok(Ok(())) if *stop_rx.borrow() => None,
+            Ok(Ok(())) => Some("the HTTP server stopped".to_owned()),
+            Ok(Err(e)) => Some(format!("the HTTP server failed: {e}")),
+            Err(e) => Some(format!("the HTTP server task failed: {e}")),
+        }, sweeper),
+        r = &mut sweeper => (match r {
+            Ok(()) if *stop_rx.borrow() => None,
+            other => Some(format!("the expiry sweeper stopped: {other:?}")),
+        }, tokio::spawn(async move { let _ = http.await; })),
     };
+    if let Some(why) = &failure {
+        tracing::error!(reason = %why, "a task stopped; shutting down");
+    }
+    let _ = stop_tx.send(true);
+    let _ = rest.await;
     ledger.shutdown().await;
     tracing::info!("invsync stopped");
-    outcome
+    match failure {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!(why)),
+    }
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {
@@ -94,29 +111,39 @@ async fn expire_loop(ledger: Arc<dyn Ledger>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
+/// SIGTERM and SIGINT (Ctrl-C), registered eagerly.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    #[cfg(unix)]
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {})
+    }
+
+    #[cfg(unix)]
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn recv(self) {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -178,14 +178,8 @@ impl<T: Tx> Engine<'_, T> {
             &reservation,
             &taken,
             |level, q| level.release(q),
-            |q| Cause {
-                event_type: EventType::Released,
-                reason,
-                quantity: -q,
-                order_id: None,
-                reservation_id: None,
-                external_ref: None,
-            },
+            EventType::Released,
+            reason,
         )?;
         Ok(reservation)
     }
@@ -201,14 +195,8 @@ impl<T: Tx> Engine<'_, T> {
             &reservation,
             &taken,
             |level, q| level.fulfil(q),
-            |q| Cause {
-                event_type: EventType::Adjusted,
-                reason: Reason::Fulfilled,
-                quantity: -q,
-                order_id: None,
-                reservation_id: None,
-                external_ref: None,
-            },
+            EventType::Adjusted,
+            Reason::Fulfilled,
         )?;
         Ok(reservation)
     }
@@ -220,13 +208,15 @@ impl<T: Tx> Engine<'_, T> {
     }
 
     /// Applies what a release or fulfilment took from the reservation to the stock
-    /// rows (in key order), with one event per row, then stores the reservation.
+    /// rows (in key order), with one event per row, then stores the reservation. Both
+    /// lower a count by what was taken, so each event's `quantity` is negative.
     fn settle(
         &mut self,
         reservation: &Reservation,
         taken: &[(Sku, i64)],
         step: impl Fn(&StockLevel, i64) -> Result<StockLevel, DomainError>,
-        cause: impl Fn(i64) -> Cause,
+        event_type: EventType,
+        reason: Reason,
     ) -> Result<(), LedgerError> {
         if taken.is_empty() {
             return Ok(());
@@ -241,9 +231,14 @@ impl<T: Tx> Engine<'_, T> {
                 ))
             })?;
             let after = step(&level, *quantity)?;
-            let mut cause = cause(*quantity);
-            cause.order_id = Some(reservation.order_id.clone());
-            cause.reservation_id = Some(reservation.reservation_id);
+            let cause = Cause {
+                event_type,
+                reason,
+                quantity: -quantity,
+                order_id: Some(reservation.order_id.clone()),
+                reservation_id: Some(reservation.reservation_id),
+                external_ref: None,
+            };
             self.change(store, sku, after, cause)?;
         }
         self.tx.update_reservation(reservation, self.now)
