@@ -57,6 +57,8 @@ pub(crate) trait Tx {
         outcome: &AdjustmentOutcome,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError>;
+    /// Deletes up to `limit` events that occurred before `before`, oldest first.
+    fn purge_events(&mut self, before: DateTime<Utc>, limit: usize) -> Result<usize, LedgerError>;
     /// Active reservations whose TTL ran out at `now`, oldest first.
     fn due_reservations(
         &mut self,
@@ -300,6 +302,15 @@ impl<T: Tx> Engine<'_, T> {
                 .insert_adjustment(external_ref, &fingerprint, &outcome, self.now)?;
         }
         Ok(outcome)
+    }
+
+    /// Deletes up to `limit` events older than `retention`; offsets of the rest stay.
+    pub(crate) fn purge_events(
+        &mut self,
+        retention: chrono::TimeDelta,
+        limit: usize,
+    ) -> Result<usize, LedgerError> {
+        self.tx.purge_events(self.now - retention, limit)
     }
 
     /// Releases, with reason `expired`, up to `limit` reservations whose TTL ran out.

@@ -78,6 +78,14 @@ pub trait Ledger: Send + Sync + 'static {
     async fn reservations_by_order(&self, order: OrderId) -> Result<Vec<Reservation>, LedgerError>;
     /// Events with offset > `after`, oldest first, at most `limit`.
     async fn events(&self, after: i64, limit: usize) -> Result<EventPage, LedgerError>;
+    /// The first offset whose event occurred at or after `since` (the next offset to be
+    /// written when there is none): where a replay by time starts.
+    async fn offset_at(&self, since: chrono::DateTime<chrono::Utc>) -> Result<i64, LedgerError>;
+    /// Deletes events older than `retention` (the log keeps its offsets); returns how many.
+    async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError>;
+    /// The last committed offset, updated after every commit: consumers wait on it
+    /// instead of polling.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<i64>;
     /// Succeeds when the ledger can serve requests.
     async fn ping(&self) -> Result<(), LedgerError>;
     /// Finishes queued writes and stops; later writes answer `Unavailable`.

@@ -13,7 +13,7 @@ use invsync_core::{
     LineQuantity, OnHandCount, OrderId, Reason, ReleaseReason, ReservationStatus, Reserve, Sku,
     StoreId, TtlSeconds,
 };
-use invsync_ledger::{Ledger, LedgerError, ManualClock, SqliteConfig, SqliteLedger};
+use invsync_ledger::{Clock, Ledger, LedgerError, ManualClock, SqliteConfig, SqliteLedger};
 use proptest::prelude::*;
 
 fn store(s: &str) -> StoreId {
@@ -668,5 +668,72 @@ async fn every_kind_and_reason_of_event_validates_against_the_v1_schema() {
         seen.len(),
         14,
         "every reason was emitted and validated: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn purging_by_retention_keeps_offsets_and_subscribers_see_each_commit() {
+    let f = open(256);
+    let mut head = f.ledger.subscribe();
+    assert_eq!(*head.borrow_and_update(), 0);
+    for _ in 0..3 {
+        f.ledger
+            .adjust(adjust("S1", "A", Change::Delta(Delta::new(1).unwrap())))
+            .await
+            .unwrap();
+    }
+    assert!(head.has_changed().unwrap());
+    assert_eq!(*head.borrow_and_update(), 3);
+    let start = f.clock.now();
+    f.clock.advance(TimeDelta::hours(2));
+    for _ in 0..2 {
+        f.ledger
+            .adjust(adjust("S1", "A", Change::Delta(Delta::new(1).unwrap())))
+            .await
+            .unwrap();
+    }
+    assert_eq!(f.ledger.offset_at(start).await.unwrap(), 1);
+    assert_eq!(
+        f.ledger
+            .offset_at(start + TimeDelta::hours(1))
+            .await
+            .unwrap(),
+        4
+    );
+
+    // Keep one hour: the three events from two hours ago go, offsets 4 and 5 stay.
+    assert_eq!(
+        f.ledger
+            .purge_events(std::time::Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        3
+    );
+    let page = f.ledger.events(0, 100).await.unwrap();
+    assert_eq!(page.oldest_offset, 4);
+    assert_eq!(
+        page.events.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    f.ledger
+        .adjust(adjust("S1", "A", Change::Delta(Delta::new(1).unwrap())))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.ledger.events(5, 100).await.unwrap().events[0].offset,
+        6,
+        "offsets continue"
+    );
+    assert_eq!(*head.borrow(), 6);
+    // Purging everything leaves an empty log whose next offset is still 7.
+    f.clock.advance(TimeDelta::hours(2));
+    f.ledger
+        .purge_events(std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let page = f.ledger.events(0, 100).await.unwrap();
+    assert_eq!(
+        (page.events.len(), page.oldest_offset, page.last_offset),
+        (0, 7, 6)
     );
 }

@@ -21,7 +21,7 @@ use invsync_core::{
     Adjust, OrderId, Reason, ReleaseKind, ReleaseReason, Reservation, Reserve, Sku, StoreId,
 };
 use rusqlite::{params, Connection, OpenFlags};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use self::rows::STOCK_COLUMNS;
@@ -78,6 +78,7 @@ struct Pending {
 
 pub struct SqliteLedger {
     jobs: mpsc::Sender<Job>,
+    head: watch::Receiver<i64>,
     readers: Arc<Readers>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -107,7 +108,9 @@ impl SqliteLedger {
         // Bounded, so a flood of requests waits in the HTTP layer instead of growing
         // memory without limit.
         let (tx, rx) = mpsc::channel(16_384);
+        let (head_tx, head) = watch::channel(last_offset);
         let writer = Writer {
+            head: head_tx,
             conn,
             clock,
             source: config.source,
@@ -120,6 +123,7 @@ impl SqliteLedger {
             .map_err(|e| LedgerError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             jobs: tx,
+            head,
             readers,
             writer: Mutex::new(Some(handle)),
         })
@@ -181,6 +185,8 @@ impl SqliteLedger {
 
 struct Writer {
     conn: Connection,
+    /// Tells subscribers the last committed offset.
+    head: watch::Sender<i64>,
     clock: Arc<dyn Clock>,
     source: String,
     max_batch: usize,
@@ -239,7 +245,12 @@ impl Writer {
             .and_then(|_| self.conn.execute_batch("COMMIT"))
             .map_err(LedgerError::from);
         let commit_error = match commit {
-            Ok(()) => None,
+            Ok(()) => {
+                if self.last_offset != committed_offset {
+                    self.head.send_replace(self.last_offset);
+                }
+                None
+            }
             Err(err) => {
                 tracing::error!(error = %err, "ledger commit failed; the batch is rolled back");
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -493,6 +504,44 @@ impl Ledger for SqliteLedger {
             })
         })
         .await
+    }
+
+    async fn offset_at(&self, since: DateTime<Utc>) -> Result<i64, LedgerError> {
+        self.read(move |c| {
+            in_snapshot(c, |c| {
+                let first: Option<i64> = c.query_row(
+                    "SELECT min(log_offset) FROM events WHERE occurred_at >= ?1",
+                    [rows::micros(since)],
+                    |r| r.get(0),
+                )?;
+                Ok(match first {
+                    Some(offset) => offset,
+                    None => rows::last_offset(c)? + 1,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError> {
+        const CHUNK: usize = 5_000;
+        let retention = chrono::TimeDelta::from_std(retention)
+            .map_err(|_| LedgerError::Internal("retention out of range".into()))?;
+        let mut total = 0;
+        loop {
+            // Small chunks keep each writer batch short, so reservations never wait long.
+            let n = self
+                .write(move |e| e.purge_events(retention, CHUNK))
+                .await?;
+            total += n;
+            if n < CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn subscribe(&self) -> watch::Receiver<i64> {
+        self.head.clone()
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {

@@ -215,6 +215,18 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn purge_events(&mut self, before: DateTime<Utc>, limit: usize) -> Result<usize, LedgerError> {
+        // Offsets only grow with time, so the oldest events are the lowest offsets;
+        // deleting a prefix keeps the retained log gapless.
+        Ok(self
+            .conn
+            .prepare_cached(
+                "DELETE FROM events WHERE log_offset IN (
+                     SELECT log_offset FROM events WHERE occurred_at < ?1 ORDER BY log_offset LIMIT ?2)",
+            )?
+            .execute(params![micros(before), limit as i64])?)
+    }
+
     fn due_reservations(
         &mut self,
         now: DateTime<Utc>,
