@@ -1,0 +1,95 @@
+//! invsync's consumers: the runtime every consumer uses, and the built-in ones — the
+//! storefront projection (the Ecommerce read model) and the external-IMS webhook
+//! connector.
+//!
+//! # Layout
+//!
+//! - [`runtime`]: reads the log, deduplicates, delivers per SKU with retries, commits
+//!   view + marks + checkpoint in one transaction, dead letters, replay, redrive.
+//! - [`store`]: a consumer's own SQLite file (checkpoint, marks, dead letters).
+//! - [`storefront`]: availability per store and SKU, read by the API.
+//! - [`webhook`]: signed CloudEvents POSTs to an external system.
+//!
+//! Architecture invariant: a consumer never writes to the ledger; its state lives in
+//! its own store, so it keeps answering while the ledger is down.
+#![forbid(unsafe_code)]
+
+mod retry;
+pub mod runtime;
+mod stats;
+pub mod store;
+pub mod storefront;
+pub mod webhook;
+
+use async_trait::async_trait;
+use invsync_core::InventoryEventV1;
+use invsync_ledger::StockRow;
+use rusqlite::Transaction;
+
+pub use retry::RetryPolicy;
+pub use runtime::{
+    spawn, ConsumerConfig, ConsumerHandle, ConsumerStatus, ControlError, ReplayFrom,
+};
+pub use store::DeadLetter;
+
+/// Why a delivery failed: decides whether it is retried without end or dead-lettered
+/// after a few attempts.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// May succeed later (receiver down, 5xx, timeout).
+    Transient(String),
+    /// Will not succeed as it is (receiver refuses the event).
+    Permanent(String),
+}
+
+/// An event read from the log, validated.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub offset: i64,
+    /// The envelope exactly as stored: what a webhook sends and signs.
+    pub envelope: String,
+    pub event: InventoryEventV1,
+}
+
+/// What a consumer does with each event. The runtime calls `deliver` (the effect
+/// outside the consumer's store, if any) per SKU in version order, then `apply` inside
+/// the transaction that also records the dedup marks and the checkpoint.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// SQL creating the sink's own tables in the consumer's store (idempotent).
+    fn schema(&self) -> &'static str {
+        ""
+    }
+
+    /// Whether `deliver` has an external effect (skips the per-SKU machinery if not).
+    fn delivers(&self) -> bool {
+        false
+    }
+
+    /// The external effect. May be called again for an event already delivered
+    /// (after a crash before the commit): receivers deduplicate by event id.
+    async fn deliver(&self, _event: &Incoming) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    /// The effect inside the consumer's store; must not move a key to an older version.
+    fn apply(&self, _tx: &Transaction<'_>, _event: &InventoryEventV1) -> rusqlite::Result<()> {
+        Ok(())
+    }
+
+    /// Whether the view is rebuilt from a ledger snapshot (on replay, or when the
+    /// consumer fell behind retention) rather than re-delivered from an offset.
+    fn rebuilds(&self) -> bool {
+        false
+    }
+
+    /// Empties the view before a rebuild.
+    fn reset(&self, _tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        Ok(())
+    }
+
+    /// Loads one snapshot row into the emptied view.
+    fn load(&self, _tx: &Transaction<'_>, _row: &StockRow) -> rusqlite::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! How failed deliveries are retried.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// Capped exponential backoff with jitter; permanent failures get a few attempts,
+/// transient ones as many as configured (unlimited by default, as `operations.md` says).
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub cap: Duration,
+    /// Attempts before a permanently failing event goes to the dead letters.
+    pub permanent_attempts: u32,
+    /// Attempts before a transiently failing event goes to the dead letters; `None`
+    /// retries until it succeeds (the backlog shows in lag metrics).
+    pub transient_attempts: Option<u32>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(30),
+            permanent_attempts: 3,
+            transient_attempts: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause after failed attempt `attempt` (1-based): base·2^(attempt-1), capped,
+    /// then scaled by a random factor in [0.5, 1) so that many retrying deliveries do
+    /// not hit a recovering receiver in lockstep.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        exp.min(self.cap)
+            .mul_f64(rand::rng().random_range(0.5..1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped_with_jitter() {
+        let p = RetryPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        for _ in 0..100 {
+            let first = p.backoff(1);
+            assert!(first >= Duration::from_millis(50) && first < Duration::from_millis(100));
+            let third = p.backoff(3);
+            assert!(third >= Duration::from_millis(200) && third < Duration::from_millis(400));
+            assert!(p.backoff(30) < Duration::from_secs(1));
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! A consumer's own store: one SQLite file holding its checkpoint, the marks of
+//! events it applied, the last version it saw per (store, sku), its dead letters, and
+//! whatever tables its sink keeps (the storefront's view). Separate from the ledger:
+//! a consumer keeps working, and answering, while the ledger is away.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// The store's own tables. Sinks add theirs with [`crate::Sink::migrate`].
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS checkpoint (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    position  INTEGER NOT NULL,
+    as_of     INTEGER
+);
+INSERT OR IGNORE INTO checkpoint (id, position, as_of) VALUES (1, 0, NULL);
+-- Marks of applied events (dedup by event_id), pruned behind the checkpoint.
+CREATE TABLE IF NOT EXISTS applied (
+    event_id   BLOB PRIMARY KEY,
+    log_offset INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS applied_by_offset ON applied (log_offset);
+-- The highest version applied per key: a stale or repeated event never moves a view back.
+CREATE TABLE IF NOT EXISTS seen (
+    store_id TEXT NOT NULL,
+    sku      TEXT NOT NULL,
+    version  INTEGER NOT NULL,
+    PRIMARY KEY (store_id, sku)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id         BLOB PRIMARY KEY,
+    log_offset INTEGER NOT NULL,
+    envelope   TEXT NOT NULL,
+    attempts   INTEGER NOT NULL,
+    last_error TEXT NOT NULL,
+    failed_at  INTEGER NOT NULL
+);
+"#;
+
+/// A dead letter as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: Uuid,
+    pub consumer: String,
+    pub offset: i64,
+    /// The stored envelope text, exactly as read from the log.
+    pub envelope: String,
+    pub attempts: i64,
+    pub last_error: String,
+    pub failed_at: DateTime<Utc>,
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(m: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(m).unwrap_or_default()
+}
+
+pub(crate) struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    pub(crate) fn open(path: &Path, sink_schema: &str) -> rusqlite::Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(sink_schema)?;
+        Ok(Self { conn })
+    }
+
+    pub(crate) fn transaction(&mut self) -> rusqlite::Result<Transaction<'_>> {
+        self.conn.transaction()
+    }
+
+    pub(crate) fn position(&self) -> rusqlite::Result<(i64, Option<DateTime<Utc>>)> {
+        self.conn.query_row(
+            "SELECT position, as_of FROM checkpoint WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.map(time))),
+        )
+    }
+
+    /// Is this event already applied, by id or by version?
+    pub(crate) fn already_applied(
+        &self,
+        event_id: Uuid,
+        store: &str,
+        sku: &str,
+        version: i64,
+    ) -> rusqlite::Result<bool> {
+        let marked = self
+            .conn
+            .prepare_cached("SELECT 1 FROM applied WHERE event_id = ?1")?
+            .exists([event_id.as_bytes()])?;
+        if marked {
+            return Ok(true);
+        }
+        let seen: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT version FROM seen WHERE store_id = ?1 AND sku = ?2")?
+            .query_row([store, sku], |r| r.get(0))
+            .optional()?;
+        Ok(seen.is_some_and(|v| version <= v))
+    }
+
+    pub(crate) fn count_dead_letters(&self) -> rusqlite::Result<i64> {
+        self.conn
+            .query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
+    }
+
+    pub(crate) fn dead_letter(&self, id: Uuid) -> rusqlite::Result<Option<(i64, String, i64)>> {
+        self.conn
+            .query_row(
+                "SELECT log_offset, envelope, attempts FROM dead_letters WHERE id = ?1",
+                [id.as_bytes()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+    }
+}
+
+/// Writes inside the transaction that applies a batch.
+pub(crate) fn mark_applied(
+    tx: &Transaction<'_>,
+    event_id: Uuid,
+    offset: i64,
+    store: &str,
+    sku: &str,
+    version: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT OR IGNORE INTO applied (event_id, log_offset) VALUES (?1, ?2)")?
+        .execute(params![event_id.as_bytes(), offset])?;
+    tx.prepare_cached(
+        "INSERT INTO seen (store_id, sku, version) VALUES (?1, ?2, ?3)
+         ON CONFLICT (store_id, sku) DO UPDATE SET version = max(version, excluded.version)",
+    )?
+    .execute(params![store, sku, version])?;
+    Ok(())
+}
+
+pub(crate) fn set_position(
+    tx: &Transaction<'_>,
+    position: i64,
+    as_of: Option<DateTime<Utc>>,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE checkpoint SET position = ?1, as_of = coalesce(?2, as_of) WHERE id = 1",
+    )?
+    .execute(params![position, as_of.map(micros)])?;
+    Ok(())
+}
+
+/// Drops marks far enough behind the checkpoint that no redelivery can reach them
+/// (the version check still guards every key).
+pub(crate) fn prune_marks(tx: &Transaction<'_>, below: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM applied WHERE log_offset < ?1")?
+        .execute([below])?;
+    Ok(())
+}
+
+pub(crate) fn insert_dead_letter(
+    tx: &Transaction<'_>,
+    offset: i64,
+    envelope: &str,
+    attempts: u32,
+    error: &str,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Uuid> {
+    let id = Uuid::now_v7();
+    tx.prepare_cached(
+        "INSERT INTO dead_letters (id, log_offset, envelope, attempts, last_error, failed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        id.as_bytes(),
+        offset,
+        envelope,
+        attempts,
+        error,
+        micros(now)
+    ])?;
+    Ok(id)
+}
+
+/// Forgets what was applied, for a replay.
+pub(crate) fn forget_applied(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("DELETE FROM applied; DELETE FROM seen;")
+}
+
+/// Read-only access to a consumer's store, for the API.
+#[derive(Clone)]
+pub struct StoreReader {
+    path: PathBuf,
+    consumer: String,
+}
+
+impl StoreReader {
+    pub(crate) fn new(path: PathBuf, consumer: String) -> Self {
+        Self { path, consumer }
+    }
+
+    /// Runs `f` on a fresh read-only connection in a blocking task.
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, String> {
+        let consumer = self.consumer.clone();
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, log_offset, envelope, attempts, last_error, failed_at
+                 FROM dead_letters ORDER BY failed_at, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let id: Vec<u8> = r.get(0)?;
+                Ok(DeadLetter {
+                    id: Uuid::from_slice(&id).unwrap_or_default(),
+                    consumer: consumer.clone(),
+                    offset: r.get(1)?,
+                    envelope: r.get(2)?,
+                    attempts: r.get(3)?,
+                    last_error: r.get(4)?,
+                    failed_at: time(r.get(5)?),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+}
