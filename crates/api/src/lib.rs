@@ -27,6 +27,8 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
+use invsync_consumers::storefront::StorefrontReader;
+use invsync_consumers::ConsumerHandle;
 use invsync_ledger::Ledger;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -43,19 +45,45 @@ struct Inner {
     access: Access,
     /// Reported by `/readyz`; `embedded` until other buses exist.
     bus_name: &'static str,
+    pipeline: Pipeline,
+}
+
+/// The consumers running in this process, for the pipeline routes.
+#[derive(Clone, Default)]
+pub struct Pipeline {
+    pub consumers: Vec<ConsumerHandle>,
+    /// The storefront projection's reader and its consumer (for `as_of`, lag).
+    pub storefront: Option<(StorefrontReader, ConsumerHandle)>,
 }
 
 impl AppState {
     pub fn new(ledger: Arc<dyn Ledger>, access: Access) -> Self {
+        Self::with_pipeline(ledger, access, Pipeline::default())
+    }
+
+    pub fn with_pipeline(ledger: Arc<dyn Ledger>, access: Access, pipeline: Pipeline) -> Self {
         Self(Arc::new(Inner {
             ledger,
             access,
             bus_name: "embedded",
+            pipeline,
         }))
     }
 
     pub fn ledger(&self) -> &dyn Ledger {
         self.0.ledger.as_ref()
+    }
+
+    pub(crate) fn ledger_arc(&self) -> Arc<dyn Ledger> {
+        self.0.ledger.clone()
+    }
+
+    pub(crate) fn consumers(&self) -> &[ConsumerHandle] {
+        &self.0.pipeline.consumers
+    }
+
+    pub(crate) fn storefront(&self) -> Option<&(StorefrontReader, ConsumerHandle)> {
+        self.0.pipeline.storefront.as_ref()
     }
 
     pub(crate) fn access(&self) -> &Access {
@@ -69,7 +97,7 @@ impl AppState {
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
-    use routes::{adjustments, events, health, reservations, stock};
+    use routes::{adjustments, events, health, pipeline, reservations, stock, stream};
     telemetry::init();
     Router::new()
         .route("/v1/stock", get(stock::list))
@@ -94,6 +122,16 @@ pub fn router(state: AppState) -> Router {
             post(reservations::fulfil),
         )
         .route("/v1/events", get(events::list))
+        .route("/v1/events/stream", get(stream::stream))
+        .route(
+            "/v1/storefront/availability/{sku}",
+            get(pipeline::availability),
+        )
+        .route("/v1/storefront/rows", get(pipeline::rows))
+        .route("/v1/consumers", get(pipeline::consumers))
+        .route("/v1/consumers/{name}/replay", post(pipeline::replay))
+        .route("/v1/dead-letters", get(pipeline::dead_letters))
+        .route("/v1/dead-letters/{id}/redrive", post(pipeline::redrive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

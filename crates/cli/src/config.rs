@@ -48,6 +48,17 @@ pub struct ServeArgs {
     /// Visibility SLA metrics judge against (default 30s).
     #[arg(long, env = "INVSYNC_SLA", value_name = "DUR")]
     pub sla: Option<String>,
+    /// Enables the external-IMS webhook connector: events are POSTed here.
+    #[arg(long, env = "INVSYNC_WEBHOOK_URL", value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// HMAC key of the webhook signatures (required with --webhook-url).
+    #[arg(
+        long,
+        env = "INVSYNC_WEBHOOK_SECRET",
+        value_name = "S",
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
     /// TOML file of API tokens and their scopes.
     #[arg(long, env = "INVSYNC_TOKENS", value_name = "FILE")]
     pub tokens: Option<PathBuf>,
@@ -73,6 +84,8 @@ struct FileConfig {
     bus: Option<String>,
     retention: Option<String>,
     sla: Option<String>,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
     tokens: Option<PathBuf>,
     log_format: Option<String>,
     deployment: Option<String>,
@@ -83,6 +96,22 @@ struct FileConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Where and how the external-IMS connector delivers.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Webhook {
+    // The secret never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +127,7 @@ pub struct Config {
     pub database: Database,
     pub retention: Duration,
     pub sla: Duration,
+    pub webhook: Option<Webhook>,
     pub tokens: Option<PathBuf>,
     pub log_format: LogFormat,
     /// CloudEvents `source` of this deployment's events.
@@ -142,6 +172,26 @@ impl Config {
         }
         let retention = duration("retention", args.retention.or(file.retention), "7d")?;
         let sla = duration("sla", args.sla.or(file.sla), "30s")?;
+        let webhook = match (
+            args.webhook_url.or(file.webhook_url),
+            args.webhook_secret.or(file.webhook_secret),
+        ) {
+            (None, None) => None,
+            (Some(_), None) => return Err(bad("webhook-secret", "is required with --webhook-url")),
+            (None, Some(_)) => return Err(bad("webhook-url", "is required with --webhook-secret")),
+            (Some(url), Some(secret)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                    return Err(bad(
+                        "webhook-url",
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    ));
+                }
+                if secret.len() < 16 {
+                    return Err(bad("webhook-secret", "must be at least 16 characters"));
+                }
+                Some(Webhook { url, secret })
+            }
+        };
         let log_format = match args.log_format.or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -171,6 +221,7 @@ impl Config {
             database,
             retention,
             sla,
+            webhook,
             tokens: args.tokens.or(file.tokens),
             log_format,
             source: format!("invsync://{deployment}"),
@@ -256,7 +307,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: [(ServeArgs, &str); 5] = [
+        let cases: [(ServeArgs, &str); 7] = [
             (
                 ServeArgs {
                     listen: Some("nowhere".into()),
@@ -291,6 +342,21 @@ mod tests {
                     ..Default::default()
                 },
                 "max-batch",
+            ),
+            (
+                ServeArgs {
+                    webhook_url: Some("http://127.0.0.1:9/x".into()),
+                    ..Default::default()
+                },
+                "webhook-secret",
+            ),
+            (
+                ServeArgs {
+                    webhook_url: Some("ftp://x".into()),
+                    webhook_secret: Some("0123456789abcdef".into()),
+                    ..Default::default()
+                },
+                "webhook-url",
             ),
         ];
         for (args, key) in cases {

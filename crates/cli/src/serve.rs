@@ -1,19 +1,28 @@
-//! `invsync serve`: opens the ledger, then runs the HTTP server and the expiry sweeper
-//! under one supervisor until SIGTERM/Ctrl-C, then drains and exits.
+//! `invsync serve`: opens the ledger, then runs the HTTP server, the built-in consumers
+//! (storefront projection, webhook connector), the expiry sweeper, the retention
+//! janitor and the gauges under one supervisor until SIGTERM/Ctrl-C, then drains and
+//! exits.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use invsync_api::{Access, AppState};
+use invsync_api::{Access, AppState, Pipeline};
+use invsync_consumers::storefront::{Storefront, StorefrontReader};
+use invsync_consumers::webhook::{Webhook, WebhookConfig};
+use invsync_consumers::ConsumerConfig;
 use invsync_ledger::{Ledger, SqliteConfig, SqliteLedger, SystemClock};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::config::{Config, Database};
 
 /// How often the sweeper releases reservations whose TTL ran out. A reservation is
 /// released at most this long after its `expires_at`.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the gauges no request updates are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let access = match &config.tokens {
@@ -57,32 +66,51 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = signal_stop.send(true);
     });
 
-    let mut http = tokio::spawn(invsync_api::serve(
-        listener,
-        AppState::new(ledger.clone(), access),
-        stopped(stop_rx.clone()),
-    ));
-    let mut sweeper = tokio::spawn(expire_loop(ledger.clone(), stop_rx.clone()));
+    let mut tasks: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
+    let pipeline = start_consumers(&config, &ledger, &stop_rx, &mut tasks)?;
+    let state = AppState::with_pipeline(ledger.clone(), access, pipeline);
+    let http = invsync_api::serve(listener, state, stopped(stop_rx.clone()));
+    tasks.spawn(async move { ("HTTP server", http.await.map_err(|e| e.to_string())) });
+    let (l, s) = (ledger.clone(), stop_rx.clone());
+    tasks.spawn(async move {
+        (
+            "expiry sweeper",
+            every(EXPIRY_INTERVAL, s, || expire(l.clone())).await,
+        )
+    });
+    let (l, s, retention) = (ledger.clone(), stop_rx.clone(), config.retention);
+    let janitor_every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    tasks.spawn(async move {
+        (
+            "retention janitor",
+            every(janitor_every, s, || purge(l.clone(), retention)).await,
+        )
+    });
+    let (l, s) = (ledger.clone(), stop_rx.clone());
+    tasks.spawn(async move {
+        (
+            "gauges",
+            every(GAUGE_INTERVAL, s, || gauges(l.clone())).await,
+        )
+    });
 
-    // The supervisor: a task that ends before shutdown was requested is a failure;
-    // say which and why, then stop the others. After a request, every task ends.
-    let (failure, rest) = tokio::select! {
-        r = &mut http => (match r {
-            Ok(Ok(())) if *stop_rx.borrow() => None,
-            Ok(Ok(())) => Some("the HTTP server stopped".to_owned()),
-            Ok(Err(e)) => Some(format!("the HTTP server failed: {e}")),
-            Err(e) => Some(format!("the HTTP server task failed: {e}")),
-        }, sweeper),
-        r = &mut sweeper => (match r {
-            Ok(()) if *stop_rx.borrow() => None,
-            other => Some(format!("the expiry sweeper stopped: {other:?}")),
-        }, tokio::spawn(async move { let _ = http.await; })),
-    };
-    if let Some(why) = &failure {
-        tracing::error!(reason = %why, "a task stopped; shutting down");
+    // The supervisor: a task that ends before shutdown was requested is a failure; say
+    // which and why, then stop the others. After a request every task ends by itself.
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let stopping = *stop_rx.borrow();
+        let why = match joined {
+            Ok((_, Ok(()))) if stopping => None,
+            Ok((task, Ok(()))) => Some(format!("{task} stopped")),
+            Ok((task, Err(e))) => Some(format!("{task} failed: {e}")),
+            Err(e) => Some(format!("a task panicked or was cancelled: {e}")),
+        };
+        if let Some(why) = why {
+            tracing::error!(reason = %why, "a task stopped; shutting down");
+            failure.get_or_insert(why);
+            let _ = stop_tx.send(true);
+        }
     }
-    let _ = stop_tx.send(true);
-    let _ = rest.await;
     ledger.shutdown().await;
     tracing::info!("invsync stopped");
     match failure {
@@ -91,24 +119,116 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+/// Starts the built-in consumers: the storefront projection always, the webhook
+/// connector when configured. Each keeps its state in its own file in the data dir.
+fn start_consumers(
+    config: &Config,
+    ledger: &Arc<dyn Ledger>,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<(&'static str, Result<(), String>)>,
+) -> anyhow::Result<Pipeline> {
+    let consumer = |name: &str| {
+        let mut c = ConsumerConfig::new(name, config.data_dir.join(format!("{name}.db")));
+        c.sla = config.sla;
+        c
+    };
+    let (storefront, run) = invsync_consumers::start(
+        consumer("storefront"),
+        Arc::new(Storefront),
+        ledger.clone(),
+        stop.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    tasks.spawn(async move {
+        run.await;
+        ("storefront consumer", Ok(()))
+    });
+    let mut pipeline = Pipeline {
+        consumers: vec![storefront.clone()],
+        storefront: Some((
+            StorefrontReader::new(storefront.reader().clone()),
+            storefront,
+        )),
+    };
+    if let Some(webhook) = &config.webhook {
+        let sink = Webhook::new(WebhookConfig {
+            url: webhook.url.clone(),
+            secret: webhook.secret.clone(),
+            timeout: Duration::from_secs(10),
+        })
+        .map_err(|e| anyhow::anyhow!(e))?;
+        let (handle, run) = invsync_consumers::start(
+            consumer("webhook"),
+            Arc::new(sink),
+            ledger.clone(),
+            stop.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        tasks.spawn(async move {
+            run.await;
+            ("webhook consumer", Ok(()))
+        });
+        tracing::info!(webhook.url = %webhook.url, "external-IMS webhook connector enabled");
+        pipeline.consumers.push(handle);
+    }
+    Ok(pipeline)
 }
 
-async fn expire_loop(ledger: Arc<dyn Ledger>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Runs `tick` every `period` until stop; a failing tick is logged and retried on the
+/// next one.
+async fn every<F, Fut>(
+    period: Duration,
+    stop: watch::Receiver<bool>,
+    mut tick: F,
+) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stopped = stopped(stop);
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        match ledger.expire_due().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(reservations = n, "released expired reservations"),
-            Err(e) => tracing::warn!(error = %e, "expiry sweep failed; will retry"),
+            _ = interval.tick() => tick().await,
+            _ = &mut stopped => return Ok(()),
         }
     }
+}
+
+async fn expire(ledger: Arc<dyn Ledger>) {
+    match ledger.expire_due().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(reservations = n, "released expired reservations"),
+        Err(e) => tracing::warn!(error = %e, "expiry sweep failed; will retry"),
+    }
+}
+
+async fn purge(ledger: Arc<dyn Ledger>, retention: Duration) {
+    match ledger.purge_events(retention).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(events = n, "purged events past retention"),
+        Err(e) => tracing::warn!(error = %e, "retention purge failed; will retry"),
+    }
+}
+
+/// Gauges that no request path updates.
+async fn gauges(ledger: Arc<dyn Ledger>) {
+    // The embedded bus is the event log itself: a committed event is on the bus, so
+    // nothing waits in an outbox and the bus is up whenever the ledger is.
+    metrics::gauge!("invsync_outbox_backlog").set(0.0);
+    metrics::gauge!("invsync_outbox_oldest_age_seconds").set(0.0);
+    let up = ledger.ping().await.is_ok();
+    metrics::gauge!("invsync_bus_up").set(if up { 1.0 } else { 0.0 });
+    match ledger.shortages().await {
+        Ok(n) => metrics::gauge!("invsync_stock_shortages").set(n as f64),
+        Err(e) => tracing::warn!(error = %e, "cannot count shortages"),
+    }
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// SIGTERM and SIGINT (Ctrl-C), registered eagerly.

@@ -28,7 +28,7 @@ use rusqlite::Transaction;
 
 pub use retry::RetryPolicy;
 pub use runtime::{
-    spawn, ConsumerConfig, ConsumerHandle, ConsumerStatus, ControlError, ReplayFrom,
+    start, ConsumerConfig, ConsumerHandle, ConsumerStatus, ControlError, ReplayFrom,
 };
 pub use store::DeadLetter;
 

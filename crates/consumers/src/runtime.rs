@@ -176,13 +176,14 @@ impl ConsumerHandle {
     }
 }
 
-/// Starts a consumer task; it runs until `shutdown` turns true.
-pub fn spawn(
+/// Opens a consumer's store and returns its handle and the future that runs it until
+/// `shutdown` turns true (the caller's supervisor spawns it).
+pub fn start(
     config: ConsumerConfig,
     sink: Arc<dyn Sink>,
     ledger: Arc<dyn Ledger>,
     shutdown: watch::Receiver<bool>,
-) -> Result<(ConsumerHandle, tokio::task::JoinHandle<()>), String> {
+) -> Result<(ConsumerHandle, futures::future::BoxFuture<'static, ()>), String> {
     let store = Store::open(&config.path, sink.schema()).map_err(|e| {
         format!(
             "opening the {} store at {}: {e}",
@@ -217,7 +218,7 @@ pub fn spawn(
         shutdown,
         position,
     };
-    Ok((handle, tokio::spawn(runner.run())))
+    Ok((handle, Box::pin(runner.run())))
 }
 
 struct Runner {

@@ -86,6 +86,8 @@ pub trait Ledger: Send + Sync + 'static {
     /// The last committed offset, updated after every commit: consumers wait on it
     /// instead of polling.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<i64>;
+    /// How many (store, sku) pairs have `available < 0` (a shortage).
+    async fn shortages(&self) -> Result<i64, LedgerError>;
     /// Succeeds when the ledger can serve requests.
     async fn ping(&self) -> Result<(), LedgerError>;
     /// Finishes queued writes and stops; later writes answer `Unavailable`.

@@ -3,8 +3,10 @@
 pub(crate) mod adjustments;
 pub(crate) mod events;
 pub(crate) mod health;
+pub(crate) mod pipeline;
 pub(crate) mod reservations;
 pub(crate) mod stock;
+pub(crate) mod stream;
 
 /// `limit` of the paged endpoints: default 100, 1 to 1,000.
 pub(crate) fn page_limit(limit: Option<i64>) -> Result<usize, crate::error::ApiError> {

@@ -120,7 +120,7 @@ pub(crate) async fn snapshot(
     }))
 }
 
-fn parse_cursor(cursor: &str) -> Result<(StoreId, Sku), ApiError> {
+pub(crate) fn parse_cursor(cursor: &str) -> Result<(StoreId, Sku), ApiError> {
     let (store, sku) = cursor
         .split_once('/')
         .ok_or_else(|| ApiError::invalid("after", "must be a cursor returned as `next`"))?;

@@ -540,6 +540,17 @@ impl Ledger for SqliteLedger {
         }
     }
 
+    async fn shortages(&self) -> Result<i64, LedgerError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM stock WHERE on_hand < reserved",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
     fn subscribe(&self) -> watch::Receiver<i64> {
         self.head.clone()
     }

@@ -1,0 +1,299 @@
+//! The event pipeline's routes: the storefront read model, consumers, replay, dead
+//! letters.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use invsync_consumers::{ConsumerHandle, ConsumerStatus, ControlError, ReplayFrom};
+use invsync_core::Sku;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::{AdminScope, Auth, ReadScope};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::extract::{field, ApiJson, ApiPath, ApiQuery};
+use crate::AppState;
+
+fn unavailable(what: &str, err: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %err, "{what} unavailable");
+    ApiError::new(
+        ErrorCode::Unavailable,
+        format!("the {what} is unavailable; retry later"),
+    )
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StoreAvailabilityView {
+    store_id: String,
+    available: i64,
+    version: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AvailabilityView {
+    sku: String,
+    /// The sum of the stores' positive availability.
+    available: i64,
+    stores: Vec<StoreAvailabilityView>,
+    /// The projection is current up to events that occurred at this time.
+    as_of: Option<DateTime<Utc>>,
+    /// How far the projection trails the ledger (0 when caught up).
+    lag_ms: i64,
+}
+
+/// Availability of a SKU as the storefront sees it: from the projection's own store,
+/// eventually consistent, and answering while the ledger is down. A SKU the
+/// projection has never seen has no stores and `available` 0.
+#[utoipa::path(get, path = "/v1/storefront/availability/{sku}", tag = "storefront",
+    params(("sku" = String, Path)), responses((status = 200, body = AvailabilityView)))]
+pub(crate) async fn availability(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    ApiPath(sku): ApiPath<String>,
+) -> ApiResult<Json<AvailabilityView>> {
+    let sku = field("sku", Sku::parse(sku))?;
+    let (reader, consumer) = state.storefront().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "the storefront projection is not running",
+        )
+    })?;
+    let stores = reader
+        .availability(sku.to_string())
+        .await
+        .map_err(|e| unavailable("storefront projection", e))?;
+    let status = consumer.status();
+    Ok(Json(AvailabilityView {
+        sku: sku.into(),
+        available: stores.iter().map(|s| s.available.max(0)).sum(),
+        stores: stores
+            .into_iter()
+            .map(|s| StoreAvailabilityView {
+                store_id: s.store_id,
+                available: s.available,
+                version: s.version,
+            })
+            .collect(),
+        as_of: status.as_of,
+        lag_ms: (status.lag_seconds * 1000.0).round() as i64,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RowsQuery {
+    /// Cursor from the previous page's `next` (`<store_id>/<sku>`).
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ViewPage {
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<invsync_consumers::storefront::ViewRow>,
+    next: Option<String>,
+}
+
+/// The whole storefront view, paged (for audits such as `invsync check`).
+#[utoipa::path(get, path = "/v1/storefront/rows", tag = "storefront", params(RowsQuery),
+    responses((status = 200, body = ViewPage)))]
+pub(crate) async fn rows(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<RowsQuery>,
+) -> ApiResult<Json<ViewPage>> {
+    let limit = super::page_limit(q.limit)?;
+    let after = q
+        .after
+        .map(|a| super::stock::parse_cursor(&a).map(|(st, sk)| (st.to_string(), sk.to_string())))
+        .transpose()?;
+    let (reader, _) = state.storefront().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "the storefront projection is not running",
+        )
+    })?;
+    let items = reader
+        .rows(after, limit)
+        .await
+        .map_err(|e| unavailable("storefront projection", e))?;
+    let next = (items.len() == limit)
+        .then(|| items.last().map(|r| format!("{}/{}", r.store_id, r.sku)))
+        .flatten();
+    Ok(Json(ViewPage { items, next }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ConsumersView {
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<ConsumerStatus>,
+}
+
+/// Every consumer's position, lag, dead letters and sync latency.
+#[utoipa::path(get, path = "/v1/consumers", tag = "consumers", responses((status = 200, body = ConsumersView)))]
+pub(crate) async fn consumers(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+) -> Json<ConsumersView> {
+    Json(ConsumersView {
+        items: state
+            .consumers()
+            .iter()
+            .map(ConsumerHandle::status)
+            .collect(),
+    })
+}
+
+fn consumer<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a ConsumerHandle> {
+    state
+        .consumers()
+        .iter()
+        .find(|c| c.name() == name)
+        .ok_or_else(|| ApiError::not_found("consumer"))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayBody {
+    /// Replay from this offset (inclusive).
+    from_offset: Option<i64>,
+    /// Replay from the first event at or after this time (RFC 3339).
+    since: Option<DateTime<Utc>>,
+}
+
+/// Rewinds a consumer. A delivery consumer (`webhook`) re-delivers from the offset or
+/// time; the storefront rebuilds its whole view from a ledger snapshot and the log.
+#[utoipa::path(post, path = "/v1/consumers/{name}/replay", tag = "consumers", request_body = ReplayBody,
+    params(("name" = String, Path)),
+    responses((status = 202), (status = 404, body = crate::error::Problem), (status = 410, body = crate::error::Problem)))]
+pub(crate) async fn replay(
+    _: Auth<AdminScope>,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<ReplayBody>,
+) -> ApiResult<StatusCode> {
+    let from = match (body.from_offset, body.since) {
+        (Some(offset), None) if offset >= 1 => ReplayFrom::Offset(offset),
+        (Some(offset), None) => {
+            return Err(ApiError::invalid(
+                "from_offset",
+                format!("must be 1 or more, got {offset}"),
+            ))
+        }
+        (None, Some(since)) => ReplayFrom::Time(since),
+        _ => {
+            return Err(ApiError::invalid(
+                "from_offset",
+                "give exactly one of from_offset and since",
+            ))
+        }
+    };
+    consumer(&state, &name)?
+        .replay(from)
+        .await
+        .map_err(control_error)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+fn control_error(err: ControlError) -> ApiError {
+    match err {
+        ControlError::Gone { oldest, .. } => ApiError::gone(oldest),
+        ControlError::NotFound => ApiError::not_found("dead letter"),
+        ControlError::Failed(e) => unavailable("consumer", e),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeadLetterQuery {
+    consumer: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeadLetterView {
+    id: Uuid,
+    consumer: String,
+    offset: i64,
+    #[schema(value_type = Object)]
+    event: Box<RawValue>,
+    attempts: i64,
+    last_error: String,
+    failed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeadLettersView {
+    items: Vec<DeadLetterView>,
+}
+
+/// Events a consumer gave up on, with the last error.
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "consumers", params(DeadLetterQuery),
+    responses((status = 200, body = DeadLettersView)))]
+pub(crate) async fn dead_letters(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<DeadLetterQuery>,
+) -> ApiResult<Json<DeadLettersView>> {
+    let handles: Vec<&ConsumerHandle> = match &q.consumer {
+        Some(name) => vec![consumer(&state, name)?],
+        None => state.consumers().iter().collect(),
+    };
+    let mut items = Vec::new();
+    for handle in handles {
+        let letters = handle
+            .reader()
+            .dead_letters()
+            .await
+            .map_err(|e| unavailable("consumer store", e))?;
+        for d in letters {
+            // A dead letter may hold bytes that are not JSON (that is why it is dead):
+            // show them as a JSON string then.
+            let event = RawValue::from_string(d.envelope.clone())
+                .or_else(|_| {
+                    RawValue::from_string(serde_json::Value::String(d.envelope).to_string())
+                })
+                .map_err(|e| unavailable("consumer store", e))?;
+            items.push(DeadLetterView {
+                id: d.id,
+                consumer: d.consumer,
+                offset: d.offset,
+                event,
+                attempts: d.attempts,
+                last_error: d.last_error,
+                failed_at: d.failed_at,
+            });
+        }
+    }
+    Ok(Json(DeadLettersView { items }))
+}
+
+/// Delivers a dead letter again, in the background; it leaves the dead letters when
+/// the delivery succeeds.
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/redrive", tag = "consumers",
+    params(("id" = Uuid, Path)), responses((status = 202), (status = 404, body = crate::error::Problem)))]
+pub(crate) async fn redrive(
+    _: Auth<AdminScope>,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let id = field("id", Uuid::parse_str(&id))?;
+    for handle in state.consumers() {
+        if handle
+            .holds_dead_letter(id)
+            .await
+            .map_err(|e| unavailable("consumer store", e))?
+        {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle.redrive(id).await {
+                    tracing::warn!(dead_letter.id = %id, consumer = handle.name(), error = %e, "redrive failed");
+                }
+            });
+            return Ok(StatusCode::ACCEPTED);
+        }
+    }
+    Err(ApiError::not_found("dead letter"))
+}

@@ -1,0 +1,97 @@
+//! `GET /v1/events/stream`: the event log as Server-Sent Events.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::auth::{Auth, ReadScope};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{field, ApiQuery};
+use crate::AppState;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StreamQuery {
+    /// Stream events with offsets above this one; default: only new events.
+    after: Option<i64>,
+}
+
+/// One SSE message per event (`id:` = offset, `event: inventory`, `data:` = the
+/// envelope). A client resumes with `Last-Event-ID`, which wins over `after`. If the
+/// client falls behind retention, a final `event: gone` carries the oldest offset.
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamQuery,
+    ("Last-Event-ID" = Option<i64>, Header)),
+    responses((status = 200, content_type = "text/event-stream"), (status = 410, body = crate::error::Problem)))]
+pub(crate) async fn stream(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let resume = headers
+        .get("last-event-id")
+        .map(|v| {
+            let v = field("Last-Event-ID", v.to_str())?;
+            field("Last-Event-ID", v.trim().parse::<i64>())
+        })
+        .transpose()?;
+    let ledger = state.ledger_arc();
+    let mut head = ledger.subscribe();
+    let after = match resume.or(q.after) {
+        Some(after) if after < 0 => return Err(ApiError::invalid("after", "must be 0 or more")),
+        Some(after) => after,
+        None => *head.borrow_and_update(),
+    };
+    let first = ledger.events(after, 1).await?;
+    if after + 1 < first.oldest_offset {
+        return Err(ApiError::gone(first.oldest_offset));
+    }
+
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut cursor = after;
+        loop {
+            let page = match ledger.events(cursor, 500).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream cannot read the log; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if cursor + 1 < page.oldest_offset {
+                let gone = Event::default()
+                    .event("gone")
+                    .data(page.oldest_offset.to_string());
+                let _ = tx.send(Ok(gone)).await;
+                return;
+            }
+            if page.events.is_empty() {
+                tokio::select! {
+                    _ = head.changed() => {}
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                continue;
+            }
+            for e in page.events {
+                cursor = e.offset;
+                let event = Event::default()
+                    .id(e.offset.to_string())
+                    .event("inventory")
+                    .data(e.envelope);
+                if tx.send(Ok(event)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+}
