@@ -28,11 +28,18 @@ pub struct ClientArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{status}: {detail}")]
-    Problem { status: StatusCode, detail: String },
+    Problem {
+        status: StatusCode,
+        detail: String,
+        /// The whole problem document (`oldest_offset`, `lines`, …).
+        body: Value,
+    },
     #[error("cannot reach {url}: {source}")]
     Connect { url: String, source: reqwest::Error },
     #[error("{0}")]
     Usage(String),
+    #[error("{0}")]
+    Failed(String),
 }
 
 pub struct Client {
@@ -45,6 +52,16 @@ impl Client {
         Self {
             http: reqwest::Client::new(),
             args,
+        }
+    }
+
+    /// Opens a request for streaming answers (SSE).
+    pub fn get_stream(&self, path: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}{}", self.args.url.trim_end_matches('/'), path);
+        let req = self.http.get(url);
+        match &self.args.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
         }
     }
 
@@ -93,7 +110,11 @@ impl Client {
             .unwrap_or_else(|_| json!({"detail": String::from_utf8_lossy(&bytes)}));
         if !status.is_success() {
             let detail = value["detail"].as_str().unwrap_or("no detail").to_owned();
-            return Err(ClientError::Problem { status, detail });
+            return Err(ClientError::Problem {
+                status,
+                detail,
+                body: value,
+            });
         }
         Ok((status, value))
     }
@@ -164,6 +185,33 @@ pub mod show {
             out.push_str(&format!(" — shortage of {}", v["shortage"]));
         }
         out
+    }
+
+    pub fn consumer(v: &Value) -> String {
+        let ms = |x: &Value| x.as_f64().map_or("-".to_owned(), |m| format!("{m:.1} ms"));
+        format!(
+            "{:<12} position {} lag {} events / {:.1} s, dead letters {}, sync latency p50 {} p99 {}{}",
+            v["name"].as_str().unwrap_or("?"),
+            v["position"],
+            v["lag_events"],
+            v["lag_seconds"].as_f64().unwrap_or(0.0),
+            v["dead_letters"],
+            ms(&v["sync_latency_p50_ms"]),
+            ms(&v["sync_latency_p99_ms"]),
+            v["last_error"].as_str().map(|e| format!(" — last error: {e}")).unwrap_or_default()
+        )
+    }
+
+    pub fn dead_letter(v: &Value) -> String {
+        format!(
+            "{} {} offset {} attempts {} at {}: {}",
+            v["id"].as_str().unwrap_or("?"),
+            v["consumer"].as_str().unwrap_or("?"),
+            v["offset"],
+            v["attempts"],
+            v["failed_at"].as_str().unwrap_or("?"),
+            v["last_error"].as_str().unwrap_or("")
+        )
     }
 
     pub fn event(offset: &Value, e: &Value) -> String {

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod serve;
@@ -129,6 +130,39 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Show every consumer's position, lag, dead letters and sync latency.
+    Consumers {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Rewind a consumer: `replay webhook --from-offset 120` or `--since 2026-11-26T10:00:00Z`.
+    Replay {
+        name: String,
+        #[arg(long, conflicts_with = "since", required_unless_present = "since")]
+        from_offset: Option<i64>,
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List dead letters, or `dead-letters redrive ID` to deliver one again.
+    DeadLetters {
+        #[command(subcommand)]
+        command: Option<DeadLettersCommand>,
+        #[arg(long)]
+        consumer: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Audit a running server: ledger levels against the log, gapless offsets, the
+    /// storefront against the ledger. Exits 1 with a report when anything disagrees.
+    Check {
+        /// How long to wait for the storefront to catch up.
+        #[arg(long, default_value = "30s", value_parser = crate::config::parse_duration)]
+        wait: std::time::Duration,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -140,15 +174,25 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum EventsCommand {
-    /// Print events after an offset.
+    /// Print events after an offset; with --follow, keep printing new ones.
     Tail {
         #[arg(long, default_value_t = 0)]
         after: i64,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Stream new events as they happen (Server-Sent Events), resuming after
+        /// disconnects.
+        #[arg(long, short)]
+        follow: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLettersCommand {
+    /// Deliver a dead letter again.
+    Redrive { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -466,8 +510,95 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             command:
                 EventsCommand::Tail {
                     after,
+                    follow: true,
+                    client,
+                    ..
+                },
+        } => return follow(Client::new(client), after).await,
+        Command::Consumers { client } => {
+            let c = Client::new(client);
+            let (_, v) = c.call(Method::GET, "/v1/consumers", None).await?;
+            print(&c, &v, |v| list(v, show::consumer));
+        }
+        Command::Replay {
+            name,
+            from_offset,
+            since,
+            client,
+        } => {
+            let c = Client::new(client);
+            let body = match (from_offset, since) {
+                (Some(offset), None) => json!({"from_offset": offset}),
+                (None, Some(since)) => json!({"since": since}),
+                _ => return Err(ClientError::Usage("give --from-offset or --since".into())),
+            };
+            c.call(
+                Method::POST,
+                &format!("/v1/consumers/{}/replay", enc(&name)),
+                Some(body),
+            )
+            .await?;
+            if c.json_output() {
+                println!("{}", json!({"accepted": true}));
+            } else {
+                println!("replay of {name} accepted");
+            }
+        }
+        Command::DeadLetters {
+            command,
+            consumer,
+            client,
+        } => {
+            let c = Client::new(client);
+            match command {
+                Some(DeadLettersCommand::Redrive { id }) => {
+                    c.call(
+                        Method::POST,
+                        &format!("/v1/dead-letters/{}/redrive", enc(&id)),
+                        None,
+                    )
+                    .await?;
+                    if c.json_output() {
+                        println!("{}", json!({"accepted": true}));
+                    } else {
+                        println!("redrive of {id} accepted");
+                    }
+                }
+                None => {
+                    let path = match consumer {
+                        Some(name) => format!("/v1/dead-letters?consumer={}", enc(&name)),
+                        None => "/v1/dead-letters".to_owned(),
+                    };
+                    let (_, v) = c.call(Method::GET, &path, None).await?;
+                    print(&c, &v, |v| list(v, show::dead_letter));
+                }
+            }
+        }
+        Command::Check { wait, client } => {
+            let c = Client::new(client);
+            let report = check::run(&c, wait).await?;
+            for note in &report.notes {
+                println!("{note}");
+            }
+            if report.problems.is_empty() {
+                println!("check: OK");
+            } else {
+                for p in &report.problems {
+                    println!("PROBLEM: {p}");
+                }
+                return Err(ClientError::Failed(format!(
+                    "check: {} problem(s) found",
+                    report.problems.len()
+                )));
+            }
+        }
+        Command::Events {
+            command:
+                EventsCommand::Tail {
+                    after,
                     limit,
                     client,
+                    follow: false,
                 },
         } => {
             let c = Client::new(client);
@@ -497,6 +628,76 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// `events tail --follow`: reads the SSE stream and prints each event; on a dropped
+/// connection it reconnects with `Last-Event-ID`, so nothing is missed or repeated.
+async fn follow(c: Client, after: i64) -> Result<(), ClientError> {
+    use futures::StreamExt;
+    let mut last = after;
+    loop {
+        let response = c
+            .get_stream(&format!("/v1/events/stream?after={after}"))
+            .header("Last-Event-ID", last.to_string())
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => {
+                let status = r.status();
+                let body: Value = r.json().await.unwrap_or_default();
+                let detail = body["detail"].as_str().unwrap_or("no detail").to_owned();
+                return Err(ClientError::Problem {
+                    status,
+                    detail,
+                    body,
+                });
+            }
+            Err(e) => {
+                eprintln!("invsync: stream lost ({e}); reconnecting");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut buffer = String::new();
+        let mut bytes = response.bytes_stream();
+        while let Some(chunk) = bytes.next().await {
+            let Ok(chunk) = chunk else { break };
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let message: String = buffer.drain(..end + 2).collect();
+                let (mut id, mut kind, mut data) = (None, "message", String::new());
+                for line in message.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().parse::<i64>().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        kind = if v.trim() == "gone" {
+                            "gone"
+                        } else {
+                            "inventory"
+                        };
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if kind == "gone" {
+                    return Err(ClientError::Failed(format!(
+                        "the stream fell behind retention; oldest offset is {data}"
+                    )));
+                }
+                let Some(id) = id else { continue };
+                last = id;
+                let event: Value = serde_json::from_str(&data).unwrap_or_default();
+                if c.json_output() {
+                    println!("{}", json!({"offset": id, "event": event}));
+                } else {
+                    println!("{}", show::event(&json!(id), &event));
+                }
+            }
+        }
+        eprintln!("invsync: stream ended; reconnecting after offset {last}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// `reserve` with an `Idempotency-Key` header (the one client call that sends one).
