@@ -1,0 +1,688 @@
+//! The event pipeline end to end, with the server as a child process: storefront
+//! visibility, the webhook connector against a real receiver (signatures, per-SKU
+//! order, transient and permanent failures, dead letters, redrive), SIGKILL in the
+//! middle of delivery, replay, retention, SSE resumption, and `invsync check`.
+
+// Tests fail loudly on anything unexpected.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use common::{
+    adjust, all_events, client, eventually, get, post, storefront_caught_up, Server, BIN,
+};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+const SECRET: &str = "test-webhook-secret-0123";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// What the receiver saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Accepted deliveries in arrival order: (event_id, store, sku, version).
+    accepted: Vec<(String, String, String, i64)>,
+    requests: usize,
+    bad_signatures: usize,
+}
+
+/// How the receiver answers.
+#[derive(Debug, Default)]
+struct Behaviour {
+    /// 503 until then.
+    unavailable_until: Option<Instant>,
+    /// 422 for events whose `external_ref` is this.
+    reject_ref: Option<String>,
+    /// Pause before answering (a slow receiver).
+    delay: Duration,
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    seen: Arc<Mutex<Seen>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+}
+
+impl Receiver {
+    async fn start(self) -> String {
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(self);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn accepted_ids(&self) -> HashSet<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .accepted
+            .iter()
+            .map(|a| a.0.clone())
+            .collect()
+    }
+}
+
+async fn receive(
+    State(r): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    let (delay, unavailable, reject) = {
+        let b = r.behaviour.lock().unwrap();
+        (
+            b.delay,
+            b.unavailable_until.is_some_and(|t| Instant::now() < t),
+            b.reject_ref.clone(),
+        )
+    };
+    tokio::time::sleep(delay).await;
+    // Verify independently of invsync's own code: HMAC-SHA256 of the exact body.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let event: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let mut seen = r.seen.lock().unwrap();
+    seen.requests += 1;
+    let signed = headers
+        .get("x-invsync-signature")
+        .and_then(|v| v.to_str().ok())
+        == Some(expected.as_str());
+    let id_matches = headers
+        .get("x-invsync-event-id")
+        .and_then(|v| v.to_str().ok())
+        == event["id"].as_str();
+    let cloudevents = headers.get("content-type").and_then(|v| v.to_str().ok())
+        == Some("application/cloudevents+json");
+    if !(signed && id_matches && cloudevents) {
+        seen.bad_signatures += 1;
+        return (StatusCode::UNAUTHORIZED, "bad signature");
+    }
+    if unavailable {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance");
+    }
+    let d = &event["data"];
+    if reject.is_some() && d["external_ref"].as_str() == reject.as_deref() {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "unknown location");
+    }
+    seen.accepted.push((
+        event["id"].as_str().unwrap().to_owned(),
+        d["store_id"].as_str().unwrap().to_owned(),
+        d["product_sku"].as_str().unwrap().to_owned(),
+        d["version"].as_i64().unwrap(),
+    ));
+    (StatusCode::OK, "ok")
+}
+
+fn webhook_flags(url: &str) -> Vec<String> {
+    vec![
+        "--webhook-url".into(),
+        url.into(),
+        "--webhook-secret".into(),
+        SECRET.into(),
+    ]
+}
+
+fn args(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
+}
+
+/// Every accepted delivery of each (store, sku) came in version order.
+fn assert_per_sku_order(seen: &Seen) {
+    let mut last: HashMap<(String, String), i64> = HashMap::new();
+    for (_, store, sku, version) in &seen.accepted {
+        let previous = last
+            .insert((store.clone(), sku.clone()), *version)
+            .unwrap_or(0);
+        assert!(
+            *version > previous,
+            "{store}/{sku}: version {version} delivered after {previous}"
+        );
+    }
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_becomes_visible_in_the_storefront() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (http, url) = (client(), server.url.clone());
+    adjust(&http, &url, "S1", "VIS", 1000).await;
+    adjust(&http, &url, "S2", "VIS", 5).await;
+    let mut latencies = Vec::new();
+    for i in 0..300 {
+        let body = json!({"order_id": format!("V-{i}"), "store_id": "S1", "lines": [{"sku": "VIS", "quantity": 1}]});
+        let (status, _) = post(&http, &format!("{url}/v1/reservations"), body).await;
+        assert_eq!(status, 201);
+        let acknowledged = Instant::now();
+        let expected = 1000 - i - 1;
+        let view = eventually("the storefront shows the reservation", WAIT, || async {
+            let (_, v) = get(&http, &format!("{url}/v1/storefront/availability/VIS")).await;
+            (v["stores"][0]["available"] == expected).then_some(v)
+        })
+        .await;
+        latencies.push(acknowledged.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(
+            view["available"],
+            expected + 5,
+            "the top-level sum covers every store"
+        );
+        assert_eq!(view["stores"][1]["available"], 5);
+    }
+    latencies.sort_by(f64::total_cmp);
+    eprintln!(
+        "storefront visibility over {} reservations: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        quantile(&latencies, 0.5),
+        quantile(&latencies, 0.99),
+        latencies[latencies.len() - 1]
+    );
+    let (_, consumers) = get(&http, &format!("{url}/v1/consumers")).await;
+    let storefront = &consumers["items"][0];
+    assert_eq!(
+        (
+            storefront["name"].as_str(),
+            storefront["lag_events"].as_i64()
+        ),
+        (Some("storefront"), Some(0))
+    );
+    assert!(storefront["sync_latency_p99_ms"].as_f64().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_delivers_every_event_signed_in_per_sku_order_through_an_outage() {
+    let receiver = Receiver::default();
+    // The receiver answers 503 for the first 1.5 s: everything must still arrive.
+    receiver.behaviour.lock().unwrap().unavailable_until =
+        Some(Instant::now() + Duration::from_millis(1500));
+    let hook = receiver.clone().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &args(&webhook_flags(&hook)));
+    let (http, url) = (client(), server.url.clone());
+    for k in 0..10 {
+        adjust(&http, &url, "S1", &format!("W{k}"), 100).await;
+    }
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (http, url) = (http.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"order_id": format!("W-{i}"), "store_id": "S1", "lines": [{"sku": format!("W{}", i % 10), "quantity": 1}]});
+            post(&http, &format!("{url}/v1/reservations"), body).await.0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 201);
+    }
+    let logged: HashSet<String> = all_events(&http, &url)
+        .await
+        .into_iter()
+        .map(|(_, e)| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(logged.len(), 210);
+    eventually("every event reaches the receiver", WAIT, || async {
+        (receiver.accepted_ids() == logged).then_some(())
+    })
+    .await;
+    let seen = receiver.seen.lock().unwrap();
+    assert!(
+        seen.requests > seen.accepted.len(),
+        "the outage was exercised ({} requests)",
+        seen.requests
+    );
+    assert_eq!(
+        seen.bad_signatures, 0,
+        "every request carried a valid signature"
+    );
+    assert_eq!(
+        seen.accepted.len(),
+        210,
+        "nothing lost, nothing accepted twice"
+    );
+    assert_per_sku_order(&seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_goes_to_the_dead_letters_alone_and_redrive_delivers_it() {
+    let receiver = Receiver::default();
+    receiver.behaviour.lock().unwrap().reject_ref = Some("POISON".into());
+    let hook = receiver.clone().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &args(&webhook_flags(&hook)));
+    let (http, url) = (client(), server.url.clone());
+    adjust(&http, &url, "S1", "P", 10).await;
+    let poison = json!({"store_id": "S1", "sku": "P", "delta": 1, "reason": "stock_in", "external_ref": "POISON"});
+    assert_eq!(
+        post(&http, &format!("{url}/v1/adjustments"), poison)
+            .await
+            .0,
+        200
+    );
+    adjust(&http, &url, "S1", "P", 2).await; // the same SKU, after the poison
+    adjust(&http, &url, "S1", "Q", 3).await; // another SKU
+
+    let letters = eventually("the refused event is dead-lettered", WAIT, || async {
+        let (_, v) = get(&http, &format!("{url}/v1/dead-letters?consumer=webhook")).await;
+        let items = v["items"].as_array().unwrap().clone();
+        (!items.is_empty()).then_some(items)
+    })
+    .await;
+    assert_eq!(letters.len(), 1, "exactly that event");
+    assert_eq!(letters[0]["event"]["data"]["external_ref"], "POISON");
+    assert_eq!(
+        letters[0]["attempts"], 3,
+        "a permanent failure gets 3 attempts"
+    );
+    assert!(letters[0]["last_error"].as_str().unwrap().contains("422"));
+    eventually("the following events still arrive", WAIT, || async {
+        (receiver.seen.lock().unwrap().accepted.len() == 3).then_some(())
+    })
+    .await;
+    let (_, consumers) = get(&http, &format!("{url}/v1/consumers")).await;
+    let webhook = consumers["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "webhook")
+        .unwrap()
+        .clone();
+    assert_eq!(webhook["dead_letters"], 1);
+    let (_, storefront_letters) =
+        get(&http, &format!("{url}/v1/dead-letters?consumer=storefront")).await;
+    assert_eq!(storefront_letters["items"].as_array().unwrap().len(), 0);
+
+    // The receiver learns the location; a redrive delivers the event and clears it.
+    receiver.behaviour.lock().unwrap().reject_ref = None;
+    let id = letters[0]["id"].as_str().unwrap();
+    let (status, _) = post(
+        &http,
+        &format!("{url}/v1/dead-letters/{id}/redrive"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 202);
+    eventually("the redriven event arrives", WAIT, || async {
+        (receiver.seen.lock().unwrap().accepted.len() == 4).then_some(())
+    })
+    .await;
+    eventually("the dead letter is gone", WAIT, || async {
+        let (_, v) = get(&http, &format!("{url}/v1/dead-letters")).await;
+        v["items"].as_array().unwrap().is_empty().then_some(())
+    })
+    .await;
+    let (status, _) = post(
+        &http,
+        &format!("{url}/v1/dead-letters/{id}/redrive"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_mid_delivery_skips_nothing_and_applies_nothing_twice() {
+    let receiver = Receiver::default();
+    receiver.behaviour.lock().unwrap().delay = Duration::from_millis(3);
+    let hook = receiver.clone().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = webhook_flags(&hook);
+    let mut server = Server::start(dir.path(), &args(&flags));
+    let (http, url) = (client(), server.url.clone());
+    let items: Vec<Value> = (0..600)
+        .map(|i| json!({"store_id": "S1", "sku": format!("K{}", i % 40), "delta": 1, "reason": "stock_in"}))
+        .collect();
+    assert_eq!(
+        post(
+            &http,
+            &format!("{url}/v1/adjustments/batch"),
+            json!({"items": items})
+        )
+        .await
+        .0,
+        200
+    );
+    // Kill while the slow receiver is part-way through the backlog.
+    eventually("delivery is under way", WAIT, || async {
+        (receiver.seen.lock().unwrap().accepted.len() >= 100).then_some(())
+    })
+    .await;
+    server.kill();
+    let before_restart = receiver.seen.lock().unwrap().accepted.len();
+    assert!(
+        before_restart < 600,
+        "killed mid-delivery ({before_restart} of 600)"
+    );
+
+    receiver.behaviour.lock().unwrap().delay = Duration::ZERO;
+    let server = Server::start(dir.path(), &args(&flags));
+    let url = server.url.clone();
+    let logged: HashSet<String> = all_events(&http, &url)
+        .await
+        .into_iter()
+        .map(|(_, e)| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    eventually(
+        "every event is delivered after the restart",
+        WAIT,
+        || async { (receiver.accepted_ids() == logged).then_some(()) },
+    )
+    .await;
+    let accepted = receiver.seen.lock().unwrap().accepted.clone();
+    // At least once: only the batch in flight at the kill may be delivered again, and a
+    // receiver deduplicating by X-Invsync-Event-Id applies each event exactly once.
+    let duplicates = accepted.len() - logged.len();
+    assert!(duplicates <= 1000, "{duplicates} duplicates");
+    let mut first_seen = HashSet::new();
+    let deduplicated: Vec<_> = accepted
+        .iter()
+        .filter(|a| first_seen.insert(a.0.clone()))
+        .cloned()
+        .collect();
+    assert_per_sku_order(&Seen {
+        accepted: deduplicated,
+        ..Seen::default()
+    });
+    // The storefront, in the same process, converged exactly.
+    eventually("the storefront catches up", WAIT, || async {
+        storefront_caught_up(&http, &url).await.then_some(())
+    })
+    .await;
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_rebuilds_an_identical_storefront_and_redelivers_webhook_events() {
+    let receiver = Receiver::default();
+    let hook = receiver.clone().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &args(&webhook_flags(&hook)));
+    let (http, url) = (client(), server.url.clone());
+    for k in 0..20 {
+        adjust(
+            &http,
+            &url,
+            &format!("S{}", k % 3),
+            &format!("R{k}"),
+            10 + k,
+        )
+        .await;
+    }
+    eventually("caught up", WAIT, || async {
+        (storefront_caught_up(&http, &url).await
+            && receiver.seen.lock().unwrap().accepted.len() == 20)
+            .then_some(())
+    })
+    .await;
+    let view = |http: reqwest::Client, url: String| async move {
+        let (_, v) = get(&http, &format!("{url}/v1/storefront/rows?limit=1000")).await;
+        v["items"].clone()
+    };
+    let original = view(http.clone(), url.clone()).await;
+    assert_eq!(original.as_array().unwrap().len(), 20);
+
+    // Damage the view behind the projection's back; a replay must rebuild it.
+    let db = rusqlite_free_update(
+        &dir.path().join("storefront.db"),
+        "UPDATE availability SET available = -999",
+    );
+    assert!(db > 0);
+    assert_ne!(view(http.clone(), url.clone()).await, original);
+    let (status, _) = post(
+        &http,
+        &format!("{url}/v1/consumers/storefront/replay"),
+        json!({"from_offset": 1}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    eventually(
+        "the rebuilt storefront equals the original",
+        WAIT,
+        || async { (view(http.clone(), url.clone()).await == original).then_some(()) },
+    )
+    .await;
+
+    // The webhook re-delivers from offset 15: events 15..=20 arrive again.
+    let (status, _) = post(
+        &http,
+        &format!("{url}/v1/consumers/webhook/replay"),
+        json!({"from_offset": 15}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    eventually("the webhook replays from offset 15", WAIT, || async {
+        (receiver.seen.lock().unwrap().accepted.len() == 26).then_some(())
+    })
+    .await;
+    let accepted = receiver.seen.lock().unwrap().accepted.clone();
+    // Different SKUs are delivered in parallel, so compare as sets.
+    let replayed: std::collections::BTreeSet<String> =
+        accepted[20..].iter().map(|a| a.2.clone()).collect();
+    let expected: std::collections::BTreeSet<String> = (14..20).map(|k| format!("R{k}")).collect();
+    assert_eq!(replayed, expected);
+    let (status, body) = post(
+        &http,
+        &format!("{url}/v1/consumers/nobody/replay"),
+        json!({"from_offset": 1}),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+    let (status, body) = post(
+        &http,
+        &format!("{url}/v1/consumers/webhook/replay"),
+        json!({"from_offset": 0}),
+    )
+    .await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("from_offset")));
+}
+
+/// Writes to a SQLite file with the `sqlite3`-compatible Python module (the test does
+/// not link SQLite itself); returns the number of changed rows.
+fn rusqlite_free_update(path: &std::path::Path, sql: &str) -> i64 {
+    let script = format!(
+        "import sqlite3; c = sqlite3.connect({:?}, timeout=10); n = c.execute({:?}).rowcount; c.commit(); print(n)",
+        path.to_str().unwrap(),
+        sql
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_old_events_and_a_new_storefront_bootstraps_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--retention", "1s"]);
+    let (http, url) = (client(), server.url.clone());
+    for k in 0..5 {
+        adjust(&http, &url, "S1", &format!("T{k}"), 1 + k).await;
+    }
+    // The janitor purges events as they pass retention; wait until all five have.
+    let gone = eventually("the janitor purges past retention", WAIT, || async {
+        let (status, body) = get(&http, &format!("{url}/v1/events?after=0")).await;
+        (status == 410 && body["oldest_offset"] == 6).then_some(body)
+    })
+    .await;
+    assert_eq!(gone["code"], "gone");
+    adjust(&http, &url, "S1", "T0", 1).await;
+    let (status, page) = get(&http, &format!("{url}/v1/events?after=5")).await;
+    assert_eq!(
+        (status, page["events"][0]["offset"].as_i64()),
+        (200, Some(6))
+    );
+
+    // A storefront that starts from nothing while the log no longer reaches back to
+    // offset 1 must bootstrap from the snapshot.
+    server.kill();
+    for f in ["storefront.db", "storefront.db-wal", "storefront.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(f));
+    }
+    let server = Server::start(dir.path(), &["--retention", "1s"]);
+    let url = server.url.clone();
+    let view = eventually("the storefront is rebuilt", WAIT, || async {
+        let (_, v) = get(&http, &format!("{url}/v1/storefront/rows")).await;
+        (v["items"].as_array().is_some_and(|a| a.len() == 5)).then_some(v)
+    })
+    .await;
+    let t0 = view["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["sku"] == "T0")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (t0["on_hand"].as_i64(), t0["version"].as_i64()),
+        (Some(2), Some(2))
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Reads SSE messages until `n` events arrived; returns their offsets. The deadline
+/// covers the whole read (keep-alive comments must not extend it).
+async fn read_sse(resp: reqwest::Response, n: usize) -> Vec<i64> {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut ids = Vec::new();
+    let mut buffer = String::new();
+    let mut stream = resp.bytes_stream();
+    while ids.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("SSE data in time")
+            .unwrap()
+            .unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let message: String = buffer.drain(..end + 2).collect();
+            if let Some(id) = message.lines().find_map(|l| l.strip_prefix("id:")) {
+                ids.push(id.trim().parse().unwrap());
+            }
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_resumes_from_last_event_id_without_gaps_or_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (http, url) = (client(), server.url.clone());
+    for k in 0..10 {
+        adjust(&http, &url, "S1", &format!("E{k}"), 1).await;
+    }
+    let first = http
+        .get(format!("{url}/v1/events/stream?after=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.headers()["content-type"], "text/event-stream");
+    let got = read_sse(first, 4).await;
+    assert_eq!(got, vec![1, 2, 3, 4]);
+    // Disconnected; more events happen; the client resumes from the last id it saw.
+    for k in 10..15 {
+        adjust(&http, &url, "S1", &format!("E{k}"), 1).await;
+    }
+    let resumed = http
+        .get(format!("{url}/v1/events/stream?after=0"))
+        .header("Last-Event-ID", "4")
+        .send()
+        .await
+        .unwrap();
+    // 6 + 5 logged events after offset 4, then one that happens while streaming.
+    let pending = tokio::spawn(read_sse(resumed, 12));
+    adjust(&http, &url, "S1", "LIVE", 1).await;
+    assert_eq!(pending.await.unwrap(), (5..=16).collect::<Vec<_>>());
+    let (status, body) = get(&http, &format!("{url}/v1/events/stream?after=-3")).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("after")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_on_a_consistent_server_and_fails_on_a_row_altered_behind_its_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (http, url) = (client(), server.url.clone());
+    adjust(&http, &url, "S1", "C1", 10).await;
+    adjust(&http, &url, "S1", "C2", 10).await;
+    let body =
+        json!({"order_id": "O-1", "store_id": "S1", "lines": [{"sku": "C1", "quantity": 4}]});
+    assert_eq!(
+        post(&http, &format!("{url}/v1/reservations"), body).await.0,
+        201
+    );
+    let check = || {
+        std::process::Command::new(BIN)
+            .args(["check", "--url", &url])
+            .output()
+            .unwrap()
+    };
+    let ok = check();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("check: OK"));
+
+    let changed = rusqlite_free_update(
+        &dir.path().join("ledger.db"),
+        "UPDATE stock SET reserved = 0 WHERE sku = 'C1'",
+    );
+    assert_eq!(changed, 1);
+    let bad = check();
+    assert_eq!(bad.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&bad.stdout);
+    assert!(
+        report.contains("S1/C1") && report.contains("PROBLEM"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("S1/C2"),
+        "only the altered row is reported: {report}"
+    );
+    let mut by_problem: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in report.lines().filter(|l| l.starts_with("PROBLEM")) {
+        *by_problem
+            .entry(if line.contains("storefront") {
+                "storefront"
+            } else {
+                "ledger"
+            })
+            .or_default() += 1;
+    }
+    assert_eq!(by_problem.get("ledger"), Some(&1));
+}
