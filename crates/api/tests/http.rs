@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{spawn, spawn_with_tokens, App};
+use common::{spawn, spawn_with_storefront, spawn_with_tokens, App};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -873,4 +873,50 @@ async fn the_openapi_document_covers_the_contract_of_api_md() {
     for field in ["order_id", "store_id", "lines", "ttl_seconds"] {
         assert!(reserve.get(field).is_some(), "ReserveBody.{field}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storefront_keeps_answering_while_the_ledger_is_down() {
+    let app = spawn_with_storefront().await;
+    app.adjust("S1", "A", 8).await;
+    app.adjust("S2", "A", 3).await;
+    app.post("/v1/reservations", reserve_body("O-1", "S1", &[("A", 2)]))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let view = loop {
+        let v = app.get("/v1/storefront/availability/A").await.body;
+        if v["stores"][0]["version"] == 2 {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the storefront catches up: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(view["available"], 9);
+    assert_eq!(view["lag_ms"], 0);
+    assert!(view["as_of"].is_string());
+
+    invsync_ledger::Ledger::shutdown(app.ledger.as_ref()).await;
+    assert_eq!(
+        app.post("/v1/reservations", reserve_body("O-2", "S1", &[("A", 1)]))
+            .await
+            .status,
+        503
+    );
+    let still = app.get("/v1/storefront/availability/A").await;
+    assert_eq!(
+        still.status, 200,
+        "the storefront answers from its own store"
+    );
+    assert_eq!(still.body["available"], 9);
+    let unknown = app.get("/v1/storefront/availability/NEVER-SEEN").await.body;
+    assert_eq!(
+        (
+            unknown["available"].as_i64(),
+            unknown["stores"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0))
+    );
 }

@@ -25,6 +25,8 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Metrics first: tasks started below record from their first moment.
+    invsync_api::telemetry::init();
     let access = match &config.tokens {
         Some(path) => {
             Access::Tokens(crate::tokens::load(path).map_err(|e| anyhow::anyhow!("tokens: {e}"))?)

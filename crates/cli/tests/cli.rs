@@ -335,3 +335,54 @@ async fn the_server_releases_a_reservation_when_its_ttl_runs_out() {
         (Some("RELEASED"), Some("expired"))
     );
 }
+
+#[tokio::test]
+async fn events_tail_follow_prints_new_events_as_they_happen() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = client();
+    let adjust = |sku: &'static str| {
+        let (http, url) = (http.clone(), server.url.clone());
+        async move {
+            let body = json!({"store_id": "S1", "sku": sku, "delta": 1, "reason": "stock_in"});
+            assert_eq!(
+                http.post(format!("{url}/v1/adjustments"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                200
+            );
+        }
+    };
+    adjust("BEFORE").await;
+    let mut tail = Command::new(BIN)
+        .args(["events", "tail", "--follow", "--url", &server.url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // From offset 0 by default: the old event first, then the ones made while following.
+    let first = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(first.contains("S1/BEFORE"), "{first}");
+    adjust("LIVE-1").await;
+    adjust("LIVE-2").await;
+    let next: Vec<String> = (0..2)
+        .map(|_| rx.recv_timeout(Duration::from_secs(30)).unwrap())
+        .collect();
+    assert!(
+        next[0].contains("S1/LIVE-1") && next[1].contains("S1/LIVE-2"),
+        "{next:?}"
+    );
+    let _ = tail.kill();
+    let _ = tail.wait();
+}

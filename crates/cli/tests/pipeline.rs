@@ -190,6 +190,33 @@ async fn a_reservation_becomes_visible_in_the_storefront() {
         quantile(&latencies, 0.99),
         latencies[latencies.len() - 1]
     );
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "invsync_reservations_total",
+        "invsync_request_duration_seconds",
+        "invsync_outbox_backlog",
+        "invsync_outbox_oldest_age_seconds",
+        "invsync_consumer_lag_events",
+        "invsync_consumer_lag_seconds",
+        "invsync_sync_latency_seconds",
+        "invsync_sla_breaches_total",
+        "invsync_dead_letters",
+        "invsync_stock_shortages",
+        "invsync_bus_up",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {name} ")),
+            "/metrics has {name}"
+        );
+    }
+    assert!(metrics.contains("invsync_consumer_lag_events{consumer=\"storefront\"} 0"));
     let (_, consumers) = get(&http, &format!("{url}/v1/consumers")).await;
     let storefront = &consumers["items"][0];
     assert_eq!(
@@ -479,6 +506,25 @@ async fn replay_rebuilds_an_identical_storefront_and_redelivers_webhook_events()
         accepted[20..].iter().map(|a| a.2.clone()).collect();
     let expected: std::collections::BTreeSet<String> = (14..20).map(|k| format!("R{k}")).collect();
     assert_eq!(replayed, expected);
+    // By time: from the first event at or after event 18's time, 18..=20 come again.
+    let events = all_events(&http, &url).await;
+    let since = events[17].1["time"].as_str().unwrap().to_owned();
+    let (status, _) = post(
+        &http,
+        &format!("{url}/v1/consumers/webhook/replay"),
+        json!({"since": since}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    eventually("the webhook replays since a time", WAIT, || async {
+        (receiver.seen.lock().unwrap().accepted.len() == 29).then_some(())
+    })
+    .await;
+    let again: std::collections::BTreeSet<String> = receiver.seen.lock().unwrap().accepted[26..]
+        .iter()
+        .map(|a| a.2.clone())
+        .collect();
+    assert_eq!(again, (17..20).map(|k| format!("R{k}")).collect());
     let (status, body) = post(
         &http,
         &format!("{url}/v1/consumers/nobody/replay"),

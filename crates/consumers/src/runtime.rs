@@ -278,6 +278,10 @@ impl Runner {
 
     async fn run(mut self) {
         tracing::info!(consumer = %self.config.name, position = self.position, "consumer started");
+        // Counters appear on /metrics from the start, not only after the first breach.
+        metrics::counter!("invsync_sla_breaches_total", "consumer" => self.config.name.clone())
+            .increment(0);
+        self.publish_gauges();
         let mut failures = 0u32;
         loop {
             if self.stopping() {

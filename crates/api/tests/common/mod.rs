@@ -22,6 +22,54 @@ pub async fn spawn() -> App {
     spawn_with(Access::Anonymous, None).await
 }
 
+/// An app with the storefront consumer running, as `invsync serve` has it.
+pub async fn spawn_with_storefront() -> App {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = Arc::new(
+        SqliteLedger::open(
+            SqliteConfig::new(dir.path().join("ledger.db")),
+            Arc::new(SystemClock),
+        )
+        .expect("open ledger"),
+    );
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(_stop); // runs for the whole test
+    let config =
+        invsync_consumers::ConsumerConfig::new("storefront", dir.path().join("storefront.db"));
+    let (handle, run) = invsync_consumers::start(
+        config,
+        Arc::new(invsync_consumers::storefront::Storefront),
+        ledger.clone() as Arc<dyn Ledger>,
+        stop_rx,
+    )
+    .expect("start storefront");
+    tokio::spawn(run);
+    let pipeline = invsync_api::Pipeline {
+        consumers: vec![handle.clone()],
+        storefront: Some((
+            invsync_consumers::storefront::StorefrontReader::new(handle.reader().clone()),
+            handle,
+        )),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let state = AppState::with_pipeline(
+        ledger.clone() as Arc<dyn Ledger>,
+        Access::Anonymous,
+        pipeline,
+    );
+    tokio::spawn(invsync_api::serve(listener, state, std::future::pending()));
+    App {
+        url,
+        http: reqwest::Client::new(),
+        ledger,
+        token: None,
+        _dir: dir,
+    }
+}
+
 /// An app with three tokens: `reader` (read), `orders` (reserve, read), `admin`.
 pub async fn spawn_with_tokens() -> App {
     let entry = |name: &str, scopes: Vec<Scope>| TokenEntry {
