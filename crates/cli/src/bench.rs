@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Skip sampling visibility (reservation acknowledged → storefront shows it).
+    #[arg(long)]
+    pub no_visibility: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,6 +63,57 @@ pub struct Summary {
     pub latency_ms: BTreeMap<String, f64>,
     pub answers: BTreeMap<String, u64>,
     pub oversell_check: String,
+    /// Reservation acknowledged → storefront shows it, sampled every 20 ms while the
+    /// load runs: p50, p99, max and the number of samples.
+    pub visibility_ms: Option<BTreeMap<String, f64>>,
+}
+
+const PROBE_STORE: &str = "bench-probe";
+const PROBE_SKU: &str = "bench-probe";
+
+/// Samples visibility until `deadline`: reserves one unit of the probe SKU, then polls
+/// the storefront until its availability reflects it. Only the probe reserves that
+/// SKU, so availability falls by exactly one per sample.
+async fn probe_visibility(
+    target: Arc<Target>,
+    deadline: Instant,
+    run_id: u64,
+) -> anyhow::Result<Vec<f64>> {
+    let answer = target
+        .json(reqwest::Method::POST, "/v1/adjustments", Some(json!({"store_id": PROBE_STORE, "sku": PROBE_SKU, "set_on_hand": 1_000_000, "reason": "cycle_count"})))
+        .await?;
+    let mut expected = answer["available"].as_i64().unwrap_or(0);
+    let path = format!("/v1/storefront/availability/{PROBE_SKU}");
+    let mut samples = Vec::new();
+    let mut n = 0;
+    while Instant::now() < deadline {
+        let body = json!({"order_id": format!("probe-{run_id:x}-{n}"), "store_id": PROBE_STORE, "lines": [{"sku": PROBE_SKU, "quantity": 1}]});
+        n += 1;
+        target
+            .json(reqwest::Method::POST, "/v1/reservations", Some(body))
+            .await?;
+        let acknowledged = Instant::now();
+        expected -= 1;
+        loop {
+            let view = target.json(reqwest::Method::GET, &path, None).await?;
+            let shown = view["stores"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["store_id"] == PROBE_STORE)
+                .and_then(|s| s["available"].as_i64());
+            if shown.is_some_and(|a| a <= expected) {
+                break;
+            }
+            if acknowledged.elapsed() > Duration::from_secs(60) {
+                bail!("the storefront did not show a reservation within 60 s");
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        samples.push(acknowledged.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(samples)
 }
 
 fn store(i: usize) -> String {
@@ -160,6 +214,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
     let run_id: u64 = rand::rng().random();
     let started = Instant::now();
     let deadline = started + args.duration;
+    let probe = (!args.no_visibility)
+        .then(|| tokio::spawn(probe_visibility(target.clone(), deadline, run_id)));
     let mut tasks = Vec::with_capacity(args.clients);
     for client in 0..args.clients {
         let target = target.clone();
@@ -233,6 +289,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
     } else {
         format!("FAILED: reserved is {reserved_after}, the answers imply {implied}; {oversold} rows oversold")
     };
+    let visibility_ms = match probe {
+        Some(task) => {
+            let mut samples = task.await??;
+            samples.sort_by(f64::total_cmp);
+            let at = |q: f64| {
+                samples[((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1]
+            };
+            (!samples.is_empty()).then(|| {
+                BTreeMap::from([
+                    ("p50".to_owned(), at(0.5)),
+                    ("p99".to_owned(), at(0.99)),
+                    ("max".to_owned(), samples[samples.len() - 1]),
+                    ("samples".to_owned(), samples.len() as f64),
+                ])
+            })
+        }
+        None => None,
+    };
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let latency_ms = BTreeMap::from([
         ("p50".to_owned(), ms(0.50)),
@@ -251,6 +325,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
         latency_ms,
         answers,
         oversell_check,
+        visibility_ms,
     })
 }
 
@@ -300,6 +375,12 @@ pub fn print(summary: &Summary) {
     );
     for (answer, n) in &summary.answers {
         println!("  {answer}: {n}");
+    }
+    if let Some(v) = &summary.visibility_ms {
+        println!(
+            "visibility (acknowledged → storefront) ms: p50 {:.2}  p99 {:.2}  max {:.2}  ({} samples)",
+            v["p50"], v["p99"], v["max"], v["samples"]
+        );
     }
     println!("oversell check: {}", summary.oversell_check);
 }
