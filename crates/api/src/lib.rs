@@ -51,6 +51,8 @@ struct Inner {
 /// The consumers running in this process, for the pipeline routes.
 #[derive(Clone, Default)]
 pub struct Pipeline {
+    /// The visibility SLA the dashboard and `/v1/consumers` judge lag against.
+    pub sla: std::time::Duration,
     pub consumers: Vec<ConsumerHandle>,
     /// The storefront projection's reader and its consumer (for `as_of`, lag).
     pub storefront: Option<(StorefrontReader, ConsumerHandle)>,
@@ -80,6 +82,10 @@ impl AppState {
 
     pub(crate) fn consumers(&self) -> &[ConsumerHandle] {
         &self.0.pipeline.consumers
+    }
+
+    pub(crate) fn sla(&self) -> std::time::Duration {
+        self.0.pipeline.sla
     }
 
     pub(crate) fn storefront(&self) -> Option<&(StorefrontReader, ConsumerHandle)> {
@@ -132,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/consumers/{name}/replay", post(pipeline::replay))
         .route("/v1/dead-letters", get(pipeline::dead_letters))
         .route("/v1/dead-letters/{id}/redrive", post(pipeline::redrive))
+        .route("/", get(health::dashboard))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -803,6 +803,11 @@ async fn tokens_and_scopes_guard_every_route_but_health_and_metrics() {
     assert_eq!(app.get("/healthz").await.status, 200);
     assert_eq!(app.get("/readyz").await.status, 200);
     assert_eq!(app.get("/metrics").await.status, 200);
+    let page = app.send(app.request(Method::GET, "/")).await;
+    assert_eq!(
+        (page.status, page.content_type.as_str()),
+        (StatusCode::OK, "text/html; charset=utf-8")
+    );
     let anonymous = app.get("/v1/stock?sku=A").await;
     assert_problem(&anonymous, "unauthorized");
     assert_problem(&app.get("/openapi.json").await, "unauthorized");

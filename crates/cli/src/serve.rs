@@ -146,6 +146,7 @@ fn start_consumers(
         ("storefront consumer", Ok(()))
     });
     let mut pipeline = Pipeline {
+        sla: config.sla,
         consumers: vec![storefront.clone()],
         storefront: Some((
             StorefrontReader::new(storefront.reader().clone()),

@@ -253,6 +253,23 @@ async fn the_webhook_delivers_every_event_signed_in_per_sku_order_through_an_out
     for t in tasks {
         assert_eq!(t.await.unwrap(), 201);
     }
+    // While the receiver refuses, the consumer shows its lag and why.
+    let stuck = eventually("the webhook consumer reports the outage", WAIT, || async {
+        let (_, v) = get(&http, &format!("{url}/v1/consumers")).await;
+        let webhook = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "webhook")
+            .cloned()
+            .unwrap();
+        webhook["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("503"))
+            .then_some(webhook)
+    })
+    .await;
+    assert!(stuck["lag_events"].as_i64().unwrap() > 0, "{stuck}");
     let logged: HashSet<String> = all_events(&http, &url)
         .await
         .into_iter()

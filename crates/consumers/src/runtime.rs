@@ -78,8 +78,10 @@ pub struct ConsumerStatus {
 #[derive(Debug, Default)]
 struct Shared {
     position: i64,
-    head: i64,
-    lag_seconds: f64,
+    /// When the oldest event not yet applied occurred (`None` when caught up): lag in
+    /// seconds is measured from it at the moment it is asked for, so a consumer stuck
+    /// retrying shows its lag growing.
+    oldest_pending: Option<DateTime<Utc>>,
     dead_letters: i64,
     as_of: Option<DateTime<Utc>>,
     last_error: Option<String>,
@@ -114,6 +116,8 @@ pub struct ConsumerHandle {
     name: String,
     commands: mpsc::Sender<Command>,
     shared: Arc<Mutex<Shared>>,
+    /// The ledger's last committed offset, live.
+    head: watch::Receiver<i64>,
     reader: StoreReader,
 }
 
@@ -127,12 +131,13 @@ impl ConsumerHandle {
     }
 
     pub fn status(&self) -> ConsumerStatus {
+        let head = *self.head.borrow();
         let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         ConsumerStatus {
             name: self.name.clone(),
             position: s.position,
-            lag_events: (s.head - s.position).max(0),
-            lag_seconds: s.lag_seconds,
+            lag_events: (head - s.position).max(0),
+            lag_seconds: lag_seconds(s.oldest_pending),
             dead_letters: s.dead_letters,
             sync_latency_p50_ms: s.latencies.quantile(0.50),
             sync_latency_p99_ms: s.latencies.quantile(0.99),
@@ -195,7 +200,6 @@ pub fn start(
     let dead_letters = store.count_dead_letters().map_err(|e| e.to_string())?;
     let shared = Arc::new(Mutex::new(Shared {
         position,
-        head: *ledger.subscribe().borrow(),
         as_of,
         dead_letters,
         ..Shared::default()
@@ -205,6 +209,7 @@ pub fn start(
         name: config.name.clone(),
         commands,
         shared: shared.clone(),
+        head: ledger.subscribe(),
         reader: StoreReader::new(config.path.clone(), config.name.clone()),
     };
     let runner = Runner {
@@ -333,13 +338,12 @@ impl Runner {
             .events(self.position, self.config.batch)
             .await
             .map_err(|e| StepError::Retry(e.to_string()))?;
-        self.shared().head = page.last_offset;
         if self.position + 1 < page.oldest_offset {
             self.fell_behind(page.oldest_offset).await?;
             return Ok(Step::Progress);
         }
         let Some(last) = page.events.last().map(|e| e.offset) else {
-            self.shared().lag_seconds = 0.0;
+            self.shared().oldest_pending = None;
             self.publish_gauges();
             return Ok(Step::Idle);
         };
@@ -359,10 +363,7 @@ impl Runner {
             }
         }
         if let Some(first) = incoming.first() {
-            let behind = (Utc::now() - first.event.occurred_at)
-                .num_milliseconds()
-                .max(0);
-            self.shared().lag_seconds = behind as f64 / 1000.0;
+            self.shared().oldest_pending = Some(first.event.occurred_at);
         }
 
         let fresh = self.fresh(incoming).await?;
@@ -407,6 +408,7 @@ impl Runner {
             }
         }
         shared.position = last;
+        shared.oldest_pending = None;
         shared.dead_letters += dead;
         if as_of.is_some() {
             shared.as_of = as_of;
@@ -423,7 +425,12 @@ impl Runner {
     fn publish_gauges(&self) {
         let status = {
             let s = self.shared();
-            ((s.head - s.position).max(0), s.lag_seconds, s.dead_letters)
+            let head = *self.head.borrow();
+            (
+                (head - s.position).max(0),
+                lag_seconds(s.oldest_pending),
+                s.dead_letters,
+            )
         };
         let name = self.config.name.clone();
         metrics::gauge!("invsync_consumer_lag_events", "consumer" => name.clone())
@@ -482,7 +489,7 @@ impl Runner {
             &self.config.retry,
             event,
             &self.shutdown,
-            &self.config.name,
+            &self.shared,
         )
         .await
     }
@@ -630,7 +637,7 @@ impl Runner {
                 &policy,
                 &incoming,
                 &self.shutdown,
-                &self.config.name,
+                &self.shared,
             )
             .await
             .map_err(|e| ControlError::Failed(format!("{e:?}")))?
@@ -749,12 +756,19 @@ fn commit(
     Ok(dead)
 }
 
+/// Seconds since `oldest_pending` occurred; 0 when nothing is pending.
+fn lag_seconds(oldest_pending: Option<DateTime<Utc>>) -> f64 {
+    oldest_pending.map_or(0.0, |t| {
+        (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+    })
+}
+
 async fn deliver_with_retry(
     sink: &dyn Sink,
     policy: &RetryPolicy,
     event: &Incoming,
     shutdown: &watch::Receiver<bool>,
-    consumer: &str,
+    shared: &Mutex<Shared>,
 ) -> Result<Outcome, StepError> {
     let mut attempt = 0u32;
     let mut permanent = 0u32;
@@ -782,7 +796,12 @@ async fn deliver_with_retry(
                 error
             }
         };
-        tracing::debug!(consumer, log.offset = event.offset, attempt, %error, "delivery failed; will retry");
+        tracing::debug!(log.offset = event.offset, attempt, %error, "delivery failed; will retry");
+        // Shown by /v1/consumers and the dashboard while the retries go on.
+        shared.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(format!(
+            "delivering offset {} (attempt {attempt}): {error}",
+            event.offset
+        ));
         let mut shutdown = shutdown.clone();
         tokio::select! {
             _ = tokio::time::sleep(policy.backoff(attempt)) => {}

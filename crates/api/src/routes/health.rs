@@ -40,3 +40,12 @@ pub(crate) async fn metrics() -> impl IntoResponse {
 pub(crate) async fn openapi(_: crate::auth::Auth<crate::auth::ReadScope>) -> impl IntoResponse {
     Json(crate::openapi::document())
 }
+
+/// The operator dashboard: a static page that reads `/v1/consumers`, `/metrics` and
+/// `/v1/dead-letters` (with a token the operator pastes, when tokens are configured).
+pub(crate) async fn dashboard() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../static/dashboard.html"),
+    )
+}

@@ -130,6 +130,8 @@ pub(crate) async fn rows(
 pub(crate) struct ConsumersView {
     #[schema(value_type = Vec<Object>)]
     items: Vec<ConsumerStatus>,
+    /// The visibility SLA (`--sla`) lag and latency are judged against.
+    sla_seconds: f64,
 }
 
 /// Every consumer's position, lag, dead letters and sync latency.
@@ -144,6 +146,7 @@ pub(crate) async fn consumers(
             .iter()
             .map(ConsumerHandle::status)
             .collect(),
+        sla_seconds: state.sla().as_secs_f64(),
     })
 }
 

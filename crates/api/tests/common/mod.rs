@@ -45,6 +45,7 @@ pub async fn spawn_with_storefront() -> App {
     .expect("start storefront");
     tokio::spawn(run);
     let pipeline = invsync_api::Pipeline {
+        sla: std::time::Duration::from_secs(30),
         consumers: vec![handle.clone()],
         storefront: Some((
             invsync_consumers::storefront::StorefrontReader::new(handle.reader().clone()),
