@@ -151,6 +151,19 @@ fn assert_per_sku_order(seen: &Seen) {
     }
 }
 
+/// Runs `invsync check` against the server and requires it to pass.
+fn assert_check_passes(url: &str) {
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--url", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
@@ -452,15 +465,7 @@ async fn killing_the_server_mid_delivery_skips_nothing_and_applies_nothing_twice
         storefront_caught_up(&http, &url).await.then_some(())
     })
     .await;
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--url", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_check_passes(&url);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -633,15 +638,7 @@ async fn retention_purges_old_events_and_a_new_storefront_bootstraps_from_a_snap
         (t0["on_hand"].as_i64(), t0["version"].as_i64()),
         (Some(2), Some(2))
     );
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--url", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_check_passes(&url);
 }
 
 /// Reads SSE messages until `n` events arrived; returns their offsets. The deadline

@@ -25,13 +25,7 @@ pub async fn spawn() -> App {
 /// An app with the storefront consumer running, as `invsync serve` has it.
 pub async fn spawn_with_storefront() -> App {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ledger = Arc::new(
-        SqliteLedger::open(
-            SqliteConfig::new(dir.path().join("ledger.db")),
-            Arc::new(SystemClock),
-        )
-        .expect("open ledger"),
-    );
+    let ledger = open_ledger(&dir);
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     std::mem::forget(_stop); // runs for the whole test
     let config =
@@ -52,23 +46,12 @@ pub async fn spawn_with_storefront() -> App {
             handle,
         )),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
     let state = AppState::with_pipeline(
         ledger.clone() as Arc<dyn Ledger>,
         Access::Anonymous,
         pipeline,
     );
-    tokio::spawn(invsync_api::serve(listener, state, std::future::pending()));
-    App {
-        url,
-        http: reqwest::Client::new(),
-        ledger,
-        token: None,
-        _dir: dir,
-    }
+    serve(state, ledger, None, dir).await
 }
 
 /// An app with three tokens: `reader` (read), `orders` (reserve, read), `admin`.
@@ -88,18 +71,27 @@ pub async fn spawn_with_tokens() -> App {
 
 async fn spawn_with(access: Access, token: Option<String>) -> App {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ledger = Arc::new(
-        SqliteLedger::open(
-            SqliteConfig::new(dir.path().join("ledger.db")),
-            Arc::new(SystemClock),
-        )
-        .expect("open ledger"),
-    );
+    let ledger = open_ledger(&dir);
+    let state = AppState::new(ledger.clone() as Arc<dyn Ledger>, access);
+    serve(state, ledger, token, dir).await
+}
+
+fn open_ledger(dir: &tempfile::TempDir) -> Arc<SqliteLedger> {
+    let config = SqliteConfig::new(dir.path().join("ledger.db"));
+    Arc::new(SqliteLedger::open(config, Arc::new(SystemClock)).expect("open ledger"))
+}
+
+/// Serves `state` on a free loopback port for the rest of the test.
+async fn serve(
+    state: AppState,
+    ledger: Arc<SqliteLedger>,
+    token: Option<String>,
+    dir: tempfile::TempDir,
+) -> App {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let state = AppState::new(ledger.clone() as Arc<dyn Ledger>, access);
     tokio::spawn(invsync_api::serve(listener, state, std::future::pending()));
     App {
         url,
