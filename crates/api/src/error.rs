@@ -168,7 +168,7 @@ impl From<LedgerError> for ApiError {
     fn from(err: LedgerError) -> Self {
         match err {
             LedgerError::Domain(e) => e.into(),
-            LedgerError::Unavailable(detail) => {
+            LedgerError::Unavailable(detail) | LedgerError::Contention(detail) => {
                 tracing::warn!(error = %detail, "ledger unavailable");
                 Self::new(
                     ErrorCode::Unavailable,

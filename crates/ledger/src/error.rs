@@ -10,6 +10,11 @@ pub enum LedgerError {
     /// The store cannot be reached or is shutting down; safe to retry later.
     #[error("ledger unavailable: {0}")]
     Unavailable(String),
+    /// Concurrent transactions collided (unique key raced, serialization failure,
+    /// deadlock): the command is retried from the start; after too many tries it
+    /// answers like `Unavailable`.
+    #[error("ledger contention: {0}")]
+    Contention(String),
     /// Something that should not happen (corrupt row, bug). Logged where handled.
     #[error("ledger internal error: {0}")]
     Internal(String),
@@ -34,5 +39,28 @@ impl From<rusqlite::Error> for LedgerError {
 impl From<invsync_core::stock::InvalidLevel> for LedgerError {
     fn from(err: invsync_core::stock::InvalidLevel) -> Self {
         Self::Internal(err.to_string())
+    }
+}
+
+impl From<postgres::Error> for LedgerError {
+    fn from(err: postgres::Error) -> Self {
+        // A lost connection or a server shutting down is an outage to wait out; a
+        // statement error is a bug or a corrupt row.
+        if err.is_closed() || err.as_db_error().is_none() {
+            return Self::Unavailable(err.to_string());
+        }
+        match err.code().map(|c| c.code()) {
+            // Admin shutdown, crash shutdown, cannot connect now, too many connections.
+            Some("57P01" | "57P02" | "57P03" | "53300") => Self::Unavailable(err.to_string()),
+            // Unique violation (two creators raced), serialization failure, deadlock.
+            Some("23505" | "40001" | "40P01") => Self::Contention(err.to_string()),
+            _ => Self::Internal(err.to_string()),
+        }
+    }
+}
+
+impl From<r2d2::Error> for LedgerError {
+    fn from(err: r2d2::Error) -> Self {
+        Self::Unavailable(format!("no database connection: {err}"))
     }
 }

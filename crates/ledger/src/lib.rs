@@ -8,6 +8,8 @@
 //!   against a small row-level `Tx` trait that each back end implements.
 //! - [`sqlite`]: the embedded back end (one writer thread with group commit, WAL,
 //!   read-only connections for queries).
+//! - [`postgres`]: the production back end (row locks, transactional outbox, one
+//!   active relay across instances).
 //! - [`clock`]: injected time, so expiry is testable without sleeping.
 //! - [`model`]: what the ledger answers.
 //!
@@ -18,6 +20,7 @@ pub mod clock;
 mod engine;
 pub mod error;
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -31,6 +34,7 @@ pub use error::LedgerError;
 pub use model::{
     AdjustmentOutcome, EventPage, LoggedEvent, ReserveOutcome, SnapshotPage, StockRow,
 };
+pub use postgres::{PgConfig, PgLedger};
 pub use sqlite::{SqliteConfig, SqliteLedger};
 
 /// Lines of a partial release or fulfilment; `None` means everything still held.
@@ -88,6 +92,9 @@ pub trait Ledger: Send + Sync + 'static {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<i64>;
     /// How many (store, sku) pairs have `available < 0` (a shortage).
     async fn shortages(&self) -> Result<i64, LedgerError>;
+    /// Waits until every committed event is in the log (PostgreSQL: the relay drained
+    /// the outbox; SQLite: always, events are written straight into the log).
+    async fn flush(&self, timeout: std::time::Duration) -> Result<(), LedgerError>;
     /// Succeeds when the ledger can serve requests.
     async fn ping(&self) -> Result<(), LedgerError>;
     /// Finishes queued writes and stops; later writes answer `Unavailable`.

@@ -18,7 +18,12 @@ pub struct StockRow {
 #[derive(Debug, Clone)]
 pub struct SnapshotPage {
     pub items: Vec<StockRow>,
-    /// Every event up to this offset is reflected in `items`, and none after it.
+    /// Every event up to this offset is reflected in `items`. On SQLite none after it
+    /// is; on PostgreSQL, changes whose events the relay has not yet moved into the
+    /// log may be reflected too (they will get higher offsets, and their versions are
+    /// not above the rows'). Either way a consumer that loads the page and then
+    /// follows the log from here, skipping events whose version is not above its
+    /// own, converges.
     pub log_offset: i64,
 }
 

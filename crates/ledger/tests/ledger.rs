@@ -13,7 +13,9 @@ use invsync_core::{
     LineQuantity, OnHandCount, OrderId, Reason, ReleaseReason, ReservationStatus, Reserve, Sku,
     StoreId, TtlSeconds,
 };
-use invsync_ledger::{Clock, Ledger, LedgerError, ManualClock, SqliteConfig, SqliteLedger};
+use invsync_ledger::{
+    Clock, Ledger, LedgerError, ManualClock, PgConfig, PgLedger, SqliteConfig, SqliteLedger,
+};
 use proptest::prelude::*;
 
 fn store(s: &str) -> StoreId {
@@ -26,23 +28,64 @@ fn q(n: i64) -> LineQuantity {
     LineQuantity::new(n).unwrap()
 }
 
-struct Fixture {
-    ledger: SqliteLedger,
-    clock: Arc<ManualClock>,
-    _dir: tempfile::TempDir,
+/// The back ends the conformance suite runs against.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
 }
 
-fn open(max_batch: usize) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
+struct Fixture {
+    ledger: Arc<dyn Ledger>,
+    clock: Arc<ManualClock>,
+    _guard: Guard,
+}
+
+/// What keeps a fixture's storage alive until the test ends (held, never read).
+#[allow(dead_code)]
+enum Guard {
+    Dir(tempfile::TempDir),
+    Pg(invsync_testkit::Postgres),
+    None,
+}
+
+/// A fresh, empty ledger on `backend`; `None` (the test skips loudly) when that back
+/// end's server is not installed and services are not required.
+async fn open(backend: Backend, max_batch: usize) -> Option<Fixture> {
     let clock = Arc::new(ManualClock::new(Utc::now()));
-    let mut config = SqliteConfig::new(dir.path().join("ledger.db"));
-    config.max_batch = max_batch;
-    let ledger = SqliteLedger::open(config, clock.clone()).unwrap();
-    Fixture {
-        ledger,
-        clock,
-        _dir: dir,
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = SqliteConfig::new(dir.path().join("ledger.db"));
+            config.max_batch = max_batch;
+            let ledger = SqliteLedger::open(config, clock.clone()).unwrap();
+            Some(Fixture {
+                ledger: Arc::new(ledger),
+                clock,
+                _guard: Guard::Dir(dir),
+            })
+        }
+        Backend::Postgres => {
+            let pg = tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
+                .await
+                .unwrap()?;
+            let ledger = open_pg(pg.url(), clock.clone()).await;
+            Some(Fixture {
+                ledger,
+                clock,
+                _guard: Guard::Pg(pg),
+            })
+        }
     }
+}
+
+async fn open_pg(url: String, clock: Arc<ManualClock>) -> Arc<dyn Ledger> {
+    // The sync PostgreSQL client must not run on an async worker thread.
+    let ledger = tokio::task::spawn_blocking(move || PgLedger::open(PgConfig::new(url), clock))
+        .await
+        .unwrap()
+        .unwrap();
+    Arc::new(ledger)
 }
 
 fn adjust(st: &str, sk: &str, change: Change) -> Adjust {
@@ -88,7 +131,12 @@ fn schema() -> &'static jsonschema::Validator {
 /// from 1, versions of each (store, sku) rising by exactly one from 1, no event with a
 /// negative count, no reservation taking `available` below zero, and every stock row
 /// equal to the fold (the last state) of its events. Returns the events.
-async fn check_log(ledger: &SqliteLedger) -> Vec<CloudEvent> {
+async fn check_log(ledger: &dyn Ledger) -> Vec<CloudEvent> {
+    // PostgreSQL: the relay moves committed events into the log asynchronously.
+    ledger
+        .flush(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     let mut events = Vec::new();
     let mut after = 0;
     loop {
@@ -195,8 +243,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-async fn run(ops: Vec<Op>, max_batch: usize) {
-    let f = open(max_batch);
+async fn run(f: Fixture, ops: Vec<Op>) {
     // The reservation each order got, to release or fulfil it later.
     let mut placed: HashMap<usize, uuid::Uuid> = HashMap::new();
     for op in ops {
@@ -273,7 +320,7 @@ async fn run(ops: Vec<Op>, max_batch: usize) {
             }
         }
     }
-    check_log(&f.ledger).await;
+    check_log(f.ledger.as_ref()).await;
 
     // `reserved` of every row is exactly what the reservations still hold.
     let mut held: BTreeMap<(StoreId, Sku), i64> = BTreeMap::new();
@@ -317,21 +364,63 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_command_sequences_keep_every_invariant(ops in proptest::collection::vec(op(), 1..60)) {
-        runtime().block_on(run(ops, 256));
+    fn random_command_sequences_keep_every_invariant_on_sqlite(ops in proptest::collection::vec(op(), 1..60)) {
+        runtime().block_on(async { run(open(Backend::Sqlite, 256).await.unwrap(), ops).await });
     }
 }
 
-#[tokio::test]
-async fn concurrent_commands_in_one_batch_keep_their_own_outcomes() {
-    let f = open(256);
+/// The same property on PostgreSQL: one private server, a fresh database per case.
+#[test]
+fn random_command_sequences_keep_every_invariant_on_postgres() {
+    use proptest::test_runner::{Config, TestRunner};
+    let Some(pg) = invsync_testkit::Postgres::start() else {
+        return;
+    };
+    let admin =
+        std::cell::RefCell::new(::postgres::Client::connect(&pg.url(), ::postgres::NoTls).unwrap());
+    let case = std::cell::Cell::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: 12,
+        ..Config::default()
+    });
+    runner
+        .run(&proptest::collection::vec(op(), 1..60), |ops| {
+            case.set(case.get() + 1);
+            let n = case.get();
+            admin
+                .borrow_mut()
+                .batch_execute(&format!("CREATE DATABASE case_{n}"))
+                .unwrap();
+            let url = pg.url().replace("/invsync", &format!("/case_{n}"));
+            runtime().block_on(async move {
+                let clock = Arc::new(ManualClock::new(Utc::now()));
+                let ledger = open_pg(url, clock.clone()).await;
+                run(
+                    Fixture {
+                        ledger,
+                        clock,
+                        _guard: Guard::None,
+                    },
+                    ops,
+                )
+                .await;
+            });
+            Ok(())
+        })
+        .unwrap();
+}
+
+async fn concurrent_commands_in_one_batch_keep_their_own_outcomes(backend: Backend) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
     f.ledger
         .adjust(adjust("S1", "A", Change::Delta(Delta::new(10).unwrap())))
         .await
         .unwrap();
     // 40 reservations of 1 queued at once share batches; exactly 10 can succeed, and
     // the refused ones must not roll back their neighbours.
-    let ledger = Arc::new(f.ledger);
+    let ledger = f.ledger.clone();
     let mut tasks = Vec::new();
     for i in 0..40 {
         let ledger = ledger.clone();
@@ -352,7 +441,7 @@ async fn concurrent_commands_in_one_batch_keep_their_own_outcomes() {
         }
     }
     assert_eq!(ok, 10);
-    let events = check_log(&ledger).await;
+    let events = check_log(ledger.as_ref()).await;
     assert_eq!(
         events
             .iter()
@@ -362,9 +451,10 @@ async fn concurrent_commands_in_one_batch_keep_their_own_outcomes() {
     );
 }
 
-#[tokio::test]
-async fn a_repeated_reservation_answers_the_original_and_a_changed_one_conflicts() {
-    let f = open(256);
+async fn a_repeated_reservation_answers_the_original_and_a_changed_one_conflicts(backend: Backend) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
     f.ledger
         .adjust(adjust("S1", "A", Change::Delta(Delta::new(10).unwrap())))
         .await
@@ -400,13 +490,14 @@ async fn a_repeated_reservation_answers_the_original_and_a_changed_one_conflicts
     )
     .unwrap();
     assert!(f.ledger.reserve(keyed).await.unwrap().created);
-    let events = check_log(&f.ledger).await;
+    let events = check_log(f.ledger.as_ref()).await;
     assert_eq!(events.len(), 3, "one adjustment and two reservations");
 }
 
-#[tokio::test]
-async fn an_adjustment_with_the_same_external_ref_is_applied_once() {
-    let f = open(256);
+async fn an_adjustment_with_the_same_external_ref_is_applied_once(backend: Backend) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
     let mut cmd = adjust("S1", "A", Change::Delta(Delta::new(5).unwrap()));
     cmd.external_ref = Some(invsync_core::ExternalRef::parse("GRN-1").unwrap());
     let first = f.ledger.adjust(cmd.clone()).await.unwrap();
@@ -417,12 +508,13 @@ async fn an_adjustment_with_the_same_external_ref_is_applied_once() {
         f.ledger.adjust(cmd).await.unwrap_err(),
         LedgerError::Domain(DomainError::IdempotencyConflict)
     ));
-    assert_eq!(check_log(&f.ledger).await.len(), 1);
+    assert_eq!(check_log(f.ledger.as_ref()).await.len(), 1);
 }
 
-#[tokio::test]
-async fn a_conditional_adjustment_checks_the_version() {
-    let f = open(256);
+async fn a_conditional_adjustment_checks_the_version(backend: Backend) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
     f.ledger
         .adjust(adjust("S1", "A", Change::Delta(Delta::new(5).unwrap())))
         .await
@@ -442,9 +534,10 @@ async fn a_conditional_adjustment_checks_the_version() {
     assert_eq!((out.on_hand, out.version), (40, 2));
 }
 
-#[tokio::test]
-async fn a_reservation_expires_when_its_ttl_runs_out_and_not_before() {
-    let f = open(256);
+async fn a_reservation_expires_when_its_ttl_runs_out_and_not_before(backend: Backend) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
     f.ledger
         .adjust(adjust("S1", "A", Change::Delta(Delta::new(5).unwrap())))
         .await
@@ -479,7 +572,7 @@ async fn a_reservation_expires_when_its_ttl_runs_out_and_not_before() {
         .unwrap();
     assert_eq!(row.level.reserved(), 0);
 
-    let events = check_log(&f.ledger).await;
+    let events = check_log(f.ledger.as_ref()).await;
     let last = &events.last().unwrap().data;
     assert_eq!(
         (last.event_type, last.reason, last.quantity),
@@ -490,9 +583,10 @@ async fn a_reservation_expires_when_its_ttl_runs_out_and_not_before() {
     assert_eq!(f.ledger.expire_due().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn a_fulfilled_reservation_does_not_expire() {
-    let f = open(256);
+async fn a_fulfilled_reservation_does_not_expire(backend: Backend) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
     f.ledger
         .adjust(adjust("S1", "A", Change::Delta(Delta::new(5).unwrap())))
         .await
@@ -517,9 +611,10 @@ async fn a_fulfilled_reservation_does_not_expire() {
     assert_eq!((row.level.on_hand(), row.level.reserved()), (2, 0));
 }
 
-#[tokio::test]
-async fn the_snapshot_names_the_offset_it_is_consistent_with() {
-    let f = open(256);
+async fn the_snapshot_names_the_offset_it_is_consistent_with(backend: Backend) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
     for (i, s) in ["A", "B", "C"].iter().enumerate() {
         f.ledger
             .adjust(adjust(
@@ -530,6 +625,11 @@ async fn the_snapshot_names_the_offset_it_is_consistent_with() {
             .await
             .unwrap();
     }
+    // On PostgreSQL the relay must have moved the events for the offset to name them.
+    f.ledger
+        .flush(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     let first = f.ledger.snapshot(None, 2).await.unwrap();
     assert_eq!(first.items.len(), 2);
     assert_eq!(first.log_offset, 3);
@@ -570,10 +670,11 @@ async fn reopening_keeps_data_and_offsets_continue() {
     assert_eq!(events.len(), 2);
 }
 
-#[tokio::test]
-async fn every_kind_and_reason_of_event_validates_against_the_v1_schema() {
+async fn every_kind_and_reason_of_event_validates_against_the_v1_schema(backend: Backend) {
     use invsync_core::{ExternalRef, ReleaseReason as R};
-    let f = open(256);
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
     let reasons = [
         AdjustReason::StockIn,
         AdjustReason::StockOut,
@@ -662,7 +763,7 @@ async fn every_kind_and_reason_of_event_validates_against_the_v1_schema() {
     f.clock.advance(TimeDelta::seconds(2));
     assert_eq!(f.ledger.expire_due().await.unwrap(), 1);
 
-    let events = check_log(&f.ledger).await;
+    let events = check_log(f.ledger.as_ref()).await;
     let seen: std::collections::HashSet<Reason> = events.iter().map(|e| e.data.reason).collect();
     assert_eq!(
         seen.len(),
@@ -671,9 +772,10 @@ async fn every_kind_and_reason_of_event_validates_against_the_v1_schema() {
     );
 }
 
-#[tokio::test]
-async fn purging_by_retention_keeps_offsets_and_subscribers_see_each_commit() {
-    let f = open(256);
+async fn purging_by_retention_keeps_offsets_and_subscribers_see_each_commit(backend: Backend) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
     let mut head = f.ledger.subscribe();
     assert_eq!(*head.borrow_and_update(), 0);
     for _ in 0..3 {
@@ -682,8 +784,7 @@ async fn purging_by_retention_keeps_offsets_and_subscribers_see_each_commit() {
             .await
             .unwrap();
     }
-    assert!(head.has_changed().unwrap());
-    assert_eq!(*head.borrow_and_update(), 3);
+    wait_head(&mut head, 3).await;
     let start = f.clock.now();
     f.clock.advance(TimeDelta::hours(2));
     for _ in 0..2 {
@@ -692,6 +793,11 @@ async fn purging_by_retention_keeps_offsets_and_subscribers_see_each_commit() {
             .await
             .unwrap();
     }
+    // On PostgreSQL the relay moves events into the log asynchronously.
+    f.ledger
+        .flush(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(f.ledger.offset_at(start).await.unwrap(), 1);
     assert_eq!(
         f.ledger
@@ -719,12 +825,16 @@ async fn purging_by_retention_keeps_offsets_and_subscribers_see_each_commit() {
         .adjust(adjust("S1", "A", Change::Delta(Delta::new(1).unwrap())))
         .await
         .unwrap();
+    f.ledger
+        .flush(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(
         f.ledger.events(5, 100).await.unwrap().events[0].offset,
         6,
         "offsets continue"
     );
-    assert_eq!(*head.borrow(), 6);
+    wait_head(&mut head, 6).await;
     // Purging everything leaves an empty log whose next offset is still 7.
     f.clock.advance(TimeDelta::hours(2));
     f.ledger
@@ -737,3 +847,51 @@ async fn purging_by_retention_keeps_offsets_and_subscribers_see_each_commit() {
         (0, 7, 6)
     );
 }
+
+/// Waits (bounded) until the subscribed head reaches `offset`.
+async fn wait_head(head: &mut tokio::sync::watch::Receiver<i64>, offset: i64) {
+    let reached = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        head.wait_for(|h| *h >= offset),
+    )
+    .await;
+    assert!(
+        reached.is_ok_and(|r| r.is_ok()),
+        "the head reaches {offset}"
+    );
+    assert_eq!(*head.borrow(), offset, "and not beyond");
+}
+
+/// Runs each named test body against every back end.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    every_kind_and_reason_of_event_validates_against_the_v1_schema,
+    concurrent_commands_in_one_batch_keep_their_own_outcomes,
+    a_repeated_reservation_answers_the_original_and_a_changed_one_conflicts,
+    an_adjustment_with_the_same_external_ref_is_applied_once,
+    a_conditional_adjustment_checks_the_version,
+    a_reservation_expires_when_its_ttl_runs_out_and_not_before,
+    a_fulfilled_reservation_does_not_expire,
+    the_snapshot_names_the_offset_it_is_consistent_with,
+    purging_by_retention_keeps_offsets_and_subscribers_see_each_commit,
+);

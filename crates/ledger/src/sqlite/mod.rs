@@ -551,6 +551,10 @@ impl Ledger for SqliteLedger {
         .await
     }
 
+    async fn flush(&self, _timeout: std::time::Duration) -> Result<(), LedgerError> {
+        Ok(())
+    }
+
     fn subscribe(&self) -> watch::Receiver<i64> {
         self.head.clone()
     }

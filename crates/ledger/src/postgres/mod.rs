@@ -1,0 +1,581 @@
+//! The PostgreSQL ledger, for production and for several instances on one database.
+//!
+//! Writes: each command runs in its own transaction on a pooled connection, through
+//! the same [`Engine`] as SQLite. Stock rows are read `FOR UPDATE` in (store, sku)
+//! order, so concurrent reservations serialize on the row locks and two orders can
+//! never deadlock. A command that loses a race (a unique key, a serialization
+//! failure) is retried from the start, which also makes a repeated idempotency key
+//! answer with the original.
+//!
+//! Events go to the `outbox` table in the same transaction. The relay — one active
+//! at a time across all instances, by a session advisory lock — moves outbox rows into
+//! the `events` log with gapless offsets. It must never skip a row that commits out of
+//! id order, nor reorder one key's events. So it takes, in id order, only the *prefix*
+//! of rows whose transaction id is below the oldest running transaction
+//! (`pg_snapshot_xmin`), stopping at the first row that is not. Within one key, the
+//! next version's row is inserted only after the previous version's transaction
+//! committed (it waited on the row lock), so it always has the higher id. A long-open
+//! transaction delays the relay; it never loses a row. Moving and deleting happen in
+//! one transaction, so a crash in between repeats nothing.
+
+mod schema;
+mod tx;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use invsync_core::{
+    Adjust, OrderId, Reason, ReleaseKind, ReleaseReason, Reservation, Reserve, Sku, StoreId,
+};
+use postgres::{Client, IsolationLevel, NoTls};
+use r2d2_postgres::PostgresConnectionManager;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use self::tx::{PgTx, STOCK_COLUMNS};
+use crate::clock::Clock;
+use crate::engine::Engine;
+use crate::error::LedgerError;
+use crate::model::{
+    AdjustmentOutcome, EventPage, LoggedEvent, ReserveOutcome, SnapshotPage, StockRow,
+};
+use crate::{Ledger, ReleaseLines};
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// The advisory lock whose holder is the one active relay.
+const RELAY_LOCK: i64 = 7_461_302;
+/// How many times a command that lost a race is tried before answering `Unavailable`.
+const ATTEMPTS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// `postgres://user@host:port/db`.
+    pub url: String,
+    pub pool_size: u32,
+    /// How long a request waits for a connection (or a new one) before it answers
+    /// 503: an outage shows in seconds, never as a hang.
+    pub connect_timeout: Duration,
+    /// CloudEvents `source` of the events this ledger writes.
+    pub source: String,
+    /// Whether this instance takes part in relay leadership.
+    pub relay: bool,
+}
+
+impl PgConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_size: 32,
+            connect_timeout: Duration::from_secs(3),
+            source: "invsync://local".to_owned(),
+            relay: true,
+        }
+    }
+}
+
+pub struct PgLedger {
+    /// `None` only while being dropped (see `Drop`).
+    pool: Option<Pool>,
+    clock: Arc<dyn Clock>,
+    source: Arc<str>,
+    head: watch::Receiver<i64>,
+    closed: Arc<AtomicBool>,
+    relay: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl PgLedger {
+    /// Connects, migrates, and starts the relay thread. Fails when the database cannot
+    /// be reached at start (a running instance instead answers 503 and recovers).
+    pub fn open(config: PgConfig, clock: Arc<dyn Clock>) -> Result<Self, LedgerError> {
+        let mut pg: postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e| LedgerError::Internal(format!("database URL: {e}")))?;
+        pg.connect_timeout(config.connect_timeout);
+        // No statement may wait on a lock forever: a stuck request becomes a 503.
+        pg.options("-c statement_timeout=30000 -c lock_timeout=10000");
+        let pool = r2d2::Pool::builder()
+            .max_size(config.pool_size)
+            .min_idle(Some(2))
+            .connection_timeout(config.connect_timeout)
+            .build(PostgresConnectionManager::new(pg.clone(), NoTls))?;
+        schema::migrate(&mut *pool.get()?)?;
+        let last: i64 = pool
+            .get()?
+            .query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])?
+            .get(0);
+        let (head_tx, head) = watch::channel(last);
+        let closed = Arc::new(AtomicBool::new(false));
+        let relay = Relay {
+            pg,
+            pool: pool.clone(),
+            head: head_tx,
+            closed: closed.clone(),
+            lead: config.relay,
+        };
+        let handle = std::thread::Builder::new()
+            .name("ledger-relay".into())
+            .spawn(move || relay.run())
+            .map_err(|e| LedgerError::Internal(format!("cannot start the relay thread: {e}")))?;
+        Ok(Self {
+            pool: Some(pool),
+            clock,
+            source: config.source.into(),
+            head,
+            closed,
+            relay: Mutex::new(Some(handle)),
+        })
+    }
+
+    fn pool(&self) -> Result<Pool, LedgerError> {
+        self.pool
+            .clone()
+            .ok_or_else(|| LedgerError::Unavailable("the ledger is closed".into()))
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Engine<'_, PgTx<'_, '_>>) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(LedgerError::Unavailable(
+                "the ledger is shutting down".into(),
+            ));
+        }
+        let (pool, clock, source) = (self.pool()?, self.clock.clone(), self.source.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            let mut last_error = String::new();
+            for _ in 0..ATTEMPTS {
+                let mut tx = conn.transaction()?;
+                let mut pgtx = PgTx {
+                    tx: &mut tx,
+                    existing: HashSet::new(),
+                    source: &source,
+                };
+                let result = f(&mut Engine {
+                    tx: &mut pgtx,
+                    now: clock.now(),
+                });
+                match result.and_then(|v| tx.commit().map(|()| v).map_err(LedgerError::from)) {
+                    Err(LedgerError::Contention(e)) => last_error = e,
+                    other => return other,
+                }
+            }
+            Err(LedgerError::Unavailable(format!(
+                "gave up after {ATTEMPTS} collisions: {last_error}"
+            )))
+        })
+        .await
+        .map_err(|e| LedgerError::Internal(format!("write task failed: {e}")))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let pool = self.pool()?;
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| LedgerError::Internal(format!("read task failed: {e}")))?
+    }
+}
+
+impl Drop for PgLedger {
+    fn drop(&mut self) {
+        // The sync PostgreSQL client closes its connection by blocking on its own
+        // runtime, which panics on an async worker thread: let the last pool handle
+        // go on a plain thread.
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::Builder::new()
+                .name("ledger-pool-close".into())
+                .spawn(move || drop(pool));
+        }
+    }
+}
+
+/// Runs `f` in a REPEATABLE READ read-only transaction: one consistent snapshot.
+fn in_snapshot<T>(
+    c: &mut Client,
+    f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, LedgerError>,
+) -> Result<T, LedgerError> {
+    let mut tx = c
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?;
+    let out = f(&mut tx)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+fn stock_rows(
+    c: &mut impl postgres::GenericClient,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Result<Vec<StockRow>, LedgerError> {
+    c.query(sql, params)?.iter().map(tx::stock_row).collect()
+}
+
+struct Relay {
+    pg: postgres::Config,
+    pool: Pool,
+    head: watch::Sender<i64>,
+    closed: Arc<AtomicBool>,
+    lead: bool,
+}
+
+impl Relay {
+    fn run(self) {
+        let mut leader: Option<Client> = None;
+        while !self.closed.load(Ordering::SeqCst) {
+            if self.lead && leader.is_none() {
+                leader = self.try_lead();
+            }
+            let moved = match leader.as_mut().map(relay_batch) {
+                Some(Ok(moved)) => moved,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "relay lost its database connection; leadership released");
+                    leader = None;
+                    None
+                }
+                None => None,
+            };
+            match moved {
+                Some(last) => {
+                    self.head
+                        .send_if_modified(|h| std::mem::replace(h, last) != last);
+                }
+                None => {
+                    // Follow the log head that another instance's relay advances.
+                    if let Ok(mut c) = self.pool.get_timeout(Duration::from_secs(1)) {
+                        if let Ok(row) =
+                            c.query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])
+                        {
+                            let last: i64 = row.get(0);
+                            self.head
+                                .send_if_modified(|h| std::mem::replace(h, last) != last);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    fn try_lead(&self) -> Option<Client> {
+        let mut c = self.pg.connect(NoTls).ok()?;
+        let got: bool = c
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])
+            .ok()?
+            .get(0);
+        if got {
+            tracing::info!("this instance is now the active relay");
+            Some(c)
+        } else {
+            None
+        }
+    }
+}
+
+/// Moves the ready prefix of the outbox into the log. Returns the new last offset when
+/// it moved something, `None` when nothing was ready.
+fn relay_batch(c: &mut Client) -> Result<Option<i64>, LedgerError> {
+    let mut tx = c.transaction()?;
+    let rows = tx.query(
+        "SELECT id, event_id, store_id, sku, version, occurred_at, envelope,
+                xid < pg_snapshot_xmin(pg_current_snapshot()) AS settled
+         FROM outbox ORDER BY id LIMIT 1000",
+        &[],
+    )?;
+    let ready: Vec<&postgres::Row> = rows.iter().take_while(|r| r.get::<_, bool>(7)).collect();
+    if ready.is_empty() {
+        tx.commit()?;
+        return Ok(None);
+    }
+    let last: i64 = tx
+        .query_one(
+            "SELECT value FROM meta WHERE key = 'last_offset' FOR UPDATE",
+            &[],
+        )?
+        .get(0);
+    let offsets: Vec<i64> = (1..=ready.len() as i64).map(|i| last + i).collect();
+    let column = |i: usize| {
+        ready
+            .iter()
+            .map(move |r| r.get::<_, String>(i))
+            .collect::<Vec<_>>()
+    };
+    let ids: Vec<i64> = ready.iter().map(|r| r.get(0)).collect();
+    let event_ids: Vec<Uuid> = ready.iter().map(|r| r.get(1)).collect();
+    let versions: Vec<i64> = ready.iter().map(|r| r.get(4)).collect();
+    let times: Vec<DateTime<Utc>> = ready.iter().map(|r| r.get(5)).collect();
+    tx.execute(
+        "INSERT INTO events (log_offset, event_id, store_id, sku, version, occurred_at, envelope)
+         SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[], $7::text[])",
+        &[&offsets, &event_ids, &column(2), &column(3), &versions, &times, &column(6)],
+    )?;
+    tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])?;
+    let new_last = last + ready.len() as i64;
+    tx.execute(
+        "UPDATE meta SET value = $1 WHERE key = 'last_offset'",
+        &[&new_last],
+    )?;
+    tx.commit()?;
+    Ok(Some(new_last))
+}
+
+#[async_trait]
+impl Ledger for PgLedger {
+    async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError> {
+        self.write(move |e| e.reserve(&cmd)).await
+    }
+
+    async fn release(
+        &self,
+        id: Uuid,
+        lines: ReleaseLines,
+        reason: ReleaseReason,
+    ) -> Result<Reservation, LedgerError> {
+        self.write(move |e| {
+            e.release(
+                id,
+                lines.as_deref(),
+                Reason::from(reason),
+                ReleaseKind::Requested,
+            )
+        })
+        .await
+    }
+
+    async fn fulfil(&self, id: Uuid, lines: ReleaseLines) -> Result<Reservation, LedgerError> {
+        self.write(move |e| e.fulfil(id, lines.as_deref())).await
+    }
+
+    async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError> {
+        self.write(move |e| e.adjust(&cmd)).await
+    }
+
+    async fn adjust_many(&self, cmds: Vec<Adjust>) -> Vec<Result<AdjustmentOutcome, LedgerError>> {
+        let mut out = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            out.push(self.adjust(cmd).await);
+        }
+        out
+    }
+
+    async fn expire_due(&self) -> Result<usize, LedgerError> {
+        const CHUNK: usize = 500;
+        let mut total = 0;
+        loop {
+            let n = self.write(|e| e.expire_due(CHUNK)).await?;
+            total += n;
+            if n < CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn stock(&self, store: StoreId, sku: Sku) -> Result<Option<StockRow>, LedgerError> {
+        self.read(move |c| {
+            let sql = format!("SELECT {STOCK_COLUMNS} FROM stock WHERE store_id = $1 AND sku = $2");
+            Ok(stock_rows(c, &sql, &[&store.as_str(), &sku.as_str()])?.pop())
+        })
+        .await
+    }
+
+    async fn stock_by_sku(&self, sku: Sku) -> Result<Vec<StockRow>, LedgerError> {
+        self.read(move |c| {
+            let sql = format!("SELECT {STOCK_COLUMNS} FROM stock WHERE sku = $1 ORDER BY store_id");
+            stock_rows(c, &sql, &[&sku.as_str()])
+        })
+        .await
+    }
+
+    async fn stock_by_store(
+        &self,
+        store: StoreId,
+        after: Option<Sku>,
+        limit: usize,
+    ) -> Result<Vec<StockRow>, LedgerError> {
+        self.read(move |c| {
+            let sql = format!("SELECT {STOCK_COLUMNS} FROM stock WHERE store_id = $1 AND sku > $2 ORDER BY sku LIMIT $3");
+            let after = after.as_ref().map_or("", Sku::as_str);
+            stock_rows(c, &sql, &[&store.as_str(), &after, &(limit as i64)])
+        })
+        .await
+    }
+
+    async fn snapshot(
+        &self,
+        after: Option<(StoreId, Sku)>,
+        limit: usize,
+    ) -> Result<SnapshotPage, LedgerError> {
+        self.read(move |c| {
+            in_snapshot(c, |tx| {
+                let (store, sku) = after.as_ref().map_or(("", ""), |(st, sk)| (st.as_str(), sk.as_str()));
+                let sql = format!(
+                    "SELECT {STOCK_COLUMNS} FROM stock WHERE (store_id, sku) > ($1, $2) ORDER BY store_id, sku LIMIT $3"
+                );
+                let items = stock_rows(tx, &sql, &[&store, &sku, &(limit as i64)])?;
+                let log_offset: i64 = tx.query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])?.get(0);
+                Ok(SnapshotPage { items, log_offset })
+            })
+        })
+        .await
+    }
+
+    async fn all_stock(&self) -> Result<Vec<StockRow>, LedgerError> {
+        self.read(|c| {
+            stock_rows(
+                c,
+                &format!("SELECT {STOCK_COLUMNS} FROM stock ORDER BY store_id, sku"),
+                &[],
+            )
+        })
+        .await
+    }
+
+    async fn reservation(&self, id: Uuid) -> Result<Option<Reservation>, LedgerError> {
+        self.read(move |c| tx::load_reservation(c, id)).await
+    }
+
+    async fn reservations_by_order(&self, order: OrderId) -> Result<Vec<Reservation>, LedgerError> {
+        self.read(move |c| {
+            in_snapshot(c, |tx| {
+                let ids: Vec<Uuid> = tx
+                    .query(
+                        "SELECT id FROM reservations WHERE order_id = $1 ORDER BY created_at, id",
+                        &[&order.as_str()],
+                    )?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    out.extend(tx::load_reservation(tx, id)?);
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn events(&self, after: i64, limit: usize) -> Result<EventPage, LedgerError> {
+        self.read(move |c| {
+            in_snapshot(c, |tx| {
+                let events = tx
+                    .query(
+                        "SELECT log_offset, envelope FROM events WHERE log_offset > $1 ORDER BY log_offset LIMIT $2",
+                        &[&after, &(limit as i64)],
+                    )?
+                    .iter()
+                    .map(|r| LoggedEvent { offset: r.get(0), envelope: r.get(1) })
+                    .collect();
+                let last_offset: i64 = tx.query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])?.get(0);
+                let oldest: Option<i64> = tx.query_one("SELECT min(log_offset) FROM events", &[])?.get(0);
+                Ok(EventPage {
+                    events,
+                    oldest_offset: oldest.unwrap_or(last_offset + 1),
+                    last_offset,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn offset_at(&self, since: DateTime<Utc>) -> Result<i64, LedgerError> {
+        self.read(move |c| {
+            in_snapshot(c, |tx| {
+                let first: Option<i64> = tx
+                    .query_one(
+                        "SELECT min(log_offset) FROM events WHERE occurred_at >= $1",
+                        &[&since],
+                    )?
+                    .get(0);
+                match first {
+                    Some(offset) => Ok(offset),
+                    None => Ok(tx
+                        .query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])?
+                        .get::<_, i64>(0)
+                        + 1),
+                }
+            })
+        })
+        .await
+    }
+
+    async fn purge_events(&self, retention: Duration) -> Result<usize, LedgerError> {
+        const CHUNK: usize = 5_000;
+        let retention = chrono::TimeDelta::from_std(retention)
+            .map_err(|_| LedgerError::Internal("retention out of range".into()))?;
+        let mut total = 0;
+        loop {
+            let n = self
+                .write(move |e| e.purge_events(retention, CHUNK))
+                .await?;
+            total += n;
+            if n < CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn shortages(&self) -> Result<i64, LedgerError> {
+        self.read(|c| {
+            Ok(
+                c.query_one("SELECT count(*) FROM stock WHERE on_hand < reserved", &[])?
+                    .get(0),
+            )
+        })
+        .await
+    }
+
+    fn subscribe(&self) -> watch::Receiver<i64> {
+        self.head.clone()
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), LedgerError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let pending: i64 = self
+                .read(|c| Ok(c.query_one("SELECT count(*) FROM outbox", &[])?.get(0)))
+                .await?;
+            if pending == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(LedgerError::Unavailable(format!(
+                    "{pending} events still in the outbox"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn ping(&self) -> Result<(), LedgerError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(LedgerError::Unavailable(
+                "the ledger is shutting down".into(),
+            ));
+        }
+        self.read(|c| Ok(c.query_one("SELECT 1", &[]).map(drop)?))
+            .await
+    }
+
+    async fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let handle = self.relay.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
