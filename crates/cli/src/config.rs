@@ -114,9 +114,20 @@ impl std::fmt::Debug for Webhook {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Database {
     Sqlite(PathBuf),
+    /// A `postgres://` URL (it may hold a password: never logged).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
 }
 
 /// The resolved configuration of `invsync serve`.
@@ -247,12 +258,12 @@ fn parse_database_url(url: &str) -> Result<Database, ConfigError> {
         return Ok(Database::Sqlite(PathBuf::from(path)));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(bad(
-            "database-url",
-            "PostgreSQL is not supported by this build yet; use sqlite://PATH",
-        ));
+        return Ok(Database::Postgres(url.to_owned()));
     }
-    Err(bad("database-url", format!("{url:?} is not sqlite://PATH")))
+    Err(bad(
+        "database-url",
+        "must be sqlite://PATH or postgres://USER@HOST:PORT/DB",
+    ))
 }
 
 /// Parses `7d`, `36h`, `90s`, `1h30m`; refuses zero.

@@ -11,7 +11,7 @@ use invsync_api::{Access, AppState, Pipeline};
 use invsync_consumers::storefront::{Storefront, StorefrontReader};
 use invsync_consumers::webhook::{Webhook, WebhookConfig};
 use invsync_consumers::ConsumerConfig;
-use invsync_ledger::{Ledger, SqliteConfig, SqliteLedger, SystemClock};
+use invsync_ledger::{Ledger, PgConfig, PgLedger, SqliteConfig, SqliteLedger, SystemClock};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -48,6 +48,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let ledger = SqliteLedger::open(sqlite, Arc::new(SystemClock))
                 .with_context(|| format!("opening the ledger at {}", path.display()))?;
             tracing::info!(db.path = %path.display(), max_batch = config.max_batch, "ledger open (SQLite, WAL, synchronous=FULL)");
+            Arc::new(ledger)
+        }
+        Database::Postgres(url) => {
+            let mut pg = PgConfig::new(url.clone());
+            pg.source = config.source.clone();
+            // The sync PostgreSQL client connects on a blocking thread.
+            let ledger =
+                tokio::task::spawn_blocking(move || PgLedger::open(pg, Arc::new(SystemClock)))
+                    .await
+                    .context("opening the PostgreSQL ledger")?
+                    .context("opening the PostgreSQL ledger")?;
+            tracing::info!("ledger open (PostgreSQL, row locks, transactional outbox, relay)");
             Arc::new(ledger)
         }
     };
@@ -112,6 +124,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             failure.get_or_insert(why);
             let _ = stop_tx.send(true);
         }
+    }
+    // Let the relay move what was committed before stopping (PostgreSQL).
+    if let Err(e) = ledger.flush(Duration::from_secs(5)).await {
+        tracing::warn!(error = %e, "stopping with events still in the outbox; the next relay moves them");
     }
     ledger.shutdown().await;
     tracing::info!("invsync stopped");

@@ -755,3 +755,67 @@ async fn check_passes_on_a_consistent_server_and_fails_on_a_row_altered_behind_i
     }
     assert_eq!(by_problem.get("ledger"), Some(&1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_postgres_reserves_exactly_the_stock_and_the_storefront_converges() {
+    let Some(pg) = tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--database-url", &pg.url()]);
+    let (http, url) = (client(), server.url.clone());
+    adjust(&http, &url, "S1", "HOT", 40).await;
+    adjust(&http, &url, "S1", "OTHER", 1000).await;
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let (http, url) = (http.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            // Two lines, in either order: row locks are taken in (store, sku) order.
+            let lines = if i % 2 == 0 {
+                json!([{"sku": "HOT", "quantity": 1}, {"sku": "OTHER", "quantity": 1}])
+            } else {
+                json!([{"sku": "OTHER", "quantity": 1}, {"sku": "HOT", "quantity": 1}])
+            };
+            let body = json!({"order_id": format!("PG-{i}"), "store_id": "S1", "lines": lines});
+            post(&http, &format!("{url}/v1/reservations"), body).await.0
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            201 => created += 1,
+            409 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(created, 40, "exactly the stock is reserved");
+    let (_, hot) = get(&http, &format!("{url}/v1/stock/S1/HOT")).await;
+    assert_eq!(
+        (hot["reserved"].as_i64(), hot["available"].as_i64()),
+        (Some(40), Some(0))
+    );
+    // Outbox → relay → log → storefront.
+    let view = eventually("the storefront converges", WAIT, || async {
+        let (_, v) = get(&http, &format!("{url}/v1/storefront/availability/HOT")).await;
+        (v["available"] == 0 && v["stores"][0]["version"] == 41).then_some(v)
+    })
+    .await;
+    assert_eq!(view["stores"][0]["store_id"], "S1");
+    let events = all_events(&http, &url).await;
+    assert_eq!(
+        events.len(),
+        2 + 2 * 40,
+        "one event per change, nothing lost or doubled"
+    );
+    assert!(
+        events
+            .iter()
+            .enumerate()
+            .all(|(i, (offset, _))| *offset == i as i64 + 1),
+        "gapless"
+    );
+    assert_check_passes(&url);
+}

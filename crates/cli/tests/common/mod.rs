@@ -31,6 +31,8 @@ impl Server {
             .expect("spawn invsync serve");
         let stderr = child.stderr.take().expect("stderr piped");
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             // Keep draining stderr so the server never blocks on a full pipe.
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -42,11 +44,18 @@ impl Server {
                             .to_owned(),
                     );
                 }
+                lines.lock().unwrap().push(line);
             }
         });
         let addr = rx
             .recv_timeout(Duration::from_secs(30))
-            .expect("the server logs its address");
+            .unwrap_or_else(|e| {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "the server did not start ({e}); its log:\n{}",
+                    log.lock().unwrap().join("\n")
+                )
+            });
         Self {
             child,
             url: format!("http://{addr}"),
