@@ -1,5 +1,5 @@
 //! Forward-only migrations of the PostgreSQL ledger. Safe when several instances
-//! start at once: each migration runs under a transaction-scoped advisory lock and
+//! start at once: they run under one session advisory lock, and each migration
 //! re-checks what is applied.
 
 use postgres::Client;
@@ -84,14 +84,21 @@ CREATE INDEX events_by_time ON events (occurred_at);
 "#];
 
 pub(crate) fn migrate(client: &mut Client) -> Result<(), LedgerError> {
+    // Instances starting together queue on this lock: even `CREATE TABLE IF NOT
+    // EXISTS` can fail when two sessions run it at once.
+    client.execute("SELECT pg_advisory_lock(7461301)", &[])?;
+    let result = apply(client);
+    let _ = client.execute("SELECT pg_advisory_unlock(7461301)", &[]);
+    result
+}
+
+fn apply(client: &mut Client) -> Result<(), LedgerError> {
     client.batch_execute(
         "CREATE TABLE IF NOT EXISTS invsync_migrations (version integer PRIMARY KEY)",
     )?;
     for (i, sql) in MIGRATIONS.iter().enumerate() {
         let version = i as i32 + 1;
         let mut tx = client.transaction()?;
-        // Instances starting together queue here; the later ones find it applied.
-        tx.execute("SELECT pg_advisory_xact_lock(7461301)", &[])?;
         let applied = tx
             .query_opt(
                 "SELECT 1 FROM invsync_migrations WHERE version = $1",
