@@ -819,3 +819,165 @@ async fn serve_on_postgres_reserves_exactly_the_stock_and_the_storefront_converg
     );
     assert_check_passes(&url);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_postgres_reserve_exactly_the_stock() {
+    let Some(pg) = tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let servers: Vec<Server> = dirs
+        .iter()
+        .map(|d| Server::start(d.path(), &["--database-url", &pg.url()]))
+        .collect();
+    let http = client();
+    adjust(&http, &servers[0].url, "S1", "HOT3", 60).await;
+    let mut tasks = Vec::new();
+    for i in 0..240 {
+        let (http, url) = (http.clone(), servers[i % 3].url.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"order_id": format!("M-{i}"), "store_id": "S1", "lines": [{"sku": "HOT3", "quantity": 1}]});
+            post(&http, &format!("{url}/v1/reservations"), body).await.0
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            201 => created += 1,
+            409 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(
+        created, 60,
+        "three instances together reserve exactly the stock"
+    );
+    for server in &servers {
+        let url = server.url.clone();
+        eventually("every instance's storefront converges", WAIT, || async {
+            let (_, v) = get(&http, &format!("{url}/v1/storefront/availability/HOT3")).await;
+            (v["available"] == 0 && v["stores"][0]["version"] == 61).then_some(())
+        })
+        .await;
+    }
+    assert_check_passes(&servers[1].url);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_answers_503_and_service_resumes_without_a_restart() {
+    let Some(mut pg) = tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--database-url", &pg.url()]);
+    let (http, url) = (client(), server.url.clone());
+    adjust(&http, &url, "S1", "OUT", 1_000_000).await;
+
+    // Load runs throughout; every 201 is remembered.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let statuses = Arc::new(Mutex::new(Vec::<(Instant, u16)>::new()));
+    let mut load = Vec::new();
+    for c in 0..8 {
+        let (http, url, stop, acked, statuses) = (
+            http.clone(),
+            url.clone(),
+            stop.clone(),
+            acked.clone(),
+            statuses.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let body = json!({"order_id": format!("L-{c}-{n}"), "store_id": "S1", "lines": [{"sku": "OUT", "quantity": 1}]});
+                let resp = http.post(format!("{url}/v1/reservations")).json(&body).send().await.unwrap();
+                let status = resp.status().as_u16();
+                statuses.lock().unwrap().push((Instant::now(), status));
+                if status == 201 {
+                    let v: Value = resp.json().await.unwrap();
+                    acked.lock().unwrap().push(v["reservation_id"].as_str().unwrap().to_owned());
+                } else {
+                    assert_eq!(status, 503, "only 201 or 503, never a 500 or a hang");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    eventually("load is flowing", WAIT, || async {
+        (acked.lock().unwrap().len() > 50).then_some(())
+    })
+    .await;
+
+    let stopped_at = Instant::now();
+    pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    let first_503 = eventually("requests answer 503 during the outage", WAIT, || async {
+        statuses
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(t, s)| *t > stopped_at && *s == 503)
+            .map(|(t, _)| *t)
+    })
+    .await;
+    assert!(
+        first_503 - stopped_at < Duration::from_secs(10),
+        "503 within seconds"
+    );
+    let (status, _) = get(&http, &format!("{url}/readyz")).await;
+    assert_eq!(status, 503);
+
+    let restarted_at = Instant::now();
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.restart();
+        pg
+    })
+    .await
+    .unwrap();
+    eventually(
+        "service resumes without restarting invsync",
+        WAIT,
+        || async {
+            statuses
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(t, s)| *t > restarted_at && *s == 201)
+                .then_some(())
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in load {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    for id in &acked {
+        let (status, _) = get(&http, &format!("{url}/v1/reservations/{id}")).await;
+        assert_eq!(
+            status, 200,
+            "acknowledged reservation {id} survived the outage"
+        );
+    }
+    let (_, level) = get(&http, &format!("{url}/v1/stock/S1/OUT")).await;
+    assert!(level["reserved"].as_i64().unwrap() >= acked.len() as i64);
+    eventually(
+        "the storefront catches up after the outage",
+        WAIT,
+        || async { storefront_caught_up(&http, &url).await.then_some(()) },
+    )
+    .await;
+    assert_check_passes(&url);
+    drop(pg);
+}
