@@ -234,10 +234,16 @@ async fn purge(ledger: Arc<dyn Ledger>, retention: Duration) {
 
 /// Gauges that no request path updates.
 async fn gauges(ledger: Arc<dyn Ledger>) {
-    // The embedded bus is the event log itself: a committed event is on the bus, so
-    // nothing waits in an outbox and the bus is up whenever the ledger is.
-    metrics::gauge!("invsync_outbox_backlog").set(0.0);
-    metrics::gauge!("invsync_outbox_oldest_age_seconds").set(0.0);
+    // On SQLite a committed event is in the log (the embedded bus) at once; on
+    // PostgreSQL it waits in the outbox until the relay moves it.
+    match ledger.outbox().await {
+        Ok((pending, age)) => {
+            metrics::gauge!("invsync_outbox_backlog").set(pending as f64);
+            metrics::gauge!("invsync_outbox_oldest_age_seconds").set(age);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot measure the outbox"),
+    }
+    // The embedded bus is up whenever the ledger is.
     let up = ledger.ping().await.is_ok();
     metrics::gauge!("invsync_bus_up").set(if up { 1.0 } else { 0.0 });
     match ledger.shortages().await {

@@ -90,6 +90,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// The last committed offset, updated after every commit: consumers wait on it
     /// instead of polling.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<i64>;
+    /// Events committed but not yet in the log, and the age in seconds of the oldest
+    /// (always `(0, 0.0)` on SQLite, where a commit writes straight into the log).
+    async fn outbox(&self) -> Result<(i64, f64), LedgerError>;
     /// How many (store, sku) pairs have `available < 0` (a shortage).
     async fn shortages(&self) -> Result<i64, LedgerError>;
     /// Waits until every committed event is in the log (PostgreSQL: the relay drained

@@ -909,6 +909,7 @@ async fn postgres_relay_waits_for_a_lower_id_that_commits_last_and_never_loses_i
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let ledger = open_pg(pg.url(), clock.clone()).await;
     // An event for a key nothing else touches, in a transaction left open.
+    assert_eq!(ledger.outbox().await.unwrap().0, 0);
     let late = invsync_core::InventoryEventV1::new(
         uuid::Uuid::now_v7(),
         clock.now(),

@@ -529,6 +529,17 @@ impl Ledger for PgLedger {
         }
     }
 
+    async fn outbox(&self) -> Result<(i64, f64), LedgerError> {
+        self.read(|c| {
+            let row = c.query_one(
+                "SELECT count(*), coalesce(extract(epoch FROM now() - min(occurred_at))::float8, 0) FROM outbox",
+                &[],
+            )?;
+            Ok((row.get(0), row.get::<_, f64>(1).max(0.0)))
+        })
+        .await
+    }
+
     async fn shortages(&self) -> Result<i64, LedgerError> {
         self.read(|c| {
             Ok(
