@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{spawn, spawn_with_storefront, spawn_with_tokens, App};
+use common::{spawn, spawn_on, spawn_with_storefront, spawn_with_tokens, App, Backend};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -28,9 +28,10 @@ fn reserved_events(events: &[Value], sku: &str) -> usize {
         .count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn racing_clients_on_a_hot_sku_reserve_exactly_the_stock() {
-    let app = spawn().await;
+async fn racing_clients_on_a_hot_sku_reserve_exactly_the_stock(backend: Backend) {
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
     // Several rounds, each a fresh SKU with stock N and 4N clients racing for it.
     for round in 0..5 {
         let sku = format!("HOT-{round}");
@@ -74,9 +75,10 @@ async fn racing_clients_on_a_hot_sku_reserve_exactly_the_stock() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_same_idempotency_key_sent_concurrently_reserves_once() {
-    let app = spawn().await;
+async fn the_same_idempotency_key_sent_concurrently_reserves_once(backend: Backend) {
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
     app.adjust("S1", "K", 1000).await;
     for round in 0..5 {
         let body = reserve_body(&format!("O-{round}"), "S1", &[("K", 2)]);
@@ -117,9 +119,10 @@ async fn the_same_idempotency_key_sent_concurrently_reserves_once() {
     assert_eq!(app.get("/v1/stock/S1/K").await.body["reserved"], 10);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn multi_line_orders_over_the_same_skus_in_opposite_order_never_deadlock() {
-    let app = spawn().await;
+async fn multi_line_orders_over_the_same_skus_in_opposite_order_never_deadlock(backend: Backend) {
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
     app.adjust("S1", "A", 100_000).await;
     app.adjust("S1", "B", 100_000).await;
     let mut tasks = Vec::new();
@@ -153,9 +156,10 @@ async fn multi_line_orders_over_the_same_skus_in_opposite_order_never_deadlock()
     assert_eq!(app.get("/v1/stock/S1/B").await.body["reserved"], 400);
 }
 
-#[tokio::test]
-async fn a_reservation_lives_through_partial_release_and_fulfilment() {
-    let app = spawn().await;
+async fn a_reservation_lives_through_partial_release_and_fulfilment(backend: Backend) {
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
     app.adjust("S1", "A", 10).await;
     app.adjust("S1", "B", 5).await;
     let created = app
@@ -266,9 +270,10 @@ async fn a_reservation_lives_through_partial_release_and_fulfilment() {
     }
 }
 
-#[tokio::test]
-async fn adjustments_counts_shortages_and_batches() {
-    let app = spawn().await;
+async fn adjustments_counts_shortages_and_batches(backend: Backend) {
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
     let counted = app
         .post(
             "/v1/adjustments",
@@ -328,9 +333,10 @@ async fn adjustments_counts_shortages_and_batches() {
     assert_eq!(app.get("/v1/stock/S1/B").await.body["on_hand"], 5);
 }
 
-#[tokio::test]
-async fn stock_is_listed_by_sku_by_store_with_cursors_and_as_a_snapshot() {
-    let app = spawn().await;
+async fn stock_is_listed_by_sku_by_store_with_cursors_and_as_a_snapshot(backend: Backend) {
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
     let items: Vec<Value> = (0..25)
         .flat_map(|i| ["S1", "S2"].map(|s| json!({"store_id": s, "sku": format!("K{i:02}"), "delta": i + 1, "reason": "stock_in"})))
         .collect();
@@ -371,6 +377,11 @@ async fn stock_is_listed_by_sku_by_store_with_cursors_and_as_a_snapshot() {
         (0..25).map(|i| format!("K{i:02}")).collect::<Vec<_>>()
     );
 
+    // PostgreSQL: the relay must have moved the events for the snapshot to name them.
+    app.ledger
+        .flush(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     let mut rows = 0;
     let mut path = "/v1/stock/snapshot?limit=20".to_owned();
     loop {
@@ -401,9 +412,10 @@ async fn stock_is_listed_by_sku_by_store_with_cursors_and_as_a_snapshot() {
 }
 
 /// Every error code this API produces, each from a request that must produce it.
-#[tokio::test]
-async fn every_error_code_is_produced_as_problem_json() {
-    let app = spawn().await;
+async fn every_error_code_is_produced_as_problem_json(backend: Backend) {
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
     app.adjust("S1", "A", 5).await;
     let placed = app
         .post("/v1/reservations", reserve_body("O-1", "S1", &[("A", 2)]))
@@ -462,9 +474,10 @@ fn assert_problem(answer: &Answer, code: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_requests_get_a_4xx_naming_the_problem_and_change_nothing() {
-    let app = spawn().await;
+async fn malformed_requests_get_a_4xx_naming_the_problem_and_change_nothing(backend: Backend) {
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
     app.adjust("S1", "A", 5).await;
     let long = "x".repeat(65);
     let many_lines: Vec<Value> = (0..501)
@@ -926,3 +939,36 @@ async fn the_storefront_keeps_answering_while_the_ledger_is_down() {
         (Some(0), Some(0))
     );
 }
+
+/// Runs each named test body against every ledger back end.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    racing_clients_on_a_hot_sku_reserve_exactly_the_stock,
+    the_same_idempotency_key_sent_concurrently_reserves_once,
+    multi_line_orders_over_the_same_skus_in_opposite_order_never_deadlock,
+    a_reservation_lives_through_partial_release_and_fulfilment,
+    adjustments_counts_shortages_and_batches,
+    stock_is_listed_by_sku_by_store_with_cursors_and_as_a_snapshot,
+    every_error_code_is_produced_as_problem_json,
+    malformed_requests_get_a_4xx_naming_the_problem_and_change_nothing,
+);

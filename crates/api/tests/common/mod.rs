@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use invsync_api::{Access, AppState, Scope, TokenEntry};
-use invsync_ledger::{Ledger, SqliteConfig, SqliteLedger, SystemClock};
+use invsync_ledger::{Ledger, PgConfig, PgLedger, SqliteConfig, SqliteLedger, SystemClock};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -13,9 +13,45 @@ use sha2::{Digest, Sha256};
 pub struct App {
     pub url: String,
     pub http: reqwest::Client,
-    pub ledger: Arc<SqliteLedger>,
+    pub ledger: Arc<dyn Ledger>,
     pub token: Option<String>,
     _dir: tempfile::TempDir,
+    /// The private PostgreSQL server, when the app runs on one.
+    _pg: Option<invsync_testkit::Postgres>,
+}
+
+/// The ledger back ends the HTTP suite runs against.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// An anonymous app on `backend`; `None` (the test skips loudly) when PostgreSQL is
+/// not installed and services are not required.
+pub async fn spawn_on(backend: Backend) -> Option<App> {
+    match backend {
+        Backend::Sqlite => Some(spawn().await),
+        Backend::Postgres => {
+            let pg = tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
+                .await
+                .ok()??;
+            let url = pg.url();
+            let ledger: Arc<dyn Ledger> = Arc::new(
+                tokio::task::spawn_blocking(move || {
+                    PgLedger::open(PgConfig::new(url), Arc::new(SystemClock))
+                })
+                .await
+                .expect("open task")
+                .expect("open PostgreSQL ledger"),
+            );
+            let dir = tempfile::tempdir().expect("temp dir");
+            let state = AppState::new(ledger.clone(), Access::Anonymous);
+            let mut app = serve(state, ledger, None, dir).await;
+            app._pg = Some(pg);
+            Some(app)
+        }
+    }
 }
 
 pub async fn spawn() -> App {
@@ -33,7 +69,7 @@ pub async fn spawn_with_storefront() -> App {
     let (handle, run) = invsync_consumers::start(
         config,
         Arc::new(invsync_consumers::storefront::Storefront),
-        ledger.clone() as Arc<dyn Ledger>,
+        ledger.clone(),
         stop_rx,
     )
     .expect("start storefront");
@@ -72,11 +108,11 @@ pub async fn spawn_with_tokens() -> App {
 async fn spawn_with(access: Access, token: Option<String>) -> App {
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = open_ledger(&dir);
-    let state = AppState::new(ledger.clone() as Arc<dyn Ledger>, access);
+    let state = AppState::new(ledger.clone(), access);
     serve(state, ledger, token, dir).await
 }
 
-fn open_ledger(dir: &tempfile::TempDir) -> Arc<SqliteLedger> {
+fn open_ledger(dir: &tempfile::TempDir) -> Arc<dyn Ledger> {
     let config = SqliteConfig::new(dir.path().join("ledger.db"));
     Arc::new(SqliteLedger::open(config, Arc::new(SystemClock)).expect("open ledger"))
 }
@@ -84,7 +120,7 @@ fn open_ledger(dir: &tempfile::TempDir) -> Arc<SqliteLedger> {
 /// Serves `state` on a free loopback port for the rest of the test.
 async fn serve(
     state: AppState,
-    ledger: Arc<SqliteLedger>,
+    ledger: Arc<dyn Ledger>,
     token: Option<String>,
     dir: tempfile::TempDir,
 ) -> App {
@@ -102,6 +138,7 @@ async fn serve(
         ledger,
         token,
         _dir: dir,
+        _pg: None,
     }
 }
 
@@ -161,6 +198,11 @@ impl App {
 
     /// Every event of the log, in offset order, checking offsets are gapless.
     pub async fn all_events(&self) -> Vec<Value> {
+        // PostgreSQL: the relay moves committed events into the log asynchronously.
+        self.ledger
+            .flush(std::time::Duration::from_secs(30))
+            .await
+            .expect("relay drained");
         let mut out = Vec::new();
         let mut after = 0;
         loop {
