@@ -62,19 +62,32 @@ async fn body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError
             ));
         }
     }
+    // Refuse on the declared length before reading a byte of it.
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(too_large());
+    }
     Bytes::from_request(req, state)
         .await
         .map_err(|rejection| match rejection {
             BytesRejection::FailedToBufferBody(_)
                 if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
             {
-                ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!("the request body is larger than {BODY_LIMIT} bytes"),
-                )
+                too_large()
             }
             other => ApiError::invalid("body", other.body_text()),
         })
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the request body is larger than {BODY_LIMIT} bytes"),
+    )
 }
 
 /// Deserializes JSON, naming the path of the first bad value (`lines[2].quantity`).

@@ -432,7 +432,7 @@ async fn every_error_code_is_produced_as_problem_json(backend: Backend) {
         ("idempotency_conflict", app.post("/v1/reservations", reserve_body("O-1", "S1", &[("A", 1)])).await),
         ("version_conflict", app.post("/v1/adjustments", json!({"store_id": "S1", "sku": "A", "set_on_hand": 9, "reason": "cycle_count", "if_version": 1})).await),
         ("invalid_state", app.post(&format!("/v1/reservations/{id}/release"), json!({"lines": [{"sku": "A", "quantity": 3}]})).await),
-        ("payload_too_large", app.send(app.request(Method::POST, "/v1/adjustments").header("content-type", "application/json").body(vec![b' '; 2 * 1024 * 1024])).await),
+        ("payload_too_large", app.post_declaring_oversized_body("/v1/adjustments").await),
     ];
     for (code, answer) in cases {
         assert_problem(&answer, code);

@@ -176,6 +176,48 @@ impl App {
         }
     }
 
+    /// A POST declaring a body over the limit but sending none: the server must answer
+    /// from the `Content-Length` alone. (A client that is still writing a large body
+    /// can lose the early answer when the server closes, so raw TCP keeps it exact.)
+    pub async fn post_declaring_oversized_body(&self, path: &str) -> Answer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.url.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            2 * 1024 * 1024
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            stream.read_to_end(&mut raw),
+        )
+        .await
+        .expect("the server answers without waiting for the body")
+        .expect("read");
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status");
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-type:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_default();
+        Answer {
+            status: StatusCode::from_u16(status).expect("valid status"),
+            content_type,
+            body: serde_json::from_str(body).unwrap_or(Value::Null),
+        }
+    }
+
     pub async fn get(&self, path: &str) -> Answer {
         self.send(self.request(Method::GET, path)).await
     }
