@@ -216,12 +216,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
     let deadline = started + args.duration;
     let probe = (!args.no_visibility)
         .then(|| tokio::spawn(probe_visibility(target.clone(), deadline, run_id)));
+    // Latencies in microseconds, up to a minute, 3 significant digits.
+    let empty = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut tasks = Vec::with_capacity(args.clients);
     for client in 0..args.clients {
+        let empty = empty.clone();
         let target = target.clone();
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .expect("static bounds are valid");
+            let mut hist = empty.clone();
             let mut answers: BTreeMap<String, u64> = BTreeMap::new();
             let mut n = 0u64;
             while Instant::now() < deadline {
@@ -269,7 +271,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
             (hist, answers)
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut hist = empty;
     let mut answers: BTreeMap<String, u64> = BTreeMap::new();
     for t in tasks {
         let (h, a) = t.await?;
