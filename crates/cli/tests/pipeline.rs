@@ -981,3 +981,70 @@ async fn a_postgres_outage_answers_503_and_service_resumes_without_a_restart() {
     assert_check_passes(&url);
     drop(pg);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_relay_leader_is_killed_another_instance_takes_over() {
+    let Some(pg) = tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A starts first and takes the relay lock; B waits as a follower.
+    let mut a = Server::start(dir_a.path(), &["--database-url", &pg.url()]);
+    let http = client();
+    adjust(&http, &a.url, "S1", "LEAD", 10).await;
+    eventually("A relays", WAIT, || async {
+        (all_events(&http, &a.url).await.len() == 1).then_some(())
+    })
+    .await;
+    let b = Server::start(dir_b.path(), &["--database-url", &pg.url()]);
+
+    let mut acked = Vec::new();
+    for i in 0..60 {
+        if i == 20 {
+            a.kill(); // SIGKILL: its session, and with it the advisory lock, goes away
+        }
+        let body = json!({"store_id": "S1", "sku": format!("K{}", i % 5), "delta": 1, "reason": "stock_in"});
+        let (status, v) = post(&http, &format!("{}/v1/adjustments", b.url), body).await;
+        assert_eq!(status, 200, "{v}");
+        acked.push(v["event_id"].as_str().unwrap().to_owned());
+    }
+    let url = b.url.clone();
+    let events = eventually("B relays everything after A died", WAIT, || async {
+        let events = all_events(&http, &url).await;
+        (events.len() == 61).then_some(events)
+    })
+    .await;
+    let logged: HashSet<String> = events
+        .iter()
+        .map(|(_, e)| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(acked.iter().all(|id| logged.contains(id)), "nothing lost");
+    assert!(
+        events
+            .iter()
+            .enumerate()
+            .all(|(i, (offset, _))| *offset == i as i64 + 1),
+        "gapless"
+    );
+    let mut versions: HashMap<String, i64> = HashMap::new();
+    for (_, e) in &events {
+        let d = &e["data"];
+        let previous = versions.insert(
+            d["product_sku"].as_str().unwrap().to_owned(),
+            d["version"].as_i64().unwrap(),
+        );
+        assert_eq!(
+            d["version"].as_i64().unwrap(),
+            previous.unwrap_or(0) + 1,
+            "per-key order kept"
+        );
+    }
+    eventually("B's storefront catches up", WAIT, || async {
+        storefront_caught_up(&http, &url).await.then_some(())
+    })
+    .await;
+    assert_check_passes(&url);
+}
