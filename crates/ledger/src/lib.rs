@@ -37,6 +37,35 @@ pub use model::{
 pub use postgres::{PgConfig, PgLedger};
 pub use sqlite::{SqliteConfig, SqliteLedger};
 
+/// Most reservations one expiry transaction releases.
+const EXPIRY_CHUNK: usize = 500;
+/// Most events one purge transaction deletes: small, so reservations never wait long
+/// behind a purge.
+const PURGE_CHUNK: usize = 5_000;
+
+/// Repeats `step` (one transaction doing up to `chunk` items) until a step does fewer;
+/// returns the total done.
+async fn in_chunks<F, Fut>(chunk: usize, mut step: F) -> Result<usize, LedgerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, LedgerError>>,
+{
+    let mut total = 0;
+    loop {
+        let n = step().await?;
+        total += n;
+        if n < chunk {
+            return Ok(total);
+        }
+    }
+}
+
+/// `retention` as a time delta, refusing the absurdly large.
+fn retention_delta(retention: std::time::Duration) -> Result<chrono::TimeDelta, LedgerError> {
+    chrono::TimeDelta::from_std(retention)
+        .map_err(|_| LedgerError::Internal("retention out of range".into()))
+}
+
 /// Lines of a partial release or fulfilment; `None` means everything still held.
 pub type ReleaseLines = Option<Vec<(Sku, LineQuantity)>>;
 

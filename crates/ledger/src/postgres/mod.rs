@@ -373,15 +373,10 @@ impl Ledger for PgLedger {
     }
 
     async fn expire_due(&self) -> Result<usize, LedgerError> {
-        const CHUNK: usize = 500;
-        let mut total = 0;
-        loop {
-            let n = self.write(|e| e.expire_due(CHUNK)).await?;
-            total += n;
-            if n < CHUNK {
-                return Ok(total);
-            }
-        }
+        crate::in_chunks(crate::EXPIRY_CHUNK, || {
+            self.write(|e| e.expire_due(crate::EXPIRY_CHUNK))
+        })
+        .await
     }
 
     async fn stock(&self, store: StoreId, sku: Sku) -> Result<Option<StockRow>, LedgerError> {
@@ -513,20 +508,12 @@ impl Ledger for PgLedger {
         .await
     }
 
-    async fn purge_events(&self, retention: Duration) -> Result<usize, LedgerError> {
-        const CHUNK: usize = 5_000;
-        let retention = chrono::TimeDelta::from_std(retention)
-            .map_err(|_| LedgerError::Internal("retention out of range".into()))?;
-        let mut total = 0;
-        loop {
-            let n = self
-                .write(move |e| e.purge_events(retention, CHUNK))
-                .await?;
-            total += n;
-            if n < CHUNK {
-                return Ok(total);
-            }
-        }
+    async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError> {
+        let retention = crate::retention_delta(retention)?;
+        crate::in_chunks(crate::PURGE_CHUNK, || {
+            self.write(move |e| e.purge_events(retention, crate::PURGE_CHUNK))
+        })
+        .await
     }
 
     async fn outbox(&self) -> Result<(i64, f64), LedgerError> {

@@ -383,15 +383,10 @@ impl Ledger for SqliteLedger {
     }
 
     async fn expire_due(&self) -> Result<usize, LedgerError> {
-        const CHUNK: usize = 500;
-        let mut total = 0;
-        loop {
-            let n = self.write(|e| e.expire_due(CHUNK)).await?;
-            total += n;
-            if n < CHUNK {
-                return Ok(total);
-            }
-        }
+        crate::in_chunks(crate::EXPIRY_CHUNK, || {
+            self.write(|e| e.expire_due(crate::EXPIRY_CHUNK))
+        })
+        .await
     }
 
     async fn stock(&self, store: StoreId, sku: Sku) -> Result<Option<StockRow>, LedgerError> {
@@ -524,20 +519,11 @@ impl Ledger for SqliteLedger {
     }
 
     async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError> {
-        const CHUNK: usize = 5_000;
-        let retention = chrono::TimeDelta::from_std(retention)
-            .map_err(|_| LedgerError::Internal("retention out of range".into()))?;
-        let mut total = 0;
-        loop {
-            // Small chunks keep each writer batch short, so reservations never wait long.
-            let n = self
-                .write(move |e| e.purge_events(retention, CHUNK))
-                .await?;
-            total += n;
-            if n < CHUNK {
-                return Ok(total);
-            }
-        }
+        let retention = crate::retention_delta(retention)?;
+        crate::in_chunks(crate::PURGE_CHUNK, || {
+            self.write(move |e| e.purge_events(retention, crate::PURGE_CHUNK))
+        })
+        .await
     }
 
     async fn outbox(&self) -> Result<(i64, f64), LedgerError> {
