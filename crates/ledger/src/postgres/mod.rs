@@ -45,7 +45,37 @@ use crate::model::{
 };
 use crate::{Ledger, ReleaseLines};
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<Manager>;
+
+/// A pooled connection and the statements prepared on it.
+pub(crate) struct PgConn {
+    client: Client,
+    statements: tx::Statements,
+}
+
+/// r2d2's PostgreSQL manager, keeping a statement cache beside each connection.
+#[derive(Debug)]
+pub(crate) struct Manager(PostgresConnectionManager<NoTls>);
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = PgConn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<PgConn, postgres::Error> {
+        Ok(PgConn {
+            client: self.0.connect()?,
+            statements: Default::default(),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), postgres::Error> {
+        self.0.is_valid(&mut conn.client)
+    }
+
+    fn has_broken(&self, conn: &mut PgConn) -> bool {
+        self.0.has_broken(&mut conn.client)
+    }
+}
 
 /// The advisory lock whose holder is the one active relay.
 const RELAY_LOCK: i64 = 7_461_302;
@@ -103,10 +133,11 @@ impl PgLedger {
             .max_size(config.pool_size)
             .min_idle(Some(2))
             .connection_timeout(config.connect_timeout)
-            .build(PostgresConnectionManager::new(pg.clone(), NoTls))?;
-        schema::migrate(&mut *pool.get()?)?;
+            .build(Manager(PostgresConnectionManager::new(pg.clone(), NoTls)))?;
+        schema::migrate(&mut pool.get()?.client)?;
         let last: i64 = pool
             .get()?
+            .client
             .query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])?
             .get(0);
         let (head_tx, head) = watch::channel(last);
@@ -150,11 +181,13 @@ impl PgLedger {
         let (pool, clock, source) = (self.pool()?, self.clock.clone(), self.source.clone());
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get()?;
+            let PgConn { client, statements } = &mut *conn;
             let mut last_error = String::new();
             for _ in 0..ATTEMPTS {
-                let mut tx = conn.transaction()?;
+                let mut tx = client.transaction()?;
                 let mut pgtx = PgTx {
                     tx: &mut tx,
+                    statements,
                     existing: HashSet::new(),
                     source: &source,
                 };
@@ -182,7 +215,7 @@ impl PgLedger {
         let pool = self.pool()?;
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get()?;
-            f(&mut conn)
+            f(&mut conn.client)
         })
         .await
         .map_err(|e| LedgerError::Internal(format!("read task failed: {e}")))?
@@ -257,8 +290,9 @@ impl Relay {
                 None => {
                     // Follow the log head that another instance's relay advances.
                     if let Ok(mut c) = self.pool.get_timeout(Duration::from_secs(1)) {
-                        if let Ok(row) =
-                            c.query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])
+                        if let Ok(row) = c
+                            .client
+                            .query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])
                         {
                             let last: i64 = row.get(0);
                             self.head

@@ -1,14 +1,14 @@
 //! [`Tx`] for PostgreSQL: row locks, the outbox, and row ↔ domain mapping shared with
 //! the read paths.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use invsync_core::{
     ExternalRef, InventoryEventV1, OrderId, Reservation, ReservationLine, ReservationStatus, Sku,
     StockLevel, StoreId,
 };
-use postgres::{GenericClient, Row, Transaction};
+use postgres::{GenericClient, Row, Statement, Transaction};
 use uuid::Uuid;
 
 use crate::engine::Tx;
@@ -69,8 +69,13 @@ pub(crate) fn load_reservation(
     }))
 }
 
+/// Statements prepared on one pooled connection, by their SQL text: each is parsed
+/// and planned once per connection instead of on every call (one round trip less).
+pub(crate) type Statements = HashMap<&'static str, Statement>;
+
 pub(crate) struct PgTx<'a, 'b> {
     pub(crate) tx: &'a mut Transaction<'b>,
+    pub(crate) statements: &'a mut Statements,
     /// Keys whose row this transaction found (and locked): written with UPDATE. A key
     /// found missing is written with a plain INSERT, so a concurrent creator makes
     /// this transaction fail and retry instead of overwriting.
@@ -78,10 +83,42 @@ pub(crate) struct PgTx<'a, 'b> {
     pub(crate) source: &'a str,
 }
 
+type Params<'p> = &'p [&'p (dyn postgres::types::ToSql + Sync)];
+
+impl PgTx<'_, '_> {
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, LedgerError> {
+        let statement = self.stmt(sql)?;
+        Ok(self.tx.query_opt(&statement, params)?)
+    }
+
+    fn query(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>, LedgerError> {
+        let statement = self.stmt(sql)?;
+        Ok(self.tx.query(&statement, params)?)
+    }
+
+    fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, LedgerError> {
+        let statement = self.stmt(sql)?;
+        Ok(self.tx.execute(&statement, params)?)
+    }
+
+    /// The prepared statement for `sql`, preparing it on first use.
+    fn stmt(&mut self, sql: &'static str) -> Result<Statement, LedgerError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.tx.prepare(sql)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
 impl Tx for PgTx<'_, '_> {
     fn stock(&mut self, store: &StoreId, sku: &Sku) -> Result<Option<StockLevel>, LedgerError> {
-        let row = self.tx.query_opt(
-            "SELECT on_hand, reserved, version FROM stock WHERE store_id = $1 AND sku = $2 FOR UPDATE",
+        let row = self.query_opt("SELECT on_hand, reserved, version FROM stock WHERE store_id = $1 AND sku = $2 FOR UPDATE",
             &[&store.as_str(), &sku.as_str()],
         )?;
         match row {
@@ -116,13 +153,13 @@ impl Tx for PgTx<'_, '_> {
             .existing
             .contains(&(store.to_string(), sku.to_string()))
         {
-            self.tx.execute(
+            self.execute(
                 "UPDATE stock SET on_hand = $3, reserved = $4, version = $5, updated_at = $6
                  WHERE store_id = $1 AND sku = $2",
                 &params,
             )?;
         } else {
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO stock (store_id, sku, on_hand, reserved, version, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6)",
                 &params,
@@ -133,7 +170,7 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn append_event(&mut self, e: &InventoryEventV1) -> Result<(), LedgerError> {
-        self.tx.execute(
+        self.execute(
             "INSERT INTO outbox (event_id, store_id, sku, version, occurred_at, envelope)
              VALUES ($1, $2, $3, $4, $5, $6)",
             &[
@@ -152,7 +189,7 @@ impl Tx for PgTx<'_, '_> {
         &mut self,
         key: &str,
     ) -> Result<Option<(String, Reservation)>, LedgerError> {
-        let Some(row) = self.tx.query_opt(
+        let Some(row) = self.query_opt(
             "SELECT id, fingerprint FROM reservations WHERE idem_key = $1",
             &[&key],
         )?
@@ -186,8 +223,7 @@ impl Tx for PgTx<'_, '_> {
         key: &str,
         fingerprint: &str,
     ) -> Result<(), LedgerError> {
-        self.tx.execute(
-            "INSERT INTO reservations
+        self.execute("INSERT INTO reservations
              (id, order_id, store_id, idem_key, fingerprint, status, expires_at, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
             &[
@@ -202,8 +238,7 @@ impl Tx for PgTx<'_, '_> {
             ],
         )?;
         for (no, line) in r.lines.iter().enumerate() {
-            self.tx.execute(
-                "INSERT INTO reservation_lines (reservation_id, line_no, sku, quantity, released, fulfilled)
+            self.execute("INSERT INTO reservation_lines (reservation_id, line_no, sku, quantity, released, fulfilled)
                  VALUES ($1, $2, $3, $4, $5, $6)",
                 &[&r.reservation_id, &(no as i32), &line.sku.as_str(), &line.quantity, &line.released, &line.fulfilled],
             )?;
@@ -216,12 +251,12 @@ impl Tx for PgTx<'_, '_> {
         r: &Reservation,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        self.tx.execute(
+        self.execute(
             "UPDATE reservations SET status = $2, updated_at = $3 WHERE id = $1",
             &[&r.reservation_id, &r.status.as_str(), &now],
         )?;
         for (no, line) in r.lines.iter().enumerate() {
-            self.tx.execute(
+            self.execute(
                 "UPDATE reservation_lines SET released = $3, fulfilled = $4
                  WHERE reservation_id = $1 AND line_no = $2",
                 &[
@@ -239,7 +274,7 @@ impl Tx for PgTx<'_, '_> {
         &mut self,
         external_ref: &ExternalRef,
     ) -> Result<Option<(String, AdjustmentOutcome)>, LedgerError> {
-        let Some(row) = self.tx.query_opt(
+        let Some(row) = self.query_opt(
             "SELECT fingerprint, outcome FROM adjustments WHERE external_ref = $1",
             &[&external_ref.as_str()],
         )?
@@ -261,16 +296,14 @@ impl Tx for PgTx<'_, '_> {
     ) -> Result<(), LedgerError> {
         let outcome = serde_json::to_string(outcome)
             .map_err(|e| LedgerError::Internal(format!("encoding adjustment outcome: {e}")))?;
-        self.tx.execute(
-            "INSERT INTO adjustments (external_ref, fingerprint, outcome, created_at) VALUES ($1, $2, $3, $4)",
+        self.execute("INSERT INTO adjustments (external_ref, fingerprint, outcome, created_at) VALUES ($1, $2, $3, $4)",
             &[&external_ref.as_str(), &fingerprint, &outcome, &now],
         )?;
         Ok(())
     }
 
     fn purge_events(&mut self, before: DateTime<Utc>, limit: usize) -> Result<usize, LedgerError> {
-        Ok(self.tx.execute(
-            "DELETE FROM events WHERE log_offset IN (
+        Ok(self.execute("DELETE FROM events WHERE log_offset IN (
                  SELECT log_offset FROM events WHERE occurred_at < $1 ORDER BY log_offset LIMIT $2)",
             &[&before, &(limit as i64)],
         )? as usize)
@@ -282,7 +315,7 @@ impl Tx for PgTx<'_, '_> {
         limit: usize,
     ) -> Result<Vec<Uuid>, LedgerError> {
         // SKIP LOCKED: instances sweeping at once split the work instead of queueing.
-        let rows = self.tx.query(
+        let rows = self.query(
             "SELECT id FROM reservations
              WHERE status = 'active' AND expires_at IS NOT NULL AND expires_at <= $1
              ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
