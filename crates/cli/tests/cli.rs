@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{client, Server, BIN};
+use common::{client, get, Server, BIN};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -102,14 +102,9 @@ async fn every_acknowledged_reservation_survives_sigkill_under_load() {
         let mut folded = std::collections::BTreeMap::new();
         let mut after = 0;
         loop {
-            let page: Value = http
-                .get(format!("{url}/v1/events?after={after}&limit=1000"))
-                .send()
+            let page: Value = get(&http, &format!("{url}/v1/events?after={after}&limit=1000"))
                 .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+                .1;
             let events = page["events"].as_array().unwrap();
             if events.is_empty() {
                 break;
@@ -128,14 +123,9 @@ async fn every_acknowledged_reservation_survives_sigkill_under_load() {
                 );
             }
         }
-        let stock: Value = http
-            .get(format!("{url}/v1/stock?store_id=S1&limit=1000"))
-            .send()
+        let stock: Value = get(&http, &format!("{url}/v1/stock?store_id=S1&limit=1000"))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .1;
         let mut reserved_total = 0;
         for row in stock["items"].as_array().unwrap() {
             let key = row["sku"].as_str().unwrap();
@@ -298,37 +288,16 @@ async fn the_server_releases_a_reservation_when_its_ttl_runs_out() {
     // we only prove the sweeper runs inside `serve`: wait for the condition, bounded.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r: Value = http
-            .get(format!("{url}/v1/reservations/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = get(&http, &format!("{url}/v1/reservations/{id}")).await.1;
         if r["status"] == "expired" {
             break;
         }
         assert!(Instant::now() < deadline, "the reservation expires: {r}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let level: Value = http
-        .get(format!("{url}/v1/stock/S1/A"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let level: Value = get(&http, &format!("{url}/v1/stock/S1/A")).await.1;
     assert_eq!(level["reserved"], 0);
-    let events: Value = http
-        .get(format!("{url}/v1/events"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: Value = get(&http, &format!("{url}/v1/events")).await.1;
     let last = &events["events"][2]["event"]["data"];
     assert_eq!(
         (last["event_type"].as_str(), last["reason"].as_str()),

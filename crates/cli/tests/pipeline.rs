@@ -16,7 +16,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use common::{
-    adjust, all_events, client, eventually, get, post, storefront_caught_up, Server, BIN,
+    adjust, all_events, client, eventually, get, post, private_postgres, storefront_caught_up,
+    Server, BIN,
 };
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -758,10 +759,7 @@ async fn check_passes_on_a_consistent_server_and_fails_on_a_row_altered_behind_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_postgres_reserves_exactly_the_stock_and_the_storefront_converges() {
-    let Some(pg) = tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
-        .await
-        .unwrap()
-    else {
+    let Some(pg) = private_postgres().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -822,10 +820,7 @@ async fn serve_on_postgres_reserves_exactly_the_stock_and_the_storefront_converg
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_one_postgres_reserve_exactly_the_stock() {
-    let Some(pg) = tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
-        .await
-        .unwrap()
-    else {
+    let Some(pg) = private_postgres().await else {
         return;
     };
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -868,10 +863,7 @@ async fn three_instances_on_one_postgres_reserve_exactly_the_stock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_answers_503_and_service_resumes_without_a_restart() {
-    let Some(mut pg) = tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
-        .await
-        .unwrap()
-    else {
+    let Some(mut pg) = private_postgres().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -984,10 +976,7 @@ async fn a_postgres_outage_answers_503_and_service_resumes_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_relay_leader_is_killed_another_instance_takes_over() {
-    let Some(pg) = tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
-        .await
-        .unwrap()
-    else {
+    let Some(pg) = private_postgres().await else {
         return;
     };
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -110,6 +110,12 @@ fn reserve(order: &str, st: &str, lines: &[(&str, i64)], ttl: Option<i64>) -> Re
     .unwrap()
 }
 
+/// Adds `delta` on hand (reason stock_in) and requires it to succeed.
+async fn stock_in(ledger: &dyn Ledger, st: &str, sk: &str, delta: i64) {
+    let cmd = adjust(st, sk, Change::Delta(Delta::new(delta).unwrap()));
+    ledger.adjust(cmd).await.unwrap();
+}
+
 /// The JSON Schema of event v1 (kept in the core crate), compiled once.
 fn schema() -> &'static jsonschema::Validator {
     static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
@@ -414,10 +420,7 @@ async fn concurrent_commands_in_one_batch_keep_their_own_outcomes(backend: Backe
     let Some(f) = open(backend, 256).await else {
         return;
     };
-    f.ledger
-        .adjust(adjust("S1", "A", Change::Delta(Delta::new(10).unwrap())))
-        .await
-        .unwrap();
+    stock_in(f.ledger.as_ref(), "S1", "A", 10).await;
     // 40 reservations of 1 queued at once share batches; exactly 10 can succeed, and
     // the refused ones must not roll back their neighbours.
     let ledger = f.ledger.clone();
@@ -455,10 +458,7 @@ async fn a_repeated_reservation_answers_the_original_and_a_changed_one_conflicts
     let Some(f) = open(backend, 256).await else {
         return;
     };
-    f.ledger
-        .adjust(adjust("S1", "A", Change::Delta(Delta::new(10).unwrap())))
-        .await
-        .unwrap();
+    stock_in(f.ledger.as_ref(), "S1", "A", 10).await;
     let first = f
         .ledger
         .reserve(reserve("O1", "S1", &[("A", 2)], None))
@@ -515,10 +515,7 @@ async fn a_conditional_adjustment_checks_the_version(backend: Backend) {
     let Some(f) = open(backend, 256).await else {
         return;
     };
-    f.ledger
-        .adjust(adjust("S1", "A", Change::Delta(Delta::new(5).unwrap())))
-        .await
-        .unwrap();
+    stock_in(f.ledger.as_ref(), "S1", "A", 5).await;
     let mut cmd = adjust("S1", "A", Change::SetOnHand(OnHandCount::new(40).unwrap()));
     cmd.if_version = Some(2);
     let err = f.ledger.adjust(cmd.clone()).await.unwrap_err();
@@ -538,10 +535,7 @@ async fn a_reservation_expires_when_its_ttl_runs_out_and_not_before(backend: Bac
     let Some(f) = open(backend, 256).await else {
         return;
     };
-    f.ledger
-        .adjust(adjust("S1", "A", Change::Delta(Delta::new(5).unwrap())))
-        .await
-        .unwrap();
+    stock_in(f.ledger.as_ref(), "S1", "A", 5).await;
     let placed = f
         .ledger
         .reserve(reserve("O1", "S1", &[("A", 3)], Some(60)))
@@ -587,10 +581,7 @@ async fn a_fulfilled_reservation_does_not_expire(backend: Backend) {
     let Some(f) = open(backend, 256).await else {
         return;
     };
-    f.ledger
-        .adjust(adjust("S1", "A", Change::Delta(Delta::new(5).unwrap())))
-        .await
-        .unwrap();
+    stock_in(f.ledger.as_ref(), "S1", "A", 5).await;
     let placed = f
         .ledger
         .reserve(reserve("O1", "S1", &[("A", 3)], Some(10)))
@@ -683,10 +674,7 @@ async fn every_kind_and_reason_of_event_validates_against_the_v1_schema(backend:
         AdjustReason::Return,
         AdjustReason::Correction,
     ];
-    f.ledger
-        .adjust(adjust("S1", "A", Change::Delta(Delta::new(1000).unwrap())))
-        .await
-        .unwrap();
+    stock_in(f.ledger.as_ref(), "S1", "A", 1000).await;
     for (i, reason) in reasons.into_iter().enumerate() {
         let mut cmd = adjust(
             "S1",
@@ -779,19 +767,13 @@ async fn purging_by_retention_keeps_offsets_and_subscribers_see_each_commit(back
     let mut head = f.ledger.subscribe();
     assert_eq!(*head.borrow_and_update(), 0);
     for _ in 0..3 {
-        f.ledger
-            .adjust(adjust("S1", "A", Change::Delta(Delta::new(1).unwrap())))
-            .await
-            .unwrap();
+        stock_in(f.ledger.as_ref(), "S1", "A", 1).await;
     }
     wait_head(&mut head, 3).await;
     let start = f.clock.now();
     f.clock.advance(TimeDelta::hours(2));
     for _ in 0..2 {
-        f.ledger
-            .adjust(adjust("S1", "A", Change::Delta(Delta::new(1).unwrap())))
-            .await
-            .unwrap();
+        stock_in(f.ledger.as_ref(), "S1", "A", 1).await;
     }
     // On PostgreSQL the relay moves events into the log asynchronously.
     f.ledger
@@ -821,10 +803,7 @@ async fn purging_by_retention_keeps_offsets_and_subscribers_see_each_commit(back
         page.events.iter().map(|e| e.offset).collect::<Vec<_>>(),
         vec![4, 5]
     );
-    f.ledger
-        .adjust(adjust("S1", "A", Change::Delta(Delta::new(1).unwrap())))
-        .await
-        .unwrap();
+    stock_in(f.ledger.as_ref(), "S1", "A", 1).await;
     f.ledger
         .flush(std::time::Duration::from_secs(30))
         .await

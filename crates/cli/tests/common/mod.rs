@@ -153,3 +153,11 @@ pub async fn storefront_caught_up(http: &reqwest::Client, url: &str) -> bool {
         .filter(|c| c["name"] == "storefront")
         .all(|c| c["lag_events"] == 0)
 }
+
+/// A private PostgreSQL (started on a blocking thread), or `None` to skip the test
+/// loudly when it is not installed and services are not required.
+pub async fn private_postgres() -> Option<invsync_testkit::Postgres> {
+    tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
+        .await
+        .expect("start task")
+}
