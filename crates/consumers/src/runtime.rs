@@ -371,28 +371,22 @@ impl Runner {
         let as_of = fresh.last().map(|e| e.event.occurred_at);
         let sink = self.sink.clone();
         let keep_marks_from = last - 10 * self.config.batch as i64;
-        let dead = self
-            .db(move |store| {
-                let dead = commit(
-                    store,
-                    sink.as_ref(),
-                    &fresh,
-                    &outcomes,
-                    &invalid,
-                    last,
-                    as_of,
-                    keep_marks_from,
-                )?;
-                Ok((dead, fresh, outcomes))
-            })
+        let batch = Batch {
+            settled: fresh.into_iter().zip(outcomes).collect(),
+            invalid,
+            last,
+            as_of,
+            keep_marks_from,
+        };
+        let (dead, batch) = self
+            .db(move |store| Ok((commit(store, sink.as_ref(), &batch)?, batch)))
             .await?;
-        let (dead, fresh, outcomes) = dead;
 
         // Sync latency: from when the change happened to now, when it is applied.
         let applied_at = Utc::now();
         let name = self.config.name.clone();
         let mut shared = self.shared();
-        for (event, outcome) in fresh.iter().zip(&outcomes) {
+        for (event, outcome) in &batch.settled {
             if let Outcome::Delivered = outcome {
                 let seconds = (applied_at - event.event.occurred_at)
                     .num_microseconds()
@@ -704,23 +698,27 @@ fn filter_fresh(store: &Store, incoming: Vec<Incoming>) -> rusqlite::Result<Vec<
     Ok(fresh)
 }
 
+/// What one batch commits in the consumer's store.
+struct Batch {
+    /// Each event not applied before, with what delivery made of it.
+    settled: Vec<(Incoming, Outcome)>,
+    /// Events that are not valid v1 envelopes: (offset, stored text, why).
+    invalid: Vec<(i64, String, String)>,
+    /// The checkpoint after this batch: the last offset read.
+    last: i64,
+    /// When the last applied event occurred, if any was.
+    as_of: Option<DateTime<Utc>>,
+    /// Dedup marks below this offset are dropped.
+    keep_marks_from: i64,
+}
+
 /// One transaction: the sink's effect and the dedup mark of every delivered event, the
 /// dead letters, and the checkpoint. Returns how many events were dead-lettered.
-#[allow(clippy::too_many_arguments)]
-fn commit(
-    store: &mut Store,
-    sink: &dyn Sink,
-    fresh: &[Incoming],
-    outcomes: &[Outcome],
-    invalid: &[(i64, String, String)],
-    last: i64,
-    as_of: Option<DateTime<Utc>>,
-    keep_marks_from: i64,
-) -> rusqlite::Result<i64> {
+fn commit(store: &mut Store, sink: &dyn Sink, batch: &Batch) -> rusqlite::Result<i64> {
     let tx = store.transaction()?;
     let now = Utc::now();
     let mut dead = 0;
-    for (event, outcome) in fresh.iter().zip(outcomes) {
+    for (event, outcome) in &batch.settled {
         match outcome {
             Outcome::Delivered => {
                 sink.apply(&tx, &event.event)?;
@@ -746,12 +744,12 @@ fn commit(
             }
         }
     }
-    for (offset, envelope, error) in invalid {
+    for (offset, envelope, error) in &batch.invalid {
         store::insert_dead_letter(&tx, *offset, envelope, 1, error, now)?;
         dead += 1;
     }
-    store::set_position(&tx, last, as_of)?;
-    store::prune_marks(&tx, keep_marks_from)?;
+    store::set_position(&tx, batch.last, batch.as_of)?;
+    store::prune_marks(&tx, batch.keep_marks_from)?;
     tx.commit()?;
     Ok(dead)
 }
@@ -861,8 +859,14 @@ mod tests {
 
     fn run_batch(store: &mut Store, sink: &Counting, batch: Vec<Incoming>, last: i64) {
         let fresh = filter_fresh(store, batch).unwrap();
-        let outcomes: Vec<Outcome> = fresh.iter().map(|_| Outcome::Delivered).collect();
-        commit(store, sink, &fresh, &outcomes, &[], last, None, 0).unwrap();
+        let batch = Batch {
+            settled: fresh.into_iter().map(|e| (e, Outcome::Delivered)).collect(),
+            invalid: Vec::new(),
+            last,
+            as_of: None,
+            keep_marks_from: 0,
+        };
+        commit(store, sink, &batch).unwrap();
     }
 
     #[tokio::test]
