@@ -65,6 +65,8 @@ pub(crate) trait Tx {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<Uuid>, LedgerError>;
+    /// Moves the named cursor forward to `offset`; never moves it back.
+    fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError>;
 }
 
 /// One command's worth of decisions, at one instant.
@@ -311,6 +313,10 @@ impl<T: Tx> Engine<'_, T> {
         limit: usize,
     ) -> Result<usize, LedgerError> {
         self.tx.purge_events(self.now - retention, limit)
+    }
+
+    pub(crate) fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
+        self.tx.advance_cursor(name, offset)
     }
 
     /// Releases, with reason `expired`, up to `limit` reservations whose TTL ran out.

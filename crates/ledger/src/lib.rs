@@ -66,6 +66,11 @@ fn retention_delta(retention: std::time::Duration) -> Result<chrono::TimeDelta, 
         .map_err(|_| LedgerError::Internal("retention out of range".into()))
 }
 
+/// The `meta` key that holds a named cursor.
+fn cursor_key(name: &str) -> String {
+    format!("cursor:{name}")
+}
+
 /// Lines of a partial release or fulfilment; `None` means everything still held.
 pub type ReleaseLines = Option<Vec<(Sku, LineQuantity)>>;
 
@@ -127,6 +132,16 @@ pub trait Ledger: Send + Sync + 'static {
     /// Waits until every committed event is in the log (PostgreSQL: the relay drained
     /// the outbox; SQLite: always, events are written straight into the log).
     async fn flush(&self, timeout: std::time::Duration) -> Result<(), LedgerError>;
+    /// Where the named reader of the log (the relay to an external bus) has got to: the
+    /// last offset it has durably handed on; 0 when it never has.
+    async fn cursor(&self, name: &str) -> Result<i64, LedgerError>;
+    /// Moves the named cursor forward; a lower offset than the stored one is ignored,
+    /// so a deposed leader finishing late can never move it back.
+    async fn advance_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError>;
+    /// Whether this instance leads the relay, live. Work that must run on one instance
+    /// at a time (publishing to the bus, the shared webhook connector) follows it.
+    /// Always `true` on SQLite, where one process owns the ledger.
+    fn leadership(&self) -> tokio::sync::watch::Receiver<bool>;
     /// Succeeds when the ledger can serve requests.
     async fn ping(&self) -> Result<(), LedgerError>;
     /// Finishes queued writes and stops; later writes answer `Unavailable`.

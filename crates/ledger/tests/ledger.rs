@@ -634,6 +634,24 @@ async fn the_snapshot_names_the_offset_it_is_consistent_with(backend: Backend) {
     assert_eq!(rest.items[0].sku, sku("C"));
 }
 
+async fn a_named_cursor_starts_at_zero_and_only_moves_forward(backend: Backend) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
+    assert_eq!(f.ledger.cursor("nats").await.unwrap(), 0);
+    f.ledger.advance_cursor("nats", 40).await.unwrap();
+    // A deposed leader finishing late must not move it back.
+    f.ledger.advance_cursor("nats", 12).await.unwrap();
+    assert_eq!(f.ledger.cursor("nats").await.unwrap(), 40);
+    assert_eq!(
+        f.ledger.cursor("other").await.unwrap(),
+        0,
+        "cursors are per name"
+    );
+    f.ledger.advance_cursor("nats", 41).await.unwrap();
+    assert_eq!(f.ledger.cursor("nats").await.unwrap(), 41);
+}
+
 #[tokio::test]
 async fn reopening_keeps_data_and_offsets_continue() {
     let dir = tempfile::tempdir().unwrap();
@@ -873,6 +891,7 @@ conformance!(
     a_fulfilled_reservation_does_not_expire,
     the_snapshot_names_the_offset_it_is_consistent_with,
     purging_by_retention_keeps_offsets_and_subscribers_see_each_commit,
+    a_named_cursor_starts_at_zero_and_only_moves_forward,
 );
 
 /// A transaction that took a lower outbox id and commits after later ones: the relay
@@ -992,6 +1011,18 @@ async fn postgres_two_relays_move_each_event_once_and_fail_over() {
     assert_eq!(events.len(), 200);
     let ids: std::collections::HashSet<_> = events.iter().map(|e| e.data.event_id).collect();
     assert_eq!(ids.len(), 200, "each event once");
+    let (mut lead_a, mut lead_b) = (a.leadership(), b.leadership());
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while !(*lead_a.borrow_and_update() || *lead_b.borrow_and_update()) {
+            tokio::select! { _ = lead_a.changed() => {}, _ = lead_b.changed() => {} }
+        }
+    })
+    .await
+    .expect("one instance leads");
+    assert!(
+        !(*a.leadership().borrow() && *b.leadership().borrow()),
+        "never two leaders at once"
+    );
 
     // Stop one instance (whichever leads); the survivor must carry on relaying.
     a.shutdown().await;
@@ -1011,5 +1042,6 @@ async fn postgres_two_relays_move_each_event_once_and_fail_over() {
         210,
         "the surviving instance relays after the other stopped"
     );
+    assert!(*b.leadership().borrow(), "the survivor says it leads");
     b.shutdown().await;
 }

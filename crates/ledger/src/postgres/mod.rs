@@ -114,6 +114,8 @@ pub struct PgLedger {
     clock: Arc<dyn Clock>,
     source: Arc<str>,
     head: watch::Receiver<i64>,
+    /// Whether this instance's relay holds the leadership lock.
+    leadership: watch::Receiver<bool>,
     closed: Arc<AtomicBool>,
     relay: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -142,10 +144,12 @@ impl PgLedger {
             .get(0);
         let (head_tx, head) = watch::channel(last);
         let closed = Arc::new(AtomicBool::new(false));
+        let (leading, leadership) = watch::channel(false);
         let relay = Relay {
             pg,
             pool: pool.clone(),
             head: head_tx,
+            leading,
             closed: closed.clone(),
             lead: config.relay,
         };
@@ -158,6 +162,7 @@ impl PgLedger {
             clock,
             source: config.source.into(),
             head,
+            leadership,
             closed,
             relay: Mutex::new(Some(handle)),
         })
@@ -262,6 +267,7 @@ struct Relay {
     pg: postgres::Config,
     pool: Pool,
     head: watch::Sender<i64>,
+    leading: watch::Sender<bool>,
     closed: Arc<AtomicBool>,
     lead: bool,
 }
@@ -272,12 +278,16 @@ impl Relay {
         while !self.closed.load(Ordering::SeqCst) {
             if self.lead && leader.is_none() {
                 leader = self.try_lead();
+                self.leading.send_if_modified(|l| {
+                    std::mem::replace(l, leader.is_some()) != leader.is_some()
+                });
             }
             let moved = match leader.as_mut().map(relay_batch) {
                 Some(Ok(moved)) => moved,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "relay lost its database connection; leadership released");
                     leader = None;
+                    self.leading.send_replace(false);
                     None
                 }
                 None => None,
@@ -591,6 +601,26 @@ impl Ledger for PgLedger {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    async fn cursor(&self, name: &str) -> Result<i64, LedgerError> {
+        let key = crate::cursor_key(name);
+        self.read(move |c| {
+            Ok(
+                c.query_opt("SELECT value FROM meta WHERE key = $1", &[&key])?
+                    .map_or(0, |r| r.get(0)),
+            )
+        })
+        .await
+    }
+
+    async fn advance_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError> {
+        let name = name.to_owned();
+        self.write(move |e| e.advance_cursor(&name, offset)).await
+    }
+
+    fn leadership(&self) -> watch::Receiver<bool> {
+        self.leadership.clone()
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {

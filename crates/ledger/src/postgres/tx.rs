@@ -309,6 +309,15 @@ impl Tx for PgTx<'_, '_> {
         )? as usize)
     }
 
+    fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
+        self.execute(
+            "INSERT INTO meta (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, EXCLUDED.value)",
+            &[&crate::cursor_key(name), &offset],
+        )?;
+        Ok(())
+    }
+
     fn due_reservations(
         &mut self,
         now: DateTime<Utc>,

@@ -79,6 +79,8 @@ struct Pending {
 pub struct SqliteLedger {
     jobs: mpsc::Sender<Job>,
     head: watch::Receiver<i64>,
+    /// Always `true`: one process owns a SQLite ledger.
+    leadership: watch::Receiver<bool>,
     readers: Arc<Readers>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -124,6 +126,7 @@ impl SqliteLedger {
         Ok(Self {
             jobs: tx,
             head,
+            leadership: watch::channel(true).1,
             readers,
             writer: Mutex::new(Some(handle)),
         })
@@ -547,6 +550,20 @@ impl Ledger for SqliteLedger {
 
     fn subscribe(&self) -> watch::Receiver<i64> {
         self.head.clone()
+    }
+
+    async fn cursor(&self, name: &str) -> Result<i64, LedgerError> {
+        let key = crate::cursor_key(name);
+        self.read(move |c| rows::meta(c, &key)).await
+    }
+
+    async fn advance_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError> {
+        let name = name.to_owned();
+        self.write(move |e| e.advance_cursor(&name, offset)).await
+    }
+
+    fn leadership(&self) -> watch::Receiver<bool> {
+        self.leadership.clone()
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {

@@ -120,3 +120,12 @@ pub(crate) fn last_offset(conn: &Connection) -> Result<i64, LedgerError> {
         .prepare_cached("SELECT value FROM meta WHERE key = 'last_offset'")?
         .query_row(params![], |r| r.get(0))?)
 }
+
+/// A `meta` value; 0 when the key was never written.
+pub(crate) fn meta(conn: &Connection, key: &str) -> Result<i64, LedgerError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row(params![key], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}

@@ -227,6 +227,16 @@ impl Tx for SqliteTx<'_> {
             .execute(params![micros(before), limit as i64])?)
     }
 
+    fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+            )?
+            .execute(params![crate::cursor_key(name), offset])?;
+        Ok(())
+    }
+
     fn due_reservations(
         &mut self,
         now: DateTime<Utc>,
