@@ -6,6 +6,7 @@
 //!
 //! - [`runtime`]: reads the log, deduplicates, delivers per SKU with retries, commits
 //!   view + marks + checkpoint in one transaction, dead letters, replay, redrive.
+//! - [`source`]: where events come from — the ledger's log, or a bus.
 //! - [`store`]: a consumer's own SQLite file (checkpoint, marks, dead letters).
 //! - [`storefront`]: availability per store and SKU, read by the API.
 //! - [`webhook`]: signed CloudEvents POSTs to an external system.
@@ -16,6 +17,7 @@
 
 mod retry;
 pub mod runtime;
+pub mod source;
 mod stats;
 pub mod store;
 pub mod storefront;
@@ -30,6 +32,7 @@ pub use retry::RetryPolicy;
 pub use runtime::{
     start, ConsumerConfig, ConsumerHandle, ConsumerStatus, ControlError, ReplayFrom,
 };
+pub use source::{DeadLetterNote, EventSource, LedgerSource};
 pub use store::DeadLetter;
 
 /// Why a delivery failed: decides whether it is retried without end or dead-lettered

@@ -1,7 +1,9 @@
 //! The consumer runtime every consumer uses.
 //!
-//! It reads the event log by offset in batches and wakes on the ledger's head
-//! notification (with a fallback poll). Events already applied are skipped (by
+//! It reads events after its position in batches from an [`EventSource`] — the
+//! ledger's log, woken by the ledger's head notification (with a fallback poll), or a
+//! bus that long-polls. A hole in what the source hands out (a bus that lost or aged
+//! out messages) is filled from the ledger's log, the durable record. Events already applied are skipped (by
 //! event_id, and by per-(store, sku) version, so a stale or repeated event never moves
 //! a view backwards). The sink's external effect (an HTTP delivery) runs per SKU in
 //! version order, SKUs in parallel, with retries. Then one transaction of the
@@ -17,14 +19,18 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use invsync_core::CloudEvent;
-use invsync_ledger::Ledger;
+use invsync_ledger::{Ledger, LoggedEvent};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::retry::RetryPolicy;
+use crate::source::{DeadLetterNote, EventSource};
 use crate::stats::Latencies;
 use crate::store::{self, Store, StoreReader};
 use crate::{Failure, Incoming, Sink};
+
+/// How often a source hears that fetched events are still being delivered.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// How one consumer runs.
 #[derive(Debug, Clone)]
@@ -40,8 +46,11 @@ pub struct ConsumerConfig {
     pub retry: RetryPolicy,
     /// Events applied later than this after they occurred count as SLA breaches.
     pub sla: Duration,
-    /// Fallback poll when no head notification arrives.
+    /// Fallback poll when no head notification arrives (how long a bus long-polls).
     pub poll: Duration,
+    /// When given, the consumer works only while it reads `true` (a consumer shared by
+    /// several instances runs on the one that leads).
+    pub active: Option<watch::Receiver<bool>>,
 }
 
 impl ConsumerConfig {
@@ -54,6 +63,7 @@ impl ConsumerConfig {
             retry: RetryPolicy::default(),
             sla: Duration::from_secs(30),
             poll: Duration::from_secs(1),
+            active: None,
         }
     }
 }
@@ -118,6 +128,7 @@ pub struct ConsumerHandle {
     shared: Arc<Mutex<Shared>>,
     /// The ledger's last committed offset, live.
     head: watch::Receiver<i64>,
+    source: Arc<dyn EventSource>,
     reader: StoreReader,
 }
 
@@ -136,7 +147,7 @@ impl ConsumerHandle {
         ConsumerStatus {
             name: self.name.clone(),
             position: s.position,
-            lag_events: (head - s.position).max(0),
+            lag_events: lag_events(self.source.as_ref(), head, s.position),
             lag_seconds: lag_seconds(s.oldest_pending),
             dead_letters: s.dead_letters,
             sync_latency_p50_ms: s.latencies.quantile(0.50),
@@ -187,6 +198,7 @@ pub fn start(
     config: ConsumerConfig,
     sink: Arc<dyn Sink>,
     ledger: Arc<dyn Ledger>,
+    source: Arc<dyn EventSource>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(ConsumerHandle, futures::future::BoxFuture<'static, ()>), String> {
     let store = Store::open(&config.path, sink.schema()).map_err(|e| {
@@ -210,6 +222,7 @@ pub fn start(
         commands,
         shared: shared.clone(),
         head: ledger.subscribe(),
+        source: source.clone(),
         reader: StoreReader::new(config.path.clone(), config.name.clone()),
     };
     let runner = Runner {
@@ -217,6 +230,7 @@ pub fn start(
         config,
         sink,
         ledger,
+        source,
         store: Arc::new(Mutex::new(store)),
         shared,
         commands: rx,
@@ -230,6 +244,7 @@ struct Runner {
     config: ConsumerConfig,
     sink: Arc<dyn Sink>,
     ledger: Arc<dyn Ledger>,
+    source: Arc<dyn EventSource>,
     store: Arc<Mutex<Store>>,
     shared: Arc<Mutex<Shared>>,
     commands: mpsc::Receiver<Command>,
@@ -282,7 +297,7 @@ impl Runner {
     }
 
     async fn run(mut self) {
-        tracing::info!(consumer = %self.config.name, position = self.position, "consumer started");
+        tracing::info!(consumer = %self.config.name, position = self.position, source = self.source.kind(), "consumer started");
         // Counters appear on /metrics from the start, not only after the first breach.
         metrics::counter!("invsync_sla_breaches_total", "consumer" => self.config.name.clone())
             .increment(0);
@@ -295,6 +310,10 @@ impl Runner {
             while let Ok(command) = self.commands.try_recv() {
                 self.handle(command).await;
             }
+            if !self.active() {
+                self.wait(self.config.poll).await;
+                continue;
+            }
             match self.step().await {
                 Ok(Step::Progress) => {
                     failures = 0;
@@ -303,7 +322,9 @@ impl Runner {
                 Ok(Step::Idle) => {
                     failures = 0;
                     self.shared().last_error = None;
-                    self.wait(self.config.poll).await;
+                    if !self.source.long_polls() {
+                        self.wait(self.config.poll).await;
+                    }
                 }
                 Err(StepError::Stopping) => break,
                 Err(StepError::Retry(error)) => {
@@ -322,10 +343,25 @@ impl Runner {
         tracing::info!(consumer = %self.config.name, "consumer stopped");
     }
 
-    /// Waits for new events, a command, shutdown, or `timeout`.
+    /// Whether this consumer is to work now (see [`ConsumerConfig::active`]).
+    fn active(&self) -> bool {
+        self.config.active.as_ref().is_none_or(|a| *a.borrow())
+    }
+
+    /// Waits for new events, a command, shutdown, a change of activity, or `timeout`.
     async fn wait(&mut self, timeout: Duration) {
+        let mut active = self.config.active.clone();
+        let activity = async move {
+            match active.as_mut() {
+                Some(a) => {
+                    let _ = a.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.head.changed() => {}
+            _ = activity => {}
             Some(command) = self.commands.recv() => self.handle(command).await,
             _ = self.shutdown.changed() => {}
             _ = tokio::time::sleep(timeout) => {}
@@ -333,16 +369,15 @@ impl Runner {
     }
 
     async fn step(&mut self) -> Result<Step, StepError> {
-        let page = self
-            .ledger
-            .events(self.position, self.config.batch)
+        let fetched = self
+            .source
+            .fetch(self.position, self.config.batch, self.config.poll)
             .await
-            .map_err(|e| StepError::Retry(e.to_string()))?;
-        if self.position + 1 < page.oldest_offset {
-            self.fell_behind(page.oldest_offset).await?;
+            .map_err(StepError::Retry)?;
+        let Some(events) = self.contiguous(fetched).await? else {
             return Ok(Step::Progress);
-        }
-        let Some(last) = page.events.last().map(|e| e.offset) else {
+        };
+        let Some(last) = events.last().map(|e| e.offset) else {
             self.shared().oldest_pending = None;
             self.publish_gauges();
             return Ok(Step::Idle);
@@ -350,9 +385,9 @@ impl Runner {
 
         // Parse and validate: an event that is not a valid v1 envelope can never be
         // applied, so it goes straight to the dead letters.
-        let mut incoming = Vec::with_capacity(page.events.len());
+        let mut incoming = Vec::with_capacity(events.len());
         let mut invalid = Vec::new();
-        for logged in page.events {
+        for logged in events {
             match CloudEvent::parse(logged.envelope.as_bytes()) {
                 Ok(envelope) => incoming.push(Incoming {
                     offset: logged.offset,
@@ -381,6 +416,12 @@ impl Runner {
         let (dead, batch) = self
             .db(move |store| Ok((commit(store, sink.as_ref(), &batch)?, batch)))
             .await?;
+        // Recorded in our store first: if the source does not hear of it (a crash, the
+        // bus down), it hands the batch out again and the marks skip it.
+        if let Err(error) = self.source.commit(last).await {
+            tracing::debug!(consumer = %self.config.name, %error, "the source did not take the commit; it will redeliver");
+        }
+        self.note_dead_letters(&batch).await;
 
         // Sync latency: from when the change happened to now, when it is applied.
         let applied_at = Utc::now();
@@ -416,12 +457,80 @@ impl Runner {
         Ok(Step::Progress)
     }
 
+    /// Events after the position without a hole. A hole (a bus that lost or aged out
+    /// messages) is filled from the ledger's log; when the log no longer has it either,
+    /// the consumer fell behind retention, which is handled here (`None`).
+    async fn contiguous(
+        &mut self,
+        mut fetched: Vec<LoggedEvent>,
+    ) -> Result<Option<Vec<LoggedEvent>>, StepError> {
+        fetched.retain(|e| e.offset > self.position);
+        let next = self.position + 1;
+        let first = fetched.first().map(|e| e.offset);
+        let behind = *self.head.borrow() > self.position;
+        match first {
+            Some(first) if first > next => {}
+            // Nothing new although the head is ahead: has the log moved past us?
+            None if behind => {}
+            _ => return Ok(Some(fetched)),
+        }
+        let want = first.map_or(1, |f| ((f - next) as usize).min(self.config.batch));
+        let page = self
+            .ledger
+            .events(self.position, want)
+            .await
+            .map_err(|e| StepError::Retry(e.to_string()))?;
+        if next < page.oldest_offset {
+            self.fell_behind(page.oldest_offset).await?;
+            return Ok(None);
+        }
+        let Some(first) = first else {
+            return Ok(Some(fetched));
+        };
+        tracing::warn!(consumer = %self.config.name, from = next, to = first - 1, "the source skipped events; reading them from the ledger's log");
+        let mut events: Vec<LoggedEvent> = page
+            .events
+            .into_iter()
+            .filter(|e| e.offset < first)
+            .collect();
+        if events.last().map(|e| e.offset) == Some(first - 1) {
+            events.extend(fetched);
+        }
+        Ok(Some(events))
+    }
+
+    /// Tells the source about the batch's dead letters (a bus may keep its own).
+    async fn note_dead_letters(&self, batch: &Batch) {
+        let settled = batch.settled.iter().filter_map(|(e, o)| match o {
+            Outcome::Dead { attempts, error } => {
+                Some((e.offset, e.envelope.as_str(), *attempts, error.as_str()))
+            }
+            Outcome::Delivered => None,
+        });
+        let invalid = batch
+            .invalid
+            .iter()
+            .map(|(offset, envelope, error)| (*offset, envelope.as_str(), 1, error.as_str()));
+        for (offset, envelope, attempts, error) in settled.chain(invalid) {
+            let note = DeadLetterNote {
+                consumer: &self.config.name,
+                offset,
+                envelope,
+                attempts,
+                error,
+            };
+            if let Err(e) = self.source.dead_letter(note).await {
+                tracing::warn!(consumer = %self.config.name, log.offset = offset, error = %e, "the bus did not take the dead letter; the consumer's store keeps it");
+            }
+        }
+    }
+
     fn publish_gauges(&self) {
         let status = {
             let s = self.shared();
             let head = *self.head.borrow();
             (
-                (head - s.position).max(0),
+                lag_events(self.source.as_ref(), head, s.position),
                 lag_seconds(s.oldest_pending),
                 s.dead_letters,
             )
@@ -451,18 +560,27 @@ impl Runner {
                 .or_default()
                 .push(i);
         }
-        let results: Vec<Result<Vec<(usize, Outcome)>, StepError>> =
-            futures::stream::iter(by_sku.into_values())
-                .map(|indices| async move {
-                    let mut out = Vec::with_capacity(indices.len());
-                    for i in indices {
-                        out.push((i, self.deliver_one(&events[i]).await?));
-                    }
-                    Ok(out)
-                })
-                .buffer_unordered(self.config.parallelism.max(1))
-                .collect()
-                .await;
+        let work = futures::stream::iter(by_sku.into_values())
+            .map(|indices| async move {
+                let mut out = Vec::with_capacity(indices.len());
+                for i in indices {
+                    out.push((i, self.deliver_one(&events[i]).await?));
+                }
+                Ok(out)
+            })
+            .buffer_unordered(self.config.parallelism.max(1))
+            .collect::<Vec<Result<Vec<(usize, Outcome)>, StepError>>>();
+        // Deliveries may retry for minutes: keep the source from redelivering meanwhile.
+        let keep_alive = async {
+            loop {
+                tokio::time::sleep(KEEP_ALIVE).await;
+                self.source.keep_alive().await;
+            }
+        };
+        let results = tokio::select! {
+            results = work => results,
+            () = keep_alive => Vec::new(),
+        };
         let mut outcomes: Vec<Option<Outcome>> = events.iter().map(|_| None).collect();
         for group in results {
             for (i, outcome) in group? {
@@ -478,6 +596,12 @@ impl Runner {
     /// Delivers one event, retrying per the policy; gives up only into the dead
     /// letters (or when shutting down, leaving the batch to be redone).
     async fn deliver_one(&self, event: &Incoming) -> Result<Outcome, StepError> {
+        if let Some(attempts) = self.source.exhausted(event.offset) {
+            return Ok(Outcome::Dead {
+                attempts,
+                error: format!("handed out {attempts} times by the bus without ever being applied"),
+            });
+        }
         deliver_with_retry(
             self.sink.as_ref(),
             &self.config.retry,
@@ -504,10 +628,15 @@ impl Runner {
                 tx.commit()
             })
             .await?;
-            self.position = position;
-            self.shared().position = position;
-            Ok(())
+            self.moved_to(position).await
         }
+    }
+
+    /// Records a new position (replay, rebuild, fell behind) and tells the source.
+    async fn moved_to(&mut self, position: i64) -> Result<(), StepError> {
+        self.position = position;
+        self.shared().position = position;
+        self.source.rewind(position).await.map_err(StepError::Retry)
     }
 
     /// Replaces the view with a snapshot of the ledger in one transaction (readers see
@@ -547,9 +676,7 @@ impl Runner {
         })
         .await?;
         tracing::info!(consumer = %self.config.name, position, "view rebuilt from a snapshot");
-        self.position = position;
-        self.shared().position = position;
-        Ok(())
+        self.moved_to(position).await
     }
 
     async fn handle(&mut self, command: Command) {
@@ -599,9 +726,9 @@ impl Runner {
         })
         .await
         .map_err(|e| failed(format!("{e:?}")))?;
-        self.position = position;
-        self.shared().position = position;
-        Ok(())
+        self.moved_to(position)
+            .await
+            .map_err(|e| failed(format!("{e:?}")))
     }
 
     async fn redrive(&mut self, id: Uuid) -> Result<(), ControlError> {
@@ -752,6 +879,11 @@ fn commit(store: &mut Store, sink: &dyn Sink, batch: &Batch) -> rusqlite::Result
     store::prune_marks(&tx, batch.keep_marks_from)?;
     tx.commit()?;
     Ok(dead)
+}
+
+/// Events not yet applied: as the bus counts them, or up to the ledger's head.
+fn lag_events(source: &dyn EventSource, head: i64, position: i64) -> i64 {
+    source.pending().unwrap_or((head - position).max(0))
 }
 
 /// Seconds since `oldest_pending` occurred; 0 when nothing is pending.

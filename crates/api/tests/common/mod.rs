@@ -70,6 +70,7 @@ pub async fn spawn_with_storefront() -> App {
         config,
         Arc::new(invsync_consumers::storefront::Storefront),
         ledger.clone(),
+        Arc::new(invsync_consumers::LedgerSource(ledger.clone())),
         stop_rx,
     )
     .expect("start storefront");
