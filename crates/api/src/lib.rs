@@ -64,10 +64,21 @@ impl AppState {
     }
 
     pub fn with_pipeline(ledger: Arc<dyn Ledger>, access: Access, pipeline: Pipeline) -> Self {
+        Self::on_bus(ledger, access, pipeline, "embedded")
+    }
+
+    /// `bus_name`: what distributes the events (`embedded`, `nats`), as `/healthz`
+    /// reports it.
+    pub fn on_bus(
+        ledger: Arc<dyn Ledger>,
+        access: Access,
+        pipeline: Pipeline,
+        bus_name: &'static str,
+    ) -> Self {
         Self(Arc::new(Inner {
             ledger,
             access,
-            bus_name: "embedded",
+            bus_name,
             pipeline,
         }))
     }
@@ -103,9 +114,8 @@ impl AppState {
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
-    use routes::{adjustments, events, health, pipeline, reservations, stock, stream};
-    telemetry::init();
-    Router::new()
+    use routes::{adjustments, events, reservations, stock, stream};
+    let api = Router::new()
         .route("/v1/stock", get(stock::list))
         .route("/v1/stock/snapshot", get(stock::snapshot))
         .route("/v1/stock/{store_id}/{sku}", get(stock::get_one))
@@ -129,6 +139,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(stream::stream))
+        .route("/openapi.json", get(routes::health::openapi));
+    finish(api.merge(pipeline_routes()), state)
+}
+
+/// The routes of a consumer running as its own process (`invsync consume`): its
+/// status, replay and dead letters, the storefront reads, health and metrics — no
+/// ledger writes.
+pub fn consumer_router(state: AppState) -> Router {
+    finish(pipeline_routes(), state)
+}
+
+fn pipeline_routes() -> Router<AppState> {
+    use routes::{health, pipeline};
+    Router::new()
         .route(
             "/v1/storefront/availability/{sku}",
             get(pipeline::availability),
@@ -142,7 +166,12 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(health::openapi))
+}
+
+/// The fallbacks and layers every router gets.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    telemetry::init();
+    routes
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -166,10 +195,10 @@ pub fn router(state: AppState) -> Router {
 /// requests and returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: AppState,
+    router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }

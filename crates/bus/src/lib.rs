@@ -98,8 +98,23 @@ impl NatsBus {
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(3))
             .max_reconnects(None)
+            // Back off to at most a second: events resume flowing soon after NATS
+            // returns, well inside the visibility SLA.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(50 * 2u64.pow(attempts.min(5) as u32))
+                    .min(Duration::from_secs(1))
+            })
             .event_callback(|event| async move {
-                tracing::info!(%event, "NATS connection event");
+                match event {
+                    async_nats::Event::Connected | async_nats::Event::Disconnected => {
+                        tracing::info!(%event, "NATS connection");
+                    }
+                    // Reconnect attempts fail every backoff step while NATS is down.
+                    async_nats::Event::ClientError(e) => {
+                        tracing::debug!(error = %e, "NATS connection");
+                    }
+                    other => tracing::warn!(event = %other, "NATS connection"),
+                }
             })
             .connect(url.as_str())
             .await

@@ -23,6 +23,9 @@ use invsync_ledger::LoggedEvent;
 
 use crate::{subject, BusError, NatsBus, OFFSET_HEADER};
 
+/// How much longer than its own expiry a pull may take before it counts as lost.
+const PULL_MARGIN: Duration = Duration::from_secs(5);
+
 pub struct NatsSource {
     bus: NatsBus,
     durable: String,
@@ -124,8 +127,21 @@ impl NatsSource {
         Ok(lo)
     }
 
-    /// Waits up to `wait` for one message, then takes whatever else is ready.
+    /// Waits up to `wait` for one message, then takes whatever else is ready. The
+    /// server ends each pull; if the connection drops meanwhile nobody will, so the
+    /// whole pull is also bounded here.
     async fn pull(
+        &self,
+        consumer: &PullConsumer,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Message>, BusError> {
+        tokio::time::timeout(wait + PULL_MARGIN, self.pull_unbounded(consumer, max, wait))
+            .await
+            .map_err(|_| BusError::Nats("a pull got no answer from the server".into()))?
+    }
+
+    async fn pull_unbounded(
         &self,
         consumer: &PullConsumer,
         max: usize,

@@ -39,9 +39,12 @@ pub struct ServeArgs {
     /// `sqlite://PATH` (default: ledger.db in the data dir).
     #[arg(long, env = "INVSYNC_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
-    /// `embedded` (default).
+    /// `embedded` (default: the ledger's own log) or `nats://HOST:PORT` (JetStream).
     #[arg(long, env = "INVSYNC_BUS", value_name = "URL")]
     pub bus: Option<String>,
+    /// The JetStream stream of events (default INVSYNC_EVENTS).
+    #[arg(long, env = "INVSYNC_BUS_STREAM", value_name = "NAME")]
+    pub bus_stream: Option<String>,
     /// Event retention, e.g. 7d, 36h, 90s (default 7d).
     #[arg(long, env = "INVSYNC_RETENTION", value_name = "DUR")]
     pub retention: Option<String>,
@@ -82,6 +85,7 @@ struct FileConfig {
     listen: Option<String>,
     database_url: Option<String>,
     bus: Option<String>,
+    bus_stream: Option<String>,
     retention: Option<String>,
     sla: Option<String>,
     webhook_url: Option<String>,
@@ -114,6 +118,15 @@ impl std::fmt::Debug for Webhook {
     }
 }
 
+/// Where events are distributed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bus {
+    /// The ledger's own event log.
+    Embedded,
+    /// NATS JetStream: the server URL and the stream name.
+    Nats { url: String, stream: String },
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub enum Database {
     Sqlite(PathBuf),
@@ -136,6 +149,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub database: Database,
+    pub bus: Bus,
     pub retention: Duration,
     pub sla: Duration,
     pub webhook: Option<Webhook>,
@@ -171,16 +185,17 @@ impl Config {
             None => Database::Sqlite(data_dir.join("ledger.db")),
             Some(url) => parse_database_url(&url)?,
         };
-        let bus = args
-            .bus
-            .or(file.bus)
-            .unwrap_or_else(|| "embedded".to_owned());
-        if bus != "embedded" {
-            return Err(bad(
-                "bus",
-                format!("{bus:?} is not supported by this build; use `embedded`"),
-            ));
-        }
+        let stream = args
+            .bus_stream
+            .or(file.bus_stream)
+            .unwrap_or_else(|| "INVSYNC_EVENTS".to_owned());
+        let bus = parse_bus(
+            &args
+                .bus
+                .or(file.bus)
+                .unwrap_or_else(|| "embedded".to_owned()),
+            stream,
+        )?;
         let retention = duration("retention", args.retention.or(file.retention), "7d")?;
         let sla = duration("sla", args.sla.or(file.sla), "30s")?;
         let webhook = match (
@@ -230,6 +245,7 @@ impl Config {
             data_dir,
             listen,
             database,
+            bus,
             retention,
             sla,
             webhook,
@@ -245,6 +261,36 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| bad("config", format!("{}: {}", path.display(), e.message())))
+}
+
+fn parse_bus(url: &str, stream: String) -> Result<Bus, ConfigError> {
+    if url == "embedded" {
+        return Ok(Bus::Embedded);
+    }
+    let Some(rest) = url.strip_prefix("nats://") else {
+        return Err(bad(
+            "bus",
+            format!("{url:?} is not `embedded` or a nats://HOST:PORT URL"),
+        ));
+    };
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(bad("bus", format!("{url:?} has no valid host")));
+    }
+    if stream.is_empty()
+        || stream.len() > 64
+        || !stream
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(bad(
+            "bus-stream",
+            format!("{stream:?} must be 1 to 64 letters, digits, '_' or '-'"),
+        ));
+    }
+    Ok(Bus::Nats {
+        url: url.to_owned(),
+        stream,
+    })
 }
 
 fn parse_database_url(url: &str) -> Result<Database, ConfigError> {
@@ -299,6 +345,22 @@ mod tests {
         assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
         assert_eq!(c.sla, Duration::from_secs(30));
         assert_eq!(c.max_batch, 256);
+        assert_eq!(c.bus, Bus::Embedded);
+    }
+
+    #[test]
+    fn a_nats_bus_is_chosen_by_url() {
+        let args = ServeArgs {
+            bus: Some("nats://127.0.0.1:4222".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::resolve(args).unwrap().bus,
+            Bus::Nats {
+                url: "nats://127.0.0.1:4222".into(),
+                stream: "INVSYNC_EVENTS".into()
+            }
+        );
     }
 
     #[test]
@@ -318,7 +380,29 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: [(ServeArgs, &str); 7] = [
+        let cases: [(ServeArgs, &str); 10] = [
+            (
+                ServeArgs {
+                    bus: Some("kafka://x".into()),
+                    ..Default::default()
+                },
+                "bus",
+            ),
+            (
+                ServeArgs {
+                    bus: Some("nats://".into()),
+                    ..Default::default()
+                },
+                "bus",
+            ),
+            (
+                ServeArgs {
+                    bus: Some("nats://h:4222".into()),
+                    bus_stream: Some("has.dot".into()),
+                    ..Default::default()
+                },
+                "bus-stream",
+            ),
             (
                 ServeArgs {
                     listen: Some("nowhere".into()),

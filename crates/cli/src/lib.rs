@@ -42,6 +42,15 @@ pub struct Cli {
 enum Command {
     /// Run the server (embedded SQLite ledger by default).
     Serve(ServeArgs),
+    /// Run one built-in consumer as its own process, with the same configuration as
+    /// `serve` (its HTTP address defaults to 127.0.0.1:8081 and serves only the
+    /// consumer's status, storefront reads, health and metrics).
+    Consume {
+        #[arg(value_enum)]
+        consumer: serve::Builtin,
+        #[command(flatten)]
+        args: ServeArgs,
+    },
     /// Show stock: `stock STORE SKU`, `stock --sku SKU` or `stock --store STORE`.
     Stock {
         store: Option<String>,
@@ -221,7 +230,16 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => {
+        Command::Serve(_) | Command::Consume { .. } => {
+            let (args, consumer) = match cli.command {
+                Command::Consume { consumer, mut args } => {
+                    args.listen
+                        .get_or_insert_with(|| "127.0.0.1:8081".to_owned());
+                    (args, Some(consumer))
+                }
+                Command::Serve(args) => (args, None),
+                _ => return ExitCode::FAILURE,
+            };
             let config = match Config::resolve(args) {
                 Ok(c) => c,
                 Err(e) => {
@@ -230,12 +248,21 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             };
             init_logging(config.log_format);
-            match runtime.block_on(serve::run(config)) {
+            let run = async move {
+                match consumer {
+                    None => serve::run(config).await,
+                    Some(which) => serve::consume(config, which).await,
+                }
+            };
+            match runtime.block_on(run) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("invsync: {e:#}");
-                    if e.to_string().starts_with("listen:") || e.to_string().starts_with("tokens:")
+                    let text = e.to_string();
+                    if ["listen:", "tokens:", "webhook-url:"]
+                        .iter()
+                        .any(|key| text.starts_with(key))
                     {
                         ExitCode::from(2)
                     } else {
@@ -623,7 +650,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
                 }
             });
         }
-        Command::Serve(_) | Command::Token { .. } | Command::Bench(_) => {
+        Command::Serve(_) | Command::Consume { .. } | Command::Token { .. } | Command::Bench(_) => {
             return Err(ClientError::Usage("not a client command".into()))
         }
     }

@@ -1,21 +1,22 @@
-//! `invsync serve`: opens the ledger, then runs the HTTP server, the built-in consumers
-//! (storefront projection, webhook connector), the expiry sweeper, the retention
-//! janitor and the gauges under one supervisor until SIGTERM/Ctrl-C, then drains and
-//! exits.
+//! `invsync serve`: opens the ledger (and connects the bus), then runs the HTTP
+//! server, the built-in consumers (storefront projection, webhook connector), the
+//! relay to NATS when that is the bus, the expiry sweeper, the retention janitor and
+//! the gauges under one supervisor until SIGTERM/Ctrl-C, then drains and exits.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use invsync_api::{Access, AppState, Pipeline};
+use invsync_bus::{BusRelay, NatsBus, NatsConfig, NatsSource};
 use invsync_consumers::storefront::{Storefront, StorefrontReader};
 use invsync_consumers::webhook::{Webhook, WebhookConfig};
-use invsync_consumers::ConsumerConfig;
+use invsync_consumers::{ConsumerConfig, EventSource, LedgerSource};
 use invsync_ledger::{Ledger, PgConfig, PgLedger, SqliteConfig, SqliteLedger, SystemClock};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, Database};
+use crate::config::{Bus, Config, Database};
 
 /// How often the sweeper releases reservations whose TTL ran out. A reservation is
 /// released at most this long after its `expires_at`.
@@ -24,7 +25,37 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the gauges no request updates are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// A built-in consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Builtin {
+    Storefront,
+    Webhook,
+}
+
+/// What this process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// `invsync serve`: the API, the relay, the built-in consumers, the sweepers.
+    Server,
+    /// `invsync consume NAME`: one consumer as its own process, with its status,
+    /// storefront reads and metrics over HTTP.
+    Consumer(Builtin),
+}
+
+/// `invsync serve`.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    run_as(config, Role::Server).await
+}
+
+/// `invsync consume NAME`.
+pub async fn consume(config: Config, which: Builtin) -> anyhow::Result<()> {
+    if which == Builtin::Webhook && config.webhook.is_none() {
+        anyhow::bail!("webhook-url: `consume webhook` needs --webhook-url and --webhook-secret");
+    }
+    run_as(config, Role::Consumer(which)).await
+}
+
+async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
     // Metrics first: tasks started below record from their first moment.
     invsync_api::telemetry::init();
     let access = match &config.tokens {
@@ -40,29 +71,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.listen
         ),
     };
-    let ledger: Arc<dyn Ledger> = match &config.database {
-        Database::Sqlite(path) => {
-            let mut sqlite = SqliteConfig::new(path);
-            sqlite.max_batch = config.max_batch;
-            sqlite.source = config.source.clone();
-            let ledger = SqliteLedger::open(sqlite, Arc::new(SystemClock))
-                .with_context(|| format!("opening the ledger at {}", path.display()))?;
-            tracing::info!(db.path = %path.display(), max_batch = config.max_batch, "ledger open (SQLite, WAL, synchronous=FULL)");
-            Arc::new(ledger)
-        }
-        Database::Postgres(url) => {
-            let mut pg = PgConfig::new(url.clone());
-            pg.source = config.source.clone();
-            // The sync PostgreSQL client connects on a blocking thread.
-            let ledger =
-                tokio::task::spawn_blocking(move || PgLedger::open(pg, Arc::new(SystemClock)))
-                    .await
-                    .context("opening the PostgreSQL ledger")?
-                    .context("opening the PostgreSQL ledger")?;
-            tracing::info!("ledger open (PostgreSQL, row locks, transactional outbox, relay)");
-            Arc::new(ledger)
-        }
-    };
+    // A consumer process reads the ledger (snapshots, gap fills) but never leads the
+    // relay: that stays with the servers.
+    let ledger = open_ledger(&config, role == Role::Server).await?;
+    let bus = connect_bus(&config).await?;
     // Signal handlers go in before the server says it is listening, so a SIGTERM
     // that follows the announcement always finds them.
     let signals = ShutdownSignals::install().context("installing signal handlers")?;
@@ -80,11 +92,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = signal_stop.send(true);
     });
 
-    let mut tasks: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
-    let pipeline = start_consumers(&config, &ledger, &stop_rx, &mut tasks)?;
-    let state = AppState::with_pipeline(ledger.clone(), access, pipeline);
-    let http = invsync_api::serve(listener, state, stopped(stop_rx.clone()));
+    let mut tasks = Tasks::new();
+    if let (Some(bus), Role::Server) = (&bus, role) {
+        let (relay, _) = BusRelay::new(bus.clone(), ledger.clone());
+        let stop = stop_rx.clone();
+        tasks.spawn(async move { ("bus relay", relay.run(stop).await) });
+    }
+    let pipeline = start_consumers(&config, &ledger, bus.as_ref(), role, &stop_rx, &mut tasks)?;
+    let bus_name = if bus.is_some() { "nats" } else { "embedded" };
+    let state = AppState::on_bus(ledger.clone(), access, pipeline, bus_name);
+    let router = match role {
+        Role::Server => invsync_api::router(state),
+        Role::Consumer(_) => invsync_api::consumer_router(state),
+    };
+    let http = invsync_api::serve(listener, router, stopped(stop_rx.clone()));
     tasks.spawn(async move { ("HTTP server", http.await.map_err(|e| e.to_string())) });
+    if role == Role::Server {
+        spawn_housekeeping(&config, &ledger, bus.as_ref(), &stop_rx, &mut tasks);
+    }
+    supervise(tasks, stop_tx, stop_rx).await?;
+    if role == Role::Server {
+        // Let the relay move what was committed before stopping (PostgreSQL).
+        if let Err(e) = ledger.flush(Duration::from_secs(5)).await {
+            tracing::warn!(error = %e, "stopping with events still in the outbox; the next relay moves them");
+        }
+    }
+    ledger.shutdown().await;
+    tracing::info!("invsync stopped");
+    Ok(())
+}
+
+/// The expiry sweeper, the retention janitor and the gauges.
+fn spawn_housekeeping(
+    config: &Config,
+    ledger: &Arc<dyn Ledger>,
+    bus: Option<&NatsBus>,
+    stop_rx: &watch::Receiver<bool>,
+    tasks: &mut Tasks,
+) {
     let (l, s) = (ledger.clone(), stop_rx.clone());
     tasks.spawn(async move {
         (
@@ -100,16 +145,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             every(janitor_every, s, || purge(l.clone(), retention)).await,
         )
     });
-    let (l, s) = (ledger.clone(), stop_rx.clone());
+    let (l, s, b) = (ledger.clone(), stop_rx.clone(), bus.cloned());
     tasks.spawn(async move {
         (
             "gauges",
-            every(GAUGE_INTERVAL, s, || gauges(l.clone())).await,
+            every(GAUGE_INTERVAL, s, || gauges(l.clone(), b.clone())).await,
         )
     });
+}
 
-    // The supervisor: a task that ends before shutdown was requested is a failure; say
-    // which and why, then stop the others. After a request every task ends by itself.
+type Tasks = JoinSet<(&'static str, Result<(), String>)>;
+
+/// The supervisor: a task that ends before shutdown was requested is a failure; say
+/// which and why, then stop the others. After a request every task ends by itself.
+async fn supervise(
+    mut tasks: Tasks,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
         let stopping = *stop_rx.borrow();
@@ -125,61 +178,150 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         }
     }
-    // Let the relay move what was committed before stopping (PostgreSQL).
-    if let Err(e) = ledger.flush(Duration::from_secs(5)).await {
-        tracing::warn!(error = %e, "stopping with events still in the outbox; the next relay moves them");
-    }
-    ledger.shutdown().await;
-    tracing::info!("invsync stopped");
     match failure {
         None => Ok(()),
         Some(why) => Err(anyhow::anyhow!(why)),
     }
 }
 
+/// Opens the ledger the configuration names. `relay`: whether this process takes part
+/// in relay leadership (PostgreSQL; a `consume` process does not).
+pub(crate) async fn open_ledger(config: &Config, relay: bool) -> anyhow::Result<Arc<dyn Ledger>> {
+    Ok(match &config.database {
+        Database::Sqlite(path) => {
+            let mut sqlite = SqliteConfig::new(path);
+            sqlite.max_batch = config.max_batch;
+            sqlite.source = config.source.clone();
+            let ledger = SqliteLedger::open(sqlite, Arc::new(SystemClock))
+                .with_context(|| format!("opening the ledger at {}", path.display()))?;
+            tracing::info!(db.path = %path.display(), max_batch = config.max_batch, "ledger open (SQLite, WAL, synchronous=FULL)");
+            Arc::new(ledger)
+        }
+        Database::Postgres(url) => {
+            let mut pg = PgConfig::new(url.clone());
+            pg.source = config.source.clone();
+            pg.relay = relay;
+            // The sync PostgreSQL client connects on a blocking thread.
+            let ledger =
+                tokio::task::spawn_blocking(move || PgLedger::open(pg, Arc::new(SystemClock)))
+                    .await
+                    .context("opening the PostgreSQL ledger")?
+                    .context("opening the PostgreSQL ledger")?;
+            tracing::info!("ledger open (PostgreSQL, row locks, transactional outbox, relay)");
+            Arc::new(ledger)
+        }
+    })
+}
+
+/// Connects the NATS bus when it is configured (in the background: the server starts
+/// and takes reservations while NATS is down).
+pub(crate) async fn connect_bus(config: &Config) -> anyhow::Result<Option<NatsBus>> {
+    let Bus::Nats { url, stream } = &config.bus else {
+        return Ok(None);
+    };
+    let mut nats = NatsConfig::new(url.clone());
+    nats.stream = stream.clone();
+    nats.retention = config.retention;
+    let bus = NatsBus::connect(nats).await.context("bus")?;
+    tracing::info!(bus.url = %url, bus.stream = %stream, "event bus: NATS JetStream");
+    Ok(Some(bus))
+}
+
+/// Where a consumer reads: the ledger's log, or its durable consumer on the bus.
+fn source(
+    ledger: &Arc<dyn Ledger>,
+    bus: Option<&NatsBus>,
+    durable: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<Arc<dyn EventSource>> {
+    Ok(match bus {
+        None => Arc::new(LedgerSource(ledger.clone())),
+        Some(bus) => Arc::new(NatsSource::new(bus.clone(), durable()?)),
+    })
+}
+
+/// This data dir's instance id (made on first use): names the bus consumers that
+/// belong to one instance, such as its storefront view.
+pub(crate) fn instance_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("instance-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("data-dir: cannot create {}", data_dir.display()))?;
+    let id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
 /// Starts the built-in consumers: the storefront projection always, the webhook
 /// connector when configured. Each keeps its state in its own file in the data dir.
+///
+/// On NATS each instance's storefront has its own durable consumer (its own view),
+/// while the webhook connector is one durable consumer shared by all instances and
+/// works only on the instance that leads the relay: two instances pulling from one
+/// durable would split a SKU's events between them and break its order.
 fn start_consumers(
     config: &Config,
     ledger: &Arc<dyn Ledger>,
+    bus: Option<&NatsBus>,
+    role: Role,
     stop: &watch::Receiver<bool>,
-    tasks: &mut JoinSet<(&'static str, Result<(), String>)>,
+    tasks: &mut Tasks,
 ) -> anyhow::Result<Pipeline> {
+    let runs = |b: Builtin| match role {
+        Role::Server => true,
+        Role::Consumer(only) => only == b,
+    };
     let consumer = |name: &str| {
         let mut c = ConsumerConfig::new(name, config.data_dir.join(format!("{name}.db")));
         c.sla = config.sla;
         c
     };
-    let (storefront, run) = invsync_consumers::start(
-        consumer("storefront"),
-        Arc::new(Storefront),
-        ledger.clone(),
-        stop.clone(),
-    )
-    .map_err(|e| anyhow::anyhow!(e))?;
-    tasks.spawn(async move {
-        run.await;
-        ("storefront consumer", Ok(()))
-    });
     let mut pipeline = Pipeline {
         sla: config.sla,
-        consumers: vec![storefront.clone()],
-        storefront: Some((
+        ..Pipeline::default()
+    };
+    if runs(Builtin::Storefront) {
+        let (storefront, run) = invsync_consumers::start(
+            consumer("storefront"),
+            Arc::new(Storefront),
+            ledger.clone(),
+            source(ledger, bus, || {
+                Ok(format!("storefront-{}", instance_id(&config.data_dir)?))
+            })?,
+            stop.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        tasks.spawn(async move {
+            run.await;
+            ("storefront consumer", Ok(()))
+        });
+        pipeline.consumers.push(storefront.clone());
+        pipeline.storefront = Some((
             StorefrontReader::new(storefront.reader().clone()),
             storefront,
-        )),
-    };
-    if let Some(webhook) = &config.webhook {
+        ));
+    }
+    if let Some(webhook) = config.webhook.as_ref().filter(|_| runs(Builtin::Webhook)) {
         let sink = Webhook::new(WebhookConfig {
             url: webhook.url.clone(),
             secret: webhook.secret.clone(),
             timeout: Duration::from_secs(10),
         })
         .map_err(|e| anyhow::anyhow!(e))?;
+        let mut webhook_config = consumer("webhook");
+        // A `consume webhook` process is the one connector by the operator's choice.
+        if bus.is_some() && role == Role::Server {
+            webhook_config.active = Some(ledger.leadership());
+        }
         let (handle, run) = invsync_consumers::start(
-            consumer("webhook"),
+            webhook_config,
             Arc::new(sink),
             ledger.clone(),
+            source(ledger, bus, || Ok("webhook".to_owned()))?,
             stop.clone(),
         )
         .map_err(|e| anyhow::anyhow!(e))?;
@@ -233,23 +375,55 @@ async fn purge(ledger: Arc<dyn Ledger>, retention: Duration) {
 }
 
 /// Gauges that no request path updates.
-async fn gauges(ledger: Arc<dyn Ledger>) {
-    // On SQLite a committed event is in the log (the embedded bus) at once; on
-    // PostgreSQL it waits in the outbox until the relay moves it.
-    match ledger.outbox().await {
-        Ok((pending, age)) => {
-            metrics::gauge!("invsync_outbox_backlog").set(pending as f64);
-            metrics::gauge!("invsync_outbox_oldest_age_seconds").set(age);
+async fn gauges(ledger: Arc<dyn Ledger>, bus: Option<NatsBus>) {
+    // Committed but not yet on the bus: on PostgreSQL what waits in the outbox for the
+    // relay, and with NATS also what the log holds past the bus cursor.
+    let outbox = ledger.outbox().await;
+    let unpublished = match &bus {
+        None => Ok((0, 0.0)),
+        Some(bus) => unpublished(ledger.as_ref(), bus).await,
+    };
+    match (outbox, unpublished) {
+        (Ok((pending, age)), Ok((more, more_age))) => {
+            metrics::gauge!("invsync_outbox_backlog").set((pending + more) as f64);
+            metrics::gauge!("invsync_outbox_oldest_age_seconds").set(age.max(more_age));
         }
-        Err(e) => tracing::warn!(error = %e, "cannot measure the outbox"),
+        (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "cannot measure the outbox"),
     }
     // The embedded bus is up whenever the ledger is.
-    let up = ledger.ping().await.is_ok();
+    let up = match &bus {
+        None => ledger.ping().await.is_ok(),
+        Some(bus) => bus.up().await,
+    };
     metrics::gauge!("invsync_bus_up").set(if up { 1.0 } else { 0.0 });
     match ledger.shortages().await {
         Ok(n) => metrics::gauge!("invsync_stock_shortages").set(n as f64),
         Err(e) => tracing::warn!(error = %e, "cannot count shortages"),
     }
+}
+
+/// Events in the log past the bus cursor, and the age in seconds of the oldest.
+async fn unpublished(
+    ledger: &dyn Ledger,
+    bus: &NatsBus,
+) -> Result<(i64, f64), invsync_ledger::LedgerError> {
+    let cursor = ledger.cursor(&BusRelay::cursor_name(bus)).await?;
+    let head = *ledger.subscribe().borrow();
+    if head <= cursor {
+        return Ok((0, 0.0));
+    }
+    let page = ledger.events(cursor, 1).await?;
+    let age = page
+        .events
+        .first()
+        .and_then(|e| invsync_core::CloudEvent::parse(e.envelope.as_bytes()).ok())
+        .map_or(0.0, |e| {
+            (chrono::Utc::now() - e.data.occurred_at)
+                .num_milliseconds()
+                .max(0) as f64
+                / 1000.0
+        });
+    Ok((head - cursor, age))
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

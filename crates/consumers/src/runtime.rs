@@ -881,9 +881,15 @@ fn commit(store: &mut Store, sink: &dyn Sink, batch: &Batch) -> rusqlite::Result
     Ok(dead)
 }
 
-/// Events not yet applied: as the bus counts them, or up to the ledger's head.
+/// Events not yet applied: up to the ledger's head, or what the bus holds for the
+/// consumer when that is more. Both are lower bounds — the bus does not count events
+/// still on their way to it, and the head moves on other instances' commits — so the
+/// larger one is the honest figure.
 fn lag_events(source: &dyn EventSource, head: i64, position: i64) -> i64 {
-    source.pending().unwrap_or((head - position).max(0))
+    let behind = (head - position).max(0);
+    source
+        .pending()
+        .map_or(behind, |pending| pending.max(behind))
 }
 
 /// Seconds since `oldest_pending` occurred; 0 when nothing is pending.

@@ -266,11 +266,31 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Stops the server by its pid (SIGKILL) to inject an outage.
+    /// Stops the server by its pid (SIGKILL) to inject a crash. NATS 2.9 acknowledges
+    /// a publish before it reaches disk, so a crash may lose the last messages.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Stops the server by its pid with SIGTERM, letting it flush its store: an
+    /// outage (maintenance, a network cut), not a crash.
+    pub fn shut_down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again after [`stop`](Self::stop) or [`shut_down`](Self::shut_down),
+    /// on the same port and store directory.
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.launch();
         }
     }
 

@@ -129,7 +129,11 @@ async fn serve(
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(invsync_api::serve(listener, state, std::future::pending()));
+    tokio::spawn(invsync_api::serve(
+        listener,
+        invsync_api::router(state),
+        std::future::pending(),
+    ));
     App {
         url,
         http: reqwest::Client::builder()

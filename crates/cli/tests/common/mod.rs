@@ -10,18 +10,32 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod receiver;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_invsync");
 
 /// A server process on a free port; killed by its pid (through the handle) on drop.
 pub struct Server {
     pub child: Child,
     pub url: String,
+    /// Everything the process wrote to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::run(&["serve"], data_dir, extra)
+    }
+
+    /// `invsync consume NAME` as its own process.
+    pub fn consume(name: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::run(&["consume", name], data_dir, extra)
+    }
+
+    fn run(command: &[&str], data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(command)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info")
@@ -59,6 +73,7 @@ impl Server {
         Self {
             child,
             url: format!("http://{addr}"),
+            log,
         }
     }
 
@@ -152,6 +167,27 @@ pub async fn storefront_caught_up(http: &reqwest::Client, url: &str) -> bool {
         .iter()
         .filter(|c| c["name"] == "storefront")
         .all(|c| c["lag_events"] == 0)
+}
+
+/// The value of an unlabelled metric on `/metrics`.
+pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A private NATS server with JetStream, or `None` to skip loudly.
+pub async fn private_nats() -> Option<invsync_testkit::Nats> {
+    tokio::task::spawn_blocking(invsync_testkit::Nats::start)
+        .await
+        .expect("start task")
 }
 
 /// A private PostgreSQL (started on a blocking thread), or `None` to skip the test

@@ -1,0 +1,155 @@
+//! A webhook receiver that checks what invsync sends (signature, headers) with its
+//! own code, and records what it accepted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+use super::BIN;
+
+pub const SECRET: &str = "test-webhook-secret-0123";
+/// What the receiver saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Accepted deliveries in arrival order: (event_id, store, sku, version).
+    pub accepted: Vec<(String, String, String, i64)>,
+    pub requests: usize,
+    pub bad_signatures: usize,
+}
+
+/// How the receiver answers.
+#[derive(Debug, Default)]
+pub struct Behaviour {
+    /// 503 until then.
+    pub unavailable_until: Option<Instant>,
+    /// 422 for events whose `external_ref` is this.
+    pub reject_ref: Option<String>,
+    /// Pause before answering (a slow receiver).
+    pub delay: Duration,
+}
+
+#[derive(Clone, Default)]
+pub struct Receiver {
+    pub seen: Arc<Mutex<Seen>>,
+    pub behaviour: Arc<Mutex<Behaviour>>,
+}
+
+impl Receiver {
+    pub async fn start(self) -> String {
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(self);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    pub fn accepted_ids(&self) -> HashSet<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .accepted
+            .iter()
+            .map(|a| a.0.clone())
+            .collect()
+    }
+}
+
+async fn receive(
+    State(r): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    let (delay, unavailable, reject) = {
+        let b = r.behaviour.lock().unwrap();
+        (
+            b.delay,
+            b.unavailable_until.is_some_and(|t| Instant::now() < t),
+            b.reject_ref.clone(),
+        )
+    };
+    tokio::time::sleep(delay).await;
+    // Verify independently of invsync's own code: HMAC-SHA256 of the exact body.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let event: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let mut seen = r.seen.lock().unwrap();
+    seen.requests += 1;
+    let signed = headers
+        .get("x-invsync-signature")
+        .and_then(|v| v.to_str().ok())
+        == Some(expected.as_str());
+    let id_matches = headers
+        .get("x-invsync-event-id")
+        .and_then(|v| v.to_str().ok())
+        == event["id"].as_str();
+    let cloudevents = headers.get("content-type").and_then(|v| v.to_str().ok())
+        == Some("application/cloudevents+json");
+    if !(signed && id_matches && cloudevents) {
+        seen.bad_signatures += 1;
+        return (StatusCode::UNAUTHORIZED, "bad signature");
+    }
+    if unavailable {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance");
+    }
+    let d = &event["data"];
+    if reject.is_some() && d["external_ref"].as_str() == reject.as_deref() {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "unknown location");
+    }
+    seen.accepted.push((
+        event["id"].as_str().unwrap().to_owned(),
+        d["store_id"].as_str().unwrap().to_owned(),
+        d["product_sku"].as_str().unwrap().to_owned(),
+        d["version"].as_i64().unwrap(),
+    ));
+    (StatusCode::OK, "ok")
+}
+
+pub fn webhook_flags(url: &str) -> Vec<String> {
+    vec![
+        "--webhook-url".into(),
+        url.into(),
+        "--webhook-secret".into(),
+        SECRET.into(),
+    ]
+}
+
+pub fn args(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
+}
+
+/// Every accepted delivery of each (store, sku) came in version order.
+pub fn assert_per_sku_order(seen: &Seen) {
+    let mut last: HashMap<(String, String), i64> = HashMap::new();
+    for (_, store, sku, version) in &seen.accepted {
+        let previous = last
+            .insert((store.clone(), sku.clone()), *version)
+            .unwrap_or(0);
+        assert!(
+            *version > previous,
+            "{store}/{sku}: version {version} delivered after {previous}"
+        );
+    }
+}
+
+/// Runs `invsync check` against the server and requires it to pass.
+pub fn assert_check_passes(url: &str) {
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--url", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
