@@ -26,8 +26,10 @@ pub enum Workload {
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// The server, or several instances separated by commas: clients are spread over
+    /// them round-robin (seeding and checks use the first).
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    pub url: Vec<String>,
     #[arg(long, env = "INVSYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     #[arg(long, value_enum, default_value = "spread")]
@@ -196,14 +198,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
     if args.clients == 0 || args.stores == 0 || args.skus == 0 {
         bail!("--clients, --stores and --skus must be at least 1");
     }
-    let target = Arc::new(Target {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(args.clients)
-            .tcp_nodelay(true)
-            .build()?,
-        url: args.url.trim_end_matches('/').to_owned(),
-        token: args.token.clone(),
-    });
+    if args.url.is_empty() {
+        bail!("--url needs at least one server");
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .tcp_nodelay(true)
+        .build()?;
+    let targets: Vec<Arc<Target>> = args
+        .url
+        .iter()
+        .map(|url| {
+            Arc::new(Target {
+                http: http.clone(),
+                url: url.trim_end_matches('/').to_owned(),
+                token: args.token.clone(),
+            })
+        })
+        .collect();
+    let target = targets[0].clone();
     let (stores, skus) = match args.workload {
         Workload::Spread => (args.stores, args.skus),
         Workload::Hot => (1, 1),
@@ -221,7 +234,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
     let mut tasks = Vec::with_capacity(args.clients);
     for client in 0..args.clients {
         let empty = empty.clone();
-        let target = target.clone();
+        let target = targets[client % targets.len()].clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = empty.clone();
             let mut answers: BTreeMap<String, u64> = BTreeMap::new();
