@@ -141,30 +141,34 @@ impl NatsBus {
     /// configured retention and duplicate window. Safe to run from several instances.
     pub async fn ensure_streams(&self) -> Result<(), BusError> {
         let c = &self.config;
-        // NATS requires the duplicate window to fit in MaxAge.
-        let window = c.duplicate_window.min(c.retention);
-        self.ensure(stream::Config {
-            name: c.stream.clone(),
-            description: Some("invsync inventory sync events (events.md)".into()),
-            subjects: vec![format!("{}.>", subject::EVENTS_PREFIX)],
-            max_age: c.retention,
-            storage: stream::StorageType::File,
-            duplicate_window: window,
-            num_replicas: 1,
-            ..Default::default()
-        })
+        self.ensure(self.stream_config(
+            &c.stream,
+            "invsync inventory sync events (events.md)",
+            subject::EVENTS_PREFIX,
+        ))
         .await?;
-        self.ensure(stream::Config {
-            name: c.dlq_stream.clone(),
-            description: Some("invsync consumers' dead letters".into()),
-            subjects: vec![format!("{}.>", subject::DLQ_PREFIX)],
+        self.ensure(self.stream_config(
+            &c.dlq_stream,
+            "invsync consumers' dead letters",
+            subject::DLQ_PREFIX,
+        ))
+        .await
+    }
+
+    /// A stream of `prefix.>`: file storage, `MaxAge` = the retention.
+    fn stream_config(&self, name: &str, description: &str, prefix: &str) -> stream::Config {
+        let c = &self.config;
+        stream::Config {
+            name: name.to_owned(),
+            description: Some(description.to_owned()),
+            subjects: vec![format!("{prefix}.>")],
             max_age: c.retention,
             storage: stream::StorageType::File,
-            duplicate_window: window,
+            // NATS requires the duplicate window to fit in MaxAge.
+            duplicate_window: c.duplicate_window.min(c.retention),
             num_replicas: 1,
             ..Default::default()
-        })
-        .await
+        }
     }
 
     async fn ensure(&self, config: stream::Config) -> Result<(), BusError> {
