@@ -340,3 +340,78 @@ async fn consume_runs_a_consumer_as_its_own_process() {
         "the consumer's lag is on its /metrics"
     );
 }
+
+/// The leader publishes to NATS and runs the webhook connector; when it is killed the
+/// other instance takes over both: the stream ends up with every event once, and the
+/// receiver gets every event, each SKU's first arrivals in version order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_is_killed_the_other_instance_publishes_and_delivers() {
+    let (Some(pg), Some(nats)) = (private_postgres().await, private_nats().await) else {
+        return;
+    };
+    let receiver = Receiver::default();
+    let hook = receiver.clone().start().await;
+    let mut flags = vec![
+        "--database-url".to_owned(),
+        pg.url(),
+        "--bus".to_owned(),
+        nats.url(),
+    ];
+    flags.extend(webhook_flags(&hook));
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A starts first and leads: it publishes and delivers before B exists.
+    let mut a = Server::start(dir_a.path(), &args(&flags));
+    let http = client();
+    adjust(&http, &a.url, "S1", "LEAD", 10).await;
+    eventually("A delivers", WAIT, || async {
+        (receiver.accepted_ids().len() == 1).then_some(())
+    })
+    .await;
+    let b = Server::start(dir_b.path(), &args(&flags));
+
+    for i in 0..60 {
+        if i == 20 {
+            a.kill(); // SIGKILL mid-load: its session, and its leadership, go away
+        }
+        let body = json!({"store_id": "S1", "sku": format!("K.{}", i % 5), "delta": 1, "reason": "stock_in"});
+        let (status, v) = post(&http, &format!("{}/v1/adjustments", b.url), body).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let url = b.url.clone();
+    let logged: HashSet<String> = eventually("B relays everything", WAIT, || async {
+        let ids = logged_event_ids(&http, &url).await;
+        (ids.len() == 61).then_some(ids.into_iter().collect())
+    })
+    .await;
+    eventually("B's connector delivered every event", WAIT, || async {
+        (receiver.accepted_ids() == logged).then_some(())
+    })
+    .await;
+    let first_arrivals = {
+        let seen = receiver.seen.lock().unwrap();
+        let mut first = HashSet::new();
+        seen.accepted
+            .iter()
+            .filter(|a| first.insert(a.0.clone()))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for (_, _, sku, version) in first_arrivals {
+        let previous = last.insert(sku.clone(), version).unwrap_or(0);
+        assert!(
+            version > previous,
+            "{sku}: v{version} first arrived after v{previous}"
+        );
+    }
+    eventually("the backlog drains on B", WAIT, || async {
+        (metric(&http, &url, "invsync_outbox_backlog").await? == 0.0).then_some(())
+    })
+    .await;
+    assert_stream_holds_each_event_once(&http, &url, &nats.url()).await;
+    eventually("B's storefront converges", WAIT, || async {
+        storefront_caught_up(&http, &url).await.then_some(())
+    })
+    .await;
+    assert_check_passes(&url);
+}
