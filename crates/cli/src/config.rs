@@ -163,6 +163,12 @@ pub struct Config {
 impl Config {
     /// Resolves flags/env (already merged by clap) over the file over defaults.
     pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
+        Self::resolve_with(args, "127.0.0.1:8080")
+    }
+
+    /// [`resolve`](Self::resolve) with another default HTTP address (`consume`
+    /// listens on 8081 by default, beside a server on 8080).
+    pub fn resolve_with(args: ServeArgs, default_listen: &str) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -174,7 +180,7 @@ impl Config {
         let listen = args
             .listen
             .or(file.listen)
-            .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+            .unwrap_or_else(|| default_listen.to_owned());
         let listen: SocketAddr = listen.parse().map_err(|e| {
             bad(
                 "listen",

@@ -230,47 +230,8 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(_) | Command::Consume { .. } => {
-            let (args, consumer) = match cli.command {
-                Command::Consume { consumer, mut args } => {
-                    args.listen
-                        .get_or_insert_with(|| "127.0.0.1:8081".to_owned());
-                    (args, Some(consumer))
-                }
-                Command::Serve(args) => (args, None),
-                _ => return ExitCode::FAILURE,
-            };
-            let config = match Config::resolve(args) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("invsync: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            init_logging(config.log_format);
-            let run = async move {
-                match consumer {
-                    None => serve::run(config).await,
-                    Some(which) => serve::consume(config, which).await,
-                }
-            };
-            match runtime.block_on(run) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("invsync: {e:#}");
-                    let text = e.to_string();
-                    if ["listen:", "tokens:", "webhook-url:"]
-                        .iter()
-                        .any(|key| text.starts_with(key))
-                    {
-                        ExitCode::from(2)
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
-            }
-        }
+        Command::Serve(args) => run_server(&runtime, args, None),
+        Command::Consume { consumer, args } => run_server(&runtime, args, Some(consumer)),
         Command::Token {
             command: TokenCommand::New { name, scopes },
         } => {
@@ -655,6 +616,49 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// `serve`, or `consume NAME` (the same process skeleton with one consumer).
+fn run_server(
+    runtime: &tokio::runtime::Runtime,
+    args: ServeArgs,
+    consumer: Option<serve::Builtin>,
+) -> ExitCode {
+    let default_listen = if consumer.is_some() {
+        "127.0.0.1:8081"
+    } else {
+        "127.0.0.1:8080"
+    };
+    let config = match Config::resolve_with(args, default_listen) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("invsync: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let run = async move {
+        match consumer {
+            None => serve::run(config).await,
+            Some(which) => serve::consume(config, which).await,
+        }
+    };
+    match runtime.block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("invsync: {e:#}");
+            let text = e.to_string();
+            if ["listen:", "tokens:", "webhook-url:"]
+                .iter()
+                .any(|key| text.starts_with(key))
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
 }
 
 /// `events tail --follow`: reads the SSE stream and prints each event; on a dropped

@@ -205,6 +205,34 @@ fn bad_configuration_exits_2_with_one_line_naming_it() {
             "tokens",
         ),
         (vec!["serve", "--no-such-flag"], "--no-such-flag"),
+        (
+            vec!["serve", "--data-dir", d, "--bus", "kafka://k:9092"],
+            "bus",
+        ),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                d,
+                "--bus",
+                "nats://h:4222",
+                "--bus-stream",
+                "a.b",
+            ],
+            "bus-stream",
+        ),
+        (
+            vec![
+                "consume",
+                "webhook",
+                "--data-dir",
+                d,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "webhook-url",
+        ),
+        (vec!["consume", "ledger", "--data-dir", d], "ledger"),
     ] {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
