@@ -201,6 +201,7 @@ pub(crate) async fn open_ledger(config: &Config, relay: bool) -> anyhow::Result<
             let mut pg = PgConfig::new(url.clone());
             pg.source = config.source.clone();
             pg.relay = relay;
+            pg.max_batch = config.max_batch;
             // The sync PostgreSQL client connects on a blocking thread.
             let ledger =
                 tokio::task::spawn_blocking(move || PgLedger::open(pg, Arc::new(SystemClock)))

@@ -51,7 +51,11 @@ impl From<postgres::Error> for LedgerError {
         }
         match err.code().map(|c| c.code()) {
             // Admin shutdown, crash shutdown, cannot connect now, too many connections.
-            Some("57P01" | "57P02" | "57P03" | "53300") => Self::Unavailable(err.to_string()),
+            // Lock timeout and statement timeout too: a request that waited too long
+            // is answered 503, never 500.
+            Some("57P01" | "57P02" | "57P03" | "53300" | "55P03" | "57014") => {
+                Self::Unavailable(err.to_string())
+            }
             // Unique violation (two creators raced), serialization failure, deadlock.
             Some("23505" | "40001" | "40P01") => Self::Contention(err.to_string()),
             _ => Self::Internal(err.to_string()),

@@ -18,6 +18,7 @@
 //! transaction delays the relay; it never loses a row. Moving and deleting happen in
 //! one transaction, so a crash in between repeats nothing.
 
+mod lanes;
 mod schema;
 mod tx;
 
@@ -94,6 +95,10 @@ pub struct PgConfig {
     pub source: String,
     /// Whether this instance takes part in relay leadership.
     pub relay: bool,
+    /// Lanes that coalesce concurrent write commands into shared transactions.
+    pub lanes: usize,
+    /// Most commands one lane commits together.
+    pub max_batch: usize,
 }
 
 impl PgConfig {
@@ -104,6 +109,8 @@ impl PgConfig {
             connect_timeout: Duration::from_secs(3),
             source: "invsync://local".to_owned(),
             relay: true,
+            lanes: 4,
+            max_batch: 256,
         }
     }
 }
@@ -118,6 +125,7 @@ pub struct PgLedger {
     leadership: watch::Receiver<bool>,
     closed: Arc<AtomicBool>,
     relay: Mutex<Option<std::thread::JoinHandle<()>>>,
+    lanes: lanes::Lanes,
 }
 
 impl PgLedger {
@@ -157,10 +165,19 @@ impl PgLedger {
             .name("ledger-relay".into())
             .spawn(move || relay.run())
             .map_err(|e| LedgerError::Internal(format!("cannot start the relay thread: {e}")))?;
+        let source: Arc<str> = config.source.into();
+        let lanes = lanes::Lanes::start(
+            config.lanes,
+            config.max_batch,
+            pool.clone(),
+            clock.clone(),
+            source.clone(),
+        )?;
         Ok(Self {
             pool: Some(pool),
             clock,
-            source: config.source.into(),
+            source,
+            lanes,
             head,
             leadership,
             closed,
@@ -211,6 +228,21 @@ impl PgLedger {
         })
         .await
         .map_err(|e| LedgerError::Internal(format!("write task failed: {e}")))?
+    }
+
+    /// A write command through the lanes (see [`lanes`]): it shares a transaction with
+    /// the commands queued beside it.
+    async fn coalesced<T: Send + 'static>(
+        &self,
+        key: impl std::hash::Hash,
+        f: impl FnMut(&mut Engine<'_, PgTx<'_, '_>>) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(LedgerError::Unavailable(
+                "the ledger is shutting down".into(),
+            ));
+        }
+        self.lanes.run(key, f).await
     }
 
     async fn read<T: Send + 'static>(
@@ -380,7 +412,9 @@ fn relay_batch(c: &mut Client) -> Result<Option<i64>, LedgerError> {
 #[async_trait]
 impl Ledger for PgLedger {
     async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError> {
-        self.write(move |e| e.reserve(&cmd)).await
+        let first = cmd.lines().iter().map(|(sku, _)| sku).min().cloned();
+        let key = (cmd.store_id().clone(), first);
+        self.coalesced(key, move |e| e.reserve(&cmd)).await
     }
 
     async fn release(
@@ -389,7 +423,7 @@ impl Ledger for PgLedger {
         lines: ReleaseLines,
         reason: ReleaseReason,
     ) -> Result<Reservation, LedgerError> {
-        self.write(move |e| {
+        self.coalesced(id, move |e| {
             e.release(
                 id,
                 lines.as_deref(),
@@ -401,19 +435,18 @@ impl Ledger for PgLedger {
     }
 
     async fn fulfil(&self, id: Uuid, lines: ReleaseLines) -> Result<Reservation, LedgerError> {
-        self.write(move |e| e.fulfil(id, lines.as_deref())).await
+        self.coalesced(id, move |e| e.fulfil(id, lines.as_deref()))
+            .await
     }
 
     async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError> {
-        self.write(move |e| e.adjust(&cmd)).await
+        let key = (cmd.store_id.clone(), Some(cmd.sku.clone()));
+        self.coalesced(key, move |e| e.adjust(&cmd)).await
     }
 
     async fn adjust_many(&self, cmds: Vec<Adjust>) -> Vec<Result<AdjustmentOutcome, LedgerError>> {
-        let mut out = Vec::with_capacity(cmds.len());
-        for cmd in cmds {
-            out.push(self.adjust(cmd).await);
-        }
-        out
+        // Queued together, so the lanes commit them in a few shared transactions.
+        futures::future::join_all(cmds.into_iter().map(|cmd| self.adjust(cmd))).await
     }
 
     async fn expire_due(&self) -> Result<usize, LedgerError> {

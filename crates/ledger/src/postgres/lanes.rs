@@ -1,0 +1,211 @@
+//! Request coalescing for PostgreSQL: concurrent write commands share transactions.
+//!
+//! Each command is routed by its key — (store, first SKU) for reservations and
+//! adjustments, the reservation id for release and fulfil — to one of a few *lanes*.
+//! A lane is a thread that takes every command queued for it (up to `max_batch`) and
+//! runs them in one transaction, each inside its own SAVEPOINT, then commits once and
+//! answers each caller. So:
+//!
+//! - one commit (one WAL flush) serves the whole batch instead of one per request;
+//! - commands for the same hot row queue in the same lane, so the row lock is taken
+//!   once per batch instead of being passed from connection to connection;
+//! - a refused command rolls back to its savepoint and never affects its neighbours;
+//!   its caller gets its own answer;
+//! - commands of a batch run in arrival order inside one transaction, so idempotency
+//!   (a repeat in the same batch sees the first) and per-key event order hold.
+//!
+//! A batch that loses a race with another lane (unique key, serialization failure,
+//! deadlock) is rolled back and run again as a whole; nobody is answered before the
+//! commit that makes their answer true.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::tx::PgTx;
+use super::{PgConn, Pool, ATTEMPTS};
+use crate::clock::Clock;
+use crate::engine::Engine;
+use crate::error::LedgerError;
+
+/// What a lane does with one queued command.
+trait Job: Send {
+    /// Runs the command inside the batch's transaction.
+    fn run(&mut self, engine: &mut Engine<'_, PgTx<'_, '_>>) -> Step;
+    /// Answers the caller once the batch's fate is known (`Err`: it did not commit).
+    fn answer(self: Box<Self>, committed: Result<(), &LedgerError>);
+}
+
+enum Step {
+    /// Applied: keep its writes.
+    Applied,
+    /// Refused (a business answer or a bad row): undo its writes, answer it alone.
+    Refused,
+    /// The transaction cannot go on (lost a race, connection gone).
+    Doomed(LedgerError),
+}
+
+struct Typed<T, F> {
+    f: F,
+    result: Option<Result<T, LedgerError>>,
+    reply: oneshot::Sender<Result<T, LedgerError>>,
+}
+
+impl<T, F> Job for Typed<T, F>
+where
+    T: Send,
+    F: FnMut(&mut Engine<'_, PgTx<'_, '_>>) -> Result<T, LedgerError> + Send,
+{
+    fn run(&mut self, engine: &mut Engine<'_, PgTx<'_, '_>>) -> Step {
+        self.result = None;
+        match (self.f)(engine) {
+            Ok(value) => {
+                self.result = Some(Ok(value));
+                Step::Applied
+            }
+            Err(e @ (LedgerError::Contention(_) | LedgerError::Unavailable(_))) => Step::Doomed(e),
+            Err(e) => {
+                self.result = Some(Err(e));
+                Step::Refused
+            }
+        }
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), &LedgerError>) {
+        let result = match (self.result, committed) {
+            (Some(Err(refused)), _) => Err(refused),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (_, Err(e)) => Err(LedgerError::Unavailable(e.to_string())),
+            (None, Ok(())) => Err(LedgerError::Internal("a batched command never ran".into())),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The lanes of one ledger. Dropping it lets the lane threads finish what is queued
+/// and stop.
+pub(crate) struct Lanes {
+    senders: Vec<mpsc::Sender<Box<dyn Job>>>,
+}
+
+impl Lanes {
+    pub(crate) fn start(
+        count: usize,
+        max_batch: usize,
+        pool: Pool,
+        clock: Arc<dyn Clock>,
+        source: Arc<str>,
+    ) -> Result<Self, LedgerError> {
+        let mut senders = Vec::with_capacity(count);
+        for i in 0..count.max(1) {
+            let (tx, rx) = mpsc::channel(4096);
+            let lane = Lane {
+                jobs: rx,
+                pool: pool.clone(),
+                clock: clock.clone(),
+                source: source.clone(),
+                max_batch: max_batch.max(1),
+            };
+            std::thread::Builder::new()
+                .name(format!("ledger-lane-{i}"))
+                .spawn(move || lane.run())
+                .map_err(|e| LedgerError::Internal(format!("cannot start a lane: {e}")))?;
+            senders.push(tx);
+        }
+        Ok(Self { senders })
+    }
+
+    /// Runs `f` in the batch of the lane that `key` maps to; answers after its commit.
+    pub(crate) async fn run<T, F>(&self, key: impl Hash, f: F) -> Result<T, LedgerError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Engine<'_, PgTx<'_, '_>>) -> Result<T, LedgerError> + Send + 'static,
+    {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        let lane = &self.senders[(hasher.finish() % self.senders.len() as u64) as usize];
+        let (reply, answer) = oneshot::channel();
+        lane.send(Box::new(Typed {
+            f,
+            result: None,
+            reply,
+        }))
+        .await
+        .map_err(|_| LedgerError::Unavailable("the ledger is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| LedgerError::Unavailable("the ledger lane stopped".into()))?
+    }
+}
+
+struct Lane {
+    jobs: mpsc::Receiver<Box<dyn Job>>,
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    source: Arc<str>,
+    max_batch: usize,
+}
+
+impl Lane {
+    fn run(mut self) {
+        let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(self.max_batch);
+        while let Some(job) = self.jobs.blocking_recv() {
+            batch.push(job);
+            while batch.len() < self.max_batch {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let outcome = self.commit(&mut batch);
+            for job in batch.drain(..) {
+                job.answer(outcome.as_ref().map(|_| ()));
+            }
+        }
+    }
+
+    /// Runs the batch in one transaction, retrying it whole after a lost race.
+    fn commit(&self, batch: &mut [Box<dyn Job>]) -> Result<(), LedgerError> {
+        let mut conn = self.pool.get()?;
+        let PgConn { client, statements } = &mut *conn;
+        let mut last_error = String::new();
+        for _ in 0..ATTEMPTS {
+            let mut tx = client.transaction()?;
+            let now = self.clock.now();
+            let mut doomed = None;
+            for job in batch.iter_mut() {
+                let mut savepoint = tx.savepoint("command")?;
+                let step = {
+                    let mut pgtx = PgTx {
+                        tx: &mut savepoint,
+                        statements,
+                        existing: HashSet::new(),
+                        source: &self.source,
+                    };
+                    job.run(&mut Engine { tx: &mut pgtx, now })
+                };
+                match step {
+                    Step::Applied => savepoint.commit()?,
+                    Step::Refused => savepoint.rollback()?,
+                    Step::Doomed(e) => {
+                        doomed = Some(e);
+                        break;
+                    }
+                }
+            }
+            let result = match doomed {
+                None => tx.commit().map_err(LedgerError::from),
+                Some(e) => Err(e),
+            };
+            match result {
+                Err(LedgerError::Contention(e)) => last_error = e,
+                other => return other,
+            }
+        }
+        Err(LedgerError::Unavailable(format!(
+            "gave up after {ATTEMPTS} collisions: {last_error}"
+        )))
+    }
+}
