@@ -4,7 +4,7 @@
 //! code, and checks for overselling (the final levels must equal what the successful
 //! answers imply).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,9 @@ pub enum Workload {
     Spread,
     /// Every reservation is for the same (store, sku).
     Hot,
+    /// An order system's day: 70 % reservations of one or two lines, 15 % releases and
+    /// 10 % fulfilments of a client's own earlier reservations, 5 % stock-ins.
+    Mix,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -218,13 +221,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
         .collect();
     let target = targets[0].clone();
     let (stores, skus) = match args.workload {
-        Workload::Spread => (args.stores, args.skus),
+        Workload::Spread | Workload::Mix => (args.stores, args.skus),
         Workload::Hot => (1, 1),
     };
     seed(&target, stores, skus, args.stock).await?;
     let (reserved_before, _) = target.reserved_total(stores).await?;
 
     let run_id: u64 = rand::rng().random();
+    let progress = progress_bar(args.duration, args.json);
     let started = Instant::now();
     let deadline = started + args.duration;
     let probe = (!args.no_visibility)
@@ -235,71 +239,52 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
     for client in 0..args.clients {
         let empty = empty.clone();
         let target = targets[client % targets.len()].clone();
+        let (progress, workload) = (progress.clone(), args.workload);
         tasks.push(tokio::spawn(async move {
             let mut hist = empty.clone();
             let mut answers: BTreeMap<String, u64> = BTreeMap::new();
-            let mut n = 0u64;
+            let mut client = Client {
+                target,
+                run: format!("bench-{run_id:x}-{client}"),
+                n: 0,
+                stores,
+                skus,
+                open: VecDeque::new(),
+                held: 0,
+            };
             while Instant::now() < deadline {
-                let (s, k) = {
-                    let mut rng = rand::rng();
-                    (rng.random_range(0..stores), rng.random_range(0..skus))
-                };
-                let body = json!({
-                    "order_id": format!("bench-{run_id:x}-{client}-{n}"),
-                    "store_id": store(s),
-                    "lines": [{"sku": sku(k), "quantity": 1}],
-                });
-                n += 1;
                 let t0 = Instant::now();
-                let answer = target
-                    .request(reqwest::Method::POST, "/v1/reservations")
-                    .json(&body)
-                    .send()
-                    .await;
-                let key = match answer {
-                    Ok(resp) => {
-                        let status = resp.status().as_u16();
-                        let code = if status >= 400 {
-                            resp.json::<Value>()
-                                .await
-                                .ok()
-                                .and_then(|v| v["code"].as_str().map(str::to_owned))
-                        } else {
-                            let _ = resp.bytes().await;
-                            None
-                        };
-                        match code {
-                            Some(code) => format!("{status} {code}"),
-                            None => status.to_string(),
-                        }
-                    }
-                    Err(e) => format!(
-                        "transport error: {}",
-                        if e.is_connect() { "connect" } else { "other" }
-                    ),
-                };
+                let key = client.step(workload).await;
                 let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
                 *answers.entry(key).or_default() += 1;
+                progress.inc(1);
             }
-            (hist, answers)
+            (hist, answers, client.held)
         }));
     }
     let mut hist = empty;
     let mut answers: BTreeMap<String, u64> = BTreeMap::new();
+    let mut held = 0;
     for t in tasks {
-        let (h, a) = t.await?;
+        let (h, a, units) = t.await?;
         hist.add(h)?;
+        held += units;
         for (k, v) in a {
             *answers.entry(k).or_default() += v;
         }
     }
+    progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let reserved = answers.get("201").copied().unwrap_or(0);
+    let reserved = answers
+        .iter()
+        .filter(|(k, _)| k.starts_with("reserve 201"))
+        .map(|(_, v)| *v)
+        .sum();
     let (reserved_after, oversold) = target.reserved_total(stores).await?;
-    let implied = reserved_before + reserved as i64;
+    let implied = reserved_before + held;
     let oversell_check = if reserved_after == implied && oversold == 0 {
         format!(
-            "ok: reserved grew by exactly the {reserved} successful reservations; no row oversold"
+            "ok: reserved grew by exactly the {held} units the successful answers hold; no row oversold"
         )
     } else {
         format!("FAILED: reserved is {reserved_after}, the answers imply {implied}; {oversold} rows oversold")
@@ -342,6 +327,151 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
         oversell_check,
         visibility_ms,
     })
+}
+
+/// A progress bar over the run's duration on a terminal (hidden with `--json` or when
+/// stderr is not a terminal), counting requests.
+fn progress_bar(duration: Duration, json: bool) -> indicatif::ProgressBar {
+    if json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed}/{msg} {human_pos} requests, {per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_message(format!("{}s", duration.as_secs()));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// One simulated client: what it has reserved and not yet released or fulfilled.
+struct Client {
+    target: Arc<Target>,
+    run: String,
+    n: u64,
+    stores: usize,
+    skus: usize,
+    /// Its active reservations, oldest first: (id, units held).
+    open: VecDeque<(String, i64)>,
+    /// Units its successful answers leave reserved.
+    held: i64,
+}
+
+impl Client {
+    /// One request of the workload; returns "<operation> <status>[ <code>]".
+    async fn step(&mut self, workload: Workload) -> String {
+        self.n += 1;
+        let roll = rand::rng().random_range(0..100);
+        match workload {
+            Workload::Spread | Workload::Hot => self.reserve(1).await,
+            Workload::Mix if roll < 70 || self.open.is_empty() && roll < 95 => {
+                let lines = if roll % 2 == 0 { 2 } else { 1 };
+                self.reserve(lines).await
+            }
+            Workload::Mix if roll < 85 => self.settle("release").await,
+            Workload::Mix if roll < 95 => self.settle("fulfil").await,
+            Workload::Mix => {
+                let (s, k) = self.pick();
+                let body =
+                    json!({"store_id": store(s), "sku": sku(k), "delta": 1, "reason": "stock_in"});
+                let answer = self
+                    .target
+                    .request(reqwest::Method::POST, "/v1/adjustments")
+                    .json(&body)
+                    .send()
+                    .await;
+                describe("adjust", answer).await.0
+            }
+        }
+    }
+
+    fn pick(&self) -> (usize, usize) {
+        let mut rng = rand::rng();
+        (
+            rng.random_range(0..self.stores),
+            rng.random_range(0..self.skus),
+        )
+    }
+
+    async fn reserve(&mut self, lines: usize) -> String {
+        let (s, first) = self.pick();
+        let lines: Vec<Value> = (0..lines)
+            .map(|i| json!({"sku": sku((first + i * 7919) % self.skus), "quantity": 1}))
+            .collect();
+        let units = lines.len() as i64;
+        let body = json!({
+            "order_id": format!("{}-{}", self.run, self.n),
+            "store_id": store(s),
+            "lines": lines,
+        });
+        let answer = self
+            .target
+            .request(reqwest::Method::POST, "/v1/reservations")
+            .json(&body)
+            .send()
+            .await;
+        let (key, created) = describe("reserve", answer).await;
+        if let Some(id) = created.and_then(|v| v["reservation_id"].as_str().map(str::to_owned)) {
+            self.open.push_back((id, units));
+            self.held += units;
+        }
+        key
+    }
+
+    /// Releases or fulfils this client's oldest open reservation.
+    async fn settle(&mut self, action: &str) -> String {
+        let Some((id, units)) = self.open.pop_front() else {
+            return format!("{action} skipped");
+        };
+        let answer = self
+            .target
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/reservations/{id}/{action}"),
+            )
+            .json(&json!({}))
+            .send()
+            .await;
+        let (key, done) = describe(action, answer).await;
+        if done.is_some() {
+            self.held -= units;
+        } else {
+            self.open.push_front((id, units));
+        }
+        key
+    }
+}
+
+/// "<operation> <status>[ <code>]" and, on success, the answer's body.
+async fn describe(
+    operation: &str,
+    answer: reqwest::Result<reqwest::Response>,
+) -> (String, Option<Value>) {
+    match answer {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.json::<Value>().await.ok();
+            if status >= 400 {
+                let code = body
+                    .as_ref()
+                    .and_then(|v| v["code"].as_str())
+                    .unwrap_or("-");
+                (format!("{operation} {status} {code}"), None)
+            } else {
+                (format!("{operation} {status}"), body)
+            }
+        }
+        Err(e) => (
+            format!(
+                "{operation} transport error: {}",
+                if e.is_connect() { "connect" } else { "other" }
+            ),
+            None,
+        ),
+    }
 }
 
 /// Sets every (store, sku) of the catalog to `stock` on hand, 1,000 per request.

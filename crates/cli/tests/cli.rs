@@ -383,3 +383,54 @@ async fn events_tail_follow_prints_new_events_as_they_happen() {
     let _ = tail.kill();
     let _ = tail.wait();
 }
+
+/// `invsync bench` drives each workload against a real server and its own oversell
+/// check passes (it would fail if the bench or the server miscounted a reservation).
+#[test]
+fn bench_runs_every_workload_and_its_oversell_check_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    for workload in ["spread", "hot", "mix"] {
+        let out = run(&[
+            "bench",
+            "--url",
+            &server.url,
+            "--workload",
+            workload,
+            "--clients",
+            "4",
+            "--duration",
+            "1s",
+            "--skus",
+            "50",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            summary["oversell_check"]
+                .as_str()
+                .unwrap()
+                .starts_with("ok"),
+            "{workload}: {summary}"
+        );
+        assert!(
+            summary["answers"]["reserve 201"].as_u64().unwrap() > 0,
+            "{summary}"
+        );
+        assert!(summary["latency_ms"]["p99.9"].as_f64().unwrap() > 0.0);
+        if workload == "mix" {
+            let answers = summary["answers"].as_object().unwrap();
+            for op in ["release 200", "fulfil 200", "adjust 200"] {
+                assert!(answers.contains_key(op), "mix has {op}: {summary}");
+            }
+        }
+        if workload == "spread" {
+            assert!(summary["visibility_ms"]["samples"].as_f64().unwrap() > 0.0);
+        }
+    }
+}
