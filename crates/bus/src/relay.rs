@@ -83,8 +83,9 @@ impl BusRelay {
             if !*leading.borrow_and_update() {
                 cursor = None;
                 tokio::select! {
-                    _ = leading.changed() => {}
-                    _ = shutdown.changed() => {}
+                    Ok(()) = leading.changed() => {}
+                    Ok(()) = shutdown.changed() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
                 }
                 continue;
             }
@@ -121,9 +122,9 @@ impl BusRelay {
                     });
                     if last.is_none() {
                         tokio::select! {
-                            _ = head.changed() => {}
-                            _ = leading.changed() => {}
-                            _ = shutdown.changed() => {}
+                            Ok(()) = head.changed() => {}
+                            Ok(()) = leading.changed() => {}
+                            Ok(()) = shutdown.changed() => {}
                             _ = tokio::time::sleep(IDLE_POLL) => {}
                         }
                     }
@@ -136,7 +137,7 @@ impl BusRelay {
                     let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
-                        _ = shutdown.changed() => {}
+                        Ok(()) = shutdown.changed() => {}
                     }
                 }
             }

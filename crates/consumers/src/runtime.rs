@@ -353,17 +353,20 @@ impl Runner {
         let mut active = self.config.active.clone();
         let activity = async move {
             match active.as_mut() {
+                // A closed channel never changes again: wait forever, not at once.
                 Some(a) => {
-                    let _ = a.changed().await;
+                    if a.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
                 }
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            _ = self.head.changed() => {}
+            Ok(()) = self.head.changed() => {}
             _ = activity => {}
             Some(command) = self.commands.recv() => self.handle(command).await,
-            _ = self.shutdown.changed() => {}
+            Ok(()) = self.shutdown.changed() => {}
             _ = tokio::time::sleep(timeout) => {}
         }
     }

@@ -652,6 +652,20 @@ async fn a_named_cursor_starts_at_zero_and_only_moves_forward(backend: Backend) 
     assert_eq!(f.ledger.cursor("nats").await.unwrap(), 41);
 }
 
+/// Leadership on SQLite is `true` and stays so: waiting for a change must wait, not
+/// fail at once (a dropped sender made the NATS relay spin on an idle server).
+#[tokio::test]
+async fn sqlite_leadership_is_true_and_waiting_for_a_change_waits() {
+    let Some(f) = open(Backend::Sqlite, 256).await else {
+        return;
+    };
+    let mut leadership = f.ledger.leadership();
+    assert!(*leadership.borrow());
+    let waited =
+        tokio::time::timeout(std::time::Duration::from_millis(200), leadership.changed()).await;
+    assert!(waited.is_err(), "changed() returned at once: {waited:?}");
+}
+
 #[tokio::test]
 async fn reopening_keeps_data_and_offsets_continue() {
     let dir = tempfile::tempdir().unwrap();

@@ -79,8 +79,9 @@ struct Pending {
 pub struct SqliteLedger {
     jobs: mpsc::Sender<Job>,
     head: watch::Receiver<i64>,
-    /// Always `true`: one process owns a SQLite ledger.
-    leadership: watch::Receiver<bool>,
+    /// Always `true`: one process owns a SQLite ledger. The sender is kept so that
+    /// `changed()` waits forever instead of failing at once.
+    leadership: (watch::Sender<bool>, watch::Receiver<bool>),
     readers: Arc<Readers>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -126,7 +127,7 @@ impl SqliteLedger {
         Ok(Self {
             jobs: tx,
             head,
-            leadership: watch::channel(true).1,
+            leadership: watch::channel(true),
             readers,
             writer: Mutex::new(Some(handle)),
         })
@@ -563,7 +564,7 @@ impl Ledger for SqliteLedger {
     }
 
     fn leadership(&self) -> watch::Receiver<bool> {
-        self.leadership.clone()
+        self.leadership.1.clone()
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {
