@@ -649,7 +649,7 @@ fn run_server(
             tracing::error!("{e:#}");
             eprintln!("invsync: {e:#}");
             let text = e.to_string();
-            if ["listen:", "tokens:", "webhook-url:"]
+            if ["listen:", "tokens:", "webhook-url:", "data-dir:"]
                 .iter()
                 .any(|key| text.starts_with(key))
             {

@@ -296,7 +296,9 @@ async fn consume_runs_a_consumer_as_its_own_process() {
     let mut webhook_flags_all = shared.to_vec();
     webhook_flags_all.extend(webhook_flags(&hook));
     let connector = Server::consume("webhook", dirs[1].path(), &args(&webhook_flags_all));
-    let projection = Server::consume("storefront", dirs[2].path(), &args(&shared));
+    // A data dir that does not exist yet is created (the ledger is not there to).
+    let fresh = dirs[2].path().join("not-yet");
+    let projection = Server::consume("storefront", &fresh, &args(&shared));
 
     let http = client();
     adjust(&http, &server.url, "S1", "SEP-1", 10).await;
