@@ -72,9 +72,8 @@ async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
         ),
     };
     // The consumers' stores live here whichever database holds the ledger.
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!("data-dir: cannot create {}", config.data_dir.display())
-    })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("data-dir: cannot create {}", config.data_dir.display()))?;
     // A consumer process reads the ledger (snapshots, gap fills) but never leads the
     // relay: that stays with the servers.
     let ledger = open_ledger(&config, role == Role::Server).await?;

@@ -416,6 +416,40 @@ fn random_command_sequences_keep_every_invariant_on_postgres() {
         .unwrap();
 }
 
+/// The same request 32 times at once: they share batches, one creates the
+/// reservation and every other answers that same one; stock is reserved once.
+async fn concurrent_repeats_of_one_request_reserve_once(backend: Backend) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
+    stock_in(f.ledger.as_ref(), "S1", "A", 10).await;
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let ledger = f.ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            ledger
+                .reserve(reserve("SAME", "S1", &[("A", 3)], None))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let outcome = t.await.unwrap();
+        created += usize::from(outcome.created);
+        ids.insert(outcome.reservation.reservation_id);
+    }
+    assert_eq!((created, ids.len()), (1, 1));
+    let row = f
+        .ledger
+        .stock(store("S1"), sku("A"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.level.reserved(), 3);
+}
+
 async fn concurrent_commands_in_one_batch_keep_their_own_outcomes(backend: Backend) {
     let Some(f) = open(backend, 256).await else {
         return;
@@ -906,6 +940,7 @@ conformance!(
     the_snapshot_names_the_offset_it_is_consistent_with,
     purging_by_retention_keeps_offsets_and_subscribers_see_each_commit,
     a_named_cursor_starts_at_zero_and_only_moves_forward,
+    concurrent_repeats_of_one_request_reserve_once,
 );
 
 /// A transaction that took a lower outbox id and commits after later ones: the relay

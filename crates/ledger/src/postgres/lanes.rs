@@ -3,29 +3,32 @@
 //! Each command is routed by its key — (store, first SKU) for reservations and
 //! adjustments, the reservation id for release and fulfil — to one of a few *lanes*.
 //! A lane is a thread that takes every command queued for it (up to `max_batch`) and
-//! runs them in one transaction, each inside its own SAVEPOINT, then commits once and
-//! answers each caller. So:
+//! runs them as one unit of work ([`batch`](super::batch)): rows are read and locked
+//! once, writes are buffered and written set-based, and one COMMIT answers everyone.
+//! So:
 //!
 //! - one commit (one WAL flush) serves the whole batch instead of one per request;
 //! - commands for the same hot row queue in the same lane, so the row lock is taken
-//!   once per batch instead of being passed from connection to connection;
-//! - a refused command rolls back to its savepoint and never affects its neighbours;
-//!   its caller gets its own answer;
-//! - commands of a batch run in arrival order inside one transaction, so idempotency
-//!   (a repeat in the same batch sees the first) and per-key event order hold.
+//!   once per batch instead of being passed from connection to connection, and the
+//!   row is written once;
+//! - a refused command's buffered writes are undone before the next command runs: it
+//!   never affects its neighbours, and its caller gets its own answer;
+//! - commands of a batch run in arrival order, so idempotency (a repeat in the same
+//!   batch sees the first) and per-key event order hold.
 //!
 //! A batch that loses a race with another lane (unique key, serialization failure,
 //! deadlock) is rolled back and run again as a whole; nobody is answered before the
-//! commit that makes their answer true.
+//! commit that makes their answer true. A batch whose set-based write fails for
+//! another reason is run again one command per transaction, so only the command at
+//! fault gets the error.
 
-use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::tx::PgTx;
-use super::{PgConn, Pool, ATTEMPTS};
+use super::batch::{self, BufferedTx};
+use super::{Pool, ATTEMPTS};
 use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::error::LedgerError;
@@ -33,7 +36,7 @@ use crate::error::LedgerError;
 /// What a lane does with one queued command.
 trait Job: Send {
     /// Runs the command inside the batch's transaction.
-    fn run(&mut self, engine: &mut Engine<'_, PgTx<'_, '_>>) -> Step;
+    fn run(&mut self, engine: &mut Engine<'_, BufferedTx<'_, '_>>) -> Step;
     /// Answers the caller once the batch's fate is known (`Err`: it did not commit).
     fn answer(self: Box<Self>, committed: Result<(), &LedgerError>);
 }
@@ -56,9 +59,9 @@ struct Typed<T, F> {
 impl<T, F> Job for Typed<T, F>
 where
     T: Send,
-    F: FnMut(&mut Engine<'_, PgTx<'_, '_>>) -> Result<T, LedgerError> + Send,
+    F: FnMut(&mut Engine<'_, BufferedTx<'_, '_>>) -> Result<T, LedgerError> + Send,
 {
-    fn run(&mut self, engine: &mut Engine<'_, PgTx<'_, '_>>) -> Step {
+    fn run(&mut self, engine: &mut Engine<'_, BufferedTx<'_, '_>>) -> Step {
         self.result = None;
         match (self.f)(engine) {
             Ok(value) => {
@@ -121,7 +124,7 @@ impl Lanes {
     pub(crate) async fn run<T, F>(&self, key: impl Hash, f: F) -> Result<T, LedgerError>
     where
         T: Send + 'static,
-        F: FnMut(&mut Engine<'_, PgTx<'_, '_>>) -> Result<T, LedgerError> + Send + 'static,
+        F: FnMut(&mut Engine<'_, BufferedTx<'_, '_>>) -> Result<T, LedgerError> + Send + 'static,
     {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut hasher);
@@ -159,9 +162,23 @@ impl Lane {
                     Err(_) => break,
                 }
             }
-            let outcome = self.commit(&mut batch);
-            for job in batch.drain(..) {
-                job.answer(outcome.as_ref().map(|_| ()));
+            self.settle(std::mem::take(&mut batch));
+        }
+    }
+
+    /// Commits the batch and answers every job in it.
+    fn settle(&self, mut jobs: Vec<Box<dyn Job>>) {
+        match self.commit(&mut jobs) {
+            Err(LedgerError::Internal(e)) if jobs.len() > 1 => {
+                tracing::warn!(error = %e, commands = jobs.len(), "a batch failed to write; running its commands one by one");
+                for job in jobs {
+                    self.settle(vec![job]);
+                }
+            }
+            outcome => {
+                for job in jobs {
+                    job.answer(outcome.as_ref().map(|_| ()));
+                }
             }
         }
     }
@@ -169,26 +186,27 @@ impl Lane {
     /// Runs the batch in one transaction, retrying it whole after a lost race.
     fn commit(&self, batch: &mut [Box<dyn Job>]) -> Result<(), LedgerError> {
         let mut conn = self.pool.get()?;
-        let PgConn { client, statements } = &mut *conn;
+        let client = &mut conn.client;
         let mut last_error = String::new();
         for _ in 0..ATTEMPTS {
             let mut tx = client.transaction()?;
             let now = self.clock.now();
+            let mut state = batch::State::default();
+            let mut undo = Vec::new();
             let mut doomed = None;
             for job in batch.iter_mut() {
-                let mut savepoint = tx.savepoint("command")?;
                 let step = {
-                    let mut pgtx = PgTx {
-                        tx: &mut savepoint,
-                        statements,
-                        existing: HashSet::new(),
+                    let mut btx = BufferedTx {
+                        pg: &mut tx,
+                        state: &mut state,
+                        undo: &mut undo,
                         source: &self.source,
                     };
-                    job.run(&mut Engine { tx: &mut pgtx, now })
+                    job.run(&mut Engine { tx: &mut btx, now })
                 };
                 match step {
-                    Step::Applied => savepoint.commit()?,
-                    Step::Refused => savepoint.rollback()?,
+                    Step::Applied => undo.clear(),
+                    Step::Refused => batch::roll_back(&mut state, &mut undo),
                     Step::Doomed(e) => {
                         doomed = Some(e);
                         break;
@@ -196,7 +214,8 @@ impl Lane {
                 }
             }
             let result = match doomed {
-                None => tx.commit().map_err(LedgerError::from),
+                None => batch::flush(&mut tx, &state, now)
+                    .and_then(|()| tx.commit().map_err(LedgerError::from)),
                 Some(e) => Err(e),
             };
             match result {

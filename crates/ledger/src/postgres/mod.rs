@@ -18,6 +18,7 @@
 //! transaction delays the relay; it never loses a row. Moving and deleting happen in
 //! one transaction, so a crash in between repeats nothing.
 
+mod batch;
 mod lanes;
 mod schema;
 mod tx;
@@ -235,7 +236,9 @@ impl PgLedger {
     async fn coalesced<T: Send + 'static>(
         &self,
         key: impl std::hash::Hash,
-        f: impl FnMut(&mut Engine<'_, PgTx<'_, '_>>) -> Result<T, LedgerError> + Send + 'static,
+        f: impl FnMut(&mut Engine<'_, batch::BufferedTx<'_, '_>>) -> Result<T, LedgerError>
+            + Send
+            + 'static,
     ) -> Result<T, LedgerError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(LedgerError::Unavailable(
