@@ -51,6 +51,8 @@ pub(crate) struct State {
     adjustments_by_ref: HashMap<String, (String, AdjustmentOutcome)>,
     events: Vec<(InventoryEventV1, String)>,
     now: Option<DateTime<Utc>>,
+    /// Idempotency keys known (by the prefetch) to have no stored reservation.
+    unused_keys: HashSet<String>,
 }
 
 type Undo = Box<dyn FnOnce(&mut State) + Send>;
@@ -151,6 +153,9 @@ impl Tx for BufferedTx<'_, '_> {
             if let Some(r) = self.state.reservations.get(id) {
                 return Ok(Some((fingerprint.clone(), r.clone())));
             }
+        }
+        if self.state.unused_keys.contains(key) {
+            return Ok(None);
         }
         let Some(row) = self.pg.query_opt(
             "SELECT id, fingerprint FROM reservations WHERE idem_key = $1",
@@ -303,6 +308,72 @@ impl Tx for BufferedTx<'_, '_> {
             "cursors are not batched commands".into(),
         ))
     }
+}
+
+/// Reads, in one query each, what the batch's commands said they will need: which
+/// idempotency keys are unused, and the stock rows, locked in (store, sku) order —
+/// the same order every command locks in, so two lanes cannot deadlock on them.
+pub(crate) fn prefetch(
+    pg: &mut Transaction<'_>,
+    state: &mut State,
+    wanted: &[&super::lanes::Prefetch],
+) -> Result<(), LedgerError> {
+    let keys: Vec<&str> = wanted
+        .iter()
+        .filter_map(|p| p.idempotency_key.as_deref())
+        .collect();
+    if !keys.is_empty() {
+        let used: HashSet<String> = pg
+            .query(
+                "SELECT idem_key FROM reservations WHERE idem_key = ANY($1)",
+                &[&keys],
+            )?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        state.unused_keys = keys
+            .into_iter()
+            .filter(|k| !used.contains(*k))
+            .map(str::to_owned)
+            .collect();
+    }
+    let mut rows: Vec<&(String, String)> = wanted.iter().flat_map(|p| p.rows.iter()).collect();
+    rows.sort();
+    rows.dedup();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    for (store, sku) in &rows {
+        state.stock.insert(
+            (store.clone(), sku.clone()),
+            Row {
+                level: None,
+                stored: false,
+                written: None,
+            },
+        );
+    }
+    for r in pg.query(
+        "SELECT s.store_id, s.sku, s.on_hand, s.reserved, s.version
+         FROM stock s JOIN unnest($1::text[], $2::text[]) AS w(store_id, sku)
+           ON s.store_id = w.store_id AND s.sku = w.sku
+         ORDER BY s.store_id, s.sku FOR UPDATE OF s",
+        &[
+            &rows.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(),
+            &rows.iter().map(|k| k.1.as_str()).collect::<Vec<_>>(),
+        ],
+    )? {
+        let level = StockLevel::new(r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)?;
+        state.stock.insert(
+            (r.try_get(0)?, r.try_get(1)?),
+            Row {
+                level: Some(level),
+                stored: true,
+                written: None,
+            },
+        );
+    }
+    Ok(())
 }
 
 /// Writes everything the batch buffered, set-based, in the transaction.

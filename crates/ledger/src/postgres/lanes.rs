@@ -33,8 +33,17 @@ use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::error::LedgerError;
 
+/// What a lane may read for a command before running the batch, in one query per
+/// kind for the whole batch: its idempotency key, and the stock rows it will lock.
+#[derive(Debug, Default)]
+pub(crate) struct Prefetch {
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) rows: Vec<(String, String)>,
+}
+
 /// What a lane does with one queued command.
 trait Job: Send {
+    fn prefetch(&self) -> &Prefetch;
     /// Runs the command inside the batch's transaction.
     fn run(&mut self, engine: &mut Engine<'_, BufferedTx<'_, '_>>) -> Step;
     /// Answers the caller once the batch's fate is known (`Err`: it did not commit).
@@ -51,6 +60,7 @@ enum Step {
 }
 
 struct Typed<T, F> {
+    prefetch: Prefetch,
     f: F,
     result: Option<Result<T, LedgerError>>,
     reply: oneshot::Sender<Result<T, LedgerError>>,
@@ -61,6 +71,10 @@ where
     T: Send,
     F: FnMut(&mut Engine<'_, BufferedTx<'_, '_>>) -> Result<T, LedgerError> + Send,
 {
+    fn prefetch(&self) -> &Prefetch {
+        &self.prefetch
+    }
+
     fn run(&mut self, engine: &mut Engine<'_, BufferedTx<'_, '_>>) -> Step {
         self.result = None;
         match (self.f)(engine) {
@@ -121,7 +135,12 @@ impl Lanes {
     }
 
     /// Runs `f` in the batch of the lane that `key` maps to; answers after its commit.
-    pub(crate) async fn run<T, F>(&self, key: impl Hash, f: F) -> Result<T, LedgerError>
+    pub(crate) async fn run<T, F>(
+        &self,
+        key: impl Hash,
+        prefetch: Prefetch,
+        f: F,
+    ) -> Result<T, LedgerError>
     where
         T: Send + 'static,
         F: FnMut(&mut Engine<'_, BufferedTx<'_, '_>>) -> Result<T, LedgerError> + Send + 'static,
@@ -131,6 +150,7 @@ impl Lanes {
         let lane = &self.senders[(hasher.finish() % self.senders.len() as u64) as usize];
         let (reply, answer) = oneshot::channel();
         lane.send(Box::new(Typed {
+            prefetch,
             f,
             result: None,
             reply,
@@ -192,6 +212,16 @@ impl Lane {
             let mut tx = client.transaction()?;
             let now = self.clock.now();
             let mut state = batch::State::default();
+            let wanted: Vec<&Prefetch> = batch.iter().map(|j| j.prefetch()).collect();
+            if let Err(e) = batch::prefetch(&mut tx, &mut state, &wanted) {
+                match e {
+                    LedgerError::Contention(e) => {
+                        last_error = e;
+                        continue;
+                    }
+                    other => return Err(other),
+                }
+            }
             let mut undo = Vec::new();
             let mut doomed = None;
             for job in batch.iter_mut() {

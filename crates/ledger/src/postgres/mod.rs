@@ -236,6 +236,7 @@ impl PgLedger {
     async fn coalesced<T: Send + 'static>(
         &self,
         key: impl std::hash::Hash,
+        prefetch: lanes::Prefetch,
         f: impl FnMut(&mut Engine<'_, batch::BufferedTx<'_, '_>>) -> Result<T, LedgerError>
             + Send
             + 'static,
@@ -245,7 +246,7 @@ impl PgLedger {
                 "the ledger is shutting down".into(),
             ));
         }
-        self.lanes.run(key, f).await
+        self.lanes.run(key, prefetch, f).await
     }
 
     async fn read<T: Send + 'static>(
@@ -417,7 +418,16 @@ impl Ledger for PgLedger {
     async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError> {
         let first = cmd.lines().iter().map(|(sku, _)| sku).min().cloned();
         let key = (cmd.store_id().clone(), first);
-        self.coalesced(key, move |e| e.reserve(&cmd)).await
+        let prefetch = lanes::Prefetch {
+            idempotency_key: Some(cmd.idempotency_key()),
+            rows: cmd
+                .lines()
+                .iter()
+                .map(|(sku, _)| (cmd.store_id().to_string(), sku.to_string()))
+                .collect(),
+        };
+        self.coalesced(key, prefetch, move |e| e.reserve(&cmd))
+            .await
     }
 
     async fn release(
@@ -426,7 +436,7 @@ impl Ledger for PgLedger {
         lines: ReleaseLines,
         reason: ReleaseReason,
     ) -> Result<Reservation, LedgerError> {
-        self.coalesced(id, move |e| {
+        self.coalesced(id, lanes::Prefetch::default(), move |e| {
             e.release(
                 id,
                 lines.as_deref(),
@@ -438,13 +448,19 @@ impl Ledger for PgLedger {
     }
 
     async fn fulfil(&self, id: Uuid, lines: ReleaseLines) -> Result<Reservation, LedgerError> {
-        self.coalesced(id, move |e| e.fulfil(id, lines.as_deref()))
-            .await
+        self.coalesced(id, lanes::Prefetch::default(), move |e| {
+            e.fulfil(id, lines.as_deref())
+        })
+        .await
     }
 
     async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError> {
         let key = (cmd.store_id.clone(), Some(cmd.sku.clone()));
-        self.coalesced(key, move |e| e.adjust(&cmd)).await
+        let prefetch = lanes::Prefetch {
+            idempotency_key: None,
+            rows: vec![(cmd.store_id.to_string(), cmd.sku.to_string())],
+        };
+        self.coalesced(key, prefetch, move |e| e.adjust(&cmd)).await
     }
 
     async fn adjust_many(&self, cmds: Vec<Adjust>) -> Vec<Result<AdjustmentOutcome, LedgerError>> {
