@@ -14,10 +14,10 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use invsync_core::{ExternalRef, InventoryEventV1, Reservation, Sku, StockLevel, StoreId};
-use postgres::Transaction;
+use postgres::{Row as PgRow, Transaction};
 use uuid::Uuid;
 
-use super::tx::load_reservation;
+use super::tx::{load_reservation, prepared, Statements};
 use crate::engine::Tx;
 use crate::error::LedgerError;
 use crate::model::AdjustmentOutcome;
@@ -60,6 +60,9 @@ type Undo = Box<dyn FnOnce(&mut State) + Send>;
 /// The [`Tx`] of one command inside a buffered batch.
 pub(crate) struct BufferedTx<'a, 'b> {
     pub(crate) pg: &'a mut Transaction<'b>,
+    /// The connection's prepared statements: each query is planned once per
+    /// connection, not once per batch.
+    pub(crate) statements: &'a mut Statements,
     pub(crate) state: &'a mut State,
     pub(crate) undo: &'a mut Vec<Undo>,
     pub(crate) source: &'a str,
@@ -72,6 +75,41 @@ pub(crate) fn roll_back(state: &mut State, undo: &mut Vec<Undo>) {
     }
 }
 
+type Params<'p> = &'p [&'p (dyn postgres::types::ToSql + Sync)];
+
+/// `query_opt` through the connection's statement cache.
+fn query_opt(
+    pg: &mut Transaction<'_>,
+    statements: &mut Statements,
+    sql: &'static str,
+    params: Params<'_>,
+) -> Result<Option<PgRow>, LedgerError> {
+    let statement = prepared(pg, statements, sql)?;
+    Ok(pg.query_opt(&statement, params)?)
+}
+
+/// `query` through the connection's statement cache.
+fn query(
+    pg: &mut Transaction<'_>,
+    statements: &mut Statements,
+    sql: &'static str,
+    params: Params<'_>,
+) -> Result<Vec<PgRow>, LedgerError> {
+    let statement = prepared(pg, statements, sql)?;
+    Ok(pg.query(&statement, params)?)
+}
+
+/// `execute` through the connection's statement cache.
+fn execute(
+    pg: &mut Transaction<'_>,
+    statements: &mut Statements,
+    sql: &'static str,
+    params: Params<'_>,
+) -> Result<u64, LedgerError> {
+    let statement = prepared(pg, statements, sql)?;
+    Ok(pg.execute(&statement, params)?)
+}
+
 fn key(store: &StoreId, sku: &Sku) -> Key {
     (store.to_string(), sku.to_string())
 }
@@ -82,7 +120,9 @@ impl Tx for BufferedTx<'_, '_> {
         if let Some(row) = self.state.stock.get(&k) {
             return Ok(row.level);
         }
-        let found = self.pg.query_opt(
+        let found = query_opt(
+            self.pg,
+            self.statements,
             "SELECT on_hand, reserved, version FROM stock
              WHERE store_id = $1 AND sku = $2 FOR UPDATE",
             &[&store.as_str(), &sku.as_str()],
@@ -157,7 +197,9 @@ impl Tx for BufferedTx<'_, '_> {
         if self.state.unused_keys.contains(key) {
             return Ok(None);
         }
-        let Some(row) = self.pg.query_opt(
+        let Some(row) = query_opt(
+            self.pg,
+            self.statements,
             "SELECT id, fingerprint FROM reservations WHERE idem_key = $1",
             &[&key],
         )?
@@ -247,7 +289,9 @@ impl Tx for BufferedTx<'_, '_> {
         if let Some(found) = self.state.adjustments_by_ref.get(external_ref.as_str()) {
             return Ok(Some(found.clone()));
         }
-        let Some(row) = self.pg.query_opt(
+        let Some(row) = query_opt(
+            self.pg,
+            self.statements,
             "SELECT fingerprint, outcome FROM adjustments WHERE external_ref = $1",
             &[&external_ref.as_str()],
         )?
@@ -315,6 +359,7 @@ impl Tx for BufferedTx<'_, '_> {
 /// the same order every command locks in, so two lanes cannot deadlock on them.
 pub(crate) fn prefetch(
     pg: &mut Transaction<'_>,
+    statements: &mut Statements,
     state: &mut State,
     wanted: &[&super::lanes::Prefetch],
 ) -> Result<(), LedgerError> {
@@ -353,7 +398,9 @@ pub(crate) fn prefetch(
             },
         );
     }
-    for r in pg.query(
+    for r in query(
+        pg,
+        statements,
         "SELECT s.store_id, s.sku, s.on_hand, s.reserved, s.version
          FROM stock s JOIN unnest($1::text[], $2::text[]) AS w(store_id, sku)
            ON s.store_id = w.store_id AND s.sku = w.sku
@@ -379,6 +426,7 @@ pub(crate) fn prefetch(
 /// Writes everything the batch buffered, set-based, in the transaction.
 pub(crate) fn flush(
     pg: &mut Transaction<'_>,
+    statements: &mut Statements,
     state: &State,
     now: DateTime<Utc>,
 ) -> Result<(), LedgerError> {
@@ -402,8 +450,7 @@ pub(crate) fn flush(
             continue;
         }
         let levels: Vec<StockLevel> = rows.iter().filter_map(|(_, r)| r.level).collect();
-        pg.execute(
-            sql,
+        execute(pg, statements, sql,
             &[
                 &rows.iter().map(|(k, _)| k.0.as_str()).collect::<Vec<_>>(),
                 &rows.iter().map(|(k, _)| k.1.as_str()).collect::<Vec<_>>(),
@@ -427,8 +474,7 @@ pub(crate) fn flush(
         })
         .collect();
     if !new.is_empty() {
-        pg.execute(
-            "INSERT INTO reservations
+        execute(pg, statements, "INSERT INTO reservations
                  (id, order_id, store_id, idem_key, fingerprint, status, expires_at, created_at, updated_at)
              SELECT id, o, s, k, f, st, e, c, $9 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
                  $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[]) AS u(id, o, s, k, f, st, e, c)",
@@ -444,7 +490,7 @@ pub(crate) fn flush(
                 &now,
             ],
         )?;
-        write_lines(pg, new.iter().map(|(r, _, _)| *r), true)?;
+        write_lines(pg, statements, new.iter().map(|(r, _, _)| *r), true)?;
     }
 
     // Stored reservations the batch changed.
@@ -454,7 +500,9 @@ pub(crate) fn flush(
         .filter_map(|id| state.reservations.get(id))
         .collect();
     if !updated.is_empty() {
-        pg.execute(
+        execute(
+            pg,
+            statements,
             "UPDATE reservations SET status = u.st, updated_at = $3
              FROM unnest($1::uuid[], $2::text[]) AS u(id, st) WHERE reservations.id = u.id",
             &[
@@ -466,12 +514,14 @@ pub(crate) fn flush(
                 &state.now.unwrap_or(now),
             ],
         )?;
-        write_lines(pg, updated.into_iter(), false)?;
+        write_lines(pg, statements, updated.into_iter(), false)?;
     }
 
     if !state.adjustments.is_empty() {
         let a = &state.adjustments;
-        pg.execute(
+        execute(
+            pg,
+            statements,
             "INSERT INTO adjustments (external_ref, fingerprint, outcome, created_at)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])",
             &[
@@ -486,8 +536,7 @@ pub(crate) fn flush(
     // The outbox, in the order the events were made: ids then follow versions.
     if !state.events.is_empty() {
         let e = &state.events;
-        pg.execute(
-            "INSERT INTO outbox (event_id, store_id, sku, version, occurred_at, envelope)
+        execute(pg, statements, "INSERT INTO outbox (event_id, store_id, sku, version, occurred_at, envelope)
              SELECT i, s, k, v, t, env FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[],
                  $5::timestamptz[], $6::text[]) WITH ORDINALITY AS u(i, s, k, v, t, env, n) ORDER BY n",
             &[
@@ -506,6 +555,7 @@ pub(crate) fn flush(
 /// Inserts (new reservations) or updates (changed ones) every line of `reservations`.
 fn write_lines<'r>(
     pg: &mut Transaction<'_>,
+    statements: &mut Statements,
     reservations: impl Iterator<Item = &'r Reservation>,
     insert: bool,
 ) -> Result<(), LedgerError> {
@@ -528,13 +578,14 @@ fn write_lines<'r>(
         }
     }
     if insert {
-        pg.execute(
-            "INSERT INTO reservation_lines (reservation_id, line_no, sku, quantity, released, fulfilled)
+        execute(pg, statements, "INSERT INTO reservation_lines (reservation_id, line_no, sku, quantity, released, fulfilled)
              SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])",
             &[&ids, &nos, &skus, &qty, &rel, &ful],
         )?;
     } else {
-        pg.execute(
+        execute(
+            pg,
+            statements,
             "UPDATE reservation_lines SET released = u.rel, fulfilled = u.ful
              FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[]) AS u(id, no, rel, ful)
              WHERE reservation_id = u.id AND line_no = u.no",

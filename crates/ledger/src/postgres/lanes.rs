@@ -206,14 +206,14 @@ impl Lane {
     /// Runs the batch in one transaction, retrying it whole after a lost race.
     fn commit(&self, batch: &mut [Box<dyn Job>]) -> Result<(), LedgerError> {
         let mut conn = self.pool.get()?;
-        let client = &mut conn.client;
+        let super::PgConn { client, statements } = &mut *conn;
         let mut last_error = String::new();
         for _ in 0..ATTEMPTS {
             let mut tx = client.transaction()?;
             let now = self.clock.now();
             let mut state = batch::State::default();
             let wanted: Vec<&Prefetch> = batch.iter().map(|j| j.prefetch()).collect();
-            if let Err(e) = batch::prefetch(&mut tx, &mut state, &wanted) {
+            if let Err(e) = batch::prefetch(&mut tx, statements, &mut state, &wanted) {
                 match e {
                     LedgerError::Contention(e) => {
                         last_error = e;
@@ -228,6 +228,7 @@ impl Lane {
                 let step = {
                     let mut btx = BufferedTx {
                         pg: &mut tx,
+                        statements,
                         state: &mut state,
                         undo: &mut undo,
                         source: &self.source,
@@ -244,7 +245,7 @@ impl Lane {
                 }
             }
             let result = match doomed {
-                None => batch::flush(&mut tx, &state, now)
+                None => batch::flush(&mut tx, statements, &state, now)
                     .and_then(|()| tx.commit().map_err(LedgerError::from)),
                 Some(e) => Err(e),
             };

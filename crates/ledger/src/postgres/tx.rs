@@ -69,6 +69,20 @@ pub(crate) fn load_reservation(
     }))
 }
 
+/// The prepared statement for `sql` on this connection, preparing it on first use.
+pub(crate) fn prepared(
+    tx: &mut Transaction<'_>,
+    statements: &mut Statements,
+    sql: &'static str,
+) -> Result<Statement, LedgerError> {
+    if let Some(statement) = statements.get(sql) {
+        return Ok(statement.clone());
+    }
+    let statement = tx.prepare(sql)?;
+    statements.insert(sql, statement.clone());
+    Ok(statement)
+}
+
 /// Statements prepared on one pooled connection, by their SQL text: each is parsed
 /// and planned once per connection instead of on every call (one round trip less).
 pub(crate) type Statements = HashMap<&'static str, Statement>;
@@ -105,14 +119,8 @@ impl PgTx<'_, '_> {
         Ok(self.tx.execute(&statement, params)?)
     }
 
-    /// The prepared statement for `sql`, preparing it on first use.
     fn stmt(&mut self, sql: &'static str) -> Result<Statement, LedgerError> {
-        if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement.clone());
-        }
-        let statement = self.tx.prepare(sql)?;
-        self.statements.insert(sql, statement.clone());
-        Ok(statement)
+        prepared(self.tx, self.statements, sql)
     }
 }
 
