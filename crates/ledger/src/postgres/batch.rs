@@ -17,7 +17,7 @@ use invsync_core::{ExternalRef, InventoryEventV1, Reservation, Sku, StockLevel, 
 use postgres::{Row as PgRow, Transaction};
 use uuid::Uuid;
 
-use super::tx::{load_reservation, prepared, Statements};
+use super::rows::{load_reservation, prepared, Statements};
 use crate::engine::Tx;
 use crate::error::LedgerError;
 use crate::model::AdjustmentOutcome;
@@ -327,30 +327,46 @@ impl Tx for BufferedTx<'_, '_> {
         Ok(())
     }
 
-    fn purge_events(
-        &mut self,
-        _before: DateTime<Utc>,
-        _limit: usize,
-    ) -> Result<usize, LedgerError> {
-        Err(LedgerError::Internal(
-            "purging is not a batched command".into(),
-        ))
+    // Not buffered: these write (or lock) at once, inside the same transaction, which
+    // commits only if the whole command succeeds.
+    fn purge_events(&mut self, before: DateTime<Utc>, limit: usize) -> Result<usize, LedgerError> {
+        // Offsets only grow with time, so the oldest events are the lowest offsets;
+        // deleting a prefix keeps the retained log gapless.
+        Ok(execute(
+            self.pg,
+            self.statements,
+            "DELETE FROM events WHERE log_offset IN (
+                 SELECT log_offset FROM events WHERE occurred_at < $1 ORDER BY log_offset LIMIT $2)",
+            &[&before, &(limit as i64)],
+        )? as usize)
     }
 
     fn due_reservations(
         &mut self,
-        _now: DateTime<Utc>,
-        _limit: usize,
+        now: DateTime<Utc>,
+        limit: usize,
     ) -> Result<Vec<Uuid>, LedgerError> {
-        Err(LedgerError::Internal(
-            "expiry is not a batched command".into(),
-        ))
+        // SKIP LOCKED: instances sweeping at once split the work instead of queueing.
+        let rows = query(
+            self.pg,
+            self.statements,
+            "SELECT id FROM reservations
+             WHERE status = 'active' AND expires_at IS NOT NULL AND expires_at <= $1
+             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&now, &(limit as i64)],
+        )?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
-    fn advance_cursor(&mut self, _name: &str, _offset: i64) -> Result<(), LedgerError> {
-        Err(LedgerError::Internal(
-            "cursors are not batched commands".into(),
-        ))
+    fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
+        execute(
+            self.pg,
+            self.statements,
+            "INSERT INTO meta (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, EXCLUDED.value)",
+            &[&crate::cursor_key(name), &offset],
+        )?;
+        Ok(())
     }
 }
 

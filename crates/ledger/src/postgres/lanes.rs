@@ -105,6 +105,15 @@ where
 /// and stop.
 pub(crate) struct Lanes {
     senders: Vec<mpsc::Sender<Box<dyn Job>>>,
+    units: Units,
+}
+
+/// Runs batches of jobs as units of work: what a lane needs besides its queue.
+#[derive(Clone)]
+struct Units {
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    source: Arc<str>,
 }
 
 impl Lanes {
@@ -115,14 +124,17 @@ impl Lanes {
         clock: Arc<dyn Clock>,
         source: Arc<str>,
     ) -> Result<Self, LedgerError> {
+        let units = Units {
+            pool,
+            clock,
+            source,
+        };
         let mut senders = Vec::with_capacity(count);
         for i in 0..count.max(1) {
             let (tx, rx) = mpsc::channel(4096);
             let lane = Lane {
                 jobs: rx,
-                pool: pool.clone(),
-                clock: clock.clone(),
-                source: source.clone(),
+                units: units.clone(),
                 max_batch: max_batch.max(1),
             };
             std::thread::Builder::new()
@@ -131,7 +143,30 @@ impl Lanes {
                 .map_err(|e| LedgerError::Internal(format!("cannot start a lane: {e}")))?;
             senders.push(tx);
         }
-        Ok(Self { senders })
+        Ok(Self { senders, units })
+    }
+
+    /// Runs `f` alone, in its own transaction on a blocking thread: for commands no
+    /// request waits on in bulk (expiry, purging, cursors).
+    pub(crate) async fn alone<T, F>(&self, f: F) -> Result<T, LedgerError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Engine<'_, BufferedTx<'_, '_>>) -> Result<T, LedgerError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(Typed {
+            prefetch: Prefetch::default(),
+            f,
+            result: None,
+            reply,
+        });
+        let units = self.units.clone();
+        tokio::task::spawn_blocking(move || units.settle(vec![job]))
+            .await
+            .map_err(|e| LedgerError::Internal(format!("write task failed: {e}")))?;
+        answer
+            .await
+            .map_err(|_| LedgerError::Unavailable("the write was not answered".into()))?
     }
 
     /// Runs `f` in the batch of the lane that `key` maps to; answers after its commit.
@@ -165,9 +200,7 @@ impl Lanes {
 
 struct Lane {
     jobs: mpsc::Receiver<Box<dyn Job>>,
-    pool: Pool,
-    clock: Arc<dyn Clock>,
-    source: Arc<str>,
+    units: Units,
     max_batch: usize,
 }
 
@@ -182,10 +215,12 @@ impl Lane {
                     Err(_) => break,
                 }
             }
-            self.settle(std::mem::take(&mut batch));
+            self.units.settle(std::mem::take(&mut batch));
         }
     }
+}
 
+impl Units {
     /// Commits the batch and answers every job in it.
     fn settle(&self, mut jobs: Vec<Box<dyn Job>>) {
         match self.commit(&mut jobs) {

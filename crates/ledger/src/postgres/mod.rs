@@ -1,11 +1,11 @@
 //! The PostgreSQL ledger, for production and for several instances on one database.
 //!
-//! Writes: each command runs in its own transaction on a pooled connection, through
-//! the same [`Engine`] as SQLite. Stock rows are read `FOR UPDATE` in (store, sku)
-//! order, so concurrent reservations serialize on the row locks and two orders can
-//! never deadlock. A command that loses a race (a unique key, a serialization
-//! failure) is retried from the start, which also makes a repeated idempotency key
-//! answer with the original.
+//! Writes: commands run through the same [`Engine`] as SQLite, coalesced by key into
+//! lane batches that are one unit of work each ([`lanes`], [`batch`]). Stock rows are
+//! locked `FOR UPDATE` in (store, sku) order, so concurrent reservations serialize on
+//! the row locks and two batches cannot deadlock over them. A batch that loses a
+//! race (a unique key, a serialization failure) is retried from the start, which
+//! also makes a repeated idempotency key answer with the original.
 //!
 //! Events go to the `outbox` table in the same transaction. The relay — one active
 //! at a time across all instances, by a session advisory lock — moves outbox rows into
@@ -20,10 +20,9 @@
 
 mod batch;
 mod lanes;
+mod rows;
 mod schema;
-mod tx;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,7 +37,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use self::tx::{PgTx, STOCK_COLUMNS};
+use self::rows::STOCK_COLUMNS;
 use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::error::LedgerError;
@@ -52,7 +51,7 @@ type Pool = r2d2::Pool<Manager>;
 /// A pooled connection and the statements prepared on it.
 pub(crate) struct PgConn {
     client: Client,
-    statements: tx::Statements,
+    statements: rows::Statements,
 }
 
 /// r2d2's PostgreSQL manager, keeping a statement cache beside each connection.
@@ -119,14 +118,13 @@ impl PgConfig {
 pub struct PgLedger {
     /// `None` only while being dropped (see `Drop`).
     pool: Option<Pool>,
-    clock: Arc<dyn Clock>,
-    source: Arc<str>,
     head: watch::Receiver<i64>,
     /// Whether this instance's relay holds the leadership lock.
     leadership: watch::Receiver<bool>,
     closed: Arc<AtomicBool>,
     relay: Mutex<Option<std::thread::JoinHandle<()>>>,
-    lanes: lanes::Lanes,
+    /// `None` only while being dropped (it holds pool handles too).
+    lanes: Option<lanes::Lanes>,
 }
 
 impl PgLedger {
@@ -167,23 +165,22 @@ impl PgLedger {
             .spawn(move || relay.run())
             .map_err(|e| LedgerError::Internal(format!("cannot start the relay thread: {e}")))?;
         let source: Arc<str> = config.source.into();
-        let lanes = lanes::Lanes::start(
-            config.lanes,
-            config.max_batch,
-            pool.clone(),
-            clock.clone(),
-            source.clone(),
-        )?;
+        let lanes =
+            lanes::Lanes::start(config.lanes, config.max_batch, pool.clone(), clock, source)?;
         Ok(Self {
             pool: Some(pool),
-            clock,
-            source,
-            lanes,
+            lanes: Some(lanes),
             head,
             leadership,
             closed,
             relay: Mutex::new(Some(handle)),
         })
+    }
+
+    fn lanes(&self) -> Result<&lanes::Lanes, LedgerError> {
+        self.lanes
+            .as_ref()
+            .ok_or_else(|| LedgerError::Unavailable("the ledger is closed".into()))
     }
 
     fn pool(&self) -> Result<Pool, LedgerError> {
@@ -192,43 +189,20 @@ impl PgLedger {
             .ok_or_else(|| LedgerError::Unavailable("the ledger is closed".into()))
     }
 
+    /// A write command alone in its own transaction (expiry, purging, cursors): the
+    /// same unit of work as a lane's batch, without waiting for a lane.
     async fn write<T: Send + 'static>(
         &self,
-        f: impl Fn(&mut Engine<'_, PgTx<'_, '_>>) -> Result<T, LedgerError> + Send + 'static,
+        f: impl FnMut(&mut Engine<'_, batch::BufferedTx<'_, '_>>) -> Result<T, LedgerError>
+            + Send
+            + 'static,
     ) -> Result<T, LedgerError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(LedgerError::Unavailable(
                 "the ledger is shutting down".into(),
             ));
         }
-        let (pool, clock, source) = (self.pool()?, self.clock.clone(), self.source.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get()?;
-            let PgConn { client, statements } = &mut *conn;
-            let mut last_error = String::new();
-            for _ in 0..ATTEMPTS {
-                let mut tx = client.transaction()?;
-                let mut pgtx = PgTx {
-                    tx: &mut tx,
-                    statements,
-                    existing: HashSet::new(),
-                    source: &source,
-                };
-                let result = f(&mut Engine {
-                    tx: &mut pgtx,
-                    now: clock.now(),
-                });
-                match result.and_then(|v| tx.commit().map(|()| v).map_err(LedgerError::from)) {
-                    Err(LedgerError::Contention(e)) => last_error = e,
-                    other => return other,
-                }
-            }
-            Err(LedgerError::Unavailable(format!(
-                "gave up after {ATTEMPTS} collisions: {last_error}"
-            )))
-        })
-        .await
-        .map_err(|e| LedgerError::Internal(format!("write task failed: {e}")))?
+        self.lanes()?.alone(f).await
     }
 
     /// A write command through the lanes (see [`lanes`]): it shares a transaction with
@@ -246,7 +220,7 @@ impl PgLedger {
                 "the ledger is shutting down".into(),
             ));
         }
-        self.lanes.run(key, prefetch, f).await
+        self.lanes()?.run(key, prefetch, f).await
     }
 
     async fn read<T: Send + 'static>(
@@ -266,13 +240,12 @@ impl PgLedger {
 impl Drop for PgLedger {
     fn drop(&mut self) {
         // The sync PostgreSQL client closes its connection by blocking on its own
-        // runtime, which panics on an async worker thread: let the last pool handle
-        // go on a plain thread.
-        if let Some(pool) = self.pool.take() {
-            let _ = std::thread::Builder::new()
-                .name("ledger-pool-close".into())
-                .spawn(move || drop(pool));
-        }
+        // runtime, which panics on an async worker thread: let the last pool handles
+        // (ours and the lanes') go on a plain thread.
+        let (pool, lanes) = (self.pool.take(), self.lanes.take());
+        let _ = std::thread::Builder::new()
+            .name("ledger-pool-close".into())
+            .spawn(move || drop((pool, lanes)));
     }
 }
 
@@ -296,7 +269,7 @@ fn stock_rows(
     sql: &str,
     params: &[&(dyn postgres::types::ToSql + Sync)],
 ) -> Result<Vec<StockRow>, LedgerError> {
-    c.query(sql, params)?.iter().map(tx::stock_row).collect()
+    c.query(sql, params)?.iter().map(rows::stock_row).collect()
 }
 
 struct Relay {
@@ -536,7 +509,7 @@ impl Ledger for PgLedger {
     }
 
     async fn reservation(&self, id: Uuid) -> Result<Option<Reservation>, LedgerError> {
-        self.read(move |c| tx::load_reservation(c, id)).await
+        self.read(move |c| rows::load_reservation(c, id)).await
     }
 
     async fn reservations_by_order(&self, order: OrderId) -> Result<Vec<Reservation>, LedgerError> {
@@ -552,7 +525,7 @@ impl Ledger for PgLedger {
                     .collect();
                 let mut out = Vec::with_capacity(ids.len());
                 for id in ids {
-                    out.extend(tx::load_reservation(tx, id)?);
+                    out.extend(rows::load_reservation(tx, id)?);
                 }
                 Ok(out)
             })

@@ -1,0 +1,86 @@
+//! Row ↔ domain mapping for PostgreSQL, shared by the write path
+//! ([`batch`](super::batch)) and the read paths, and the per-connection statement
+//! cache.
+
+use std::collections::HashMap;
+
+use invsync_core::{
+    OrderId, Reservation, ReservationLine, ReservationStatus, Sku, StockLevel, StoreId,
+};
+use postgres::{GenericClient, Row, Statement, Transaction};
+use uuid::Uuid;
+
+use crate::error::LedgerError;
+use crate::model::StockRow;
+
+fn corrupt(what: &str, err: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Internal(format!("stored {what} is invalid: {err}"))
+}
+
+pub(crate) const STOCK_COLUMNS: &str = "store_id, sku, on_hand, reserved, version, updated_at";
+
+pub(crate) fn stock_row(row: &Row) -> Result<StockRow, LedgerError> {
+    Ok(StockRow {
+        store_id: StoreId::parse(row.try_get::<_, String>(0)?)
+            .map_err(|e| corrupt("store_id", e))?,
+        sku: Sku::parse(row.try_get::<_, String>(1)?).map_err(|e| corrupt("sku", e))?,
+        level: StockLevel::new(row.try_get(2)?, row.try_get(3)?, row.try_get(4)?)?,
+        updated_at: row.try_get(5)?,
+    })
+}
+
+pub(crate) fn load_reservation(
+    c: &mut impl GenericClient,
+    id: Uuid,
+) -> Result<Option<Reservation>, LedgerError> {
+    let Some(head) = c.query_opt(
+        "SELECT order_id, store_id, status, expires_at, created_at FROM reservations WHERE id = $1",
+        &[&id],
+    )?
+    else {
+        return Ok(None);
+    };
+    let status: String = head.try_get(2)?;
+    let mut lines = Vec::new();
+    for row in c.query(
+        "SELECT sku, quantity, released, fulfilled FROM reservation_lines
+         WHERE reservation_id = $1 ORDER BY line_no",
+        &[&id],
+    )? {
+        lines.push(ReservationLine {
+            sku: Sku::parse(row.try_get::<_, String>(0)?).map_err(|e| corrupt("sku", e))?,
+            quantity: row.try_get(1)?,
+            released: row.try_get(2)?,
+            fulfilled: row.try_get(3)?,
+        });
+    }
+    Ok(Some(Reservation {
+        reservation_id: id,
+        order_id: OrderId::parse(head.try_get::<_, String>(0)?)
+            .map_err(|e| corrupt("order_id", e))?,
+        store_id: StoreId::parse(head.try_get::<_, String>(1)?)
+            .map_err(|e| corrupt("store_id", e))?,
+        status: ReservationStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        lines,
+        expires_at: head.try_get(3)?,
+        created_at: head.try_get(4)?,
+    }))
+}
+
+/// The prepared statement for `sql` on this connection, preparing it on first use.
+pub(crate) fn prepared(
+    tx: &mut Transaction<'_>,
+    statements: &mut Statements,
+    sql: &'static str,
+) -> Result<Statement, LedgerError> {
+    if let Some(statement) = statements.get(sql) {
+        return Ok(statement.clone());
+    }
+    let statement = tx.prepare(sql)?;
+    statements.insert(sql, statement.clone());
+    Ok(statement)
+}
+
+/// Statements prepared on one pooled connection, by their SQL text: each is parsed
+/// and planned once per connection instead of on every call (one round trip less).
+pub(crate) type Statements = HashMap<&'static str, Statement>;
