@@ -5,13 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${1:-10} BIG=${2:-10000000}
-cargo build -q --release -p invsync
-B=$PWD/target/release/invsync
-D=$(mktemp -d)
-trap 'kill $SERVER 2>/dev/null || true; rm -rf "$D"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$B" serve --data-dir "$D" --listen "127.0.0.1:$port" 2>"$D/log" & SERVER=$!
-for _ in $(seq 200); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.05; done
+. scripts/bench-common.sh
+port=$(free_port)
+"$B" serve --data-dir "$D/data" --listen "127.0.0.1:$port" 2>"$D/log" & SERVER=$!; pids+=($SERVER)
+wait_up "http://127.0.0.1:$port"
 line() { python3 -c '
 import json, sys
 s = json.load(sys.stdin)
@@ -24,4 +21,4 @@ echo "$big"
 rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$SERVER/status")
 read -r _ _ _ p99_small _ <<<"$small"
 read -r _ _ _ p99_big _ <<<"$big"
-echo "p99 ratio ${BIG} rows / 10,000 rows: $(python3 -c "print('%.2f' % ($p99_big / $p99_small))"); server peak RSS ${rss} MB; ledger file $(du -h "$D/ledger.db" | cut -f1)"
+echo "p99 ratio ${BIG} rows / 10,000 rows: $(python3 -c "print('%.2f' % ($p99_big / $p99_small))"); server peak RSS ${rss} MB; ledger file $(du -h "$D/data/ledger.db" | cut -f1)"

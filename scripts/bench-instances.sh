@@ -12,24 +12,11 @@ T=${1:-10} C=${2:-64}
 shift $(( $# > 2 ? 2 : $# )) || true
 COUNTS=("${@:-1 2 3}")
 read -r -a COUNTS <<<"${COUNTS[*]}"
-BUS=${BUS:-nats} PGPORT=${PGPORT:-55432}
-BASE=../shared/bench/pgbench-baseline
-cargo build -q --release -p invsync
-B=$PWD/target/release/invsync
-D=$(mktemp -d)
-chmod 755 "$D"  # PostgreSQL runs as its own user when we are root
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  PORT=$PGPORT "$BASE/stop.sh" "$D/pg" >/dev/null 2>&1 || true
-  rm -rf "$D"
-}
-trap cleanup EXIT
+BUS=${BUS:-nats}
+. scripts/bench-common.sh
 
 PORT=$PGPORT "$BASE/setup.sh" "$D/pg" >/dev/null
 PSQL="psql -h 127.0.0.1 -p $PGPORT -U postgres -q"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() { for _ in $(seq 200); do curl -sf "$1/healthz" >/dev/null && return; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
 point() { python3 -c '
 import json, sys
 s = json.load(sys.stdin)

@@ -11,21 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${1:-10}
-PGPORT=${PGPORT:-55432}
-BASE=../shared/bench/pgbench-baseline
-cargo build -q --release -p invsync
-B=$PWD/target/release/invsync
-D=$(mktemp -d)
-chmod 755 "$D"  # PostgreSQL runs as its own user when we are root
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  PORT=$PGPORT "$BASE/stop.sh" "$D/pg" >/dev/null 2>&1 || true
-  rm -rf "$D"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() { for _ in $(seq 200); do curl -sf "$1/healthz" >/dev/null && return; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
+. scripts/bench-common.sh
 summary() { python3 -c '
 import json, sys
 s = json.load(sys.stdin)
