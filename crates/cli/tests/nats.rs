@@ -61,6 +61,23 @@ async fn assert_stream_holds_each_event_once(http: &reqwest::Client, url: &str, 
     assert_eq!(published, logged.into_iter().collect::<HashSet<_>>());
 }
 
+/// `serve` flags for PostgreSQL, NATS and a webhook to `receiver` (started here).
+async fn postgres_nats_webhook_flags(
+    pg: &invsync_testkit::Postgres,
+    nats: &invsync_testkit::Nats,
+    receiver: &Receiver,
+) -> Vec<String> {
+    let hook = receiver.clone().start().await;
+    let mut flags = vec![
+        "--database-url".to_owned(),
+        pg.url(),
+        "--bus".to_owned(),
+        nats.url(),
+    ];
+    flags.extend(webhook_flags(&hook));
+    flags
+}
+
 /// Reserves one unit of `sku` through `url`; the answer's status.
 async fn reserve_one(http: &reqwest::Client, url: &str, order: &str, sku: &str) -> u16 {
     let body = json!({"order_id": order, "store_id": "S1", "lines": [{"sku": sku, "quantity": 1}]});
@@ -213,14 +230,7 @@ async fn two_then_three_instances_on_postgres_and_nats_reserve_exactly_the_stock
         return;
     };
     let receiver = Receiver::default();
-    let hook = receiver.clone().start().await;
-    let mut flags = vec![
-        "--database-url".to_owned(),
-        pg.url(),
-        "--bus".to_owned(),
-        nats.url(),
-    ];
-    flags.extend(webhook_flags(&hook));
+    let flags = postgres_nats_webhook_flags(&pg, &nats, &receiver).await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut servers: Vec<Server> = dirs[..2]
         .iter()
@@ -352,14 +362,7 @@ async fn when_the_leader_is_killed_the_other_instance_publishes_and_delivers() {
         return;
     };
     let receiver = Receiver::default();
-    let hook = receiver.clone().start().await;
-    let mut flags = vec![
-        "--database-url".to_owned(),
-        pg.url(),
-        "--bus".to_owned(),
-        nats.url(),
-    ];
-    flags.extend(webhook_flags(&hook));
+    let flags = postgres_nats_webhook_flags(&pg, &nats, &receiver).await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // A starts first and leads: it publishes and delivers before B exists.
     let mut a = Server::start(dir_a.path(), &args(&flags));

@@ -66,9 +66,7 @@ async fn open(backend: Backend, max_batch: usize) -> Option<Fixture> {
             })
         }
         Backend::Postgres => {
-            let pg = tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
-                .await
-                .unwrap()?;
+            let pg = private_postgres().await?;
             let ledger = open_pg(pg.url(), clock.clone()).await;
             Some(Fixture {
                 ledger,
@@ -77,6 +75,14 @@ async fn open(backend: Backend, max_batch: usize) -> Option<Fixture> {
             })
         }
     }
+}
+
+/// A private PostgreSQL, started on a blocking thread; `None` (skipped loudly) when it
+/// is not installed and services are not required.
+async fn private_postgres() -> Option<invsync_testkit::Postgres> {
+    tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
+        .await
+        .unwrap()
 }
 
 async fn open_pg(url: String, clock: Arc<ManualClock>) -> Arc<dyn Ledger> {
@@ -947,10 +953,7 @@ conformance!(
 /// must hold back until it commits (a naive `id > last` cursor would skip it forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_relay_waits_for_a_lower_id_that_commits_last_and_never_loses_it() {
-    let Some(pg) = tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
-        .await
-        .unwrap()
-    else {
+    let Some(pg) = private_postgres().await else {
         return;
     };
     let clock = Arc::new(ManualClock::new(Utc::now()));
@@ -1028,10 +1031,7 @@ async fn postgres_relay_waits_for_a_lower_id_that_commits_last_and_never_loses_i
 /// once, offsets stay gapless, and when the leader stops the other takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_two_relays_move_each_event_once_and_fail_over() {
-    let Some(pg) = tokio::task::spawn_blocking(invsync_testkit::Postgres::start)
-        .await
-        .unwrap()
-    else {
+    let Some(pg) = private_postgres().await else {
         return;
     };
     let clock = Arc::new(ManualClock::new(Utc::now()));
