@@ -3,6 +3,10 @@
 //! back end only reads and writes rows. Every change of a stock row goes through
 //! [`Engine::change`], which writes the row and its event together, so "every change
 //! has exactly one event" holds by construction.
+//!
+//! Every command makes all its checks before its first write: a refused command has
+//! written nothing. The SQLite writer relies on this to run a batch of commands
+//! without a savepoint each.
 
 use chrono::{DateTime, Utc};
 use invsync_core::{
@@ -228,13 +232,19 @@ impl<T: Tx> Engine<'_, T> {
         let mut taken = taken.to_vec();
         taken.sort_by(|a, b| a.0.cmp(&b.0));
         let store = &reservation.store_id;
+        // Every row is checked before any is written (a reservation never holds one SKU
+        // twice), so a refusal — a shortage left fewer units on hand than a line ships —
+        // leaves nothing behind for the back end to undo.
+        let mut afters = Vec::with_capacity(taken.len());
         for (sku, quantity) in &taken {
             let level = self.tx.stock(store, sku)?.ok_or_else(|| {
                 LedgerError::Internal(format!(
                     "reservation holds {sku} in {store} but the row is gone"
                 ))
             })?;
-            let after = step(&level, *quantity)?;
+            afters.push(step(&level, *quantity)?);
+        }
+        for ((sku, quantity), after) in taken.iter().zip(afters) {
             let cause = Cause {
                 event_type,
                 reason,

@@ -642,6 +642,63 @@ async fn a_fulfilled_reservation_does_not_expire(backend: Backend) {
     assert_eq!((row.level.on_hand(), row.level.reserved()), (2, 0));
 }
 
+/// A fulfilment refused on its second line (a shortage left too few units on hand)
+/// must leave its first line untouched, and must not fail the commands that share
+/// its batch: every engine command decides before its first write.
+async fn a_fulfilment_refused_part_way_leaves_nothing_and_fails_no_neighbour(backend: Backend) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
+    stock_in(f.ledger.as_ref(), "S1", "A", 5).await;
+    stock_in(f.ledger.as_ref(), "S1", "B", 5).await;
+    let placed = f
+        .ledger
+        .reserve(reserve("O1", "S1", &[("A", 2), ("B", 2)], None))
+        .await
+        .unwrap();
+    // A count finds only one B: on hand 1, still 2 reserved.
+    f.ledger
+        .adjust(adjust("S1", "B", Change::Delta(Delta::new(-4).unwrap())))
+        .await
+        .unwrap();
+    let before = check_log(f.ledger.as_ref()).await.len();
+    for _ in 0..5 {
+        let ledger = f.ledger.clone();
+        let id = placed.reservation.reservation_id;
+        let refused = tokio::spawn(async move { ledger.fulfil(id, None).await });
+        let neighbours: Vec<_> = (0..16)
+            .map(|i| {
+                let ledger = f.ledger.clone();
+                let (st, sk) = ("S2".to_owned(), format!("N{i}"));
+                tokio::spawn(async move {
+                    ledger
+                        .adjust(adjust(&st, &sk, Change::Delta(Delta::new(1).unwrap())))
+                        .await
+                })
+            })
+            .collect();
+        assert!(matches!(
+            refused.await.unwrap(),
+            Err(LedgerError::Domain(DomainError::InsufficientOnHand { .. }))
+        ));
+        for n in neighbours {
+            n.await.unwrap().unwrap();
+        }
+    }
+    let a = f
+        .ledger
+        .stock(store("S1"), sku("A"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.level.on_hand(), a.level.reserved(), a.level.version()),
+        (5, 2, 2)
+    );
+    // Only the neighbours' 5 × 16 stock-ins were logged.
+    assert_eq!(check_log(f.ledger.as_ref()).await.len(), before + 80);
+}
+
 async fn the_snapshot_names_the_offset_it_is_consistent_with(backend: Backend) {
     let Some(f) = open(backend, 256).await else {
         return;
@@ -978,6 +1035,7 @@ conformance!(
     a_conditional_adjustment_checks_the_version,
     a_reservation_expires_when_its_ttl_runs_out_and_not_before,
     a_fulfilled_reservation_does_not_expire,
+    a_fulfilment_refused_part_way_leaves_nothing_and_fails_no_neighbour,
     the_snapshot_names_the_offset_it_is_consistent_with,
     purging_by_retention_keeps_offsets_and_subscribers_see_each_commit,
     a_named_cursor_starts_at_zero_and_only_moves_forward,

@@ -2,8 +2,10 @@
 //!
 //! One writer thread owns the only writable connection. Requests queue up as jobs; the
 //! writer takes everything waiting (up to `max_batch`) and applies it in one
-//! transaction with one fsync — group commit — giving each job its own savepoint, so a
-//! refused or failed job rolls back alone and never affects its neighbours. Answers
+//! transaction with one fsync — group commit. A refused job decides so before it
+//! writes, so it leaves no trace and never affects its neighbours; a job that fails
+//! part-way through its writes (I/O, a broken invariant) rolls the batch back and
+//! every job in it is answered `Unavailable` (see [`Writer::run_one`]). Answers
 //! are sent only after the commit: a success means the change is on disk. Reads use a
 //! small pool of read-only connections and never wait for the writer.
 //!
@@ -110,8 +112,8 @@ impl SqliteLedger {
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        // Each command's savepoint copies the pages it touches first to a statement
-        // journal: kept in memory, not in a temporary file.
+        // Statement journals (a multi-row statement that may have to undo itself) stay
+        // in memory instead of a temporary file.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)?;
@@ -252,17 +254,31 @@ impl Writer {
             return;
         }
         let mut pending = Vec::with_capacity(batch.len());
+        let mut broken = false;
         for work in batch.drain(..) {
-            pending.push(self.run_one(work, now));
+            let (one, wrote) = self.run_one(work, now);
+            pending.push(one);
+            if wrote {
+                broken = true;
+                break;
+            }
         }
-        let commit = self
-            .conn
-            .execute(
-                "UPDATE meta SET value = ?1 WHERE key = 'last_offset'",
-                params![self.last_offset],
-            )
-            .and_then(|_| exec_cached(&self.conn, "COMMIT"))
-            .map_err(LedgerError::from);
+        // Jobs never run (after a broken command) are dropped: their callers get
+        // `Unavailable` and may retry.
+        batch.clear();
+        let commit = if broken {
+            Err(LedgerError::Unavailable(
+                "a command failed part-way through its writes; its batch was rolled back".into(),
+            ))
+        } else {
+            self.conn
+                .execute(
+                    "UPDATE meta SET value = ?1 WHERE key = 'last_offset'",
+                    params![self.last_offset],
+                )
+                .and_then(|_| exec_cached(&self.conn, "COMMIT"))
+                .map_err(LedgerError::from)
+        };
         let commit_error = match commit {
             Ok(()) => {
                 if self.last_offset != committed_offset {
@@ -284,35 +300,35 @@ impl Writer {
         }
     }
 
-    fn run_one(&mut self, work: Work, now: DateTime<Utc>) -> Pending {
+    /// Runs one command and says whether it failed after writing. A command that is
+    /// refused decides so before it writes anything (the engine checks every line
+    /// first), so a refusal leaves no trace and its neighbours carry on. Only an I/O
+    /// error or a broken invariant can stop a command part-way; then the caller rolls
+    /// the whole batch back. This is what lets the batch run without a savepoint per
+    /// command, whose statement journal copied every page a command touched.
+    fn run_one(&mut self, work: Work, now: DateTime<Utc>) -> (Pending, bool) {
         let before = self.last_offset;
-        if let Err(err) = exec_cached(&self.conn, "SAVEPOINT command") {
-            // The job is dropped unrun; its caller gets `Unavailable`.
-            tracing::error!(error = %LedgerError::from(err), "cannot open a savepoint");
-            return Pending {
-                ok: false,
-                answer: Box::new(|_| {}),
-            };
-        }
+        let changes = self.conn.total_changes();
         let mut tx = SqliteTx {
             conn: &self.conn,
             last_offset: &mut self.last_offset,
             source: &self.source,
         };
         let pending = work(&mut tx, now);
-        if !pending.ok {
-            // A refused or failed command leaves no trace: its rows and its offsets go.
-            let _ = exec_cached(&self.conn, "ROLLBACK TO command");
-            self.last_offset = before;
+        if pending.ok {
+            return (pending, false);
         }
-        let _ = exec_cached(&self.conn, "RELEASE command");
-        pending
+        self.last_offset = before;
+        let wrote = self.conn.total_changes() != changes;
+        if wrote {
+            tracing::error!("a ledger command failed after writing; rolling its batch back");
+        }
+        (pending, wrote)
     }
 }
 
 /// Runs a statement without parameters through the statement cache: the writer
-/// opens, releases and rolls back a savepoint per command, and parsing those every
-/// time shows in a profile.
+/// begins and commits hundreds of times a second.
 fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
@@ -446,7 +462,7 @@ impl Ledger for SqliteLedger {
 
     async fn adjust_many(&self, cmds: Vec<Adjust>) -> Vec<Result<AdjustmentOutcome, LedgerError>> {
         // Queued together, they usually share one batch (one fsync), yet each is
-        // applied on its own savepoint.
+        // decided and answered on its own.
         let mut queued = Vec::with_capacity(cmds.len());
         for cmd in cmds {
             queued.push(self.enqueue(move |e| e.adjust(&cmd)).await);
