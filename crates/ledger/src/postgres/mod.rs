@@ -283,15 +283,16 @@ struct Relay {
 
 impl Relay {
     fn run(self) {
-        let mut leader: Option<Client> = None;
+        // The leader's own connection, with the statements prepared on it.
+        let mut leader: Option<(Client, rows::Statements)> = None;
         while !self.closed.load(Ordering::SeqCst) {
             if self.lead && leader.is_none() {
-                leader = self.try_lead();
+                leader = self.try_lead().map(|c| (c, rows::Statements::new()));
                 self.leading.send_if_modified(|l| {
                     std::mem::replace(l, leader.is_some()) != leader.is_some()
                 });
             }
-            let moved = match leader.as_mut().map(relay_batch) {
+            let moved = match leader.as_mut().map(|(c, st)| relay_batch(c, st)) {
                 Some(Ok(moved)) => moved,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "relay lost its database connection; leadership released");
@@ -340,26 +341,32 @@ impl Relay {
 }
 
 /// Moves the ready prefix of the outbox into the log. Returns the new last offset when
-/// it moved something, `None` when nothing was ready.
-fn relay_batch(c: &mut Client) -> Result<Option<i64>, LedgerError> {
+/// it moved something, `None` when nothing was ready. Under load it runs every few
+/// milliseconds, so its statements are prepared once on the leader's connection.
+fn relay_batch(
+    c: &mut Client,
+    statements: &mut rows::Statements,
+) -> Result<Option<i64>, LedgerError> {
     let mut tx = c.transaction()?;
-    let rows = tx.query(
+    let pending = rows::prepared(
+        &mut tx,
+        statements,
         "SELECT id, event_id, store_id, sku, version, occurred_at, envelope,
                 xid < pg_snapshot_xmin(pg_current_snapshot()) AS settled
          FROM outbox ORDER BY id LIMIT 1000",
-        &[],
     )?;
+    let rows = tx.query(&pending, &[])?;
     let ready: Vec<&postgres::Row> = rows.iter().take_while(|r| r.get::<_, bool>(7)).collect();
     if ready.is_empty() {
         tx.commit()?;
         return Ok(None);
     }
-    let last: i64 = tx
-        .query_one(
-            "SELECT value FROM meta WHERE key = 'last_offset' FOR UPDATE",
-            &[],
-        )?
-        .get(0);
+    let lock_head = rows::prepared(
+        &mut tx,
+        statements,
+        "SELECT value FROM meta WHERE key = 'last_offset' FOR UPDATE",
+    )?;
+    let last: i64 = tx.query_one(&lock_head, &[])?.get(0);
     let offsets: Vec<i64> = (1..=ready.len() as i64).map(|i| last + i).collect();
     let column = |i: usize| {
         ready
@@ -371,17 +378,33 @@ fn relay_batch(c: &mut Client) -> Result<Option<i64>, LedgerError> {
     let event_ids: Vec<Uuid> = ready.iter().map(|r| r.get(1)).collect();
     let versions: Vec<i64> = ready.iter().map(|r| r.get(4)).collect();
     let times: Vec<DateTime<Utc>> = ready.iter().map(|r| r.get(5)).collect();
-    tx.execute(
+    let insert = rows::prepared(
+        &mut tx,
+        statements,
         "INSERT INTO events (log_offset, event_id, store_id, sku, version, occurred_at, envelope)
          SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[], $7::text[])",
-        &[&offsets, &event_ids, &column(2), &column(3), &versions, &times, &column(6)],
     )?;
-    tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])?;
-    let new_last = last + ready.len() as i64;
     tx.execute(
-        "UPDATE meta SET value = $1 WHERE key = 'last_offset'",
-        &[&new_last],
+        &insert,
+        &[
+            &offsets,
+            &event_ids,
+            &column(2),
+            &column(3),
+            &versions,
+            &times,
+            &column(6),
+        ],
     )?;
+    let delete = rows::prepared(&mut tx, statements, "DELETE FROM outbox WHERE id = ANY($1)")?;
+    tx.execute(&delete, &[&ids])?;
+    let new_last = last + ready.len() as i64;
+    let set_head = rows::prepared(
+        &mut tx,
+        statements,
+        "UPDATE meta SET value = $1 WHERE key = 'last_offset'",
+    )?;
+    tx.execute(&set_head, &[&new_last])?;
     tx.commit()?;
     Ok(Some(new_last))
 }
