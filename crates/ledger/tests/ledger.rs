@@ -1187,3 +1187,56 @@ async fn postgres_two_relays_move_each_event_once_and_fail_over() {
     assert!(*b.leadership().borrow(), "the survivor says it leads");
     b.shutdown().await;
 }
+
+/// The relay vacuums the outbox itself once it has moved a few thousand events, so
+/// its scans from the head do not walk an ever longer tail of dead rows until
+/// autovacuum's next visit (a minute away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_relay_vacuums_the_outbox_as_it_drains_it() {
+    let Some(pg) = private_postgres().await else {
+        return;
+    };
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let ledger = open_pg(pg.url(), clock).await;
+    let cmds: Vec<Adjust> = (0..5_000)
+        .map(|k| {
+            adjust(
+                "S1",
+                &format!("V{k}"),
+                Change::Delta(Delta::new(1).unwrap()),
+            )
+        })
+        .collect();
+    for outcome in ledger.adjust_many(cmds).await {
+        outcome.unwrap();
+    }
+    ledger
+        .flush(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(ledger.events(0, 1).await.unwrap().last_offset, 5_000);
+    // The synchronous client wants a thread of its own, outside the async runtime.
+    let url = pg.url();
+    let vacuums = tokio::task::spawn_blocking(move || {
+        let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            // Statistics reach the view shortly after the VACUUM ends.
+            let n: i64 = c
+                .query_one(
+                    "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            if n > 0 || std::time::Instant::now() > deadline {
+                break n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(vacuums >= 1, "the outbox was never vacuumed by the relay");
+    ledger.shutdown().await;
+}

@@ -80,6 +80,13 @@ impl r2d2::ManageConnection for Manager {
 
 /// The advisory lock whose holder is the one active relay.
 const RELAY_LOCK: i64 = 7_461_302;
+/// The relay vacuums the outbox after moving this many events. The outbox is a queue:
+/// every row is inserted, read once and deleted, and the relay's scan from its head
+/// walks over every dead row until a vacuum removes them. Autovacuum looks at a
+/// database once a minute, by which time a busy outbox holds tens of thousands of
+/// dead rows and each scan took milliseconds (seen in `pg_stat_statements`: 4 ms per
+/// relay batch, a third of PostgreSQL's execution time under the spread workload).
+const VACUUM_OUTBOX_EVERY: i64 = 4_096;
 /// How many times a command that lost a race is tried before answering `Unavailable`.
 const ATTEMPTS: usize = 8;
 
@@ -285,6 +292,7 @@ impl Relay {
     fn run(self) {
         // The leader's own connection, with the statements prepared on it.
         let mut leader: Option<(Client, rows::Statements)> = None;
+        let mut moved_since_vacuum = 0;
         while !self.closed.load(Ordering::SeqCst) {
             if self.lead && leader.is_none() {
                 leader = self.try_lead().map(|c| (c, rows::Statements::new()));
@@ -304,8 +312,19 @@ impl Relay {
             };
             match moved {
                 Some(last) => {
+                    moved_since_vacuum += last - *self.head.borrow();
                     self.head
                         .send_if_modified(|h| std::mem::replace(h, last) != last);
+                    if moved_since_vacuum >= VACUUM_OUTBOX_EVERY {
+                        moved_since_vacuum = 0;
+                        if let Some((c, _)) = leader.as_mut() {
+                            // Outside any transaction, as VACUUM must be; it takes no
+                            // lock that writers wait for.
+                            if let Err(e) = c.batch_execute("VACUUM outbox") {
+                                tracing::warn!(error = %e, "cannot vacuum the outbox");
+                            }
+                        }
+                    }
                 }
                 None => {
                     // Follow the log head that another instance's relay advances.
