@@ -3,6 +3,7 @@
 # a fresh server of each build in turn (alternating, so drift on the machine hits both)
 # and drives the same workload; prints every run and the ratio of the medians.
 #   usage: scripts/bench-ab.sh BASE_BINARY [RUNS] [WORKLOAD] [SECONDS] [CLIENTS]
+#   (env: SKUS=10000, the catalog size)
 # The candidate is this tree's release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ run() {  # run NAME BINARY N -> "NAME res/s p99"
   local port; port=$(free_port)
   "$2" serve --data-dir "$D/$1-$3" --listen "127.0.0.1:$port" 2>"$D/$1-$3.log" & local srv=$!; pids+=($srv)
   wait_up "http://127.0.0.1:$port"
-  "$B" bench --url "http://127.0.0.1:$port" --workload "$W" --clients "$C" --duration "${T}s" --json --no-visibility \
+  "$B" bench --url "http://127.0.0.1:$port" --workload "$W" --clients "$C" --duration "${T}s" --skus "${SKUS:-10000}" --json --no-visibility \
     | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sys.argv[1], round(s["throughput_per_s"]), s["latency_ms"]["p99"], "ok" if s["oversell_check"].startswith("ok") else "OVERSOLD")' "$1"
   kill "$srv"; wait "$srv" 2>/dev/null || true
 }

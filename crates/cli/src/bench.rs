@@ -55,6 +55,11 @@ pub struct BenchArgs {
     /// Skip sampling visibility (reservation acknowledged → storefront shows it).
     #[arg(long)]
     pub no_visibility: bool,
+    /// Use the catalog already on the server, as an earlier run with the same
+    /// `--stores`/`--skus` left it, instead of seeding it again (10M rows take
+    /// minutes to seed; this lets a script measure the load phase on its own).
+    #[arg(long)]
+    pub no_seed: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -247,7 +252,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
         Workload::Spread | Workload::Mix => (args.stores, args.skus),
         Workload::Hot => (1, 1),
     };
-    seed(&target, stores, skus, args.stock).await?;
+    if !args.no_seed {
+        seed(&target, stores, skus, args.stock).await?;
+    }
     // Measure the steady state, not the seeding's backlog draining beside the load.
     target.wait_for_consumers(Duration::from_secs(600)).await?;
     let (reserved_before, _) = target.reserved_total(stores).await?;

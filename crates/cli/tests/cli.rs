@@ -433,4 +433,39 @@ fn bench_runs_every_workload_and_its_oversell_check_passes() {
             assert!(summary["visibility_ms"]["samples"].as_f64().unwrap() > 0.0);
         }
     }
+    // `--no-seed` reuses the catalog the spread run seeded; on an empty server the same
+    // run finds no stock at all, so it really did not seed.
+    let empty_dir = tempfile::tempdir().unwrap();
+    let empty = Server::start(empty_dir.path(), &[]);
+    for (url, seeded) in [(&server.url, true), (&empty.url, false)] {
+        let out = run(&[
+            "bench",
+            "--url",
+            url,
+            "--no-seed",
+            "--clients",
+            "4",
+            "--duration",
+            "1s",
+            "--skus",
+            "50",
+            "--no-visibility",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let reserved = summary["answers"]["reserve 201"].as_u64().unwrap_or(0);
+        assert_eq!(reserved > 0, seeded, "{summary}");
+        assert!(
+            summary["oversell_check"]
+                .as_str()
+                .unwrap()
+                .starts_with("ok"),
+            "{summary}"
+        );
+    }
 }
