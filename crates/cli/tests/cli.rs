@@ -384,6 +384,39 @@ async fn events_tail_follow_prints_new_events_as_they_happen() {
     let _ = tail.wait();
 }
 
+/// Runs `invsync bench --clients 4 --duration 1s --skus 50 --json` with `extra`
+/// flags; requires success and a passing oversell check, and returns the summary.
+fn bench(url: &str, extra: &[&str]) -> Value {
+    let mut argv = vec![
+        "bench",
+        "--url",
+        url,
+        "--clients",
+        "4",
+        "--duration",
+        "1s",
+        "--skus",
+        "50",
+        "--json",
+    ];
+    argv.extend_from_slice(extra);
+    let out = run(&argv);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        summary["oversell_check"]
+            .as_str()
+            .unwrap()
+            .starts_with("ok"),
+        "{extra:?}: {summary}"
+    );
+    summary
+}
+
 /// `invsync bench` drives each workload against a real server and its own oversell
 /// check passes (it would fail if the bench or the server miscounted a reservation).
 #[test]
@@ -391,33 +424,7 @@ fn bench_runs_every_workload_and_its_oversell_check_passes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     for workload in ["spread", "hot", "mix"] {
-        let out = run(&[
-            "bench",
-            "--url",
-            &server.url,
-            "--workload",
-            workload,
-            "--clients",
-            "4",
-            "--duration",
-            "1s",
-            "--skus",
-            "50",
-            "--json",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(
-            summary["oversell_check"]
-                .as_str()
-                .unwrap()
-                .starts_with("ok"),
-            "{workload}: {summary}"
-        );
+        let summary = bench(&server.url, &["--workload", workload]);
         assert!(
             summary["answers"]["reserve 201"].as_u64().unwrap() > 0,
             "{summary}"
@@ -438,34 +445,8 @@ fn bench_runs_every_workload_and_its_oversell_check_passes() {
     let empty_dir = tempfile::tempdir().unwrap();
     let empty = Server::start(empty_dir.path(), &[]);
     for (url, seeded) in [(&server.url, true), (&empty.url, false)] {
-        let out = run(&[
-            "bench",
-            "--url",
-            url,
-            "--no-seed",
-            "--clients",
-            "4",
-            "--duration",
-            "1s",
-            "--skus",
-            "50",
-            "--no-visibility",
-            "--json",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let summary = bench(url, &["--no-seed", "--no-visibility"]);
         let reserved = summary["answers"]["reserve 201"].as_u64().unwrap_or(0);
         assert_eq!(reserved > 0, seeded, "{summary}");
-        assert!(
-            summary["oversell_check"]
-                .as_str()
-                .unwrap()
-                .starts_with("ok"),
-            "{summary}"
-        );
     }
 }

@@ -300,31 +300,31 @@ impl Relay {
                     std::mem::replace(l, leader.is_some()) != leader.is_some()
                 });
             }
-            let moved = match leader.as_mut().map(|(c, st)| relay_batch(c, st)) {
-                Some(Ok(moved)) => moved,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "relay lost its database connection; leadership released");
-                    leader = None;
-                    self.leading.send_replace(false);
-                    None
-                }
+            let moved = match leader.as_mut() {
+                Some((c, statements)) => match relay_batch(c, statements) {
+                    Ok(moved) => {
+                        if let Some(last) = moved {
+                            moved_since_vacuum += last - *self.head.borrow();
+                            if moved_since_vacuum >= VACUUM_OUTBOX_EVERY {
+                                moved_since_vacuum = 0;
+                                vacuum_outbox(c);
+                            }
+                        }
+                        moved
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "relay lost its database connection; leadership released");
+                        leader = None;
+                        self.leading.send_replace(false);
+                        None
+                    }
+                },
                 None => None,
             };
             match moved {
                 Some(last) => {
-                    moved_since_vacuum += last - *self.head.borrow();
                     self.head
                         .send_if_modified(|h| std::mem::replace(h, last) != last);
-                    if moved_since_vacuum >= VACUUM_OUTBOX_EVERY {
-                        moved_since_vacuum = 0;
-                        if let Some((c, _)) = leader.as_mut() {
-                            // Outside any transaction, as VACUUM must be; it takes no
-                            // lock that writers wait for.
-                            if let Err(e) = c.batch_execute("VACUUM outbox") {
-                                tracing::warn!(error = %e, "cannot vacuum the outbox");
-                            }
-                        }
-                    }
                 }
                 None => {
                     // Follow the log head that another instance's relay advances.
@@ -356,6 +356,14 @@ impl Relay {
         } else {
             None
         }
+    }
+}
+
+/// Vacuums the outbox on the leader's connection, outside any transaction as VACUUM
+/// must be; it takes no lock that writers wait for.
+fn vacuum_outbox(c: &mut Client) {
+    if let Err(e) = c.batch_execute("VACUUM outbox") {
+        tracing::warn!(error = %e, "cannot vacuum the outbox");
     }
 }
 

@@ -125,7 +125,7 @@ impl SqliteLedger {
         // memory without limit.
         let (tx, rx) = mpsc::channel(16_384);
         let (head_tx, head) = watch::channel(last_offset);
-        let wal_written = Checkpointer::start(&config.path)?;
+        let wal_written = spawn_checkpointer(&config.path)?;
         let writer = Writer {
             head: head_tx,
             wal_written,
@@ -256,9 +256,9 @@ impl Writer {
         let mut pending = Vec::with_capacity(batch.len());
         let mut broken = false;
         for work in batch.drain(..) {
-            let (one, wrote) = self.run_one(work, now);
+            let (one, broke) = self.run_one(work, now);
             pending.push(one);
-            if wrote {
+            if broke {
                 broken = true;
                 break;
             }
@@ -272,10 +272,8 @@ impl Writer {
             ))
         } else {
             self.conn
-                .execute(
-                    "UPDATE meta SET value = ?1 WHERE key = 'last_offset'",
-                    params![self.last_offset],
-                )
+                .prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'last_offset'")
+                .and_then(|mut update| update.execute(params![self.last_offset]))
                 .and_then(|_| exec_cached(&self.conn, "COMMIT"))
                 .map_err(LedgerError::from)
         };
@@ -345,43 +343,38 @@ const BACKSTOP_CHECKPOINT_PAGES: i64 = 16_384;
 /// of times a second, and one checkpoint (with its fsync) serves them all.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Copies committed WAL frames into the database file on its own connection and
-/// thread. A PASSIVE checkpoint never blocks the writer or the readers; once it has
-/// copied everything, the writer's next transaction starts the WAL file over, so the
-/// WAL stays small under steady load.
-struct Checkpointer;
-
-impl Checkpointer {
-    /// Starts the thread; it stops when the returned sender (the writer's) is dropped.
-    fn start(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>, LedgerError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        std::thread::Builder::new()
-            .name("ledger-checkpointer".into())
-            .spawn(move || {
-                while rx.recv().is_ok() {
-                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, i64>(2)?,
-                        ))
-                    });
-                    match done {
-                        Ok((_, wal_pages, copied)) => {
-                            tracing::trace!(wal_pages, copied, "ledger checkpoint")
-                        }
-                        Err(err) => tracing::warn!(error = %err, "ledger checkpoint failed"),
+/// Starts the checkpointer: it copies committed WAL frames into the database file on
+/// its own connection and thread whenever the returned sender (the writer's) says
+/// there are new ones, and stops when that sender is dropped. A PASSIVE checkpoint
+/// never blocks the writer or the readers; once it has copied everything, the
+/// writer's next transaction starts the WAL file over, so the WAL stays small under
+/// steady load.
+fn spawn_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>, LedgerError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("ledger-checkpointer".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                });
+                match done {
+                    Ok((_, wal_pages, copied)) => {
+                        tracing::trace!(wal_pages, copied, "ledger checkpoint")
                     }
-                    std::thread::sleep(CHECKPOINT_EVERY);
+                    Err(err) => tracing::warn!(error = %err, "ledger checkpoint failed"),
                 }
-            })
-            .map_err(|e| {
-                LedgerError::Internal(format!("cannot start the checkpointer thread: {e}"))
-            })?;
-        Ok(tx)
-    }
+                std::thread::sleep(CHECKPOINT_EVERY);
+            }
+        })
+        .map_err(|e| LedgerError::Internal(format!("cannot start the checkpointer thread: {e}")))?;
+    Ok(tx)
 }
 
 /// Read-only connections, handed out round-robin.
