@@ -331,8 +331,11 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-/// The writer's page cache, in KiB (a negative `cache_size`): the stock rows and the
-/// upper levels of every index stay in memory, well within the RSS budget.
+/// The writer's page cache, in KiB (a negative `cache_size`): the upper levels of every
+/// B-tree and the busiest leaves stay in memory, well within the RSS budget. A catalog
+/// whose stock table outgrows it (10M rows: 465 MB) costs the writer a page read per
+/// reservation, which BENCHMARKS.md ("Growth") measures; a cache, or a mapping, that
+/// held such a table would cost its size in RSS, so we keep the bound.
 const WRITER_CACHE_KIB: i64 = -16_384;
 
 /// The writer checkpoints by itself only past this many WAL pages (64 MiB): a
