@@ -1,6 +1,6 @@
 //! A server nobody scrapes must not keep its histogram samples: the recorder holds
 //! every sample until something folds it into the buckets, and before the upkeep
-//! thread that was only `/metrics` (the 10M-row heap profile in BENCHMARKS.md).
+//! thread that was only `/metrics` (the heap profile in BENCHMARKS.md, "Growth").
 //!
 //! One test in this binary: it counts the whole process's heap with dhat.
 
