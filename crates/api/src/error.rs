@@ -156,7 +156,9 @@ impl From<DomainError> for ApiError {
             DomainError::InsufficientOnHand { .. } => {
                 Self::new(ErrorCode::InsufficientOnHand, detail)
             }
-            DomainError::IdempotencyConflict => Self::new(ErrorCode::IdempotencyConflict, detail),
+            DomainError::IdempotencyConflict(_) => {
+                Self::new(ErrorCode::IdempotencyConflict, detail)
+            }
             DomainError::VersionConflict { .. } => Self::new(ErrorCode::VersionConflict, detail),
             DomainError::InvalidState(_) => Self::new(ErrorCode::InvalidState, detail),
             DomainError::NotFound(what) => Self::not_found(what),

@@ -158,6 +158,29 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
+/// The optional `Idempotency-Key` header. Its bytes are read as UTF-8 (HTTP carries
+/// header bytes opaquely; `to_str` would refuse every non-ASCII key) and must be a
+/// valid identifier.
+pub(crate) struct IdemKey(pub(crate) Option<invsync_core::IdempotencyKey>);
+
+pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+impl<S: Send + Sync> FromRequestParts<S> for IdemKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts
+            .headers
+            .get(IDEMPOTENCY_KEY)
+            .map(|v| {
+                let v = field(IDEMPOTENCY_KEY, std::str::from_utf8(v.as_bytes()))?;
+                field(IDEMPOTENCY_KEY, invsync_core::IdempotencyKey::parse(v))
+            })
+            .transpose()
+            .map(Self)
+    }
+}
+
 /// Parses one input value into a domain type, naming the field when it is refused.
 pub(crate) fn field<T, E: std::fmt::Display>(
     name: &str,

@@ -479,7 +479,7 @@ async fn malformed_requests_get_a_4xx_naming_the_problem_and_change_nothing(back
         return;
     };
     app.adjust("S1", "A", 5).await;
-    let long = "x".repeat(65);
+    let long = "x".repeat(256);
     let many_lines: Vec<Value> = (0..501)
         .map(|i| json!({"sku": format!("S{i}"), "quantity": 1}))
         .collect();
@@ -534,7 +534,7 @@ async fn malformed_requests_get_a_4xx_naming_the_problem_and_change_nothing(back
         (
             Method::POST,
             "/v1/reservations".into(),
-            Some(reserve_body("O", "S1", &[("A/B", 1)])),
+            Some(reserve_body("O", "S1", &[("A\u{1}B", 1)])),
             Some("lines[0].sku"),
         ),
         (
@@ -690,11 +690,16 @@ async fn malformed_requests_get_a_4xx_naming_the_problem_and_change_nothing(back
         ),
         (
             Method::GET,
-            "/v1/stock/S%201/A".into(),
+            "/v1/stock/S%0A1/A".into(),
             None,
             Some("store_id"),
         ),
-        (Method::GET, "/v1/stock/S1/A%2FB".into(), None, Some("sku")),
+        (
+            Method::GET,
+            "/v1/stock/S1/A%2FB%20".into(),
+            None,
+            Some("sku"),
+        ),
         (Method::GET, "/v1/stock".into(), None, Some("sku")),
         (
             Method::GET,
@@ -716,7 +721,7 @@ async fn malformed_requests_get_a_4xx_naming_the_problem_and_change_nothing(back
         ),
         (
             Method::GET,
-            "/v1/stock?store_id=S1&after=a%20b".into(),
+            "/v1/stock?store_id=S1&after=%20b".into(),
             None,
             Some("after"),
         ),
@@ -790,7 +795,7 @@ async fn malformed_requests_get_a_4xx_naming_the_problem_and_change_nothing(back
             .header("content-type", "application/json")
             .body("{} {}"),
         app.request(Method::POST, "/v1/reservations")
-            .header("Idempotency-Key", "bad key")
+            .header("Idempotency-Key", "bad\tkey")
             .json(&reserve_body("O", "S1", &[("A", 1)])),
         app.request(Method::DELETE, "/v1/stock"),
         app.request(Method::GET, "/v2/stock"),
@@ -940,6 +945,277 @@ async fn the_storefront_keeps_answering_while_the_ledger_is_down() {
     );
 }
 
+/// A path built by the `url` crate's own segment encoder (not ours): `/` inside an id
+/// becomes `%2F`, so the id stays one segment.
+fn path_of(segments: &[&str], query: &[(&str, &str)]) -> String {
+    let mut url = reqwest::Url::parse("http://x/").unwrap();
+    url.path_segments_mut().unwrap().extend(segments);
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    url[url::Position::BeforePath..].to_owned()
+}
+
+/// Real catalogue and order ids (api.md: any UTF-8 of 1..=255 bytes, no control
+/// characters, no edge whitespace) pass unchanged through paths, queries, bodies,
+/// cursors, the ledger and the events; one byte more is refused naming the field.
+async fn real_world_identifiers_round_trip_exactly(backend: Backend) {
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
+    let long = "L".repeat(254) + "é"; // 256 bytes: one too many
+    let longest = "x".repeat(255);
+    let skus = [
+        "TSHIRT RED/XL",
+        "CAFÉ-1",
+        "a%2Fb",
+        "50% off/2",
+        longest.as_str(),
+        "商品 42",
+    ];
+    let stores = ["Store #1/Paris", "S1"];
+    for store in stores {
+        for sku in skus {
+            app.adjust(store, sku, 5).await;
+        }
+    }
+    for store in stores {
+        for sku in skus {
+            let one = app.get(&path_of(&["v1", "stock", store, sku], &[])).await;
+            assert_eq!(one.status, 200, "{store}/{sku}: {}", one.body);
+            assert_eq!(
+                (one.body["store_id"].as_str(), one.body["sku"].as_str()),
+                (Some(store), Some(sku))
+            );
+        }
+        // Paged by store two at a time, so every cursor crosses an odd id.
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut query = vec![("store_id", store), ("limit", "2")];
+            if let Some(a) = &after {
+                query.push(("after", a));
+            }
+            let page = app.get(&path_of(&["v1", "stock"], &query)).await;
+            assert_eq!(page.status, 200, "{}", page.body);
+            seen.extend(
+                page.body["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["sku"].as_str().unwrap().to_owned()),
+            );
+            match page.body["next"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        let mut expected: Vec<String> = skus.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        assert_eq!(seen, expected);
+    }
+    let by_sku = app
+        .get(&path_of(&["v1", "stock"], &[("sku", "TSHIRT RED/XL")]))
+        .await;
+    assert_eq!(
+        by_sku.body["items"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        by_sku.body
+    );
+
+    app.ledger
+        .flush(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut pairs = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut query = vec![("limit", "3")];
+        if let Some(a) = &after {
+            query.push(("after", a));
+        }
+        let page = app
+            .get(&path_of(&["v1", "stock", "snapshot"], &query))
+            .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        for i in page.body["items"].as_array().unwrap() {
+            pairs.push((
+                i["store_id"].as_str().unwrap().to_owned(),
+                i["sku"].as_str().unwrap().to_owned(),
+            ));
+        }
+        match page.body["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pairs.len(), stores.len() * skus.len(), "{pairs:?}");
+
+    let order = "gid://shopify/Order/1001";
+    let placed = app
+        .post(
+            "/v1/reservations",
+            reserve_body(
+                order,
+                "Store #1/Paris",
+                &[("TSHIRT RED/XL", 2), ("CAFÉ-1", 1)],
+            ),
+        )
+        .await;
+    assert_eq!(placed.status, 201, "{}", placed.body);
+    assert_eq!(placed.body["order_id"], order);
+    let listed = app
+        .get(&path_of(&["v1", "reservations"], &[("order_id", order)]))
+        .await;
+    assert_eq!(
+        listed.body["items"][0]["reservation_id"],
+        placed.body["reservation_id"]
+    );
+    let reserved = app
+        .get(&path_of(
+            &["v1", "stock", "Store #1/Paris", "TSHIRT RED/XL"],
+            &[],
+        ))
+        .await;
+    assert_eq!(reserved.body["reserved"], 2);
+
+    let events = app.all_events().await;
+    let sent: Vec<_> = events
+        .iter()
+        .filter(|e| e["data"]["order_id"] == order)
+        .map(|e| {
+            (
+                e["data"]["store_id"].as_str().unwrap(),
+                e["data"]["product_sku"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("Store #1/Paris", "CAFÉ-1"),
+            ("Store #1/Paris", "TSHIRT RED/XL")
+        ]
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["data"]["product_sku"] == longest.as_str()));
+
+    // One byte over, a control character, edge whitespace: 400 naming the field.
+    for (sku, rule) in [
+        (long.as_str(), "255 bytes"),
+        ("a\u{7}b", "control"),
+        (" A", "whitespace"),
+    ] {
+        let refused = app
+            .post(
+                "/v1/adjustments",
+                json!({"store_id": "S1", "sku": sku, "delta": 1, "reason": "stock_in"}),
+            )
+            .await;
+        assert_eq!(
+            (refused.status.as_u16(), refused.body["field"].as_str()),
+            (400, Some("sku")),
+            "{}",
+            refused.body
+        );
+        assert!(
+            refused.body["detail"].as_str().unwrap().contains(rule),
+            "{}",
+            refused.body
+        );
+        let in_path = app.get(&path_of(&["v1", "stock", "S1", sku], &[])).await;
+        assert_eq!(
+            (in_path.status.as_u16(), in_path.body["field"].as_str()),
+            (400, Some("sku"))
+        );
+    }
+}
+
+/// Arbitrary valid ids, drawn by proptest, each through a path, a body, the ledger and
+/// back: what goes in comes out byte for byte.
+async fn arbitrary_valid_identifiers_round_trip(backend: Backend) {
+    use proptest::strategy::{Strategy, ValueTree};
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let ids = "[^\\p{Cc}\\s][^\\p{Cc}]{0,40}[^\\p{Cc}\\s]|[^\\p{Cc}\\s]";
+    let strategy = (ids, ids);
+    for _ in 0..64 {
+        let (store, sku) = strategy.new_tree(&mut runner).unwrap().current();
+        if store.len() > 255 || sku.len() > 255 {
+            continue;
+        }
+        if [&store, &sku].iter().any(|id| *id == "." || *id == "..") {
+            let refused = app
+                .post(
+                    "/v1/adjustments",
+                    json!({"store_id": store, "sku": sku, "delta": 1, "reason": "stock_in"}),
+                )
+                .await;
+            assert_eq!(
+                refused.status, 400,
+                "dot segments cannot be addressed by a URL"
+            );
+            continue;
+        }
+        app.adjust(&store, &sku, 3).await;
+        let got = app.get(&path_of(&["v1", "stock", &store, &sku], &[])).await;
+        assert_eq!(got.status, 200, "{store:?}/{sku:?}: {}", got.body);
+        assert_eq!(
+            (got.body["store_id"].as_str(), got.body["sku"].as_str()),
+            (Some(store.as_str()), Some(sku.as_str()))
+        );
+        assert_eq!(got.body["on_hand"], 3, "{store:?}/{sku:?} is its own row");
+    }
+}
+
+/// Without an Idempotency-Key, a second different reservation of the same (order,
+/// store) is refused naming that pair, not a key the caller never sent.
+async fn the_implicit_key_conflict_names_order_and_store(backend: Backend) {
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
+    app.adjust("S1", "A", 5).await;
+    let first = app
+        .post("/v1/reservations", reserve_body("O-7", "S1", &[("A", 1)]))
+        .await;
+    assert_eq!(first.status, 201);
+    let second = app
+        .post("/v1/reservations", reserve_body("O-7", "S1", &[("A", 2)]))
+        .await;
+    assert_eq!(second.status, 409);
+    let detail = second.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("'O-7'") && detail.contains("'S1'"),
+        "{detail}"
+    );
+    assert!(!detail.contains("Idempotency-Key '"), "{detail}");
+    let keyed = app
+        .send(
+            app.request(Method::POST, "/v1/reservations")
+                .header("Idempotency-Key", "K 1/é")
+                .json(&reserve_body("O-8", "S1", &[("A", 1)])),
+        )
+        .await;
+    assert_eq!(keyed.status, 201, "{}", keyed.body);
+    let reused = app
+        .send(
+            app.request(Method::POST, "/v1/reservations")
+                .header("Idempotency-Key", "K 1/é")
+                .json(&reserve_body("O-9", "S1", &[("A", 1)])),
+        )
+        .await;
+    assert_eq!(reused.status, 409);
+    assert!(
+        reused.body["detail"].as_str().unwrap().contains("'K 1/é'"),
+        "{}",
+        reused.body
+    );
+}
+
 /// Runs each named test body against every ledger back end.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -971,4 +1247,7 @@ on_every_backend!(
     stock_is_listed_by_sku_by_store_with_cursors_and_as_a_snapshot,
     every_error_code_is_produced_as_problem_json,
     malformed_requests_get_a_4xx_naming_the_problem_and_change_nothing,
+    real_world_identifiers_round_trip_exactly,
+    arbitrary_valid_identifiers_round_trip,
+    the_implicit_key_conflict_names_order_and_store,
 );

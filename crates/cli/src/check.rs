@@ -70,7 +70,7 @@ pub async fn run(client: &Client, wait: Duration) -> Result<Report, ClientError>
     loop {
         let mut path = "/v1/stock/snapshot?limit=1000".to_owned();
         if let Some(a) = &after {
-            path.push_str(&format!("&after={a}"));
+            path.push_str(&format!("&after={}", crate::enc(a)));
         }
         let (_, page) = client.call(Method::GET, &path, None).await?;
         let log_offset = page["log_offset"].as_i64().unwrap_or(0);
@@ -267,7 +267,7 @@ async fn check_storefront(
     loop {
         let mut path = "/v1/storefront/rows?limit=1000".to_owned();
         if let Some(a) = &after {
-            path.push_str(&format!("&after={a}"));
+            path.push_str(&format!("&after={}", crate::enc(a)));
         }
         let (_, page) = client.call(Method::GET, &path, None).await?;
         for item in page["items"].as_array().into_iter().flatten() {

@@ -315,7 +315,7 @@ fn list(value: &Value, item: fn(&Value) -> String) -> String {
 }
 
 /// Percent-encodes a value for a URL path segment or query.
-fn enc(value: &str) -> String {
+pub(crate) fn enc(value: &str) -> String {
     value
         .bytes()
         .map(|b| {

@@ -5,6 +5,7 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::error::DomainError;
 use crate::ids::{ExternalRef, IdempotencyKey, OrderId, Sku, StoreId};
 use crate::quantity::{Delta, LineQuantity, OnHandCount, TtlSeconds};
 
@@ -96,12 +97,33 @@ impl Reserve {
     }
 
     /// The key a repeat of this request is recognised by: the `Idempotency-Key` when
-    /// given, else the (order, store) pair. The prefixes keep the two spaces apart.
+    /// given, else the (order, store) pair. The prefixes keep the two spaces apart, and
+    /// `|` splits order from store only because neither side can contain a bare `|`
+    /// (see [`escape_pipe`]), so no two pairs share a key.
     pub fn idempotency_key(&self) -> String {
         match &self.idempotency_key {
             Some(key) => format!("key:{key}"),
-            None => format!("order:{}|{}", self.order_id, self.store_id),
+            None => format!(
+                "order:{}|{}",
+                escape_pipe(self.order_id.as_str()),
+                escape_pipe(self.store_id.as_str())
+            ),
         }
+    }
+
+    /// The refusal for a different request under this request's key, naming the key
+    /// the caller actually used: theirs, or the (order, store) pair standing in for it.
+    pub fn key_conflict(&self) -> DomainError {
+        DomainError::IdempotencyConflict(match &self.idempotency_key {
+            Some(key) => {
+                format!("the Idempotency-Key '{key}' was already used with a different request")
+            }
+            None => format!(
+                "order '{}' already has a different reservation in store '{}' \
+                 (without an Idempotency-Key, a reservation is keyed by order_id and store_id)",
+                self.order_id, self.store_id
+            ),
+        })
     }
 
     /// A digest of what the request asks for, to tell a true repeat from a different
@@ -172,6 +194,16 @@ impl Adjust {
     }
 }
 
+/// Escapes `%` and `|` as `%25` and `%7C`. Identifiers made before any could contain
+/// either are unchanged by it, so keys stored by earlier versions still match.
+fn escape_pipe(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains(['%', '|']) {
+        value.replace('%', "%25").replace('|', "%7C").into()
+    } else {
+        value.into()
+    }
+}
+
 fn digest(value: &impl Serialize) -> String {
     // Serializing these plain structs cannot fail; an empty digest would only make a
     // repeat look like a conflict, never the other way round.
@@ -221,6 +253,40 @@ mod tests {
                 .idempotency_key(),
             "key:k"
         );
+    }
+
+    #[test]
+    fn implicit_keys_of_different_pairs_never_meet() {
+        let key = |order: &str, store: &str| {
+            Reserve::new(
+                OrderId::parse(order).unwrap(),
+                StoreId::parse(store).unwrap(),
+                vec![line("A", 1)],
+                None,
+                None,
+            )
+            .unwrap()
+            .idempotency_key()
+        };
+        assert_ne!(key("a|b", "c"), key("a", "b|c"));
+        assert_ne!(key("a%7Cb", "c"), key("a|b", "c"));
+        assert_eq!(
+            key("O-1", "S1"),
+            "order:O-1|S1",
+            "keys stored before stay valid"
+        );
+    }
+
+    #[test]
+    fn a_conflict_names_the_key_the_caller_used() {
+        let implicit = reserve(vec![line("A", 1)], None).unwrap().key_conflict();
+        let text = implicit.to_string();
+        assert!(text.contains("'O-1'") && text.contains("'S1'"), "{text}");
+        assert!(!text.contains("Idempotency-Key '"), "{text}");
+        let explicit = reserve(vec![line("A", 1)], Some("k-9"))
+            .unwrap()
+            .key_conflict();
+        assert!(explicit.to_string().contains("'k-9'"), "{explicit}");
     }
 
     #[test]

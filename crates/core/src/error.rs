@@ -19,8 +19,10 @@ pub enum DomainError {
     InsufficientStock { lines: Vec<ShortLine> },
     #[error("only {on_hand} on hand, cannot remove {requested}")]
     InsufficientOnHand { on_hand: i64, requested: i64 },
-    #[error("this idempotency key was already used with a different request")]
-    IdempotencyConflict,
+    /// The key of a repeatable request was already used by a different request; the
+    /// text names the key (the caller's `Idempotency-Key`, or what stands in for it).
+    #[error("{0}")]
+    IdempotencyConflict(String),
     #[error("expected version {expected}, found {actual}")]
     VersionConflict { expected: i64, actual: i64 },
     #[error("{0}")]

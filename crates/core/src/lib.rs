@@ -24,7 +24,7 @@ pub mod stock;
 pub use command::{Adjust, AdjustReason, Change, ReleaseReason, RequestError, Reserve};
 pub use error::{DomainError, ShortLine};
 pub use event::{Cause, CloudEvent, EventType, InventoryEventV1, Reason};
-pub use ids::{ExternalRef, IdError, IdempotencyKey, OrderId, Sku, StoreId};
+pub use ids::{ExternalRef, IdError, IdempotencyKey, OrderId, Sku, StoreId, MAX_ID_BYTES};
 pub use quantity::{Delta, LineQuantity, OnHandCount, RangeError, TtlSeconds};
 pub use reservation::{ReleaseKind, Reservation, ReservationLine, ReservationStatus};
 pub use stock::StockLevel;

@@ -106,7 +106,7 @@ impl<T: Tx> Engine<'_, T> {
         let fingerprint = cmd.fingerprint();
         if let Some((stored, reservation)) = self.tx.reservation_by_key(&key)? {
             if stored != fingerprint {
-                return Err(DomainError::IdempotencyConflict.into());
+                return Err(cmd.key_conflict().into());
             }
             return Ok(ReserveOutcome {
                 reservation,
@@ -263,7 +263,10 @@ impl<T: Tx> Engine<'_, T> {
         if let Some(external_ref) = &cmd.external_ref {
             if let Some((stored, outcome)) = self.tx.adjustment_by_ref(external_ref)? {
                 if stored != fingerprint {
-                    return Err(DomainError::IdempotencyConflict.into());
+                    return Err(DomainError::IdempotencyConflict(format!(
+                        "the external_ref '{external_ref}' was already used with a different adjustment"
+                    ))
+                    .into());
                 }
                 return Ok(outcome);
             }

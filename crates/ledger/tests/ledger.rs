@@ -300,7 +300,7 @@ async fn run(f: Fixture, ops: Vec<Op>) {
                             .or_insert(out.reservation.reservation_id);
                     }
                     Err(LedgerError::Domain(
-                        DomainError::InsufficientStock { .. } | DomainError::IdempotencyConflict,
+                        DomainError::InsufficientStock { .. } | DomainError::IdempotencyConflict(_),
                     )) => {}
                     Err(e) => panic!("reserve failed: {e}"),
                 }
@@ -518,7 +518,7 @@ async fn a_repeated_reservation_answers_the_original_and_a_changed_one_conflicts
         .unwrap_err();
     assert!(matches!(
         err,
-        LedgerError::Domain(DomainError::IdempotencyConflict)
+        LedgerError::Domain(DomainError::IdempotencyConflict(_))
     ));
     // With an explicit key, the same order may reserve again under a new key.
     let keyed = Reserve::new(
@@ -546,7 +546,7 @@ async fn an_adjustment_with_the_same_external_ref_is_applied_once(backend: Backe
     cmd.change = Change::Delta(Delta::new(6).unwrap());
     assert!(matches!(
         f.ledger.adjust(cmd).await.unwrap_err(),
-        LedgerError::Domain(DomainError::IdempotencyConflict)
+        LedgerError::Domain(DomainError::IdempotencyConflict(_))
     ));
     assert_eq!(check_log(f.ledger.as_ref()).await.len(), 1);
 }

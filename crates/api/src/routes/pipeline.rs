@@ -108,7 +108,7 @@ pub(crate) async fn rows(
     let limit = super::page_limit(q.limit)?;
     let after = q
         .after
-        .map(|a| super::stock::parse_cursor(&a).map(|(st, sk)| (st.to_string(), sk.to_string())))
+        .map(|a| super::parse_pair_cursor(&a).map(|(st, sk)| (st.to_string(), sk.to_string())))
         .transpose()?;
     let (reader, _) = state.storefront().ok_or_else(|| {
         ApiError::new(
@@ -121,7 +121,11 @@ pub(crate) async fn rows(
         .await
         .map_err(|e| unavailable("storefront projection", e))?;
     let next = (items.len() == limit)
-        .then(|| items.last().map(|r| format!("{}/{}", r.store_id, r.sku)))
+        .then(|| {
+            items
+                .last()
+                .map(|r| super::pair_cursor(&r.store_id, &r.sku))
+        })
         .flatten();
     Ok(Json(ViewPage { items, next }))
 }

@@ -1,19 +1,17 @@
 //! `/v1/reservations…`: the Order domain's reserve, release and fulfil.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
-use invsync_core::{IdempotencyKey, OrderId, ReleaseReason, Reserve};
+use invsync_core::{OrderId, ReleaseReason, Reserve};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::auth::{Auth, ReadScope, ReserveScope};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{field, ApiJson, ApiPath, ApiQuery, OptionalJson};
+use crate::extract::{field, ApiJson, ApiPath, ApiQuery, IdemKey, OptionalJson};
 use crate::wire::{lines, FulfilBody, ReleaseBody, ReservationList, ReservationView, ReserveBody};
 use crate::AppState;
-
-const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 /// Reserves every line or none. A repeat (same `Idempotency-Key`, or same order and
 /// store when no key is given) with the same body answers 200 with the original.
@@ -24,16 +22,9 @@ const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 pub(crate) async fn create(
     _: Auth<ReserveScope>,
     State(state): State<AppState>,
-    headers: HeaderMap,
+    IdemKey(key): IdemKey,
     ApiJson(body): ApiJson<ReserveBody>,
 ) -> ApiResult<(StatusCode, Json<ReservationView>)> {
-    let key = headers
-        .get(IDEMPOTENCY_KEY)
-        .map(|v| {
-            let v = field(IDEMPOTENCY_KEY, v.to_str())?;
-            field(IDEMPOTENCY_KEY, IdempotencyKey::parse(v))
-        })
-        .transpose()?;
     let cmd = Reserve::new(
         body.order_id,
         body.store_id,

@@ -104,13 +104,13 @@ pub(crate) async fn snapshot(
     ApiQuery(q): ApiQuery<SnapshotQuery>,
 ) -> ApiResult<Json<SnapshotView>> {
     let limit = page_limit(q.limit)?;
-    let after = q.after.map(|a| parse_cursor(&a)).transpose()?;
+    let after = q.after.map(|a| super::parse_pair_cursor(&a)).transpose()?;
     let page = state.ledger().snapshot(after, limit).await?;
     let next = (page.items.len() == limit)
         .then(|| {
             page.items
                 .last()
-                .map(|r| format!("{}/{}", r.store_id, r.sku))
+                .map(|r| super::pair_cursor(r.store_id.as_str(), r.sku.as_str()))
         })
         .flatten();
     Ok(Json(SnapshotView {
@@ -118,14 +118,4 @@ pub(crate) async fn snapshot(
         next,
         log_offset: page.log_offset,
     }))
-}
-
-pub(crate) fn parse_cursor(cursor: &str) -> Result<(StoreId, Sku), ApiError> {
-    let (store, sku) = cursor
-        .split_once('/')
-        .ok_or_else(|| ApiError::invalid("after", "must be a cursor returned as `next`"))?;
-    Ok((
-        field("after", StoreId::parse(store))?,
-        field("after", Sku::parse(sku))?,
-    ))
 }
