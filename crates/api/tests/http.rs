@@ -898,6 +898,62 @@ async fn the_openapi_document_covers_the_contract_of_api_md() {
     }
 }
 
+/// A stock-out below what is reserved leaves a shortage; the storefront shows 0 for
+/// that store, never a negative number, and the total agrees with the stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storefront_never_shows_negative_availability() {
+    let app = spawn_with_storefront().await;
+    app.adjust("S1", "A", 5).await;
+    app.adjust("S2", "A", 2).await;
+    let placed = app
+        .post("/v1/reservations", reserve_body("O-1", "S1", &[("A", 5)]))
+        .await;
+    assert_eq!(placed.status, 201);
+    let out = app.adjust("S1", "A", -3).await;
+    assert_eq!(out.body["available"], -3, "the ledger reports the shortage");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let view = loop {
+        let v = app.get("/v1/storefront/availability/A").await.body;
+        if v["stores"][0]["version"] == 3 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "caught up: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(view["stores"][0]["store_id"], "S1");
+    assert_eq!(view["stores"][0]["available"], 0, "{view}");
+    assert_eq!(view["stores"][1]["available"], 2, "{view}");
+    assert_eq!(view["available"], 2, "{view}");
+}
+
+/// Positions at or beyond the head are "nothing yet" (200, empty), never 410 or an
+/// overflow, in the log, the SSE stream and `Last-Event-ID`.
+#[tokio::test]
+async fn positions_beyond_the_head_are_nothing_yet() {
+    let app = spawn().await;
+    app.adjust("S1", "A", 1).await;
+    for after in [1, 2, 1_000_000, i64::MAX] {
+        let page = app.get(&format!("/v1/events?after={after}")).await;
+        assert_eq!(page.status, 200, "after={after}: {}", page.body);
+        assert_eq!(page.body["events"], json!([]), "after={after}");
+        assert_eq!(page.body["next_offset"], after);
+        for req in [
+            app.request(Method::GET, &format!("/v1/events/stream?after={after}")),
+            app.request(Method::GET, "/v1/events/stream")
+                .header("Last-Event-ID", after.to_string()),
+        ] {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200, "stream after {after}");
+            assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        }
+    }
+    let over = app.get("/v1/events?after=9223372036854775808").await;
+    assert_eq!(
+        (over.status.as_u16(), over.body["field"].as_str()),
+        (400, Some("after"))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_storefront_keeps_answering_while_the_ledger_is_down() {
     let app = spawn_with_storefront().await;

@@ -174,7 +174,7 @@ impl BusRelay {
             .events(after, limit)
             .await
             .map_err(BusError::nats)?;
-        if after + 1 < page.oldest_offset {
+        if page.purged_after(after) {
             // Retention purged events the bus never got (it was down for longer than
             // the retention): say so loudly, and go on from what is left.
             tracing::error!(

@@ -66,3 +66,12 @@ pub struct EventPage {
     /// The largest offset written so far (0 when nothing was ever written).
     pub last_offset: i64,
 }
+
+impl EventPage {
+    /// Whether the event after `after` was purged by retention, so a reader at `after`
+    /// has lost events. A position at or beyond the head is never behind: it just has
+    /// nothing yet. Written without `after + 1`, which overflows at `i64::MAX`.
+    pub fn purged_after(&self, after: i64) -> bool {
+        after < self.oldest_offset.saturating_sub(1)
+    }
+}

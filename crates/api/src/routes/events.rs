@@ -38,7 +38,7 @@ pub(crate) async fn list(
     }
     let limit = super::page_limit(q.limit)?;
     let page = state.ledger().events(after, limit).await?;
-    if after + 1 < page.oldest_offset {
+    if page.purged_after(after) {
         return Err(ApiError::gone(page.oldest_offset));
     }
     let next_offset = page.events.last().map_or(after, |e| e.offset);

@@ -28,6 +28,9 @@ fn unavailable(what: &str, err: impl std::fmt::Display) -> ApiError {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct StoreAvailabilityView {
     store_id: String,
+    /// What the store can still sell: never negative. A stock-out below what is
+    /// reserved leaves a shortage in the ledger, but nothing is for sale.
+    #[schema(minimum = 0)]
     available: i64,
     version: i64,
 }
@@ -35,7 +38,8 @@ pub(crate) struct StoreAvailabilityView {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AvailabilityView {
     sku: String,
-    /// The sum of the stores' positive availability.
+    /// The sum of the stores' availability.
+    #[schema(minimum = 0)]
     available: i64,
     stores: Vec<StoreAvailabilityView>,
     /// The projection is current up to events that occurred at this time.
@@ -66,17 +70,18 @@ pub(crate) async fn availability(
         .await
         .map_err(|e| unavailable("storefront projection", e))?;
     let status = consumer.status();
+    let stores: Vec<StoreAvailabilityView> = stores
+        .into_iter()
+        .map(|s| StoreAvailabilityView {
+            store_id: s.store_id,
+            available: s.available.max(0),
+            version: s.version,
+        })
+        .collect();
     Ok(Json(AvailabilityView {
         sku: sku.into(),
-        available: stores.iter().map(|s| s.available.max(0)).sum(),
-        stores: stores
-            .into_iter()
-            .map(|s| StoreAvailabilityView {
-                store_id: s.store_id,
-                available: s.available,
-                version: s.version,
-            })
-            .collect(),
+        available: stores.iter().map(|s| s.available).sum(),
+        stores,
         as_of: status.as_of,
         lag_ms: (status.lag_seconds * 1000.0).round() as i64,
     }))

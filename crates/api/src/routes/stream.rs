@@ -50,7 +50,7 @@ pub(crate) async fn stream(
         None => *head.borrow_and_update(),
     };
     let first = ledger.events(after, 1).await?;
-    if after + 1 < first.oldest_offset {
+    if first.purged_after(after) {
         return Err(ApiError::gone(first.oldest_offset));
     }
 
@@ -66,7 +66,7 @@ pub(crate) async fn stream(
                     continue;
                 }
             };
-            if cursor + 1 < page.oldest_offset {
+            if page.purged_after(cursor) {
                 let gone = Event::default()
                     .event("gone")
                     .data(page.oldest_offset.to_string());
