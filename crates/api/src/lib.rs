@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //!
-//! - [`router`] / [`serve`]: the axum application and its graceful server.
+//! - [`router`]: the axum application; [`serve`]: the server loop with connection
+//!   limits, timeouts and a bounded graceful shutdown (`server.rs`).
 //! - `routes`: one module per area (stock, adjustments, reservations, events, health).
 //! - `wire`: request/response bodies; requests deserialize into domain types.
 //! - `extract`: JSON/query/path extractors whose errors name the field at fault.
@@ -18,10 +19,10 @@ pub mod error;
 mod extract;
 pub mod openapi;
 mod routes;
+mod server;
 pub mod telemetry;
 mod wire;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -34,6 +35,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 pub use auth::{Access, Scope, TokenEntry};
 pub use error::{ApiError, ErrorCode, Problem};
+pub use server::{serve, ServeLimits};
 pub const BODY_LIMIT: usize = extract::BODY_LIMIT;
 
 /// What every handler shares. Cheap to clone.
@@ -46,6 +48,8 @@ struct Inner {
     /// Reported by `/readyz`; `embedded` until other buses exist.
     bus_name: &'static str,
     pipeline: Pipeline,
+    /// Set once at shutdown: long responses (SSE streams) end when it is.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// The consumers running in this process, for the pipeline routes.
@@ -80,7 +84,23 @@ impl AppState {
             access,
             bus_name,
             pipeline,
+            closing: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    /// Ends every long response (the SSE streams) now and refuses to start new
+    /// ones, so that a graceful shutdown is not held open by a client that never
+    /// disconnects.
+    pub fn close_streams(&self) {
+        self.0.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Self::close_streams`] was called.
+    pub(crate) fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|closing| *closing).await;
+        }
     }
 
     pub fn ledger(&self) -> &dyn Ledger {
@@ -189,16 +209,4 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
             ))
         }))
         .with_state(state)
-}
-
-/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight
-/// requests and returns.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

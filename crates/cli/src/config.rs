@@ -54,14 +54,19 @@ pub struct ServeArgs {
     /// Enables the external-IMS webhook connector: events are POSTed here.
     #[arg(long, env = "INVSYNC_WEBHOOK_URL", value_name = "URL")]
     pub webhook_url: Option<String>,
-    /// HMAC key of the webhook signatures (required with --webhook-url).
+    /// HMAC key of the webhook signatures (required with --webhook-url). Visible in
+    /// `ps` as a flag: prefer --webhook-secret-file or the environment variable.
     #[arg(
         long,
         env = "INVSYNC_WEBHOOK_SECRET",
         value_name = "S",
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "webhook_secret_file"
     )]
     pub webhook_secret: Option<String>,
+    /// File holding the webhook's HMAC key (one line; a trailing newline is ignored).
+    #[arg(long, env = "INVSYNC_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
     /// TOML file of API tokens and their scopes.
     #[arg(long, env = "INVSYNC_TOKENS", value_name = "FILE")]
     pub tokens: Option<PathBuf>,
@@ -75,6 +80,20 @@ pub struct ServeArgs {
     /// (default 256).
     #[arg(long, env = "INVSYNC_MAX_BATCH", value_name = "N")]
     pub max_batch: Option<usize>,
+    /// Most HTTP connections open at once; more wait to be accepted (default 4096).
+    #[arg(long, env = "INVSYNC_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Time a connection has to send a request's headers, and the most a keep-alive
+    /// connection may sit idle (default 10s).
+    #[arg(long, env = "INVSYNC_HEADER_TIMEOUT", value_name = "DUR")]
+    pub header_timeout: Option<String>,
+    /// Time a request has to send its body (default 30s).
+    #[arg(long, env = "INVSYNC_BODY_TIMEOUT", value_name = "DUR")]
+    pub body_timeout: Option<String>,
+    /// On SIGTERM, how long in-flight requests may take before the server exits
+    /// anyway; event streams end at once (default 10s).
+    #[arg(long, env = "INVSYNC_SHUTDOWN_GRACE", value_name = "DUR")]
+    pub shutdown_grace: Option<String>,
 }
 
 /// The `--config` file: the same keys as the flags.
@@ -90,10 +109,15 @@ struct FileConfig {
     sla: Option<String>,
     webhook_url: Option<String>,
     webhook_secret: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
     tokens: Option<PathBuf>,
     log_format: Option<String>,
     deployment: Option<String>,
     max_batch: Option<usize>,
+    max_connections: Option<usize>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    shutdown_grace: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +182,8 @@ pub struct Config {
     /// CloudEvents `source` of this deployment's events.
     pub source: String,
     pub max_batch: usize,
+    /// Connection limits, timeouts and the shutdown grace of the HTTP server.
+    pub http: invsync_api::ServeLimits,
 }
 
 impl Config {
@@ -204,10 +230,19 @@ impl Config {
         )?;
         let retention = duration("retention", args.retention.or(file.retention), "7d")?;
         let sla = duration("sla", args.sla.or(file.sla), "30s")?;
-        let webhook = match (
-            args.webhook_url.or(file.webhook_url),
-            args.webhook_secret.or(file.webhook_secret),
-        ) {
+        let secret_file = args.webhook_secret_file.or(file.webhook_secret_file);
+        let secret = match (args.webhook_secret.or(file.webhook_secret), secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "webhook-secret-file",
+                    "give either --webhook-secret or --webhook-secret-file, not both",
+                ))
+            }
+            (Some(secret), None) => Some(secret),
+            (None, Some(path)) => Some(read_secret(&path)?),
+            (None, None) => None,
+        };
+        let webhook = match (args.webhook_url.or(file.webhook_url), secret) {
             (None, None) => None,
             (Some(_), None) => return Err(bad("webhook-secret", "is required with --webhook-url")),
             (None, Some(_)) => return Err(bad("webhook-url", "is required with --webhook-secret")),
@@ -247,6 +282,35 @@ impl Config {
                 format!("must be from 1 to 10000, got {max_batch}"),
             ));
         }
+        let defaults = invsync_api::ServeLimits::default();
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(defaults.max_connections);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(bad(
+                "max-connections",
+                format!("must be from 1 to 1000000, got {max_connections}"),
+            ));
+        }
+        let http = invsync_api::ServeLimits {
+            max_connections,
+            header_timeout: duration(
+                "header-timeout",
+                args.header_timeout.or(file.header_timeout),
+                "10s",
+            )?,
+            body_timeout: duration(
+                "body-timeout",
+                args.body_timeout.or(file.body_timeout),
+                "30s",
+            )?,
+            grace: duration(
+                "shutdown-grace",
+                args.shutdown_grace.or(file.shutdown_grace),
+                "10s",
+            )?,
+        };
         Ok(Self {
             data_dir,
             listen,
@@ -259,8 +323,21 @@ impl Config {
             log_format,
             source: format!("invsync://{deployment}"),
             max_batch,
+            http,
         })
     }
+}
+
+/// Reads a secret kept in a file (so that it never shows in `ps`): its one line,
+/// without the trailing newline an editor adds.
+fn read_secret(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        bad(
+            "webhook-secret-file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

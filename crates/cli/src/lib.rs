@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - [`config`]: `serve`'s typed configuration (flags > env > file > defaults).
+//! - [`datadir`]: the data directory's permissions and its one-process lock.
 //! - [`serve`]: the server's tasks under one supervisor, with graceful shutdown.
 //! - [`client`]: client commands over the HTTP API.
 //! - [`tokens`]: the tokens file and `token new`.
@@ -14,6 +15,7 @@ pub mod bench;
 pub mod check;
 pub mod client;
 pub mod config;
+pub mod datadir;
 pub mod serve;
 pub mod tokens;
 

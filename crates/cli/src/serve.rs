@@ -58,6 +58,7 @@ pub async fn consume(config: Config, which: Builtin) -> anyhow::Result<()> {
 async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
     // Metrics first: tasks started below record from their first moment.
     invsync_api::telemetry::init();
+    raise_fd_limit(config.http.max_connections);
     let access = match &config.tokens {
         Some(path) => {
             Access::Tokens(crate::tokens::load(path).map_err(|e| anyhow::anyhow!("tokens: {e}"))?)
@@ -71,9 +72,9 @@ async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
             config.listen
         ),
     };
-    // The consumers' stores live here whichever database holds the ledger.
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("data-dir: cannot create {}", config.data_dir.display()))?;
+    // The consumers' stores live here whichever database holds the ledger. Held until
+    // this function returns, after the ledger and every store are closed.
+    let _data_dir = crate::datadir::claim(&config.data_dir)?;
     // A consumer process reads the ledger (snapshots, gap fills) but never leads the
     // relay: that stays with the servers.
     let ledger = open_ledger(&config, role == Role::Server).await?;
@@ -104,11 +105,17 @@ async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
     let pipeline = start_consumers(&config, &ledger, bus.as_ref(), role, &stop_rx, &mut tasks)?;
     let bus_name = if bus.is_some() { "nats" } else { "embedded" };
     let state = AppState::on_bus(ledger.clone(), access, pipeline, bus_name);
+    let streams = state.clone();
+    let mut closing = stop_rx.clone();
+    tokio::spawn(async move {
+        let _ = closing.wait_for(|stop| *stop).await;
+        streams.close_streams();
+    });
     let router = match role {
         Role::Server => invsync_api::router(state),
         Role::Consumer(_) => invsync_api::consumer_router(state),
     };
-    let http = invsync_api::serve(listener, router, stopped(stop_rx.clone()));
+    let http = invsync_api::serve(listener, router, stopped(stop_rx.clone()), config.http);
     tasks.spawn(async move { ("HTTP server", http.await.map_err(|e| e.to_string())) });
     if role == Role::Server {
         spawn_housekeeping(&config, &ledger, bus.as_ref(), &stop_rx, &mut tasks);
@@ -123,6 +130,30 @@ async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
     ledger.shutdown().await;
     tracing::info!("invsync stopped");
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one: each connection is a file
+/// descriptor, and the usual soft limit (1,024) is below the default connection cap.
+/// Warns when even the hard limit cannot hold `max_connections` and the files the
+/// server itself keeps open.
+fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the open-files limit");
+        }
+    }
+    let usable = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let needed = max_connections as u64 + 256;
+    if usable < needed {
+        tracing::warn!(
+            open_files_limit = usable,
+            max_connections,
+            "the open-files limit is below --max-connections + 256: lower --max-connections or raise `ulimit -n`"
+        );
+    }
 }
 
 /// The expiry sweeper, the retention janitor and the gauges.

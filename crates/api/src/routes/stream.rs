@@ -55,43 +55,60 @@ pub(crate) async fn stream(
     }
 
     let (tx, rx) = mpsc::channel(256);
+    let closing = state.closing();
     tokio::spawn(async move {
-        let mut cursor = after;
-        loop {
-            let page = match ledger.events(cursor, 500).await {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::warn!(error = %e, "event stream cannot read the log; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if page.purged_after(cursor) {
-                let gone = Event::default()
-                    .event("gone")
-                    .data(page.oldest_offset.to_string());
-                let _ = tx.send(Ok(gone)).await;
-                return;
-            }
-            if page.events.is_empty() {
-                tokio::select! {
-                    _ = head.changed() => {}
-                    _ = tx.closed() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                }
-                continue;
-            }
-            for e in page.events {
-                cursor = e.offset;
-                let event = Event::default()
-                    .id(e.offset.to_string())
-                    .event("inventory")
-                    .data(e.envelope);
-                if tx.send(Ok(event)).await.is_err() {
-                    return; // the client went away
-                }
-            }
+        // At shutdown the task ends, which ends the response: a client holding the
+        // stream open cannot hold the server open with it.
+        tokio::select! {
+            () = follow(ledger, head, after, tx) => {}
+            () = closing => {}
         }
     });
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+}
+
+/// Sends the log after `after` into `tx`, waiting for new events at the head, until
+/// the client goes away or falls behind retention.
+async fn follow(
+    ledger: std::sync::Arc<dyn invsync_ledger::Ledger>,
+    mut head: tokio::sync::watch::Receiver<i64>,
+    after: i64,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    let mut cursor = after;
+    loop {
+        let page = match ledger.events(cursor, 500).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "event stream cannot read the log; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if page.purged_after(cursor) {
+            let gone = Event::default()
+                .event("gone")
+                .data(page.oldest_offset.to_string());
+            let _ = tx.send(Ok(gone)).await;
+            return;
+        }
+        if page.events.is_empty() {
+            tokio::select! {
+                _ = head.changed() => {}
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            continue;
+        }
+        for e in page.events {
+            cursor = e.offset;
+            let event = Event::default()
+                .id(e.offset.to_string())
+                .event("inventory")
+                .data(e.envelope);
+            if tx.send(Ok(event)).await.is_err() {
+                return; // the client went away
+            }
+        }
+    }
 }

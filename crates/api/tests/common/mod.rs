@@ -133,6 +133,7 @@ async fn serve(
         listener,
         invsync_api::router(state),
         std::future::pending(),
+        invsync_api::ServeLimits::default(),
     ));
     App {
         url,
