@@ -76,6 +76,15 @@ impl Access {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is matched
+/// case-insensitively (RFC 9110 §11.1: `bearer`, `BEARER` and `Bearer` are one scheme),
+/// separated from the token by one or more spaces.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The scope a route requires, as a type.
 pub trait RequiredScope: Send + Sync + 'static {
     const SCOPE: Scope;
@@ -114,11 +123,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(bearer_token)
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "a bearer token is required"))?;
         let entry = state.access().find(token).ok_or_else(|| {
             ApiError::new(ErrorCode::Unauthorized, "the bearer token is not valid")
@@ -137,5 +142,26 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
             client: Some(entry.name.clone()),
             _scope: PhantomData,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in [
+            "Bearer t0k",
+            "bearer t0k",
+            "BEARER t0k",
+            "BeArEr   t0k",
+            " Bearer t0k ",
+        ] {
+            assert_eq!(bearer_token(value), Some("t0k"), "{value:?}");
+        }
+        for value in ["Basic dXNlcg==", "Bearer", "Bearer ", "Bearert0k", "t0k"] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
     }
 }

@@ -32,6 +32,7 @@ use invsync_consumers::storefront::StorefrontReader;
 use invsync_consumers::ConsumerHandle;
 use invsync_ledger::Ledger;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use auth::{Access, Scope, TokenEntry};
 pub use error::{ApiError, ErrorCode, Problem};
@@ -200,6 +201,11 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
             )
         })
         .layer(axum::middleware::from_fn(telemetry::track))
+        // No answer is ever sniffed into another type (a JSON error as HTML, say).
+        .layer(SetResponseHeaderLayer::overriding(
+            axum::http::header::X_CONTENT_TYPE_OPTIONS,
+            axum::http::HeaderValue::from_static("nosniff"),
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");

@@ -833,6 +833,15 @@ async fn tokens_and_scopes_guard_every_route_but_health_and_metrics() {
     app.token = Some("wrong-token".into());
     assert_problem(&app.get("/v1/stock?sku=A").await, "unauthorized");
 
+    // Schemes are case-insensitive (RFC 9110): a client sending BEARER is let in.
+    app.token = None;
+    for scheme in ["BEARER", "bearer", "Bearer"] {
+        let raw = app
+            .request(Method::GET, "/v1/stock?sku=A")
+            .header("Authorization", format!("{scheme} reader-secret-token"));
+        assert_eq!(app.send(raw).await.status, 200, "{scheme}");
+    }
+
     app.token = Some("reader-secret-token".into());
     assert_eq!(app.get("/v1/stock?sku=A").await.status, 200);
     assert_problem(
@@ -866,6 +875,31 @@ async fn tokens_and_scopes_guard_every_route_but_health_and_metrics() {
         .status,
         200
     );
+}
+
+/// The console may not be framed or run injected code; no answer may be sniffed.
+#[tokio::test]
+async fn the_console_is_served_with_security_headers() {
+    let app = spawn().await;
+    let page = app.request(Method::GET, "/").send().await.unwrap();
+    let h = page.headers().clone();
+    let csp = h["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(
+        csp.contains("script-src 'sha256-"),
+        "only the page's own script runs: {csp}"
+    );
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    let api = app
+        .request(Method::GET, "/v1/stock/S1/none")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.headers()["x-content-type-options"], "nosniff");
 }
 
 #[tokio::test]
