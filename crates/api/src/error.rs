@@ -25,6 +25,7 @@ pub enum ErrorCode {
     VersionConflict,
     InvalidState,
     PayloadTooLarge,
+    UnsupportedMediaType,
     Unavailable,
     Internal,
 }
@@ -44,6 +45,7 @@ impl ErrorCode {
             | Self::VersionConflict
             | Self::InvalidState => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -63,6 +65,7 @@ impl ErrorCode {
             Self::VersionConflict => "Version conflict",
             Self::InvalidState => "Invalid state",
             Self::PayloadTooLarge => "Payload too large",
+            Self::UnsupportedMediaType => "Unsupported media type",
             Self::Unavailable => "Service unavailable",
             Self::Internal => "Internal error",
         }
@@ -115,6 +118,11 @@ impl ApiError {
         let mut err = Self::new(ErrorCode::InvalidRequest, format!("{field}: {detail}"));
         err.0.field = Some(field);
         err
+    }
+
+    /// Names the request field an error other than a 400 is about.
+    pub fn set_field(&mut self, field: impl Into<String>) {
+        self.0.field = Some(field.into());
     }
 
     pub fn not_found(what: &str) -> Self {

@@ -56,10 +56,12 @@ async fn body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError
             })
             .unwrap_or(false);
         if !ok {
-            return Err(ApiError::invalid(
-                "Content-Type",
-                "must be application/json",
-            ));
+            let mut err = ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "Content-Type: the body must be application/json",
+            );
+            err.set_field("Content-Type");
+            return Err(err);
         }
     }
     // Refuse on the declared length before reading a byte of it.

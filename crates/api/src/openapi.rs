@@ -1,10 +1,95 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and the wire
-//! types, served at `/openapi.json`.
+//! types, served at `/openapi.json` (without a token: it is the contract clients are
+//! written against, and holds no data).
+//!
+//! Two things are added here rather than on each handler, so that no route can forget
+//! them: the problem+json answers every operation can give (see [`ErrorAnswers`]), and
+//! the `Identifier` schema of api.md that every id field and path segment refers to.
 
+use std::borrow::Cow;
+
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::{error, routes, wire};
+
+/// Characters an identifier may not begin or end with: control characters and
+/// Unicode white space (what Rust's `char::is_whitespace` and `is_control` match).
+const EDGE_EXCLUDED: &str = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+
+/// The identifier rule of api.md as a JSON Schema string. `maxLength` counts
+/// characters while the rule counts UTF-8 bytes (255): the description says so.
+pub(crate) struct Identifier;
+
+impl PartialSchema for Identifier {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        let pattern =
+            format!(r"^(?!\.\.?$)[^{EDGE_EXCLUDED}](?:[^\x00-\x1f\x7f-\x9f]*[^{EDGE_EXCLUDED}])?$");
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(invsync_core::MAX_ID_BYTES))
+            .pattern(Some(pattern))
+            .description(Some(
+                "Any UTF-8 string of 1 to 255 bytes with no control characters, no \
+                 leading or trailing white space, and not `.` or `..`. Percent-encoded \
+                 in a path (`TSHIRT%20RED%2FXL`).",
+            ))
+            .examples(["TSHIRT RED/XL"])
+            .into()
+    }
+}
+
+impl ToSchema for Identifier {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Identifier")
+    }
+}
+
+/// A string enum of the values `T` serializes to: the reasons a client may send.
+fn names<T: serde::Serialize>(all: &[T]) -> Vec<String> {
+    all.iter()
+        .filter_map(|v| serde_json::to_value(v).ok()?.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn string_enum(values: Vec<String>, description: &str) -> RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values))
+        .description(Some(description))
+        .into()
+}
+
+/// `reason` of an adjustment.
+pub(crate) struct AdjustReason;
+
+impl PartialSchema for AdjustReason {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        string_enum(
+            names(&invsync_core::AdjustReason::ALL),
+            "Why on_hand changes.",
+        )
+    }
+}
+
+impl ToSchema for AdjustReason {}
+
+/// `reason` of a release.
+pub(crate) struct ReleaseReason;
+
+impl PartialSchema for ReleaseReason {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        string_enum(
+            names(&invsync_core::ReleaseReason::ALL),
+            "Why stock is released (default `order_cancelled`).",
+        )
+    }
+}
+
+impl ToSchema for ReleaseReason {}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,8 +102,11 @@ use crate::{error, routes, wire};
         routes::events::list, routes::stream::stream,
         routes::pipeline::availability, routes::pipeline::rows, routes::pipeline::consumers,
         routes::pipeline::replay, routes::pipeline::dead_letters, routes::pipeline::redrive,
+        routes::health::healthz, routes::health::readyz, routes::health::metrics,
+        routes::health::openapi, routes::health::dashboard,
     ),
     components(schemas(
+        Identifier, AdjustReason, ReleaseReason,
         error::Problem, wire::LineBody, wire::ReserveBody, wire::ReleaseBody, wire::FulfilBody,
         wire::AdjustmentBody, wire::AdjustmentBatchBody, wire::StockView, wire::StockList,
         wire::StockPage, wire::SnapshotView, wire::AdjustmentView, wire::BatchView,
@@ -28,7 +116,7 @@ use crate::{error, routes, wire};
         routes::pipeline::ViewPage, routes::pipeline::ConsumersView, routes::pipeline::ReplayBody,
         routes::pipeline::DeadLetterView, routes::pipeline::DeadLettersView,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ErrorAnswers),
     security(("bearer" = [])),
 )]
 struct ApiDoc;
@@ -45,6 +133,143 @@ impl Modify for BearerAuth {
     }
 }
 
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The problem+json answers of every operation, by what the operation takes:
+/// - every one: 500 (an internal error, logged);
+/// - one that needs a token: 401 and 403;
+/// - one with parameters or a body: 400 naming the field;
+/// - one with path parameters: 404 (no such resource);
+/// - one with a body: 413 and 415;
+/// - one that reads the ledger or a consumer store: 503 (unavailable; retry).
+///
+/// Answers a handler declares itself (409 with its codes, say) keep their
+/// description; their content type becomes `application/problem+json`.
+struct ErrorAnswers;
+
+/// Operations that answer without touching the ledger or a consumer store.
+const NEVER_UNAVAILABLE: &[&str] = &["healthz", "metrics", "openapi", "dashboard"];
+
+impl Modify for ErrorAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                declare_errors(op);
+            }
+        }
+    }
+}
+
+fn declare_errors(op: &mut Operation) {
+    let public = op
+        .security
+        .as_ref()
+        .is_some_and(|s| s.iter().all(|r| r == &Default::default()));
+    let params = op.parameters.as_deref().unwrap_or_default();
+    let has_path = params
+        .iter()
+        .any(|p| p.parameter_in == utoipa::openapi::path::ParameterIn::Path);
+    let has_body = op.request_body.is_some();
+    let id = op.operation_id.clone().unwrap_or_default();
+    let mut codes = vec![(500, "internal error")];
+    if !public {
+        codes.push((401, "unauthorized: no token, or not a valid one"));
+        codes.push((403, "forbidden: the token lacks the scope"));
+    }
+    if !params.is_empty() || has_body {
+        codes.push((400, "invalid_request: `field` names the bad input"));
+    }
+    if has_path {
+        codes.push((404, "not_found"));
+    }
+    if has_body {
+        codes.push((413, "payload_too_large: the body is over 1 MiB"));
+        codes.push((
+            415,
+            "unsupported_media_type: the body is not application/json",
+        ));
+    }
+    if !NEVER_UNAVAILABLE.contains(&id.as_str()) {
+        codes.push((503, "unavailable: retry later"));
+    }
+    let problem = || {
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("Problem")))
+            .build()
+    };
+    let responses = &mut op.responses.responses;
+    for (status, description) in codes {
+        responses
+            .entry(status.to_string())
+            .or_insert_with(|| ResponseBuilder::new().description(description).into());
+    }
+    // An error answer with no content, or one a handler declared as `body = Problem`
+    // (which utoipa files under application/json), is problem+json. Others (the 503
+    // of /readyz, a plain status document) stay as declared.
+    let is_problem = |content: &utoipa::openapi::Content| matches!(&content.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem"));
+    for (status, response) in responses.iter_mut() {
+        let is_error = status.starts_with('4') || status.starts_with('5');
+        if let (true, RefOr::T(response)) = (is_error, response) {
+            if response.content.is_empty() || response.content.values().any(is_problem) {
+                response.content.clear();
+                response
+                    .content
+                    .insert("application/problem+json".to_owned(), problem());
+            }
+        }
+    }
+}
+
+/// The document as served. On top of what the annotations generate, it states the
+/// rules JSON Schema can express but utoipa's attributes cannot (see [`refine`]).
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    refine(&mut doc);
+    doc
+}
+
+/// Rules the server enforces that the generated schema would otherwise leave out, so
+/// that a client generated from the document (or a contract fuzzer) knows them:
+/// - a parameter that is absent is never `null` (HTTP has no null): optional
+///   parameters lose the `"null"` type utoipa gives `Option<T>`;
+/// - an adjustment has exactly one of `delta` and `set_on_hand`, and `delta` is never
+///   0; a replay has exactly one of `from_offset` and `since`.
+fn refine(doc: &mut serde_json::Value) {
+    use serde_json::{json, Value};
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for op in paths
+            .values_mut()
+            .filter_map(Value::as_object_mut)
+            .flat_map(|item| item.values_mut())
+        {
+            let params = op.get_mut("parameters").and_then(Value::as_array_mut);
+            for param in params.into_iter().flatten() {
+                let types = param
+                    .pointer_mut("/schema/type")
+                    .and_then(Value::as_array_mut);
+                if let Some(types) = types {
+                    types.retain(|t| t != "null");
+                    if types.len() == 1 {
+                        param["schema"]["type"] = types[0].clone();
+                    }
+                }
+            }
+        }
+    }
+    let one_of = |fields: [&str; 2]| json!(fields.map(|f| json!({"required": [f]})));
+    let schemas = &mut doc["components"]["schemas"];
+    if schemas["AdjustmentBody"].is_object() {
+        schemas["AdjustmentBody"]["oneOf"] = one_of(["delta", "set_on_hand"]);
+        schemas["AdjustmentBody"]["properties"]["delta"]["not"] = json!({"const": 0});
+    }
+    if schemas["ReplayBody"].is_object() {
+        schemas["ReplayBody"]["oneOf"] = one_of(["from_offset", "since"]);
+    }
 }

@@ -29,9 +29,75 @@ fn handle() -> Option<&'static PrometheusHandle> {
                 .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
                 .ok()?;
             spawn_upkeep(handle.clone());
+            describe();
             Some(handle)
         })
         .as_ref()
+}
+
+/// The version and commit this binary was built from (`commit` is `unknown` when it
+/// was built outside a git checkout).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = env!("INVSYNC_COMMIT");
+
+/// Gives every metric of operations.md its `# HELP` line (and unit), and sets
+/// `invsync_build_info{version, commit} 1`.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "invsync_build_info",
+        "Always 1; the labels say which invsync is running."
+    );
+    metrics::gauge!("invsync_build_info", "version" => VERSION, "commit" => COMMIT).set(1.0);
+    describe_counter!(
+        "invsync_reservations_total",
+        "Reservation requests by outcome (reserved, replayed, insufficient, conflict, error)."
+    );
+    describe_histogram!(
+        "invsync_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request duration by route template and status."
+    );
+    describe_gauge!(
+        "invsync_outbox_backlog",
+        "Events committed but not yet on the bus."
+    );
+    describe_gauge!(
+        "invsync_outbox_oldest_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest event committed but not yet on the bus."
+    );
+    describe_counter!(
+        "invsync_bus_published_total",
+        "Events the relay published to the bus."
+    );
+    describe_gauge!(
+        "invsync_consumer_lag_events",
+        "Events in the log a consumer has not applied yet."
+    );
+    describe_gauge!(
+        "invsync_consumer_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest event a consumer has not applied yet."
+    );
+    describe_histogram!(
+        "invsync_sync_latency_seconds",
+        Unit::Seconds,
+        "Time from an event's occurred_at to the consumer applying it."
+    );
+    describe_counter!(
+        "invsync_sla_breaches_total",
+        "Events a consumer applied later than the visibility SLA."
+    );
+    describe_gauge!(
+        "invsync_dead_letters",
+        "Events a consumer gave up on, waiting for a redrive."
+    );
+    describe_gauge!(
+        "invsync_stock_shortages",
+        "(store, sku) pairs whose available is below zero."
+    );
+    describe_gauge!("invsync_bus_up", "1 while the event bus answers, else 0.");
 }
 
 /// The recorder keeps every histogram sample in a list until something drains it into

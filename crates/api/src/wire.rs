@@ -21,7 +21,7 @@ pub(crate) const MAX_BATCH: usize = 1000;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LineBody {
-    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
+    #[schema(value_type = crate::openapi::Identifier)]
     pub(crate) sku: Sku,
     #[schema(value_type = i64, minimum = 1, maximum = 1000000)]
     pub(crate) quantity: LineQuantity,
@@ -34,11 +34,12 @@ pub(crate) fn lines(body: Vec<LineBody>) -> Vec<(Sku, LineQuantity)> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReserveBody {
-    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    #[schema(value_type = crate::openapi::Identifier)]
     pub(crate) order_id: OrderId,
-    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
+    #[schema(value_type = crate::openapi::Identifier)]
     pub(crate) store_id: StoreId,
     /// 1 to 500 lines, each SKU at most once. All are reserved or none.
+    #[schema(min_items = 1, max_items = 500)]
     pub(crate) lines: Vec<LineBody>,
     /// Releases the reservation with reason `expired` unless fulfilled by then.
     #[schema(value_type = Option<i64>, minimum = 1, maximum = 604800)]
@@ -48,26 +49,30 @@ pub(crate) struct ReserveBody {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReleaseBody {
-    /// What to release; everything still held when absent.
+    /// What to release (1 to 500 lines, each SKU at most once); everything still
+    /// held when absent.
+    #[schema(min_items = 1, max_items = 500)]
     pub(crate) lines: Option<Vec<LineBody>>,
     /// Defaults to `order_cancelled`.
-    #[schema(value_type = Option<String>, example = "order_cancelled")]
+    #[schema(value_type = Option<crate::openapi::ReleaseReason>)]
     pub(crate) reason: Option<ReleaseReason>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FulfilBody {
-    /// What to fulfil; everything still held when absent.
+    /// What to fulfil (1 to 500 lines, each SKU at most once); everything still held
+    /// when absent.
+    #[schema(min_items = 1, max_items = 500)]
     pub(crate) lines: Option<Vec<LineBody>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdjustmentBody {
-    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
+    #[schema(value_type = crate::openapi::Identifier)]
     pub(crate) store_id: StoreId,
-    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
+    #[schema(value_type = crate::openapi::Identifier)]
     pub(crate) sku: Sku,
     /// A relative change; exactly one of `delta` and `set_on_hand`.
     #[schema(value_type = Option<i64>, minimum = -1000000000, maximum = 1000000000)]
@@ -75,10 +80,10 @@ pub(crate) struct AdjustmentBody {
     /// An absolute count; exactly one of `delta` and `set_on_hand`.
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000000)]
     pub(crate) set_on_hand: Option<OnHandCount>,
-    #[schema(value_type = String, example = "stock_in")]
+    #[schema(value_type = crate::openapi::AdjustReason)]
     pub(crate) reason: AdjustReason,
     /// Makes the adjustment idempotent: a repeat gets the original answer.
-    #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    #[schema(value_type = Option<crate::openapi::Identifier>)]
     pub(crate) external_ref: Option<ExternalRef>,
     /// Compare-and-set: refused with `version_conflict` unless the row is at this version.
     #[schema(minimum = 0)]
@@ -119,6 +124,7 @@ impl AdjustmentBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdjustmentBatchBody {
     /// 1 to 1,000 adjustments, each applied atomically on its own.
+    #[schema(min_items = 1, max_items = 1000)]
     pub(crate) items: Vec<AdjustmentBody>,
 }
 

@@ -156,6 +156,17 @@ pub enum ReleaseReason {
     Other,
 }
 
+impl ReleaseReason {
+    /// Every reason, for documents that list them (the OpenAPI enum).
+    pub const ALL: [Self; 5] = [
+        Self::OrderCancelled,
+        Self::OrderChanged,
+        Self::PaymentFailed,
+        Self::CustomerRequest,
+        Self::Other,
+    ];
+}
+
 /// Why `on_hand` changes on an external system's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -166,6 +177,18 @@ pub enum AdjustReason {
     Damage,
     Return,
     Correction,
+}
+
+impl AdjustReason {
+    /// Every reason, for documents that list them (the OpenAPI enum).
+    pub const ALL: [Self; 6] = [
+        Self::StockIn,
+        Self::StockOut,
+        Self::CycleCount,
+        Self::Damage,
+        Self::Return,
+        Self::Correction,
+    ];
 }
 
 /// A relative change or an absolute count.

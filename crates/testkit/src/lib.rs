@@ -33,6 +33,27 @@ fn missing(what: &str, why: &str) -> Option<std::convert::Infallible> {
     None
 }
 
+/// Whether an external checker a test runs (a validator, a linter) is installed:
+/// `program probe_args…` must exit 0. Skips loudly, or fails under
+/// `INVSYNC_REQUIRE_SERVICES=1`, like the servers.
+pub fn tool(what: &str, program: &str, probe_args: &[&str]) -> Option<()> {
+    let ok = Command::new(program)
+        .args(probe_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Some(())
+    } else {
+        missing(
+            what,
+            &format!("`{program} {}` failed", probe_args.join(" ")),
+        )?;
+        None
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the server binds it next).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

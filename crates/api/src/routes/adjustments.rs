@@ -12,7 +12,7 @@ use crate::wire::{
 use crate::AppState;
 
 /// Applies one adjustment (`delta` or `set_on_hand`).
-#[utoipa::path(post, path = "/v1/adjustments", tag = "adjustments", request_body = AdjustmentBody,
+#[utoipa::path(post, path = "/v1/adjustments", tag = "adjustments", operation_id = "adjust", request_body = AdjustmentBody,
     responses((status = 200, body = AdjustmentView),
         (status = 409, description = "insufficient_on_hand, version_conflict, idempotency_conflict", body = crate::error::Problem)))]
 pub(crate) async fn adjust(
@@ -27,7 +27,7 @@ pub(crate) async fn adjust(
 /// Applies up to 1,000 adjustments, each atomically on its own, answering in order.
 /// A malformed item refuses the whole batch (nothing is applied); business refusals
 /// are answered per item.
-#[utoipa::path(post, path = "/v1/adjustments/batch", tag = "adjustments", request_body = AdjustmentBatchBody,
+#[utoipa::path(post, path = "/v1/adjustments/batch", tag = "adjustments", operation_id = "adjust_batch", request_body = AdjustmentBatchBody,
     responses((status = 200, body = BatchView)))]
 pub(crate) async fn batch(
     _: Auth<AdjustScope>,

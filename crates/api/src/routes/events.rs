@@ -12,17 +12,20 @@ use crate::wire::{EventView, EventsView};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EventsQuery {
     /// Events with an offset above this one (default 0: from the start).
+    #[param(minimum = 0)]
     after: Option<i64>,
     /// 1 to 1,000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// Events with offset > `after`, oldest first. 410 `gone` (with `oldest_offset`) when
 /// the next one wanted is older than retention.
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
+#[utoipa::path(get, path = "/v1/events", tag = "events", operation_id = "list_events", params(EventsQuery),
     responses((status = 200, body = EventsView), (status = 410, body = crate::error::Problem)))]
 pub(crate) async fn list(
     _: Auth<ReadScope>,

@@ -9,11 +9,16 @@ use serde_json::json;
 use crate::AppState;
 
 /// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz", security(()),
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
 pub(crate) async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
 /// The ledger answers (503 otherwise); reports the bus in use.
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz", security(()),
+    responses((status = 200, description = "`{\"status\": \"ready\", \"ledger\": \"up\", \"bus\": …}`", body = Object),
+        (status = 503, description = "the ledger does not answer", body = Object, content_type = "application/json")))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.ledger().ping().await {
         Ok(()) => (
@@ -30,6 +35,9 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// Prometheus metrics (text exposition format 0.0.4), every one with `# HELP`.
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics", security(()),
+    responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain; version=0.0.4")))]
 pub(crate) async fn metrics() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -37,8 +45,12 @@ pub(crate) async fn metrics() -> impl IntoResponse {
     )
 }
 
-pub(crate) async fn openapi(_: crate::auth::Auth<crate::auth::ReadScope>) -> impl IntoResponse {
-    Json(crate::openapi::document())
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", operation_id = "openapi", security(()),
+    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
+pub(crate) async fn openapi() -> impl IntoResponse {
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    Json(DOCUMENT.get_or_init(crate::openapi::document))
 }
 
 const DASHBOARD: &str = include_str!("../static/dashboard.html");
@@ -47,6 +59,8 @@ const DASHBOARD: &str = include_str!("../static/dashboard.html");
 /// `/v1/dead-letters` (with a token the operator pastes, when tokens are configured).
 /// Served with a Content-Security-Policy that allows only its own inline script and
 /// style (by hash) and requests to this server, and that no site may frame it.
+#[utoipa::path(get, path = "/", tag = "operations", operation_id = "dashboard", security(()),
+    responses((status = 200, description = "the operator console", body = String, content_type = "text/html; charset=utf-8")))]
 pub(crate) async fn dashboard() -> impl IntoResponse {
     static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let csp = CSP.get_or_init(|| content_security_policy(DASHBOARD));

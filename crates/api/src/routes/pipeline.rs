@@ -51,8 +51,8 @@ pub(crate) struct AvailabilityView {
 /// Availability of a SKU as the storefront sees it: from the projection's own store,
 /// eventually consistent, and answering while the ledger is down. A SKU the
 /// projection has never seen has no stores and `available` 0.
-#[utoipa::path(get, path = "/v1/storefront/availability/{sku}", tag = "storefront",
-    params(("sku" = String, Path)), responses((status = 200, body = AvailabilityView)))]
+#[utoipa::path(get, path = "/v1/storefront/availability/{sku}", tag = "storefront", operation_id = "storefront_availability",
+    params(("sku" = crate::openapi::Identifier, Path)), responses((status = 200, body = AvailabilityView)))]
 pub(crate) async fn availability(
     _: Auth<ReadScope>,
     State(state): State<AppState>,
@@ -88,10 +88,15 @@ pub(crate) async fn availability(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RowsQuery {
-    /// Cursor from the previous page's `next` (`<store_id>/<sku>`).
+    /// Cursor from the previous page's `next` (`<store_id>/<sku>`, each part with `%`
+    /// and `/` percent-escaped).
+    #[param(pattern = "^[^/]+/[^/]+$")]
     after: Option<String>,
+    /// 1 to 1,000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -103,7 +108,7 @@ pub(crate) struct ViewPage {
 }
 
 /// The whole storefront view, paged (for audits such as `invsync check`).
-#[utoipa::path(get, path = "/v1/storefront/rows", tag = "storefront", params(RowsQuery),
+#[utoipa::path(get, path = "/v1/storefront/rows", tag = "storefront", operation_id = "storefront_rows", params(RowsQuery),
     responses((status = 200, body = ViewPage)))]
 pub(crate) async fn rows(
     _: Auth<ReadScope>,
@@ -144,7 +149,7 @@ pub(crate) struct ConsumersView {
 }
 
 /// Every consumer's position, lag, dead letters and sync latency.
-#[utoipa::path(get, path = "/v1/consumers", tag = "consumers", responses((status = 200, body = ConsumersView)))]
+#[utoipa::path(get, path = "/v1/consumers", tag = "consumers", operation_id = "list_consumers", responses((status = 200, body = ConsumersView)))]
 pub(crate) async fn consumers(
     _: Auth<ReadScope>,
     State(state): State<AppState>,
@@ -170,7 +175,8 @@ fn consumer<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a ConsumerHandle
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReplayBody {
-    /// Replay from this offset (inclusive).
+    /// Replay from this offset (inclusive). Exactly one of `from_offset` and `since`.
+    #[schema(minimum = 1)]
     from_offset: Option<i64>,
     /// Replay from the first event at or after this time (RFC 3339).
     since: Option<DateTime<Utc>>,
@@ -178,7 +184,7 @@ pub(crate) struct ReplayBody {
 
 /// Rewinds a consumer. A delivery consumer (`webhook`) re-delivers from the offset or
 /// time; the storefront rebuilds its whole view from a ledger snapshot and the log.
-#[utoipa::path(post, path = "/v1/consumers/{name}/replay", tag = "consumers", request_body = ReplayBody,
+#[utoipa::path(post, path = "/v1/consumers/{name}/replay", tag = "consumers", operation_id = "replay_consumer", request_body = ReplayBody,
     params(("name" = String, Path)),
     responses((status = 202), (status = 404, body = crate::error::Problem), (status = 410, body = crate::error::Problem)))]
 pub(crate) async fn replay(
@@ -219,8 +225,11 @@ fn control_error(err: ControlError) -> ApiError {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeadLetterQuery {
+    /// Only this consumer's dead letters (404 when there is no such consumer).
+    #[param(min_length = 1)]
     consumer: Option<String>,
 }
 
@@ -242,8 +251,8 @@ pub(crate) struct DeadLettersView {
 }
 
 /// Events a consumer gave up on, with the last error.
-#[utoipa::path(get, path = "/v1/dead-letters", tag = "consumers", params(DeadLetterQuery),
-    responses((status = 200, body = DeadLettersView)))]
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "consumers", operation_id = "list_dead_letters", params(DeadLetterQuery),
+    responses((status = 200, body = DeadLettersView), (status = 404, description = "no such consumer")))]
 pub(crate) async fn dead_letters(
     _: Auth<ReadScope>,
     State(state): State<AppState>,
@@ -284,7 +293,7 @@ pub(crate) async fn dead_letters(
 
 /// Delivers a dead letter again, in the background; it leaves the dead letters when
 /// the delivery succeeds.
-#[utoipa::path(post, path = "/v1/dead-letters/{id}/redrive", tag = "consumers",
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/redrive", tag = "consumers", operation_id = "redrive_dead_letter",
     params(("id" = Uuid, Path)), responses((status = 202), (status = 404, body = crate::error::Problem)))]
 pub(crate) async fn redrive(
     _: Auth<AdminScope>,

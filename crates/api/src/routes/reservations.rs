@@ -15,8 +15,8 @@ use crate::AppState;
 
 /// Reserves every line or none. A repeat (same `Idempotency-Key`, or same order and
 /// store when no key is given) with the same body answers 200 with the original.
-#[utoipa::path(post, path = "/v1/reservations", tag = "reservations", request_body = ReserveBody,
-    params(("Idempotency-Key" = Option<String>, Header)),
+#[utoipa::path(post, path = "/v1/reservations", tag = "reservations", operation_id = "reserve", request_body = ReserveBody,
+    params(("Idempotency-Key" = Option<crate::openapi::Identifier>, Header)),
     responses((status = 201, body = ReservationView), (status = 200, description = "a repeat", body = ReservationView),
         (status = 409, description = "insufficient_stock (with `lines`), idempotency_conflict", body = crate::error::Problem)))]
 pub(crate) async fn create(
@@ -56,7 +56,7 @@ fn reservation_id(raw: &str) -> Result<Uuid, ApiError> {
     field("reservation_id", Uuid::parse_str(raw))
 }
 
-#[utoipa::path(get, path = "/v1/reservations/{reservation_id}", tag = "reservations",
+#[utoipa::path(get, path = "/v1/reservations/{reservation_id}", tag = "reservations", operation_id = "get_reservation",
     params(("reservation_id" = Uuid, Path)),
     responses((status = 200, body = ReservationView), (status = 404, body = crate::error::Problem)))]
 pub(crate) async fn get_one(
@@ -72,13 +72,16 @@ pub(crate) async fn get_one(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ByOrder {
+    /// The order whose reservations to list (required).
+    #[param(value_type = crate::openapi::Identifier, required = true)]
     order_id: Option<String>,
 }
 
 /// Every reservation of an order (one per store, or more with idempotency keys).
-#[utoipa::path(get, path = "/v1/reservations", tag = "reservations", params(ByOrder),
+#[utoipa::path(get, path = "/v1/reservations", tag = "reservations", operation_id = "list_reservations", params(ByOrder),
     responses((status = 200, body = ReservationList)))]
 pub(crate) async fn list(
     _: Auth<ReadScope>,
@@ -106,7 +109,7 @@ fn check_lines(
 
 /// Releases the given lines, or everything still held. Releasing a reservation that
 /// holds nothing answers 200 with no event, so retries are safe.
-#[utoipa::path(post, path = "/v1/reservations/{reservation_id}/release", tag = "reservations",
+#[utoipa::path(post, path = "/v1/reservations/{reservation_id}/release", tag = "reservations", operation_id = "release",
     params(("reservation_id" = Uuid, Path)), request_body(content = Option<ReleaseBody>),
     responses((status = 200, body = ReservationView),
         (status = 409, description = "invalid_state: more than is held", body = crate::error::Problem)))]
@@ -128,7 +131,7 @@ pub(crate) async fn release(
 
 /// Fulfils the given lines, or everything still held: they leave `reserved` and
 /// `on_hand` together.
-#[utoipa::path(post, path = "/v1/reservations/{reservation_id}/fulfil", tag = "reservations",
+#[utoipa::path(post, path = "/v1/reservations/{reservation_id}/fulfil", tag = "reservations", operation_id = "fulfil",
     params(("reservation_id" = Uuid, Path)), request_body(content = Option<FulfilBody>),
     responses((status = 200, body = ReservationView),
         (status = 409, description = "invalid_state, insufficient_on_hand", body = crate::error::Problem)))]

@@ -13,8 +13,8 @@ use crate::wire::{SnapshotView, StockList, StockPage, StockView};
 use crate::AppState;
 
 /// One (store, sku) level.
-#[utoipa::path(get, path = "/v1/stock/{store_id}/{sku}", tag = "stock",
-    params(("store_id" = String, Path), ("sku" = String, Path)),
+#[utoipa::path(get, path = "/v1/stock/{store_id}/{sku}", tag = "stock", operation_id = "get_stock",
+    params(("store_id" = crate::openapi::Identifier, Path), ("sku" = crate::openapi::Identifier, Path)),
     responses((status = 200, body = StockView), (status = 404, body = crate::error::Problem)))]
 pub(crate) async fn get_one(
     _: Auth<ReadScope>,
@@ -29,19 +29,25 @@ pub(crate) async fn get_one(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StockQuery {
     /// Every store holding this SKU.
+    #[param(value_type = Option<crate::openapi::Identifier>)]
     sku: Option<String>,
     /// One store's stock, paged by SKU.
+    #[param(value_type = Option<crate::openapi::Identifier>)]
     store_id: Option<String>,
+    /// Page size with `store_id`: 1 to 1,000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
-    /// Cursor from the previous page's `next`.
+    /// Cursor from the previous page's `next` (with `store_id`).
+    #[param(value_type = Option<crate::openapi::Identifier>)]
     after: Option<String>,
 }
 
 /// Levels by SKU (`?sku=`) or by store (`?store_id=&limit=&after=`).
-#[utoipa::path(get, path = "/v1/stock", tag = "stock", params(StockQuery),
+#[utoipa::path(get, path = "/v1/stock", tag = "stock", operation_id = "list_stock", params(StockQuery),
     responses((status = 200, description = "`{items}` for sku, `{items, next}` for store_id", body = StockPage)))]
 pub(crate) async fn list(
     _: Auth<ReadScope>,
@@ -86,17 +92,22 @@ pub(crate) async fn list(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SnapshotQuery {
+    /// 1 to 1,000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
-    /// Cursor from the previous page's `next` (`<store_id>/<sku>`).
+    /// Cursor from the previous page's `next` (`<store_id>/<sku>`, each part with `%`
+    /// and `/` percent-escaped).
+    #[param(pattern = "^[^/]+/[^/]+$")]
     after: Option<String>,
 }
 
 /// Every level, paged, with the log offset each page is consistent with. To
 /// bootstrap a consumer: take the pages, then follow the log from the first page's
 /// `log_offset`, skipping events whose version is not above the level's.
-#[utoipa::path(get, path = "/v1/stock/snapshot", tag = "stock", params(SnapshotQuery),
+#[utoipa::path(get, path = "/v1/stock/snapshot", tag = "stock", operation_id = "stock_snapshot", params(SnapshotQuery),
     responses((status = 200, body = SnapshotView)))]
 pub(crate) async fn snapshot(
     _: Auth<ReadScope>,

@@ -17,17 +17,19 @@ use crate::extract::{field, ApiQuery};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StreamQuery {
     /// Stream events with offsets above this one; default: only new events.
+    #[param(minimum = 0)]
     after: Option<i64>,
 }
 
 /// One SSE message per event (`id:` = offset, `event: inventory`, `data:` = the
 /// envelope). A client resumes with `Last-Event-ID`, which wins over `after`. If the
 /// client falls behind retention, a final `event: gone` carries the oldest offset.
-#[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamQuery,
-    ("Last-Event-ID" = Option<i64>, Header)),
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events", operation_id = "stream_events", params(StreamQuery,
+    ("Last-Event-ID" = Option<i64>, Header, minimum = 0)),
     responses((status = 200, content_type = "text/event-stream"), (status = 410, body = crate::error::Problem)))]
 pub(crate) async fn stream(
     _: Auth<ReadScope>,
@@ -42,10 +44,17 @@ pub(crate) async fn stream(
             field("Last-Event-ID", v.trim().parse::<i64>())
         })
         .transpose()?;
+    for (name, value) in [("Last-Event-ID", resume), ("after", q.after)] {
+        if let Some(v) = value.filter(|v| *v < 0) {
+            return Err(ApiError::invalid(
+                name,
+                format!("must be 0 or more, got {v}"),
+            ));
+        }
+    }
     let ledger = state.ledger_arc();
     let mut head = ledger.subscribe();
     let after = match resume.or(q.after) {
-        Some(after) if after < 0 => return Err(ApiError::invalid("after", "must be 0 or more")),
         Some(after) => after,
         None => *head.borrow_and_update(),
     };
