@@ -71,6 +71,13 @@ pub(crate) trait Tx {
     ) -> Result<Vec<Uuid>, LedgerError>;
     /// Moves the named cursor forward to `offset`; never moves it back.
     fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError>;
+    /// Locks, before the engine changes them, the reservations `ids` and the stock rows
+    /// they hold, in the back end's global lock order. A back end without row locks
+    /// (SQLite's single writer) has nothing to do.
+    fn lock_reservations(&mut self, ids: &[Uuid]) -> Result<(), LedgerError> {
+        let _ = ids;
+        Ok(())
+    }
 }
 
 /// One command's worth of decisions, at one instant.
@@ -335,6 +342,9 @@ impl<T: Tx> Engine<'_, T> {
     /// Releases, with reason `expired`, up to `limit` reservations whose TTL ran out.
     pub(crate) fn expire_due(&mut self, limit: usize) -> Result<usize, LedgerError> {
         let due = self.tx.due_reservations(self.now, limit)?;
+        // Releasing them one by one would lock each one's rows in turn: out of order
+        // across reservations. Take every lock first.
+        self.tx.lock_reservations(&due)?;
         for id in &due {
             self.release(*id, None, Reason::Expired, ReleaseKind::Expiry)?;
         }

@@ -91,6 +91,25 @@ pub struct Postgres {
 }
 
 impl Postgres {
+    /// Everything the server has logged so far (every start's log file), to look for
+    /// what only PostgreSQL sees: `deadlock detected`, say.
+    pub fn server_log(&self) -> String {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect()
+    }
+
     /// Starts a fresh cluster (fsync on, as in production) with a database `invsync`.
     pub fn start() -> Option<Self> {
         if !Path::new(PG_BIN).join("initdb").exists() {

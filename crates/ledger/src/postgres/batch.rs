@@ -17,7 +17,7 @@ use invsync_core::{ExternalRef, InventoryEventV1, Reservation, Sku, StockLevel, 
 use postgres::{Row as PgRow, Transaction};
 use uuid::Uuid;
 
-use super::rows::{load_reservation, prepared, Statements};
+use super::rows::{load_reservation, load_reservations, prepared, Statements};
 use crate::engine::Tx;
 use crate::error::LedgerError;
 use crate::model::AdjustmentOutcome;
@@ -358,6 +358,11 @@ impl Tx for BufferedTx<'_, '_> {
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
+    fn lock_reservations(&mut self, ids: &[Uuid]) -> Result<(), LedgerError> {
+        let rows = lock_reservations(self.pg, self.state, ids.to_vec())?;
+        lock_rows(self.pg, self.statements, self.state, rows)
+    }
+
     fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
         execute(
             self.pg,
@@ -371,8 +376,15 @@ impl Tx for BufferedTx<'_, '_> {
 }
 
 /// Reads, in one query each, what the batch's commands said they will need: which
-/// idempotency keys are unused, and the stock rows, locked in (store, sku) order —
-/// the same order every command locks in, so two lanes cannot deadlock on them.
+/// idempotency keys are unused, the reservations they change and the stock rows —
+/// and takes every row lock the batch will hold, before any write, in one global
+/// order: reservations by id, then stock rows by (store, sku). A batch that waits for
+/// a lock holds only locks that come earlier in that order, so no two transactions
+/// (lanes, instances, the expiry sweep) can wait on each other in a cycle.
+///
+/// Releases and fulfilments used to lock their stock rows one by one while the engine
+/// ran, after the batch had locked its other rows: out of order, and 24 clients of
+/// mixed traffic on 8 SKUs deadlocked (24 operations/s, p99 5 s).
 pub(crate) fn prefetch(
     pg: &mut Transaction<'_>,
     statements: &mut Statements,
@@ -398,7 +410,50 @@ pub(crate) fn prefetch(
             .map(str::to_owned)
             .collect();
     }
-    let mut rows: Vec<&(String, String)> = wanted.iter().flat_map(|p| p.rows.iter()).collect();
+    let ids: Vec<Uuid> = wanted
+        .iter()
+        .flat_map(|p| p.reservations.iter().copied())
+        .collect();
+    let mut rows: Vec<(String, String)> =
+        wanted.iter().flat_map(|p| p.rows.iter().cloned()).collect();
+    rows.extend(lock_reservations(pg, state, ids)?);
+    lock_rows(pg, statements, state, rows)
+}
+
+/// Locks and loads the reservations the batch will change (in id order, two queries
+/// for all of them) and returns the stock rows they hold.
+fn lock_reservations(
+    pg: &mut Transaction<'_>,
+    state: &mut State,
+    mut ids: Vec<Uuid>,
+) -> Result<Vec<(String, String)>, LedgerError> {
+    ids.retain(|id| !state.reservations.contains_key(id));
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    ids.sort();
+    ids.dedup();
+    let mut rows = Vec::new();
+    for r in load_reservations(pg, &ids, true)? {
+        rows.extend(
+            r.lines
+                .iter()
+                .map(|l| (r.store_id.to_string(), l.sku.to_string())),
+        );
+        state.reservations.insert(r.reservation_id, r);
+    }
+    Ok(rows)
+}
+
+/// Locks the stock rows the batch does not hold yet, in (store, sku) order, and
+/// records what PostgreSQL has for each (a missing row is inserted at the flush).
+fn lock_rows(
+    pg: &mut Transaction<'_>,
+    statements: &mut Statements,
+    state: &mut State,
+    mut rows: Vec<(String, String)>,
+) -> Result<(), LedgerError> {
+    rows.retain(|k| !state.stock.contains_key(k));
     rows.sort();
     rows.dedup();
     if rows.is_empty() {
@@ -478,8 +533,10 @@ pub(crate) fn flush(
         )?;
     }
 
-    // New reservations and their lines, in their final state.
-    let new: Vec<(&Reservation, &str, &str)> = state
+    // New reservations and their lines, in their final state, in key order: a
+    // concurrent insert of the same key waits on ours, and two batches inserting
+    // several keys then wait in one order, never on each other.
+    let mut new: Vec<(&Reservation, &str, &str)> = state
         .inserted
         .iter()
         .filter_map(|(id, k, f)| {
@@ -489,6 +546,7 @@ pub(crate) fn flush(
                 .map(|r| (r, k.as_str(), f.as_str()))
         })
         .collect();
+    new.sort_by_key(|(_, key, _)| *key);
     if !new.is_empty() {
         execute(pg, statements, "INSERT INTO reservations
                  (id, order_id, store_id, idem_key, fingerprint, status, expires_at, created_at, updated_at)
@@ -534,7 +592,8 @@ pub(crate) fn flush(
     }
 
     if !state.adjustments.is_empty() {
-        let a = &state.adjustments;
+        let mut a: Vec<_> = state.adjustments.iter().collect();
+        a.sort_by(|x, y| x.0.cmp(&y.0)); // key order, as for reservations
         execute(
             pg,
             statements,

@@ -230,6 +230,27 @@ impl PgLedger {
         self.lanes()?.run(key, prefetch, f).await
     }
 
+    /// The lane key of a reservation's release or fulfilment: the one its reserve
+    /// went to ((store, first SKU)), so that an order's reserve, release and fulfil,
+    /// and everything else on that SKU, queue in one lane and share its batches instead
+    /// of contending for the same row locks from different lanes. An unknown id gets
+    /// a lane of its own (the engine answers it `not found`).
+    async fn lane_of_reservation(&self, id: Uuid) -> Result<(String, Option<String>), LedgerError> {
+        self.read(move |c| {
+            let row = c.query_opt(
+                "SELECT r.store_id, min(l.sku) FROM reservations r
+                 JOIN reservation_lines l ON l.reservation_id = r.id
+                 WHERE r.id = $1 GROUP BY r.store_id",
+                &[&id],
+            )?;
+            Ok(match row {
+                Some(row) => (row.try_get(0)?, row.try_get(1)?),
+                None => (id.to_string(), None),
+            })
+        })
+        .await
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, LedgerError> + Send + 'static,
@@ -439,10 +460,11 @@ fn relay_batch(
 #[async_trait]
 impl Ledger for PgLedger {
     async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError> {
-        let first = cmd.lines().iter().map(|(sku, _)| sku).min().cloned();
-        let key = (cmd.store_id().clone(), first);
+        let first = cmd.lines().iter().map(|(sku, _)| sku.to_string()).min();
+        let key = (cmd.store_id().to_string(), first);
         let prefetch = lanes::Prefetch {
             idempotency_key: Some(cmd.idempotency_key()),
+            reservations: Vec::new(),
             rows: cmd
                 .lines()
                 .iter()
@@ -459,7 +481,8 @@ impl Ledger for PgLedger {
         lines: ReleaseLines,
         reason: ReleaseReason,
     ) -> Result<Reservation, LedgerError> {
-        self.coalesced(id, lanes::Prefetch::default(), move |e| {
+        let lane = self.lane_of_reservation(id).await?;
+        self.coalesced(lane, lanes::Prefetch::holding(id), move |e| {
             e.release(
                 id,
                 lines.as_deref(),
@@ -471,17 +494,18 @@ impl Ledger for PgLedger {
     }
 
     async fn fulfil(&self, id: Uuid, lines: ReleaseLines) -> Result<Reservation, LedgerError> {
-        self.coalesced(id, lanes::Prefetch::default(), move |e| {
+        let lane = self.lane_of_reservation(id).await?;
+        self.coalesced(lane, lanes::Prefetch::holding(id), move |e| {
             e.fulfil(id, lines.as_deref())
         })
         .await
     }
 
     async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError> {
-        let key = (cmd.store_id.clone(), Some(cmd.sku.clone()));
+        let key = (cmd.store_id.to_string(), Some(cmd.sku.to_string()));
         let prefetch = lanes::Prefetch {
-            idempotency_key: None,
             rows: vec![(cmd.store_id.to_string(), cmd.sku.to_string())],
+            ..lanes::Prefetch::default()
         };
         self.coalesced(key, prefetch, move |e| e.adjust(&cmd)).await
     }

@@ -33,38 +33,64 @@ pub(crate) fn load_reservation(
     c: &mut impl GenericClient,
     id: Uuid,
 ) -> Result<Option<Reservation>, LedgerError> {
-    let Some(head) = c.query_opt(
-        "SELECT order_id, store_id, status, expires_at, created_at FROM reservations WHERE id = $1",
-        &[&id],
-    )?
-    else {
-        return Ok(None);
-    };
-    let status: String = head.try_get(2)?;
-    let mut lines = Vec::new();
-    for row in c.query(
-        "SELECT sku, quantity, released, fulfilled FROM reservation_lines
-         WHERE reservation_id = $1 ORDER BY line_no",
-        &[&id],
-    )? {
-        lines.push(ReservationLine {
-            sku: Sku::parse(row.try_get::<_, String>(0)?).map_err(|e| corrupt("sku", e))?,
-            quantity: row.try_get(1)?,
-            released: row.try_get(2)?,
-            fulfilled: row.try_get(3)?,
-        });
+    Ok(load_reservations(c, &[id], false)?.pop())
+}
+
+/// Loads reservations with their lines, in id order, in two queries whatever their
+/// number; `lock`: `FOR UPDATE`, taking their row locks in id order.
+pub(crate) fn load_reservations(
+    c: &mut impl GenericClient,
+    ids: &[Uuid],
+    lock: bool,
+) -> Result<Vec<Reservation>, LedgerError> {
+    let heads = c.query(
+        if lock {
+            "SELECT id, order_id, store_id, status, expires_at, created_at FROM reservations
+             WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        } else {
+            "SELECT id, order_id, store_id, status, expires_at, created_at FROM reservations
+             WHERE id = ANY($1) ORDER BY id"
+        },
+        &[&ids],
+    )?;
+    if heads.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(Some(Reservation {
-        reservation_id: id,
-        order_id: OrderId::parse(head.try_get::<_, String>(0)?)
-            .map_err(|e| corrupt("order_id", e))?,
-        store_id: StoreId::parse(head.try_get::<_, String>(1)?)
-            .map_err(|e| corrupt("store_id", e))?,
-        status: ReservationStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
-        lines,
-        expires_at: head.try_get(3)?,
-        created_at: head.try_get(4)?,
-    }))
+    let mut lines: HashMap<Uuid, Vec<ReservationLine>> = HashMap::new();
+    for row in c.query(
+        "SELECT reservation_id, sku, quantity, released, fulfilled FROM reservation_lines
+         WHERE reservation_id = ANY($1) ORDER BY reservation_id, line_no",
+        &[&ids],
+    )? {
+        lines
+            .entry(row.try_get(0)?)
+            .or_default()
+            .push(ReservationLine {
+                sku: Sku::parse(row.try_get::<_, String>(1)?).map_err(|e| corrupt("sku", e))?,
+                quantity: row.try_get(2)?,
+                released: row.try_get(3)?,
+                fulfilled: row.try_get(4)?,
+            });
+    }
+    heads
+        .iter()
+        .map(|head| {
+            let id: Uuid = head.try_get(0)?;
+            let status: String = head.try_get(3)?;
+            Ok(Reservation {
+                reservation_id: id,
+                order_id: OrderId::parse(head.try_get::<_, String>(1)?)
+                    .map_err(|e| corrupt("order_id", e))?,
+                store_id: StoreId::parse(head.try_get::<_, String>(2)?)
+                    .map_err(|e| corrupt("store_id", e))?,
+                status: ReservationStatus::parse(&status)
+                    .ok_or_else(|| corrupt("status", &status))?,
+                lines: lines.remove(&id).unwrap_or_default(),
+                expires_at: head.try_get(4)?,
+                created_at: head.try_get(5)?,
+            })
+        })
+        .collect()
 }
 
 /// The prepared statement for `sql` on this connection, preparing it on first use.
