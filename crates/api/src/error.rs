@@ -92,6 +92,13 @@ pub struct Problem {
     /// For `gone`: the oldest offset still retained.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oldest_offset: Option<i64>,
+    /// For `unavailable`: `unknown` when the write may or may not have been applied
+    /// (the connection broke while it committed). Retry it with the same
+    /// `Idempotency-Key` (or external_ref) to apply it exactly once. Absent: it was
+    /// not applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "unknown")]
+    pub outcome: Option<&'static str>,
 }
 
 /// An error answer. Built by handlers and extractors; rendered by `IntoResponse`.
@@ -109,6 +116,7 @@ impl ApiError {
             field: None,
             lines: None,
             oldest_offset: None,
+            outcome: None,
         }))
     }
 
@@ -185,6 +193,17 @@ impl From<LedgerError> for ApiError {
                     "the ledger is unavailable; retry later",
                 )
             }
+            LedgerError::OutcomeUnknown(detail) => {
+                tracing::warn!(error = %detail, "write outcome unknown");
+                let mut err = Self::new(
+                    ErrorCode::Unavailable,
+                    "the ledger connection broke while this write committed: it may or may not \
+                     have been applied; retry with the same Idempotency-Key (or external_ref) \
+                     to apply it exactly once",
+                );
+                err.0.outcome = Some("unknown");
+                err
+            }
             LedgerError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal ledger error");
                 Self::new(ErrorCode::Internal, "internal error")
@@ -218,3 +237,18 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unknown_commit_says_outcome_unknown() {
+        let unknown = ApiError::from(LedgerError::OutcomeUnknown("connection reset".into()));
+        let p = unknown.problem();
+        assert_eq!((p.status, p.outcome), (503, Some("unknown")));
+        assert!(p.detail.contains("Idempotency-Key"), "{}", p.detail);
+        let down = ApiError::from(LedgerError::Unavailable("no connection".into()));
+        assert_eq!((down.problem().status, down.problem().outcome), (503, None));
+    }
+}

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod error;
 mod extract;
 pub mod openapi;
+mod recent;
 mod routes;
 mod server;
 pub mod telemetry;
@@ -51,6 +52,8 @@ struct Inner {
     pipeline: Pipeline,
     /// Set once at shutdown: long responses (SSE streams) end when it is.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Idempotency-Keys of the consumer controls (replay, redrive).
+    recent: recent::RecentWrites,
 }
 
 /// The consumers running in this process, for the pipeline routes.
@@ -86,6 +89,7 @@ impl AppState {
             bus_name,
             pipeline,
             closing: tokio::sync::watch::Sender::new(false),
+            recent: recent::RecentWrites::default(),
         }))
     }
 
@@ -122,6 +126,10 @@ impl AppState {
 
     pub(crate) fn storefront(&self) -> Option<&(StorefrontReader, ConsumerHandle)> {
         self.0.pipeline.storefront.as_ref()
+    }
+
+    pub(crate) fn recent(&self) -> &recent::RecentWrites {
+        &self.0.recent
     }
 
     pub(crate) fn access(&self) -> &Access {

@@ -116,6 +116,7 @@ impl AdjustmentBody {
             reason: self.reason,
             external_ref: self.external_ref,
             if_version: self.if_version,
+            idempotency_key: None,
         })
     }
 }

@@ -1312,6 +1312,153 @@ async fn the_implicit_key_conflict_names_order_and_store(backend: Backend) {
     );
 }
 
+/// `Idempotency-Key` on every write: a retry (same key, same body) answers as the
+/// first did and changes nothing; another body under the key is refused naming it.
+async fn every_write_applies_once_per_idempotency_key(backend: Backend) {
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
+    let keyed = |method: Method, path: &str, key: &str, body: Value| {
+        app.request(method, path)
+            .header("Idempotency-Key", key)
+            .json(&body)
+    };
+    // An adjustment without external_ref, retried: applied once.
+    let body = json!({"store_id": "S1", "sku": "A", "delta": 10, "reason": "stock_in"});
+    let first = app
+        .send(keyed(
+            Method::POST,
+            "/v1/adjustments",
+            "adj-1",
+            body.clone(),
+        ))
+        .await;
+    let again = app
+        .send(keyed(
+            Method::POST,
+            "/v1/adjustments",
+            "adj-1",
+            body.clone(),
+        ))
+        .await;
+    assert_eq!(
+        (first.status.as_u16(), again.status.as_u16()),
+        (200, 200),
+        "{}",
+        again.body
+    );
+    assert_eq!(first.body, again.body, "the retry gets the first answer");
+    assert_eq!(app.get("/v1/stock/S1/A").await.body["on_hand"], 10);
+    let other = app
+        .send(keyed(
+            Method::POST,
+            "/v1/adjustments",
+            "adj-1",
+            json!({"store_id": "S1", "sku": "A", "delta": 5, "reason": "stock_in"}),
+        ))
+        .await;
+    assert_eq!(other.status, 409);
+    assert!(
+        other.body["detail"].as_str().unwrap().contains("'adj-1'"),
+        "{}",
+        other.body
+    );
+    // The same key on another operation is another key.
+    let placed = app
+        .send(keyed(
+            Method::POST,
+            "/v1/reservations",
+            "adj-1",
+            reserve_body("O-1", "S1", &[("A", 6)]),
+        ))
+        .await;
+    assert_eq!(placed.status, 201, "{}", placed.body);
+    let id = placed.body["reservation_id"].as_str().unwrap().to_owned();
+
+    // A partial release, retried: released once.
+    let release = json!({"lines": [{"sku": "A", "quantity": 2}]});
+    for _ in 0..3 {
+        let r = app
+            .send(keyed(
+                Method::POST,
+                &format!("/v1/reservations/{id}/release"),
+                "rel-1",
+                release.clone(),
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["lines"][0]["released"], 2, "{}", r.body);
+    }
+    let changed = app
+        .send(keyed(
+            Method::POST,
+            &format!("/v1/reservations/{id}/release"),
+            "rel-1",
+            json!({"lines": [{"sku": "A", "quantity": 1}]}),
+        ))
+        .await;
+    assert_eq!(changed.status, 409, "{}", changed.body);
+    // A partial fulfilment, retried: fulfilled once.
+    let fulfil = json!({"lines": [{"sku": "A", "quantity": 1}]});
+    for _ in 0..3 {
+        let r = app
+            .send(keyed(
+                Method::POST,
+                &format!("/v1/reservations/{id}/fulfil"),
+                "ful-1",
+                fulfil.clone(),
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["lines"][0]["fulfilled"], 1, "{}", r.body);
+    }
+    let row = app.get("/v1/stock/S1/A").await.body;
+    assert_eq!(
+        (row["on_hand"].as_i64(), row["reserved"].as_i64()),
+        (Some(9), Some(3)),
+        "{row}"
+    );
+
+    // A batch, retried: each item once.
+    let items = json!({"items": [
+        {"store_id": "S1", "sku": "B", "delta": 4, "reason": "stock_in"},
+        {"store_id": "S1", "sku": "C", "delta": 7, "reason": "stock_in"}]});
+    let b1 = app
+        .send(keyed(
+            Method::POST,
+            "/v1/adjustments/batch",
+            "batch-1",
+            items.clone(),
+        ))
+        .await;
+    let b2 = app
+        .send(keyed(
+            Method::POST,
+            "/v1/adjustments/batch",
+            "batch-1",
+            items.clone(),
+        ))
+        .await;
+    assert_eq!(b1.body, b2.body);
+    assert_eq!(app.get("/v1/stock/S1/B").await.body["on_hand"], 4);
+    assert_eq!(app.get("/v1/stock/S1/C").await.body["on_hand"], 7);
+    // Without a key, the same adjustment is a new one (as before): +10 again.
+    assert_eq!(app.post("/v1/adjustments", body).await.body["on_hand"], 19);
+    // Keys follow the identifier rule.
+    let bad = app
+        .send(keyed(
+            Method::POST,
+            "/v1/adjustments/batch",
+            "bad\tkey",
+            items,
+        ))
+        .await;
+    assert_eq!(
+        (bad.status.as_u16(), bad.body["field"].as_str()),
+        (400, Some("Idempotency-Key"))
+    );
+}
+
 /// Runs each named test body against every ledger back end.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -1346,4 +1493,5 @@ on_every_backend!(
     real_world_identifiers_round_trip_exactly,
     arbitrary_valid_identifiers_round_trip,
     the_implicit_key_conflict_names_order_and_store,
+    every_write_applies_once_per_idempotency_key,
 );

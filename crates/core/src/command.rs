@@ -209,12 +209,73 @@ pub struct Adjust {
     pub external_ref: Option<ExternalRef>,
     /// Compare-and-set: refuse unless the row is at this version.
     pub if_version: Option<i64>,
+    /// The caller's `Idempotency-Key` (already scoped: see [`record_key`]). Not part
+    /// of the fingerprint, so fingerprints stored before it existed still match.
+    #[serde(skip)]
+    pub idempotency_key: Option<String>,
 }
 
 impl Adjust {
     pub fn fingerprint(&self) -> String {
         digest(self)
     }
+
+    /// The records a repeat of this adjustment is recognised by: its external_ref
+    /// and its Idempotency-Key, each with the refusal a different request under it
+    /// gets.
+    pub fn records(&self) -> Vec<WriteRecord> {
+        let by_ref = self.external_ref.as_ref().map(|r| WriteRecord {
+            key: r.to_string(),
+            conflict: format!(
+                "the external_ref '{r}' was already used with a different adjustment"
+            ),
+        });
+        by_ref
+            .into_iter()
+            .chain(self.idempotency_key.as_deref().map(WriteRecord::for_key))
+            .collect()
+    }
+}
+
+/// What a write is remembered by so that a retry applies it once: the stored key and
+/// the refusal a different request under that key gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRecord {
+    pub key: String,
+    pub conflict: String,
+}
+
+impl WriteRecord {
+    /// The record of a key made by [`record_key`].
+    pub fn for_key(key: &str) -> Self {
+        let shown = key.rsplit('\u{1}').next().unwrap_or(key);
+        Self {
+            key: key.to_owned(),
+            conflict: format!(
+                "the Idempotency-Key '{shown}' was already used with a different request"
+            ),
+        }
+    }
+}
+
+/// The stored key of a write made under an `Idempotency-Key`: the operation (and,
+/// for a batch, the item) it scopes, then the key. `\u{1}` cannot occur in an
+/// identifier, so these never meet an external_ref stored in the same place, and a
+/// key used for a release is a different key from the same one used for an
+/// adjustment.
+pub fn record_key(operation: &str, key: &IdempotencyKey) -> String {
+    format!("\u{1}{operation}\u{1}{key}")
+}
+
+/// The fingerprint of a release or fulfilment request, to tell a retry (same request,
+/// same key) from a different request reusing the key.
+pub fn settle_fingerprint(
+    operation: &str,
+    reservation_id: uuid::Uuid,
+    lines: Option<&[(Sku, LineQuantity)]>,
+    reason: Option<ReleaseReason>,
+) -> String {
+    digest(&(operation, reservation_id, lines, reason))
 }
 
 /// Escapes `%` and `|` as `%25` and `%7C`. Identifiers made before any could contain

@@ -21,7 +21,10 @@ pub mod quantity;
 pub mod reservation;
 pub mod stock;
 
-pub use command::{Adjust, AdjustReason, Change, ReleaseReason, RequestError, Reserve};
+pub use command::{
+    record_key, settle_fingerprint, Adjust, AdjustReason, Change, ReleaseReason, RequestError,
+    Reserve, WriteRecord,
+};
 pub use error::{DomainError, ShortLine};
 pub use event::{Cause, CloudEvent, EventType, InventoryEventV1, Reason};
 pub use ids::{ExternalRef, IdError, IdempotencyKey, OrderId, Sku, StoreId, MAX_ID_BYTES};

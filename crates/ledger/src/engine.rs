@@ -10,9 +10,9 @@
 
 use chrono::{DateTime, Utc};
 use invsync_core::{
-    Adjust, Cause, Change, DomainError, EventType, ExternalRef, InventoryEventV1, LineQuantity,
-    Reason, ReleaseKind, Reservation, ReservationLine, ReservationStatus, Reserve, ShortLine, Sku,
-    StockLevel, StoreId,
+    settle_fingerprint, Adjust, Cause, Change, DomainError, EventType, InventoryEventV1,
+    LineQuantity, Reason, ReleaseKind, Reservation, ReservationLine, ReservationStatus, Reserve,
+    ShortLine, Sku, StockLevel, StoreId, WriteRecord,
 };
 use uuid::Uuid;
 
@@ -50,15 +50,15 @@ pub(crate) trait Tx {
         reservation: &Reservation,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError>;
-    fn adjustment_by_ref(
+    /// The fingerprint and outcome (JSON) a write was recorded with under `key` (an
+    /// external_ref, or a key made by `record_key`).
+    fn recorded(&mut self, key: &str) -> Result<Option<(String, String)>, LedgerError>;
+    /// Records a write under `key`, so that a retry applies it once.
+    fn record(
         &mut self,
-        external_ref: &ExternalRef,
-    ) -> Result<Option<(String, AdjustmentOutcome)>, LedgerError>;
-    fn insert_adjustment(
-        &mut self,
-        external_ref: &ExternalRef,
+        key: &str,
         fingerprint: &str,
-        outcome: &AdjustmentOutcome,
+        outcome: &str,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError>;
     /// Deletes up to `limit` events that occurred before `before`, oldest first.
@@ -179,6 +179,80 @@ impl<T: Tx> Engine<'_, T> {
         })
     }
 
+    /// The outcome a write was recorded with under one of `records`, if it was: the
+    /// same request again gets it back, a different one is refused naming the key.
+    fn recall(
+        &mut self,
+        records: &[WriteRecord],
+        fingerprint: &str,
+    ) -> Result<Option<String>, LedgerError> {
+        for r in records {
+            if let Some((stored, outcome)) = self.tx.recorded(&r.key)? {
+                if stored != fingerprint {
+                    return Err(DomainError::IdempotencyConflict(r.conflict.clone()).into());
+                }
+                return Ok(Some(outcome));
+            }
+        }
+        Ok(None)
+    }
+
+    fn remember(
+        &mut self,
+        records: &[WriteRecord],
+        fingerprint: &str,
+        outcome: &str,
+    ) -> Result<(), LedgerError> {
+        for r in records {
+            self.tx.record(&r.key, fingerprint, outcome, self.now)?;
+        }
+        Ok(())
+    }
+
+    /// A client's release, applied once per `key` (see [`Self::settle_once`]).
+    pub(crate) fn client_release(
+        &mut self,
+        id: Uuid,
+        lines: Option<&[(Sku, LineQuantity)]>,
+        reason: invsync_core::ReleaseReason,
+        key: Option<&str>,
+    ) -> Result<Reservation, LedgerError> {
+        let fingerprint = settle_fingerprint("release", id, lines, Some(reason));
+        self.settle_once(id, key, &fingerprint, |e| {
+            e.release(id, lines, Reason::from(reason), ReleaseKind::Requested)
+        })
+    }
+
+    /// A client's fulfilment, applied once per `key` (see [`Self::settle_once`]).
+    pub(crate) fn client_fulfil(
+        &mut self,
+        id: Uuid,
+        lines: Option<&[(Sku, LineQuantity)]>,
+        key: Option<&str>,
+    ) -> Result<Reservation, LedgerError> {
+        let fingerprint = settle_fingerprint("fulfil", id, lines, None);
+        self.settle_once(id, key, &fingerprint, |e| e.fulfil(id, lines))
+    }
+
+    /// Applies a release or fulfilment once per `key`: a retry under the same key
+    /// answers the reservation as it is now, with no second change (a partial release
+    /// retried without a key would release twice).
+    fn settle_once(
+        &mut self,
+        id: Uuid,
+        key: Option<&str>,
+        fingerprint: &str,
+        apply: impl FnOnce(&mut Self) -> Result<Reservation, LedgerError>,
+    ) -> Result<Reservation, LedgerError> {
+        let records: Vec<WriteRecord> = key.map(WriteRecord::for_key).into_iter().collect();
+        if self.recall(&records, fingerprint)?.is_some() {
+            return self.load(id);
+        }
+        let reservation = apply(self)?;
+        self.remember(&records, fingerprint, "{}")?;
+        Ok(reservation)
+    }
+
     /// Releases (part of) a reservation; `kind` tells a client's release from expiry.
     pub(crate) fn release(
         &mut self,
@@ -267,16 +341,10 @@ impl<T: Tx> Engine<'_, T> {
 
     pub(crate) fn adjust(&mut self, cmd: &Adjust) -> Result<AdjustmentOutcome, LedgerError> {
         let fingerprint = cmd.fingerprint();
-        if let Some(external_ref) = &cmd.external_ref {
-            if let Some((stored, outcome)) = self.tx.adjustment_by_ref(external_ref)? {
-                if stored != fingerprint {
-                    return Err(DomainError::IdempotencyConflict(format!(
-                        "the external_ref '{external_ref}' was already used with a different adjustment"
-                    ))
-                    .into());
-                }
-                return Ok(outcome);
-            }
+        let records = cmd.records();
+        if let Some(outcome) = self.recall(&records, &fingerprint)? {
+            return serde_json::from_str(&outcome)
+                .map_err(|e| LedgerError::Internal(format!("stored adjustment outcome: {e}")));
         }
         let existing = self.tx.stock(&cmd.store_id, &cmd.sku)?;
         let level = existing.unwrap_or_default();
@@ -319,9 +387,10 @@ impl<T: Tx> Engine<'_, T> {
             version: level.version(),
             shortage: level.shortage(),
         };
-        if let Some(external_ref) = &cmd.external_ref {
-            self.tx
-                .insert_adjustment(external_ref, &fingerprint, &outcome, self.now)?;
+        if !records.is_empty() {
+            let text = serde_json::to_string(&outcome)
+                .map_err(|e| LedgerError::Internal(format!("encoding adjustment outcome: {e}")))?;
+            self.remember(&records, &fingerprint, &text)?;
         }
         Ok(outcome)
     }

@@ -15,6 +15,11 @@ pub enum LedgerError {
     /// answers like `Unavailable`.
     #[error("ledger contention: {0}")]
     Contention(String),
+    /// The connection broke while the transaction was committing: it may or may not
+    /// have committed. Never retried here (a retry could apply it twice); the caller
+    /// is told, and retries with the same idempotency key.
+    #[error("ledger commit outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// Something that should not happen (corrupt row, bug). Logged where handled.
     #[error("ledger internal error: {0}")]
     Internal(String),
@@ -59,6 +64,25 @@ impl From<postgres::Error> for LedgerError {
             // Unique violation (two creators raced), serialization failure, deadlock.
             Some("23505" | "40001" | "40P01") => Self::Contention(err.to_string()),
             _ => Self::Internal(err.to_string()),
+        }
+    }
+}
+
+impl LedgerError {
+    /// The error of a failed COMMIT. Only a few answers prove the transaction rolled
+    /// back: a serialization failure or deadlock (class 40), a deferred constraint
+    /// (23), a transaction already failed (25). Anything else — the connection broke,
+    /// or the server was shut down (57P01) while committing — leaves nobody knowing
+    /// whether the commit happened: the crash test saw a commit answered "terminating
+    /// connection due to administrator command" that had in fact committed.
+    pub(crate) fn from_commit(err: postgres::Error) -> Self {
+        let rolled_back = err
+            .code()
+            .is_some_and(|c| matches!(&c.code()[..2], "40" | "23" | "25"));
+        if rolled_back {
+            err.into()
+        } else {
+            Self::OutcomeUnknown(err.to_string())
         }
     }
 }

@@ -81,13 +81,23 @@ pub type ReleaseLines = Option<Vec<(Sku, LineQuantity)>>;
 pub trait Ledger: Send + Sync + 'static {
     /// Reserves every line or none; a repeat of the same request answers the original.
     async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError>;
+    /// Releases the lines (everything still held when `None`). `key`: a scoped
+    /// Idempotency-Key (`record_key("release", …)`): a retry under it answers the
+    /// reservation as it is, with no second release.
     async fn release(
         &self,
         id: Uuid,
         lines: ReleaseLines,
         reason: ReleaseReason,
+        key: Option<String>,
     ) -> Result<Reservation, LedgerError>;
-    async fn fulfil(&self, id: Uuid, lines: ReleaseLines) -> Result<Reservation, LedgerError>;
+    /// Fulfils the lines (everything still held when `None`); `key` as for release.
+    async fn fulfil(
+        &self,
+        id: Uuid,
+        lines: ReleaseLines,
+        key: Option<String>,
+    ) -> Result<Reservation, LedgerError>;
     async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError>;
     /// Applies each adjustment atomically on its own; answers in the same order.
     async fn adjust_many(&self, cmds: Vec<Adjust>) -> Vec<Result<AdjustmentOutcome, LedgerError>>;

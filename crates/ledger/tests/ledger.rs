@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use chrono::{TimeDelta, Utc};
 use invsync_core::{
-    Adjust, AdjustReason, Change, CloudEvent, Delta, DomainError, EventType, IdempotencyKey,
-    LineQuantity, OnHandCount, OrderId, Reason, ReleaseReason, ReservationStatus, Reserve, Sku,
-    StoreId, TtlSeconds,
+    Adjust, AdjustReason, Change, CloudEvent, Delta, DomainError, EventType, ExternalRef,
+    IdempotencyKey, LineQuantity, OnHandCount, OrderId, Reason, ReleaseReason, ReservationStatus,
+    Reserve, Sku, StoreId, TtlSeconds,
 };
 use invsync_ledger::{
     Clock, Ledger, LedgerError, ManualClock, PgConfig, PgLedger, SqliteConfig, SqliteLedger,
@@ -102,6 +102,7 @@ fn adjust(st: &str, sk: &str, change: Change) -> Adjust {
         reason: AdjustReason::StockIn,
         external_ref: None,
         if_version: None,
+        idempotency_key: None,
     }
 }
 
@@ -316,10 +317,10 @@ async fn run(f: Fixture, ops: Vec<Op>) {
                 });
                 let result = if matches!(op, Op::Release { .. }) {
                     f.ledger
-                        .release(id, lines, ReleaseReason::OrderCancelled)
+                        .release(id, lines, ReleaseReason::OrderCancelled, None)
                         .await
                 } else {
-                    f.ledger.fulfil(id, lines).await
+                    f.ledger.fulfil(id, lines, None).await
                 };
                 match result {
                     Ok(_) | Err(LedgerError::Domain(DomainError::InsufficientOnHand { .. })) => {}
@@ -628,7 +629,7 @@ async fn a_fulfilled_reservation_does_not_expire(backend: Backend) {
         .await
         .unwrap();
     f.ledger
-        .fulfil(placed.reservation.reservation_id, None)
+        .fulfil(placed.reservation.reservation_id, None, None)
         .await
         .unwrap();
     f.clock.advance(TimeDelta::seconds(11));
@@ -665,7 +666,7 @@ async fn a_fulfilment_refused_part_way_leaves_nothing_and_fails_no_neighbour(bac
     for _ in 0..5 {
         let ledger = f.ledger.clone();
         let id = placed.reservation.reservation_id;
-        let refused = tokio::spawn(async move { ledger.fulfil(id, None).await });
+        let refused = tokio::spawn(async move { ledger.fulfil(id, None, None).await });
         let neighbours: Vec<_> = (0..16)
             .map(|i| {
                 let ledger = f.ledger.clone();
@@ -890,10 +891,10 @@ async fn every_kind_and_reason_of_event_validates_against_the_v1_schema(backend:
         };
         let id = placed.reservation.reservation_id;
         f.ledger
-            .release(id, Some(vec![(sku("A"), q(1))]), reason)
+            .release(id, Some(vec![(sku("A"), q(1))]), reason, None)
             .await
             .unwrap();
-        f.ledger.fulfil(id, None).await.unwrap();
+        f.ledger.fulfil(id, None, None).await.unwrap();
     }
     let placed = f
         .ledger
@@ -1122,6 +1123,124 @@ async fn postgres_relay_waits_for_a_lower_id_that_commits_last_and_never_loses_i
 
 /// Two instances on one database, both willing to relay: every event reaches the log
 /// once, offsets stay gapless, and when the leader stops the other takes over.
+/// PostgreSQL crashes (fast shutdown) under concurrent writes, several times. An
+/// answer of `Unavailable` must mean "not applied": only `OutcomeUnknown` may hide a
+/// commit. A retry with the same external_ref then applies every write exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_only_an_unknown_outcome_may_hide_a_commit() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let Some(mut pg) = private_postgres().await else {
+        return;
+    };
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let ledger = open_pg(pg.url(), clock.clone()).await;
+    let mut answers: Vec<(String, Result<(), LedgerError>)> = Vec::new();
+    for round in 0..3 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut writers = Vec::new();
+        for w in 0..24 {
+            let (ledger, stop, done) = (ledger.clone(), stop.clone(), done.clone());
+            writers.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let r = format!("R-{round}-{w}-{n}");
+                    n += 1;
+                    let mut cmd = adjust(
+                        "S1",
+                        &format!("K{}", w % 5),
+                        Change::Delta(Delta::new(1).unwrap()),
+                    );
+                    cmd.external_ref = Some(ExternalRef::parse(r.clone()).unwrap());
+                    let result = ledger.adjust(cmd).await.map(|_| ());
+                    if result.is_ok() {
+                        done.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    out.push((r, result));
+                }
+                out
+            }));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while done.load(Ordering::SeqCst) < 200 {
+            assert!(std::time::Instant::now() < deadline, "writes go through");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::task::block_in_place(|| pg.stop());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        tokio::task::block_in_place(|| pg.restart());
+        // Let writes succeed again before the round ends.
+        let resumed = done.load(Ordering::SeqCst);
+        while done.load(Ordering::SeqCst) < resumed + 50 {
+            assert!(
+                std::time::Instant::now() < deadline + std::time::Duration::from_secs(30),
+                "writes resume"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        stop.store(true, Ordering::SeqCst);
+        for w in writers {
+            answers.extend(w.await.unwrap());
+        }
+    }
+    let applied = |events: &[CloudEvent]| -> HashMap<String, usize> {
+        let mut seen = HashMap::new();
+        for e in events {
+            if let Some(r) = &e.data.external_ref {
+                *seen.entry(r.to_string()).or_default() += 1;
+            }
+        }
+        seen
+    };
+    let seen = applied(&check_log(ledger.as_ref()).await);
+    let (mut unknown, mut refused) = (0, 0);
+    for (r, result) in &answers {
+        let count = seen.get(r).copied().unwrap_or(0);
+        match result {
+            Ok(()) => assert_eq!(count, 1, "{r} was acknowledged"),
+            Err(LedgerError::OutcomeUnknown(_)) => {
+                unknown += 1;
+                assert!(count <= 1, "{r}");
+            }
+            Err(LedgerError::Unavailable(e)) => {
+                refused += 1;
+                assert_eq!(count, 0, "{r} answered unavailable ({e}) but was applied");
+            }
+            Err(e) => panic!("{r}: {e}"),
+        }
+    }
+    eprintln!(
+        "{} writes: {refused} unavailable (none applied), {unknown} of unknown outcome",
+        answers.len()
+    );
+    // Retrying every write that was not acknowledged, with its external_ref, applies
+    // each exactly once.
+    for (r, result) in &answers {
+        if result.is_err() {
+            let w: usize = r.split('-').nth(2).unwrap().parse().unwrap();
+            let mut cmd = adjust(
+                "S1",
+                &format!("K{}", w % 5),
+                Change::Delta(Delta::new(1).unwrap()),
+            );
+            cmd.external_ref = Some(ExternalRef::parse(r.clone()).unwrap());
+            ledger.adjust(cmd).await.unwrap();
+        }
+    }
+    let seen = applied(&check_log(ledger.as_ref()).await);
+    for (r, _) in &answers {
+        assert_eq!(
+            seen.get(r),
+            Some(&1),
+            "{r} applied exactly once after its retry"
+        );
+    }
+    ledger.shutdown().await;
+}
+
 /// Mixed traffic — multi-line reservations, partial and full releases, fulfilments,
 /// stock-ins and expiry — from three instances on a few SKUs, for several rounds:
 /// PostgreSQL's own log must show no deadlock, every command must be answered, and
@@ -1181,10 +1300,10 @@ async fn postgres_mixed_traffic_from_several_instances_never_deadlocks() {
             tasks.push(tokio::spawn(async move {
                 match i % 3 {
                     0 => ledger
-                        .release(id, None, ReleaseReason::OrderCancelled)
+                        .release(id, None, ReleaseReason::OrderCancelled, None)
                         .await
                         .map(|_| ()),
-                    1 => ledger.fulfil(id, None).await.map(|_| ()),
+                    1 => ledger.fulfil(id, None, None).await.map(|_| ()),
                     _ => Ok(()),
                 }
             }));

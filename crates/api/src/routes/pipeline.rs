@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::auth::{AdminScope, Auth, ReadScope};
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::extract::{field, ApiJson, ApiPath, ApiQuery};
+use crate::extract::{field, ApiJson, ApiPath, ApiQuery, IdemKey};
 use crate::AppState;
 
 fn unavailable(what: &str, err: impl std::fmt::Display) -> ApiError {
@@ -185,12 +185,13 @@ pub(crate) struct ReplayBody {
 /// Rewinds a consumer. A delivery consumer (`webhook`) re-delivers from the offset or
 /// time; the storefront rebuilds its whole view from a ledger snapshot and the log.
 #[utoipa::path(post, path = "/v1/consumers/{name}/replay", tag = "consumers", operation_id = "replay_consumer", request_body = ReplayBody,
-    params(("name" = String, Path)),
+    params(("name" = String, Path), ("Idempotency-Key" = Option<crate::openapi::Identifier>, Header, description = "A retry under the same key acts once (remembered in memory for a day)")),
     responses((status = 202), (status = 404, body = crate::error::Problem), (status = 410, body = crate::error::Problem)))]
 pub(crate) async fn replay(
     _: Auth<AdminScope>,
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
+    IdemKey(key): IdemKey,
     ApiJson(body): ApiJson<ReplayBody>,
 ) -> ApiResult<StatusCode> {
     let from = match (body.from_offset, body.since) {
@@ -209,11 +210,15 @@ pub(crate) async fn replay(
             ))
         }
     };
-    consumer(&state, &name)?
-        .replay(from)
+    let handle = consumer(&state, &name)?;
+    let fingerprint = format!("{name}\u{1}{:?}\u{1}{:?}", body.from_offset, body.since);
+    state
+        .recent()
+        .once("replay", key, fingerprint, async {
+            handle.replay(from).await.map_err(control_error)?;
+            Ok(StatusCode::ACCEPTED)
+        })
         .await
-        .map_err(control_error)?;
-    Ok(StatusCode::ACCEPTED)
 }
 
 fn control_error(err: ControlError) -> ApiError {
@@ -294,13 +299,21 @@ pub(crate) async fn dead_letters(
 /// Delivers a dead letter again, in the background; it leaves the dead letters when
 /// the delivery succeeds.
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/redrive", tag = "consumers", operation_id = "redrive_dead_letter",
-    params(("id" = Uuid, Path)), responses((status = 202), (status = 404, body = crate::error::Problem)))]
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<crate::openapi::Identifier>, Header, description = "A retry under the same key acts once (remembered in memory for a day)")), responses((status = 202), (status = 404, body = crate::error::Problem)))]
 pub(crate) async fn redrive(
     _: Auth<AdminScope>,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    IdemKey(key): IdemKey,
 ) -> ApiResult<StatusCode> {
     let id = field("id", Uuid::parse_str(&id))?;
+    let recent = state.recent();
+    recent
+        .once("redrive", key, id.to_string(), start_redrive(&state, id))
+        .await
+}
+
+async fn start_redrive(state: &AppState, id: Uuid) -> ApiResult<StatusCode> {
     for handle in state.consumers() {
         if handle
             .holds_dead_letter(id)

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use invsync_core::{OrderId, ReleaseReason, Reserve};
+use invsync_core::{record_key, OrderId, ReleaseReason, Reserve};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -110,13 +110,14 @@ fn check_lines(
 /// Releases the given lines, or everything still held. Releasing a reservation that
 /// holds nothing answers 200 with no event, so retries are safe.
 #[utoipa::path(post, path = "/v1/reservations/{reservation_id}/release", tag = "reservations", operation_id = "release",
-    params(("reservation_id" = Uuid, Path)), request_body(content = Option<ReleaseBody>),
+    params(("reservation_id" = Uuid, Path), ("Idempotency-Key" = Option<crate::openapi::Identifier>, Header, description = "Makes a retry apply the write once (see api.md)")), request_body(content = Option<ReleaseBody>),
     responses((status = 200, body = ReservationView),
         (status = 409, description = "invalid_state: more than is held", body = crate::error::Problem)))]
 pub(crate) async fn release(
     _: Auth<ReserveScope>,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    IdemKey(key): IdemKey,
     OptionalJson(body): OptionalJson<ReleaseBody>,
 ) -> ApiResult<Json<ReservationView>> {
     let id = reservation_id(&id)?;
@@ -125,24 +126,30 @@ pub(crate) async fn release(
     check_lines(&lines)?;
     let reason = body.reason.unwrap_or(ReleaseReason::OrderCancelled);
     Ok(Json(
-        state.ledger().release(id, lines, reason).await?.into(),
+        state
+            .ledger()
+            .release(id, lines, reason, key.map(|k| record_key("release", &k)))
+            .await?
+            .into(),
     ))
 }
 
 /// Fulfils the given lines, or everything still held: they leave `reserved` and
 /// `on_hand` together.
 #[utoipa::path(post, path = "/v1/reservations/{reservation_id}/fulfil", tag = "reservations", operation_id = "fulfil",
-    params(("reservation_id" = Uuid, Path)), request_body(content = Option<FulfilBody>),
+    params(("reservation_id" = Uuid, Path), ("Idempotency-Key" = Option<crate::openapi::Identifier>, Header, description = "Makes a retry apply the write once (see api.md)")), request_body(content = Option<FulfilBody>),
     responses((status = 200, body = ReservationView),
         (status = 409, description = "invalid_state, insufficient_on_hand", body = crate::error::Problem)))]
 pub(crate) async fn fulfil(
     _: Auth<ReserveScope>,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    IdemKey(key): IdemKey,
     OptionalJson(body): OptionalJson<FulfilBody>,
 ) -> ApiResult<Json<ReservationView>> {
     let id = reservation_id(&id)?;
     let lines = body.unwrap_or_default().lines.map(lines);
     check_lines(&lines)?;
-    Ok(Json(state.ledger().fulfil(id, lines).await?.into()))
+    let key = key.map(|k| record_key("fulfil", &k));
+    Ok(Json(state.ledger().fulfil(id, lines, key).await?.into()))
 }

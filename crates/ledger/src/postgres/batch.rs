@@ -13,14 +13,13 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use invsync_core::{ExternalRef, InventoryEventV1, Reservation, Sku, StockLevel, StoreId};
+use invsync_core::{InventoryEventV1, Reservation, Sku, StockLevel, StoreId};
 use postgres::{Row as PgRow, Transaction};
 use uuid::Uuid;
 
 use super::rows::{load_reservation, load_reservations, prepared, Statements};
 use crate::engine::Tx;
 use crate::error::LedgerError;
-use crate::model::AdjustmentOutcome;
 
 type Key = (String, String);
 /// A stock row the batch wrote, with its key.
@@ -48,7 +47,8 @@ pub(crate) struct State {
     /// Stored reservations the batch changed.
     updated: HashSet<Uuid>,
     adjustments: Vec<(String, String, String, DateTime<Utc>)>,
-    adjustments_by_ref: HashMap<String, (String, AdjustmentOutcome)>,
+    /// Writes recorded in this batch, by key: (fingerprint, outcome JSON).
+    adjustments_by_ref: HashMap<String, (String, String)>,
     events: Vec<(InventoryEventV1, String)>,
     now: Option<DateTime<Utc>>,
     /// Idempotency keys known (by the prefetch) to have no stored reservation.
@@ -282,44 +282,38 @@ impl Tx for BufferedTx<'_, '_> {
         Ok(())
     }
 
-    fn adjustment_by_ref(
-        &mut self,
-        external_ref: &ExternalRef,
-    ) -> Result<Option<(String, AdjustmentOutcome)>, LedgerError> {
-        if let Some(found) = self.state.adjustments_by_ref.get(external_ref.as_str()) {
+    fn recorded(&mut self, key: &str) -> Result<Option<(String, String)>, LedgerError> {
+        if let Some(found) = self.state.adjustments_by_ref.get(key) {
             return Ok(Some(found.clone()));
         }
+        // The `adjustments` table records every repeatable write: its key column holds
+        // an external_ref or a key made by `record_key`.
         let Some(row) = query_opt(
             self.pg,
             self.statements,
             "SELECT fingerprint, outcome FROM adjustments WHERE external_ref = $1",
-            &[&external_ref.as_str()],
+            &[&key],
         )?
         else {
             return Ok(None);
         };
-        let outcome: String = row.try_get(1)?;
-        let outcome = serde_json::from_str(&outcome)
-            .map_err(|e| LedgerError::Internal(format!("stored adjustment outcome: {e}")))?;
-        Ok(Some((row.try_get(0)?, outcome)))
+        Ok(Some((row.try_get(0)?, row.try_get(1)?)))
     }
 
-    fn insert_adjustment(
+    fn record(
         &mut self,
-        external_ref: &ExternalRef,
+        key: &str,
         fingerprint: &str,
-        outcome: &AdjustmentOutcome,
+        outcome: &str,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        let text = serde_json::to_string(outcome)
-            .map_err(|e| LedgerError::Internal(format!("encoding adjustment outcome: {e}")))?;
-        let r = external_ref.to_string();
+        let r = key.to_owned();
         self.state
             .adjustments
-            .push((r.clone(), fingerprint.to_owned(), text, now));
+            .push((r.clone(), fingerprint.to_owned(), outcome.to_owned(), now));
         self.state
             .adjustments_by_ref
-            .insert(r.clone(), (fingerprint.to_owned(), outcome.clone()));
+            .insert(r.clone(), (fingerprint.to_owned(), outcome.to_owned()));
         self.undo.push(Box::new(move |s: &mut State| {
             s.adjustments.pop();
             s.adjustments_by_ref.remove(&r);

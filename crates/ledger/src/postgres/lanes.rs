@@ -109,6 +109,8 @@ where
         let result = match (self.result, committed) {
             (Some(Err(refused)), _) => Err(refused),
             (Some(Ok(value)), Ok(())) => Ok(value),
+            // The batch's commit may have happened: so may this command.
+            (_, Err(LedgerError::OutcomeUnknown(e))) => Err(LedgerError::OutcomeUnknown(e.clone())),
             (_, Err(e)) => Err(LedgerError::Unavailable(e.to_string())),
             (None, Ok(())) => Err(LedgerError::Internal("a batched command never ran".into())),
         };
@@ -296,7 +298,7 @@ impl Units {
             }
             let result = match doomed {
                 None => batch::flush(&mut tx, statements, &state, now)
-                    .and_then(|()| tx.commit().map_err(LedgerError::from)),
+                    .and_then(|()| tx.commit().map_err(LedgerError::from_commit)),
                 Some(e) => Err(e),
             };
             match result {

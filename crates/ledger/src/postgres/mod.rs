@@ -29,9 +29,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use invsync_core::{
-    Adjust, OrderId, Reason, ReleaseKind, ReleaseReason, Reservation, Reserve, Sku, StoreId,
-};
+use invsync_core::{Adjust, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId};
 use postgres::{Client, IsolationLevel, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 use tokio::sync::watch;
@@ -480,23 +478,24 @@ impl Ledger for PgLedger {
         id: Uuid,
         lines: ReleaseLines,
         reason: ReleaseReason,
+        key: Option<String>,
     ) -> Result<Reservation, LedgerError> {
         let lane = self.lane_of_reservation(id).await?;
         self.coalesced(lane, lanes::Prefetch::holding(id), move |e| {
-            e.release(
-                id,
-                lines.as_deref(),
-                Reason::from(reason),
-                ReleaseKind::Requested,
-            )
+            e.client_release(id, lines.as_deref(), reason, key.as_deref())
         })
         .await
     }
 
-    async fn fulfil(&self, id: Uuid, lines: ReleaseLines) -> Result<Reservation, LedgerError> {
+    async fn fulfil(
+        &self,
+        id: Uuid,
+        lines: ReleaseLines,
+        key: Option<String>,
+    ) -> Result<Reservation, LedgerError> {
         let lane = self.lane_of_reservation(id).await?;
         self.coalesced(lane, lanes::Prefetch::holding(id), move |e| {
-            e.fulfil(id, lines.as_deref())
+            e.client_fulfil(id, lines.as_deref(), key.as_deref())
         })
         .await
     }

@@ -25,9 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use invsync_core::{
-    Adjust, OrderId, Reason, ReleaseKind, ReleaseReason, Reservation, Reserve, Sku, StoreId,
-};
+use invsync_core::{Adjust, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId};
 use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -436,20 +434,20 @@ impl Ledger for SqliteLedger {
         id: Uuid,
         lines: ReleaseLines,
         reason: ReleaseReason,
+        key: Option<String>,
     ) -> Result<Reservation, LedgerError> {
-        self.write(move |e| {
-            e.release(
-                id,
-                lines.as_deref(),
-                Reason::from(reason),
-                ReleaseKind::Requested,
-            )
-        })
-        .await
+        self.write(move |e| e.client_release(id, lines.as_deref(), reason, key.as_deref()))
+            .await
     }
 
-    async fn fulfil(&self, id: Uuid, lines: ReleaseLines) -> Result<Reservation, LedgerError> {
-        self.write(move |e| e.fulfil(id, lines.as_deref())).await
+    async fn fulfil(
+        &self,
+        id: Uuid,
+        lines: ReleaseLines,
+        key: Option<String>,
+    ) -> Result<Reservation, LedgerError> {
+        self.write(move |e| e.client_fulfil(id, lines.as_deref(), key.as_deref()))
+            .await
     }
 
     async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError> {

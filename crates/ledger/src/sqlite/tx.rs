@@ -1,14 +1,13 @@
 //! The writer's side of a SQLite transaction: [`Tx`] for the engine.
 
 use chrono::{DateTime, Utc};
-use invsync_core::{ExternalRef, InventoryEventV1, Reservation, Sku, StockLevel, StoreId};
+use invsync_core::{InventoryEventV1, Reservation, Sku, StockLevel, StoreId};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::rows::{self, micros};
 use crate::engine::Tx;
 use crate::error::LedgerError;
-use crate::model::AdjustmentOutcome;
 
 pub(crate) struct SqliteTx<'a> {
     pub(crate) conn: &'a Connection,
@@ -173,45 +172,31 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn adjustment_by_ref(
-        &mut self,
-        external_ref: &ExternalRef,
-    ) -> Result<Option<(String, AdjustmentOutcome)>, LedgerError> {
-        let found = self
+    fn recorded(&mut self, key: &str) -> Result<Option<(String, String)>, LedgerError> {
+        // The `adjustments` table records every repeatable write: its key column holds
+        // an external_ref or a key made by `record_key`.
+        Ok(self
             .conn
             .prepare_cached("SELECT fingerprint, outcome FROM adjustments WHERE external_ref = ?1")?
-            .query_row([external_ref.as_str()], |r| {
+            .query_row([key], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
             })
-            .optional()?;
-        let Some((fingerprint, outcome)) = found else {
-            return Ok(None);
-        };
-        let outcome = serde_json::from_str(&outcome)
-            .map_err(|e| LedgerError::Internal(format!("stored adjustment outcome: {e}")))?;
-        Ok(Some((fingerprint, outcome)))
+            .optional()?)
     }
 
-    fn insert_adjustment(
+    fn record(
         &mut self,
-        external_ref: &ExternalRef,
+        key: &str,
         fingerprint: &str,
-        outcome: &AdjustmentOutcome,
+        outcome: &str,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        let outcome = serde_json::to_string(outcome)
-            .map_err(|e| LedgerError::Internal(format!("encoding adjustment outcome: {e}")))?;
         self.conn
             .prepare_cached(
                 "INSERT INTO adjustments (external_ref, fingerprint, outcome, created_at)
                  VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![
-                external_ref.as_str(),
-                fingerprint,
-                outcome,
-                micros(now)
-            ])?;
+            .execute(params![key, fingerprint, outcome, micros(now)])?;
         Ok(())
     }
 
