@@ -279,4 +279,7 @@ pub(crate) struct EventsView {
     pub(crate) events: Vec<EventView>,
     /// The last offset returned (or `after` when none): pass it as the next `after`.
     pub(crate) next_offset: i64,
+    /// The newest offset in the log (0 when it is empty): `after = head_offset - N`
+    /// reads the latest N events.
+    pub(crate) head_offset: i64,
 }

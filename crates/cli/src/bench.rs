@@ -31,19 +31,30 @@ pub enum Workload {
 pub struct BenchArgs {
     /// The server, or several instances separated by commas: clients are spread over
     /// them round-robin (seeding and checks use the first).
-    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "INVSYNC_URL",
+        default_value = "http://127.0.0.1:8080",
+        value_delimiter = ',',
+        value_parser = crate::client::parse_base_url
+    )]
     pub url: Vec<String>,
+    /// Bearer token with the reserve and adjust scopes (or admin).
     #[arg(long, env = "INVSYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// What the clients do (see the values).
     #[arg(long, value_enum, default_value = "spread")]
     pub workload: Workload,
+    /// Concurrent clients, each waiting for its answer before its next request.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
     /// How long to drive load, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
     pub duration: Duration,
+    /// Stores in the seeded catalog.
     #[arg(long, default_value_t = 1)]
     pub stores: usize,
+    /// SKUs per store in the seeded catalog.
     #[arg(long, default_value_t = 10_000)]
     pub skus: usize,
     /// on_hand each (store, sku) is seeded with.

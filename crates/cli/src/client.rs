@@ -13,15 +13,32 @@ pub struct ClientArgs {
         long,
         env = "INVSYNC_URL",
         default_value = "http://127.0.0.1:8080",
-        global = true
+        global = true,
+        value_parser = parse_base_url
     )]
     pub url: String,
-    /// Bearer token.
+    /// Bearer token (prefer the environment variable: a flag shows in `ps`).
     #[arg(long, env = "INVSYNC_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
     /// Print the server's JSON answer instead of a summary.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// `--url`: an http:// or https:// base URL. Checked up front, so that a missing
+/// scheme is a usage error naming the fix, not reqwest's "builder error".
+pub fn parse_base_url(text: &str) -> Result<String, String> {
+    // `localhost:8080` parses as a URL of scheme `localhost`: look for `://` first.
+    if !text.contains("://") {
+        return Err(format!("{text:?} has no scheme: try http://{text}"));
+    }
+    let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "{text:?} is not an http:// or https:// URL with a host"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }
 
 /// A failed call: what to tell the user on stderr.
@@ -34,12 +51,67 @@ pub enum ClientError {
         /// The whole problem document (`oldest_offset`, `lines`, …).
         body: Value,
     },
-    #[error("cannot reach {url}: {source}")]
+    #[error("cannot reach {url}: {}", cause_chain(.source))]
     Connect { url: String, source: reqwest::Error },
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
     Failed(String),
+}
+
+/// An error and every cause under it (`error sending request: connection refused`):
+/// reqwest's own message alone omits the reason.
+fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+impl ClientError {
+    /// The exit code of `operations.md`: 1 the server answered with an error, 2 the
+    /// command line is wrong, 3 the server could not be reached.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Problem { .. } | Self::Failed(_) => 1,
+            Self::Usage(_) => 2,
+            Self::Connect { .. } => 3,
+        }
+    }
+
+    /// What stderr shows: the problem's detail, then what it carries (each short
+    /// line of an `insufficient_stock`, the field at fault, the oldest offset).
+    pub fn report(&self) -> String {
+        let mut out = self.to_string();
+        if let Self::Problem { body, .. } = self {
+            if let Some(field) = body["field"].as_str() {
+                if !out.contains(field) {
+                    out.push_str(&format!(" (field: {field})"));
+                }
+            }
+            for line in body["lines"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "\n  {}: requested {}, available {}",
+                    line["sku"].as_str().unwrap_or("?"),
+                    line["requested"],
+                    line["available"]
+                ));
+            }
+            if body["outcome"] == "unknown" {
+                out.push_str(
+                    "\n  the write may have been applied: retry it with the same --idempotency-key",
+                );
+            }
+        }
+        out
+    }
 }
 
 pub struct Client {
@@ -77,6 +149,18 @@ impl Client {
         body: Option<Value>,
     ) -> Result<(StatusCode, Value), ClientError> {
         self.call_with_header(method, path, body, None).await
+    }
+
+    /// [`Self::call`] with an optional `Idempotency-Key`.
+    pub async fn call_with_key(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        key: Option<String>,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        self.call_with_header(method, path, body, key.map(|k| ("Idempotency-Key", k)))
+            .await
     }
 
     pub async fn call_with_header(

@@ -33,7 +33,7 @@ pub struct ServeArgs {
     /// Directory of the embedded ledger (default ./invsync-data).
     #[arg(long, env = "INVSYNC_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// HTTP address (default 127.0.0.1:8080).
+    /// HTTP address (default 127.0.0.1:8080; 127.0.0.1:8081 for `consume`).
     #[arg(long, env = "INVSYNC_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
     /// `sqlite://PATH` (default: ledger.db in the data dir).

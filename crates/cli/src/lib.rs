@@ -33,7 +33,8 @@ use crate::config::{Config, LogFormat, ServeArgs};
 #[command(
     name = "invsync",
     version,
-    about = "Inventory reservation and synchronization service"
+    about = "Inventory reservation and synchronization service",
+    after_help = "Exit codes: 0 ok, 1 the server answered with an error, 2 usage, 3 server unreachable."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -48,89 +49,123 @@ enum Command {
     /// `serve` (its HTTP address defaults to 127.0.0.1:8081 and serves only the
     /// consumer's status, storefront reads, health and metrics).
     Consume {
+        /// Which consumer this process runs.
         #[arg(value_enum)]
         consumer: serve::Builtin,
         #[command(flatten)]
         args: ServeArgs,
     },
     /// Show stock: `stock STORE SKU`, `stock --sku SKU` or `stock --store STORE`.
+    #[command(allow_negative_numbers = true)]
     Stock {
+        /// The store of one level (with SKU).
         store: Option<String>,
+        /// The SKU of one level (with STORE).
         sku: Option<String>,
+        /// Every store's level of this SKU.
         #[arg(long = "sku", conflicts_with_all = ["store", "by_store"])]
         by_sku: Option<String>,
+        /// One store's levels, a page at a time.
         #[arg(long = "store", conflicts_with_all = ["store", "sku"])]
         by_store: Option<String>,
+        /// Page size with --store (1 to 1,000; default 100).
         #[arg(long)]
-        limit: Option<u32>,
+        limit: Option<i64>,
+        /// The cursor printed as `more: --after …` by the previous page.
         #[arg(long)]
         after: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Adjust on_hand: `adjust --store S --sku K --delta 25 --reason stock_in`.
+    #[command(allow_negative_numbers = true)]
     Adjust {
+        /// The store whose stock changes.
         #[arg(long)]
         store: String,
+        /// The SKU whose stock changes.
         #[arg(long)]
         sku: String,
-        #[arg(
-            long,
-            allow_hyphen_values = true,
-            required_unless_present = "set",
-            conflicts_with = "set"
-        )]
+        /// Units to add (negative: remove).
+        #[arg(long, required_unless_present = "set", conflicts_with = "set")]
         delta: Option<i64>,
         /// An absolute count instead of a delta.
         #[arg(long)]
         set: Option<i64>,
+        /// stock_in, stock_out, cycle_count, damage, return or correction.
         #[arg(long, default_value = "correction")]
         reason: String,
+        /// The external system's id of this change: a repeat is applied once.
         #[arg(long)]
         external_ref: Option<String>,
+        /// Refuse unless the row is at this version (compare-and-set).
         #[arg(long)]
         if_version: Option<i64>,
+        /// Makes a retry of this command apply it once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Reserve stock for an order: `reserve --order O-1 --store S1 --line SKU-1=2`.
+    #[command(allow_negative_numbers = true)]
     Reserve {
+        /// The order's id in the Order domain.
         #[arg(long)]
         order: String,
+        /// The store to reserve in.
         #[arg(long)]
         store: String,
         /// SKU=QUANTITY, repeatable.
         #[arg(long = "line", required = true, value_parser = parse_line)]
         lines: Vec<(String, i64)>,
+        /// Seconds after which the reservation is released as expired.
         #[arg(long)]
         ttl: Option<i64>,
+        /// Makes a retry reserve once (default: the order and store do).
         #[arg(long)]
         idempotency_key: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Release a reservation (all of it, or the given lines).
+    #[command(allow_negative_numbers = true)]
     Release {
+        /// The reservation's id.
         reservation_id: String,
+        /// SKU=QUANTITY to release, repeatable (default: everything held).
         #[arg(long = "line", value_parser = parse_line)]
         lines: Vec<(String, i64)>,
+        /// order_cancelled (default), order_changed, payment_failed, customer_request
+        /// or other.
         #[arg(long)]
         reason: Option<String>,
+        /// Makes a retry of this command release once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Fulfil a reservation (all of it, or the given lines).
+    #[command(allow_negative_numbers = true)]
     Fulfil {
+        /// The reservation's id.
         reservation_id: String,
+        /// SKU=QUANTITY to fulfil, repeatable (default: everything held).
         #[arg(long = "line", value_parser = parse_line)]
         lines: Vec<(String, i64)>,
+        /// Makes a retry of this command fulfil once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Show a reservation by id, or an order's reservations with --order.
     Reservation {
+        /// The reservation's id.
         #[arg(required_unless_present = "order")]
         reservation_id: Option<String>,
+        /// Every reservation of this order instead.
         #[arg(long, conflicts_with = "reservation_id")]
         order: Option<String>,
         #[command(flatten)]
@@ -146,11 +181,17 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Rewind a consumer: `replay webhook --from-offset 120` or `--since 2026-11-26T10:00:00Z`.
+    /// Rewind a consumer: `replay webhook --from-offset 120`, `--since
+    /// 2026-11-26T10:00:00Z`, or with neither from the oldest event retained. The
+    /// storefront rebuilds its whole view from a snapshot whatever the position.
+    #[command(allow_negative_numbers = true)]
     Replay {
+        /// The consumer: storefront or webhook.
         name: String,
-        #[arg(long, conflicts_with = "since", required_unless_present = "since")]
+        /// Re-deliver from this offset (inclusive).
+        #[arg(long, conflicts_with = "since")]
         from_offset: Option<i64>,
+        /// Re-deliver from the first event at or after this time (RFC 3339).
         #[arg(long)]
         since: Option<String>,
         #[command(flatten)]
@@ -160,6 +201,7 @@ enum Command {
     DeadLetters {
         #[command(subcommand)]
         command: Option<DeadLettersCommand>,
+        /// Only this consumer's dead letters.
         #[arg(long)]
         consumer: Option<String>,
         #[command(flatten)]
@@ -185,14 +227,20 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum EventsCommand {
-    /// Print events after an offset; with --follow, keep printing new ones.
+    /// Print the latest events (like tail(1)); with --follow, keep printing new ones.
+    #[command(allow_negative_numbers = true)]
     Tail {
-        #[arg(long, default_value_t = 0)]
-        after: i64,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-        /// Stream new events as they happen (Server-Sent Events), resuming after
-        /// disconnects.
+        /// How many events to print (1 to 1,000).
+        #[arg(short = 'n', long = "lines", alias = "limit", default_value_t = 100)]
+        lines: i64,
+        /// Print the events after this offset instead of the latest ones.
+        #[arg(long, conflicts_with = "from_start")]
+        after: Option<i64>,
+        /// Print the oldest events still retained instead of the latest ones.
+        #[arg(long)]
+        from_start: bool,
+        /// Then stream new events as they happen (Server-Sent Events), resuming after
+        /// disconnects and, with a warning, past events purged by retention.
         #[arg(long, short)]
         follow: bool,
         #[command(flatten)]
@@ -202,14 +250,22 @@ enum EventsCommand {
 
 #[derive(Debug, Subcommand)]
 enum DeadLettersCommand {
-    /// Deliver a dead letter again.
-    Redrive { id: String },
+    /// Deliver a dead letter again, and wait for the outcome: exits 0 once it is
+    /// delivered, 1 when the delivery failed again (with the error).
+    Redrive {
+        /// The dead letter's id (the first column of `dead-letters`).
+        id: String,
+        /// How long to wait for the delivery's outcome.
+        #[arg(long, default_value = "30s", value_parser = crate::config::parse_duration)]
+        wait: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Print a new random token and the tokens-file entry holding its SHA-256.
     New {
+        /// The client's name (shown in logs).
         #[arg(long)]
         name: String,
         /// read, reserve, adjust or admin; repeatable.
@@ -218,8 +274,9 @@ enum TokenCommand {
     },
 }
 
-/// Runs the parsed command line; the exit code follows `operations.md`: 0 on success,
-/// 2 for a bad flag or configuration value, 1 for any other failure.
+/// Runs the parsed command line. Exit codes (README, "Exit codes"): 0 success; 1 the
+/// server answered with an error (or `check`/`bench` found a problem); 2 a bad flag or
+/// configuration value; 3 the server could not be reached.
 pub fn run(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -265,17 +322,42 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        command => match runtime.block_on(client_command(command)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(ClientError::Usage(msg)) => {
-                eprintln!("invsync: {msg}");
-                ExitCode::from(2)
+        command => {
+            let json = command_wants_json(&command);
+            match runtime.block_on(client_command(command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    // With --json the problem document goes to stdout too, whole.
+                    if let (true, ClientError::Problem { body, .. }) = (json, &e) {
+                        println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
+                    }
+                    eprintln!("invsync: {}", e.report());
+                    ExitCode::from(e.exit_code())
+                }
             }
-            Err(e) => {
-                eprintln!("invsync: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
+    }
+}
+
+/// Whether a client command was given `--json`.
+fn command_wants_json(command: &Command) -> bool {
+    match command {
+        Command::Stock { client, .. }
+        | Command::Adjust { client, .. }
+        | Command::Reserve { client, .. }
+        | Command::Release { client, .. }
+        | Command::Fulfil { client, .. }
+        | Command::Reservation { client, .. }
+        | Command::Consumers { client }
+        | Command::Replay { client, .. }
+        | Command::DeadLetters { client, .. }
+        | Command::Check { client, .. }
+        | Command::Events {
+            command: EventsCommand::Tail { client, .. },
+        } => client.json,
+        Command::Serve(_) | Command::Consume { .. } | Command::Token { .. } | Command::Bench(_) => {
+            false
+        }
     }
 }
 
@@ -391,6 +473,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             reason,
             external_ref,
             if_version,
+            idempotency_key,
             client,
         } => {
             let c = Client::new(client);
@@ -410,7 +493,9 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             if let Some(v) = if_version {
                 body["if_version"] = json!(v);
             }
-            let (_, v) = c.call(Method::POST, "/v1/adjustments", Some(body)).await?;
+            let (_, v) = c
+                .call_with_key(Method::POST, "/v1/adjustments", Some(body), idempotency_key)
+                .await?;
             print(&c, &v, show::adjustment);
         }
         Command::Reserve {
@@ -427,16 +512,21 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             if let Some(ttl) = ttl {
                 body["ttl_seconds"] = json!(ttl);
             }
-            if idempotency_key.is_some() {
-                return call_with_key(&c, body, idempotency_key).await;
-            }
-            let (_, v) = c.call(Method::POST, "/v1/reservations", Some(body)).await?;
+            let (_, v) = c
+                .call_with_key(
+                    Method::POST,
+                    "/v1/reservations",
+                    Some(body),
+                    idempotency_key,
+                )
+                .await?;
             print(&c, &v, show::reservation);
         }
         Command::Release {
             reservation_id,
             lines,
             reason,
+            idempotency_key,
             client,
         } => {
             let c = Client::new(client);
@@ -448,12 +538,15 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
                 body["reason"] = json!(reason);
             }
             let path = format!("/v1/reservations/{}/release", enc(&reservation_id));
-            let (_, v) = c.call(Method::POST, &path, Some(body)).await?;
+            let (_, v) = c
+                .call_with_key(Method::POST, &path, Some(body), idempotency_key)
+                .await?;
             print(&c, &v, show::reservation);
         }
         Command::Fulfil {
             reservation_id,
             lines,
+            idempotency_key,
             client,
         } => {
             let c = Client::new(client);
@@ -463,7 +556,9 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
                 json!({"lines": lines_json(&lines)})
             };
             let path = format!("/v1/reservations/{}/fulfil", enc(&reservation_id));
-            let (_, v) = c.call(Method::POST, &path, Some(body)).await?;
+            let (_, v) = c
+                .call_with_key(Method::POST, &path, Some(body), idempotency_key)
+                .await?;
             print(&c, &v, show::reservation);
         }
         Command::Reservation {
@@ -499,12 +594,19 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
         Command::Events {
             command:
                 EventsCommand::Tail {
+                    lines,
                     after,
-                    follow: true,
+                    from_start,
+                    follow: following,
                     client,
-                    ..
                 },
-        } => return follow(Client::new(client), after).await,
+        } => {
+            let c = Client::new(client);
+            let last = tail(&c, lines, after, from_start).await?;
+            if following {
+                return follow(c, last).await;
+            }
+        }
         Command::Consumers { client } => {
             let c = Client::new(client);
             let (_, v) = c.call(Method::GET, "/v1/consumers", None).await?;
@@ -517,17 +619,31 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             client,
         } => {
             let c = Client::new(client);
+            let path = format!("/v1/consumers/{}/replay", enc(&name));
+            let from_oldest = from_offset.is_none() && since.is_none();
             let body = match (from_offset, since) {
                 (Some(offset), None) => json!({"from_offset": offset}),
                 (None, Some(since)) => json!({"since": since}),
-                _ => return Err(ClientError::Usage("give --from-offset or --since".into())),
+                (None, None) => json!({"from_offset": 1}),
+                (Some(_), Some(_)) => {
+                    return Err(ClientError::Usage(
+                        "give --from-offset or --since, not both".into(),
+                    ))
+                }
             };
-            c.call(
-                Method::POST,
-                &format!("/v1/consumers/{}/replay", enc(&name)),
-                Some(body),
-            )
-            .await?;
+            match c.call(Method::POST, &path, Some(body.clone())).await {
+                // With neither flag: from the oldest event still retained.
+                Err(ClientError::Problem { body: gone, .. })
+                    if from_oldest && gone["code"] == "gone" =>
+                {
+                    let oldest = gone["oldest_offset"].clone();
+                    c.call(Method::POST, &path, Some(json!({"from_offset": oldest})))
+                        .await?;
+                }
+                other => {
+                    other?;
+                }
+            }
             if c.json_output() {
                 println!("{}", json!({"accepted": true}));
             } else {
@@ -541,18 +657,8 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
         } => {
             let c = Client::new(client);
             match command {
-                Some(DeadLettersCommand::Redrive { id }) => {
-                    c.call(
-                        Method::POST,
-                        &format!("/v1/dead-letters/{}/redrive", enc(&id)),
-                        None,
-                    )
-                    .await?;
-                    if c.json_output() {
-                        println!("{}", json!({"accepted": true}));
-                    } else {
-                        println!("redrive of {id} accepted");
-                    }
+                Some(DeadLettersCommand::Redrive { id, wait }) => {
+                    redrive(&c, &id, wait).await?;
                 }
                 None => {
                     let path = match consumer {
@@ -567,51 +673,26 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
         Command::Check { wait, client } => {
             let c = Client::new(client);
             let report = check::run(&c, wait).await?;
-            for note in &report.notes {
-                println!("{note}");
-            }
-            if report.problems.is_empty() {
-                println!("check: OK");
+            if c.json_output() {
+                let doc = json!({"ok": report.problems.is_empty(), "problems": report.problems, "notes": report.notes});
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             } else {
+                for note in &report.notes {
+                    println!("{note}");
+                }
+                if report.problems.is_empty() {
+                    println!("check: OK");
+                }
                 for p in &report.problems {
                     println!("PROBLEM: {p}");
                 }
+            }
+            if !report.problems.is_empty() {
                 return Err(ClientError::Failed(format!(
                     "check: {} problem(s) found",
                     report.problems.len()
                 )));
             }
-        }
-        Command::Events {
-            command:
-                EventsCommand::Tail {
-                    after,
-                    limit,
-                    client,
-                    follow: false,
-                },
-        } => {
-            let c = Client::new(client);
-            let (_, v) = c
-                .call(
-                    Method::GET,
-                    &format!("/v1/events?after={after}&limit={limit}"),
-                    None,
-                )
-                .await?;
-            print(&c, &v, |v| {
-                let lines: Vec<String> = v["events"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|e| show::event(&e["offset"], &e["event"]))
-                    .collect();
-                if lines.is_empty() {
-                    format!("(no events after offset {after})")
-                } else {
-                    lines.join("\n")
-                }
-            });
         }
         Command::Serve(_) | Command::Consume { .. } | Command::Token { .. } | Command::Bench(_) => {
             return Err(ClientError::Usage("not a client command".into()))
@@ -679,6 +760,13 @@ async fn follow(c: Client, after: i64) -> Result<(), ClientError> {
             Ok(r) => {
                 let status = r.status();
                 let body: Value = r.json().await.unwrap_or_default();
+                if let Some(oldest) = body["oldest_offset"]
+                    .as_i64()
+                    .filter(|_| body["code"] == "gone")
+                {
+                    last = skip_purged(last, oldest);
+                    continue;
+                }
                 let detail = body["detail"].as_str().unwrap_or("no detail").to_owned();
                 return Err(ClientError::Problem {
                     status,
@@ -714,9 +802,9 @@ async fn follow(c: Client, after: i64) -> Result<(), ClientError> {
                     }
                 }
                 if kind == "gone" {
-                    return Err(ClientError::Failed(format!(
-                        "the stream fell behind retention; oldest offset is {data}"
-                    )));
+                    let oldest = data.trim().parse::<i64>().unwrap_or(last + 1);
+                    last = skip_purged(last, oldest);
+                    break; // reconnect from there
                 }
                 let Some(id) = id else { continue };
                 last = id;
@@ -733,16 +821,185 @@ async fn follow(c: Client, after: i64) -> Result<(), ClientError> {
     }
 }
 
-/// `reserve` with an `Idempotency-Key` header (the one client call that sends one).
-async fn call_with_key(c: &Client, body: Value, key: Option<String>) -> Result<(), ClientError> {
-    let (_, v) = c
-        .call_with_header(
-            Method::POST,
-            "/v1/reservations",
-            Some(body),
-            key.map(|k| ("Idempotency-Key", k)),
+/// The stream fell behind retention: say what was lost and go on from the oldest
+/// event retained (a tail follows the log; it cannot bring purged events back).
+fn skip_purged(last: i64, oldest: i64) -> i64 {
+    eprintln!(
+        "invsync: events {}..={} were purged by retention before they were read; going on from {oldest}",
+        last + 1,
+        oldest - 1
+    );
+    oldest - 1
+}
+
+/// `events tail`: prints a page of the log and returns the offset printed last. The
+/// latest `lines` events by default; `--after N` the ones after N; `--from-start` the
+/// oldest retained. A position purged by retention moves to the oldest retained.
+async fn tail(
+    c: &Client,
+    lines: i64,
+    after: Option<i64>,
+    from_start: bool,
+) -> Result<i64, ClientError> {
+    if !(1..=1000).contains(&lines) {
+        return Err(ClientError::Usage(format!(
+            "--lines must be from 1 to 1000, got {lines}"
+        )));
+    }
+    if let Some(a) = after.filter(|a| *a < 0) {
+        return Err(ClientError::Usage(format!(
+            "--after must be 0 or more, got {a}"
+        )));
+    }
+    let page = |after: i64| async move {
+        match c
+            .call(
+                Method::GET,
+                &format!("/v1/events?after={after}&limit={lines}"),
+                None,
+            )
+            .await
+        {
+            Err(ClientError::Problem { body, .. }) if body["code"] == "gone" => {
+                let oldest = body["oldest_offset"].as_i64().unwrap_or(1);
+                eprintln!("invsync: events up to offset {} were purged by retention; starting at {oldest}", oldest - 1);
+                c.call(
+                    Method::GET,
+                    &format!("/v1/events?after={}&limit={lines}", oldest - 1),
+                    None,
+                )
+                .await
+                .map(|(_, v)| v)
+            }
+            other => other.map(|(_, v)| v),
+        }
+    };
+    let start = match (after, from_start) {
+        (Some(a), _) => a,
+        (None, true) => 0,
+        (None, false) => {
+            let head = page(0).await?["head_offset"].as_i64().unwrap_or(0);
+            (head - lines).max(0)
+        }
+    };
+    let v = page(start).await?;
+    let last = v["next_offset"].as_i64().unwrap_or(start);
+    print(c, &v, |v| {
+        let printed: Vec<String> = v["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| show::event(&e["offset"], &e["event"]))
+            .collect();
+        if printed.is_empty() {
+            format!("(no events after offset {start})")
+        } else {
+            printed.join("\n")
+        }
+    });
+    Ok(last)
+}
+
+/// `dead-letters redrive ID`: asks for the redelivery (202), then watches the dead
+/// letter until the delivery's outcome is known: gone means delivered; a new attempt
+/// still there means it failed again (exit 1 with its error).
+async fn redrive(c: &Client, id: &str, wait: std::time::Duration) -> Result<(), ClientError> {
+    let find = || async {
+        let (_, v) = c.call(Method::GET, "/v1/dead-letters", None).await?;
+        Ok::<_, ClientError>(
+            v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|d| d["id"] == id)
+                .cloned(),
         )
-        .await?;
-    print(c, &v, show::reservation);
-    Ok(())
+    };
+    let before = find().await?.and_then(|d| d["attempts"].as_i64());
+    c.call(
+        Method::POST,
+        &format!("/v1/dead-letters/{}/redrive", enc(id)),
+        None,
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match find().await? {
+            None => {
+                if c.json_output() {
+                    println!("{}", json!({"id": id, "delivered": true}));
+                } else {
+                    println!("dead letter {id} delivered");
+                }
+                return Ok(());
+            }
+            Some(d) if d["attempts"].as_i64() > before => {
+                if c.json_output() {
+                    println!(
+                        "{}",
+                        json!({"id": id, "delivered": false, "dead_letter": d})
+                    );
+                }
+                return Err(ClientError::Failed(format!(
+                    "redrive of {id} failed: {}",
+                    d["last_error"].as_str().unwrap_or("no error recorded")
+                )));
+            }
+            Some(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(ClientError::Failed(format!(
+                    "redrive of {id}: no outcome after {}",
+                    humantime::format_duration(wait)
+                )));
+            }
+            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every flag and argument of every command says what it is for.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "invsync", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+    }
+
+    #[test]
+    fn negative_numbers_reach_our_own_validation() {
+        let parsed = Cli::try_parse_from(["invsync", "events", "tail", "--after", "-5"]);
+        assert!(parsed.is_ok(), "{:?}", parsed.err().map(|e| e.to_string()));
+        let parsed = Cli::try_parse_from([
+            "invsync", "adjust", "--store", "S", "--sku", "K", "--delta", "-3",
+        ]);
+        assert!(parsed.is_ok());
+    }
+
+    #[test]
+    fn a_url_without_scheme_is_a_usage_error_naming_the_fix() {
+        let err = Cli::try_parse_from(["invsync", "consumers", "--url", "localhost:8080"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("http://localhost:8080"), "{err}");
+    }
 }

@@ -271,6 +271,25 @@ fn client_commands_print_summaries_json_and_problem_details() {
     let tail = ok(&["events", "tail"]);
     assert_eq!(tail.lines().count(), 4, "{tail}");
     assert!(tail.contains("RESERVED") && tail.contains("RELEASED") && tail.contains("fulfilled"));
+    // tail(1): the latest N, newest last; --from-start the oldest; --after from there.
+    let offsets = |text: &str| -> Vec<i64> {
+        text.lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    };
+    assert_eq!(offsets(&ok(&["events", "tail", "-n", "2"])), [3, 4]);
+    assert_eq!(
+        offsets(&ok(&["events", "tail", "-n", "2", "--from-start"])),
+        [1, 2]
+    );
+    assert_eq!(
+        offsets(&ok(&["events", "tail", "--after", "1", "-n", "2"])),
+        [2, 3]
+    );
+    let audit: Value = serde_json::from_str(&ok(&["check", "--json"])).unwrap();
+    assert_eq!(audit["ok"], true, "{audit}");
+    // A page that is the last one offers no cursor to a next one.
+    assert!(!ok(&["stock", "--store", "S1", "--limit", "1"]).contains("more:"));
 
     let refused = run(&[
         &[
@@ -368,7 +387,7 @@ async fn events_tail_follow_prints_new_events_as_they_happen() {
             let _ = tx.send(line);
         }
     });
-    // From offset 0 by default: the old event first, then the ones made while following.
+    // The latest events first (here the one there is), then those made while following.
     let first = rx.recv_timeout(Duration::from_secs(30)).unwrap();
     assert!(first.contains("S1/BEFORE"), "{first}");
     adjust("LIVE-1").await;
@@ -449,4 +468,176 @@ fn bench_runs_every_workload_and_its_oversell_check_passes() {
         let reserved = summary["answers"]["reserve 201"].as_u64().unwrap_or(0);
         assert_eq!(reserved > 0, seeded, "{summary}");
     }
+}
+
+/// Every client command the README shows in a `sh` block runs, exactly as written
+/// (through bash, with `invsync` standing for this build), against a live server, in
+/// the README's order, and exits 0.
+#[test]
+fn every_readme_command_works_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    for line in readme.lines() {
+        match line.trim_end() {
+            "```sh" => in_sh = true,
+            "```" => in_sh = false,
+            l if in_sh && l.starts_with("invsync ") && !l.ends_with('\\') => {
+                let sub = l.split_whitespace().nth(1).unwrap_or_default();
+                // Servers and load are started differently here; the rest are clients.
+                if !matches!(sub, "serve" | "consume" | "bench" | "token") {
+                    commands.push(l.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    for needed in [
+        "invsync adjust ",
+        "invsync reserve ",
+        "invsync replay storefront",
+        "invsync events tail",
+        "invsync check",
+    ] {
+        assert!(
+            commands.iter().any(|c| c.starts_with(needed)),
+            "the README shows `{needed}…`: {commands:#?}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    for command in &commands {
+        let out = Command::new("bash")
+            .args([
+                "-c",
+                &format!("invsync() {{ \"$INVSYNC_BIN\" \"$@\"; }}\n{command}"),
+            ])
+            .env("INVSYNC_BIN", BIN)
+            .env("INVSYNC_URL", &server.url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "`{command}` exited {:?}: {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Exit codes as documented: 1 the server said no (with the short lines printed, and
+/// the problem as JSON with --json), 2 usage, 3 unreachable (with the cause).
+#[test]
+fn exit_codes_and_error_output_follow_the_readme() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let url = ["--url", server.url.as_str()];
+    let short = run(&[
+        &[
+            "reserve", "--order", "O-9", "--store", "S1", "--line", "NOPE=3",
+        ][..],
+        &url,
+    ]
+    .concat());
+    assert_eq!(short.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&short.stderr);
+    assert!(
+        stderr.contains("NOPE: requested 3, available 0"),
+        "{stderr}"
+    );
+    let json = run(&[
+        &[
+            "reserve", "--order", "O-9", "--store", "S1", "--line", "NOPE=3", "--json",
+        ][..],
+        &url,
+    ]
+    .concat());
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        doc["lines"][0]["sku"], "NOPE",
+        "the problem document on stdout"
+    );
+    assert_eq!(
+        run(&["events", "tail", "--url", "localhost:1"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(&[&["events", "tail", "-n", "0"][..], &url].concat())
+            .status
+            .code(),
+        Some(2)
+    );
+    let port = invsync_testkit::free_port();
+    let down = run(&["consumers", "--url", &format!("http://127.0.0.1:{port}")]);
+    assert_eq!(down.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        stderr.to_lowercase().contains("refused"),
+        "the cause is named: {stderr}"
+    );
+}
+
+/// `events tail --after 0 --follow` once retention purged those events: it says what
+/// was lost, goes on from the oldest retained, and keeps following.
+#[tokio::test]
+async fn tail_follows_on_past_events_purged_by_retention() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--retention", "1s"]);
+    let http = client();
+    common::adjust(&http, &server.url, "S1", "OLD", 1).await;
+    common::eventually(
+        "retention purges the first event",
+        Duration::from_secs(30),
+        || async {
+            let (status, _) = get(&http, &format!("{}/v1/events?after=0", server.url)).await;
+            (status == 410).then_some(())
+        },
+    )
+    .await;
+    let mut tail = Command::new(BIN)
+        .args([
+            "events",
+            "tail",
+            "--after",
+            "0",
+            "--follow",
+            "--url",
+            &server.url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for pipe in [
+        Box::new(tail.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(tail.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let warned = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(warned.contains("purged by retention"), "{warned}");
+    common::adjust(&http, &server.url, "S1", "NEW", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap();
+        if line.contains("S1/NEW") {
+            break;
+        }
+    }
+    assert!(tail.try_wait().unwrap().is_none(), "still following");
+    let _ = tail.kill();
+    let _ = tail.wait();
 }

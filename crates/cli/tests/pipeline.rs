@@ -228,16 +228,33 @@ async fn a_refused_event_goes_to_the_dead_letters_alone_and_redrive_delivers_it(
         get(&http, &format!("{url}/v1/dead-letters?consumer=storefront")).await;
     assert_eq!(storefront_letters["items"].as_array().unwrap().len(), 0);
 
+    // While the receiver still refuses it, `invsync dead-letters redrive` waits for
+    // the outcome and says it failed (exit 1), with the receiver's answer.
+    let id = letters[0]["id"].as_str().unwrap();
+    let redrive = || {
+        std::process::Command::new(common::BIN)
+            .args(["dead-letters", "redrive", id, "--url", &url])
+            .output()
+            .unwrap()
+    };
+    let failed = tokio::task::block_in_place(redrive);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("failed") && stderr.contains("422"),
+        "{stderr}"
+    );
+
     // The receiver learns the location; a redrive delivers the event and clears it.
     receiver.behaviour.lock().unwrap().reject_ref = None;
-    let id = letters[0]["id"].as_str().unwrap();
-    let (status, _) = post(
-        &http,
-        &format!("{url}/v1/dead-letters/{id}/redrive"),
-        json!(null),
-    )
-    .await;
-    assert_eq!(status, 202);
+    let delivered = tokio::task::block_in_place(redrive);
+    assert_eq!(
+        delivered.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&delivered.stderr)
+    );
+    assert!(String::from_utf8_lossy(&delivered.stdout).contains("delivered"));
     eventually("the redriven event arrives", WAIT, || async {
         (receiver.seen.lock().unwrap().accepted.len() == 4).then_some(())
     })

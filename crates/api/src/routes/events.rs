@@ -62,5 +62,6 @@ pub(crate) async fn list(
     Ok(Json(EventsView {
         events,
         next_offset,
+        head_offset: page.last_offset,
     }))
 }

@@ -126,11 +126,13 @@ pub(crate) async fn rows(
             "the storefront projection is not running",
         )
     })?;
-    let items = reader
-        .rows(after, limit)
+    let mut items = reader
+        .rows(after, limit + 1)
         .await
         .map_err(|e| unavailable("storefront projection", e))?;
-    let next = (items.len() == limit)
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = more
         .then(|| {
             items
                 .last()

@@ -74,8 +74,14 @@ pub(crate) async fn list(
             let store = field("store_id", StoreId::parse(store))?;
             let limit = page_limit(q.limit)?;
             let after = q.after.map(|a| field("after", Sku::parse(a))).transpose()?;
-            let items = state.ledger().stock_by_store(store, after, limit).await?;
-            let next = (items.len() == limit)
+            // One row more than the page: `next` only when there is a next page.
+            let mut items = state
+                .ledger()
+                .stock_by_store(store, after, limit + 1)
+                .await?;
+            let more = items.len() > limit;
+            items.truncate(limit);
+            let next = more
                 .then(|| items.last().map(|r| r.sku.to_string()))
                 .flatten();
             Ok(Json(StockPage {
@@ -116,8 +122,10 @@ pub(crate) async fn snapshot(
 ) -> ApiResult<Json<SnapshotView>> {
     let limit = page_limit(q.limit)?;
     let after = q.after.map(|a| super::parse_pair_cursor(&a)).transpose()?;
-    let page = state.ledger().snapshot(after, limit).await?;
-    let next = (page.items.len() == limit)
+    let mut page = state.ledger().snapshot(after, limit + 1).await?;
+    let more = page.items.len() > limit;
+    page.items.truncate(limit);
+    let next = more
         .then(|| {
             page.items
                 .last()
