@@ -1375,42 +1375,29 @@ async fn every_write_applies_once_per_idempotency_key(backend: Backend) {
     assert_eq!(placed.status, 201, "{}", placed.body);
     let id = placed.body["reservation_id"].as_str().unwrap().to_owned();
 
-    // A partial release, retried: released once.
-    let release = json!({"lines": [{"sku": "A", "quantity": 2}]});
-    for _ in 0..3 {
-        let r = app
+    // A partial release, then a partial fulfilment, each retried: applied once.
+    for (action, counter, n, key) in [
+        ("release", "released", 2, "rel-1"),
+        ("fulfil", "fulfilled", 1, "ful-1"),
+    ] {
+        let path = format!("/v1/reservations/{id}/{action}");
+        let body = json!({"lines": [{"sku": "A", "quantity": n}]});
+        for _ in 0..3 {
+            let r = app
+                .send(keyed(Method::POST, &path, key, body.clone()))
+                .await;
+            assert_eq!(r.status, 200, "{action}: {}", r.body);
+            assert_eq!(r.body["lines"][0][counter], n, "{}", r.body);
+        }
+        let changed = app
             .send(keyed(
                 Method::POST,
-                &format!("/v1/reservations/{id}/release"),
-                "rel-1",
-                release.clone(),
+                &path,
+                key,
+                json!({"lines": [{"sku": "A", "quantity": n + 1}]}),
             ))
             .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(r.body["lines"][0]["released"], 2, "{}", r.body);
-    }
-    let changed = app
-        .send(keyed(
-            Method::POST,
-            &format!("/v1/reservations/{id}/release"),
-            "rel-1",
-            json!({"lines": [{"sku": "A", "quantity": 1}]}),
-        ))
-        .await;
-    assert_eq!(changed.status, 409, "{}", changed.body);
-    // A partial fulfilment, retried: fulfilled once.
-    let fulfil = json!({"lines": [{"sku": "A", "quantity": 1}]});
-    for _ in 0..3 {
-        let r = app
-            .send(keyed(
-                Method::POST,
-                &format!("/v1/reservations/{id}/fulfil"),
-                "ful-1",
-                fulfil.clone(),
-            ))
-            .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(r.body["lines"][0]["fulfilled"], 1, "{}", r.body);
+        assert_eq!(changed.status, 409, "{action}: {}", changed.body);
     }
     let row = app.get("/v1/stock/S1/A").await.body;
     assert_eq!(

@@ -125,14 +125,7 @@ async fn metrics_pass_promtool_with_help_on_every_metric_and_build_info() {
         },
     )
     .await;
-    let text = http
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&http, &server.url).await;
 
     let mut lint = Command::new("promtool")
         .args(["check", "metrics"])

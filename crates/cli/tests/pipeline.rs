@@ -69,14 +69,7 @@ async fn a_reservation_becomes_visible_in_the_storefront() {
     })
     .await;
     let metrics = eventually("the lag gauge reaches 0", WAIT, || async {
-        let m = http
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = common::metrics_text(&http, &url).await;
         m.contains("invsync_consumer_lag_events{consumer=\"storefront\"} 0")
             .then_some(m)
     })

@@ -169,6 +169,16 @@ pub async fn storefront_caught_up(http: &reqwest::Client, url: &str) -> bool {
         .all(|c| c["lag_events"] == 0)
 }
 
+/// The text of `/metrics`.
+pub async fn metrics_text(http: &reqwest::Client, url: &str) -> String {
+    let resp = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("request");
+    resp.text().await.expect("metrics text")
+}
+
 /// The value of an unlabelled metric on `/metrics`.
 pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
     let text = http
