@@ -146,9 +146,20 @@ async fn stream_messages(bus: &NatsBus) -> Vec<(u64, String, String, i64)> {
     out
 }
 
-/// SKUs with every character the API allows, several of which mean something in a
-/// NATS subject.
-const SKUS: [&str; 5] = ["plain", "with.dot", "a:b", "-_.-", "x.y.z"];
+/// SKUs as real catalogues have them (api.md: any UTF-8 without control characters),
+/// several with characters that mean something in a NATS subject (`.`, `*`, `>`,
+/// white space), and one that spells another's escaped form.
+const SKUS: [&str; 9] = [
+    "plain",
+    "with.dot",
+    "a:b",
+    "-_.-",
+    "x.y.z",
+    "TSHIRT RED/XL",
+    "CAFÉ-1 *>",
+    "with~2Edot",
+    "商品",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_is_created_with_the_retention_and_updated_when_it_changes() {
@@ -224,7 +235,19 @@ async fn a_crash_between_publish_and_cursor_advance_leaves_each_event_once_on_it
             subject::event_subject(event.data.product_sku.as_str(), 16)
         );
         assert_eq!(subject.split('.').count(), 4, "{subject} has four tokens");
+        assert!(!subject.contains([' ', '*', '>']), "{subject}");
     }
+    // Two SKUs never share a subject.
+    let mut owners: HashMap<&str, String> = HashMap::new();
+    for ((_, subject, _, _), logged) in messages.iter().zip(&page.events) {
+        let event = invsync_core::CloudEvent::parse(logged.envelope.as_bytes()).unwrap();
+        let sku = event.data.product_sku.to_string();
+        let owner = owners
+            .entry(subject.as_str())
+            .or_insert_with(|| sku.clone());
+        assert_eq!(*owner, sku, "{subject} carries two SKUs");
+    }
+    assert_eq!(owners.len(), SKUS.len(), "one subject per SKU");
 
     // New events keep flowing once the relay runs.
     world.adjust("S2", "later", 5).await;

@@ -286,6 +286,21 @@ fn client_commands_print_summaries_json_and_problem_details() {
         offsets(&ok(&["events", "tail", "--after", "1", "-n", "2"])),
         [2, 3]
     );
+    // Real-world ids through the command line, the path encoding and back.
+    assert!(ok(&[
+        "adjust",
+        "--store",
+        "Store #1/Paris",
+        "--sku",
+        "TSHIRT RED/XL",
+        "--delta",
+        "4",
+        "--reason",
+        "stock_in"
+    ])
+    .contains("Store #1/Paris/TSHIRT RED/XL: on_hand 4"));
+    assert!(ok(&["stock", "Store #1/Paris", "TSHIRT RED/XL"]).contains("available 4"));
+    assert!(ok(&["stock", "--sku", "TSHIRT RED/XL"]).contains("Store #1/Paris"));
     let audit: Value = serde_json::from_str(&ok(&["check", "--json"])).unwrap();
     assert_eq!(audit["ok"], true, "{audit}");
     // A page that is the last one offers no cursor to a next one.

@@ -184,7 +184,7 @@ async fn a_refused_event_goes_to_the_dead_letters_alone_and_redrive_delivers_it(
         200
     );
     adjust(&http, &url, "S1", "P", 2).await; // the same SKU, after the poison
-    adjust(&http, &url, "S1", "Q", 3).await; // another SKU
+    adjust(&http, &url, "Store #1", "TSHIRT RED/XL", 3).await; // another SKU, a real-world id
 
     let letters = eventually("the refused event is dead-lettered", WAIT, || async {
         let (_, v) = get(&http, &format!("{url}/v1/dead-letters?consumer=webhook")).await;
@@ -203,6 +203,14 @@ async fn a_refused_event_goes_to_the_dead_letters_alone_and_redrive_delivers_it(
         (receiver.seen.lock().unwrap().accepted.len() == 3).then_some(())
     })
     .await;
+    // The webhook carries ids exactly as they were given.
+    assert!(receiver
+        .seen
+        .lock()
+        .unwrap()
+        .accepted
+        .iter()
+        .any(|(_, store, sku, _)| { store == "Store #1" && sku == "TSHIRT RED/XL" }));
     // The status count follows the commit the listing reads: wait for it.
     eventually(
         "the webhook consumer counts the dead letter",
