@@ -1289,21 +1289,21 @@ async fn the_implicit_key_conflict_names_order_and_store(backend: Backend) {
         "{detail}"
     );
     assert!(!detail.contains("Idempotency-Key '"), "{detail}");
-    let keyed = app
-        .send(
-            app.request(Method::POST, "/v1/reservations")
-                .header("Idempotency-Key", "K 1/é")
-                .json(&reserve_body("O-8", "S1", &[("A", 1)])),
-        )
-        .await;
+    let keyed = post_keyed(
+        &app,
+        "/v1/reservations",
+        "K 1/é",
+        reserve_body("O-8", "S1", &[("A", 1)]),
+    )
+    .await;
     assert_eq!(keyed.status, 201, "{}", keyed.body);
-    let reused = app
-        .send(
-            app.request(Method::POST, "/v1/reservations")
-                .header("Idempotency-Key", "K 1/é")
-                .json(&reserve_body("O-9", "S1", &[("A", 1)])),
-        )
-        .await;
+    let reused = post_keyed(
+        &app,
+        "/v1/reservations",
+        "K 1/é",
+        reserve_body("O-9", "S1", &[("A", 1)]),
+    )
+    .await;
     assert_eq!(reused.status, 409);
     assert!(
         reused.body["detail"].as_str().unwrap().contains("'K 1/é'"),
@@ -1312,35 +1312,26 @@ async fn the_implicit_key_conflict_names_order_and_store(backend: Backend) {
     );
 }
 
+/// POSTs `body` with an `Idempotency-Key`.
+async fn post_keyed(app: &App, path: &str, key: &str, body: Value) -> common::Answer {
+    app.send(
+        app.request(Method::POST, path)
+            .header("Idempotency-Key", key)
+            .json(&body),
+    )
+    .await
+}
+
 /// `Idempotency-Key` on every write: a retry (same key, same body) answers as the
 /// first did and changes nothing; another body under the key is refused naming it.
 async fn every_write_applies_once_per_idempotency_key(backend: Backend) {
     let Some(app) = spawn_on(backend).await else {
         return;
     };
-    let keyed = |method: Method, path: &str, key: &str, body: Value| {
-        app.request(method, path)
-            .header("Idempotency-Key", key)
-            .json(&body)
-    };
     // An adjustment without external_ref, retried: applied once.
     let body = json!({"store_id": "S1", "sku": "A", "delta": 10, "reason": "stock_in"});
-    let first = app
-        .send(keyed(
-            Method::POST,
-            "/v1/adjustments",
-            "adj-1",
-            body.clone(),
-        ))
-        .await;
-    let again = app
-        .send(keyed(
-            Method::POST,
-            "/v1/adjustments",
-            "adj-1",
-            body.clone(),
-        ))
-        .await;
+    let first = post_keyed(&app, "/v1/adjustments", "adj-1", body.clone()).await;
+    let again = post_keyed(&app, "/v1/adjustments", "adj-1", body.clone()).await;
     assert_eq!(
         (first.status.as_u16(), again.status.as_u16()),
         (200, 200),
@@ -1349,14 +1340,13 @@ async fn every_write_applies_once_per_idempotency_key(backend: Backend) {
     );
     assert_eq!(first.body, again.body, "the retry gets the first answer");
     assert_eq!(app.get("/v1/stock/S1/A").await.body["on_hand"], 10);
-    let other = app
-        .send(keyed(
-            Method::POST,
-            "/v1/adjustments",
-            "adj-1",
-            json!({"store_id": "S1", "sku": "A", "delta": 5, "reason": "stock_in"}),
-        ))
-        .await;
+    let other = post_keyed(
+        &app,
+        "/v1/adjustments",
+        "adj-1",
+        json!({"store_id": "S1", "sku": "A", "delta": 5, "reason": "stock_in"}),
+    )
+    .await;
     assert_eq!(other.status, 409);
     assert!(
         other.body["detail"].as_str().unwrap().contains("'adj-1'"),
@@ -1364,14 +1354,13 @@ async fn every_write_applies_once_per_idempotency_key(backend: Backend) {
         other.body
     );
     // The same key on another operation is another key.
-    let placed = app
-        .send(keyed(
-            Method::POST,
-            "/v1/reservations",
-            "adj-1",
-            reserve_body("O-1", "S1", &[("A", 6)]),
-        ))
-        .await;
+    let placed = post_keyed(
+        &app,
+        "/v1/reservations",
+        "adj-1",
+        reserve_body("O-1", "S1", &[("A", 6)]),
+    )
+    .await;
     assert_eq!(placed.status, 201, "{}", placed.body);
     let id = placed.body["reservation_id"].as_str().unwrap().to_owned();
 
@@ -1383,20 +1372,17 @@ async fn every_write_applies_once_per_idempotency_key(backend: Backend) {
         let path = format!("/v1/reservations/{id}/{action}");
         let body = json!({"lines": [{"sku": "A", "quantity": n}]});
         for _ in 0..3 {
-            let r = app
-                .send(keyed(Method::POST, &path, key, body.clone()))
-                .await;
+            let r = post_keyed(&app, &path, key, body.clone()).await;
             assert_eq!(r.status, 200, "{action}: {}", r.body);
             assert_eq!(r.body["lines"][0][counter], n, "{}", r.body);
         }
-        let changed = app
-            .send(keyed(
-                Method::POST,
-                &path,
-                key,
-                json!({"lines": [{"sku": "A", "quantity": n + 1}]}),
-            ))
-            .await;
+        let changed = post_keyed(
+            &app,
+            &path,
+            key,
+            json!({"lines": [{"sku": "A", "quantity": n + 1}]}),
+        )
+        .await;
         assert_eq!(changed.status, 409, "{action}: {}", changed.body);
     }
     let row = app.get("/v1/stock/S1/A").await.body;
@@ -1410,36 +1396,15 @@ async fn every_write_applies_once_per_idempotency_key(backend: Backend) {
     let items = json!({"items": [
         {"store_id": "S1", "sku": "B", "delta": 4, "reason": "stock_in"},
         {"store_id": "S1", "sku": "C", "delta": 7, "reason": "stock_in"}]});
-    let b1 = app
-        .send(keyed(
-            Method::POST,
-            "/v1/adjustments/batch",
-            "batch-1",
-            items.clone(),
-        ))
-        .await;
-    let b2 = app
-        .send(keyed(
-            Method::POST,
-            "/v1/adjustments/batch",
-            "batch-1",
-            items.clone(),
-        ))
-        .await;
+    let b1 = post_keyed(&app, "/v1/adjustments/batch", "batch-1", items.clone()).await;
+    let b2 = post_keyed(&app, "/v1/adjustments/batch", "batch-1", items.clone()).await;
     assert_eq!(b1.body, b2.body);
     assert_eq!(app.get("/v1/stock/S1/B").await.body["on_hand"], 4);
     assert_eq!(app.get("/v1/stock/S1/C").await.body["on_hand"], 7);
     // Without a key, the same adjustment is a new one (as before): +10 again.
     assert_eq!(app.post("/v1/adjustments", body).await.body["on_hand"], 19);
     // Keys follow the identifier rule.
-    let bad = app
-        .send(keyed(
-            Method::POST,
-            "/v1/adjustments/batch",
-            "bad\tkey",
-            items,
-        ))
-        .await;
+    let bad = post_keyed(&app, "/v1/adjustments/batch", "bad\tkey", items).await;
     assert_eq!(
         (bad.status.as_u16(), bad.body["field"].as_str()),
         (400, Some("Idempotency-Key"))
