@@ -938,6 +938,37 @@ async fn the_openapi_document_covers_the_contract_of_api_md() {
     }
 }
 
+/// Replay and redrive take an `Idempotency-Key` too: a repeat answers as the first
+/// did, another request under the key is refused naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_controls_apply_once_per_idempotency_key() {
+    let app = spawn_with_storefront().await;
+    app.adjust("S1", "A", 1).await;
+    let path = "/v1/consumers/storefront/replay";
+    for _ in 0..2 {
+        let r = post_keyed(&app, path, "replay-1", json!({"from_offset": 1})).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    let other = post_keyed(&app, path, "replay-1", json!({"from_offset": 2})).await;
+    assert_eq!(other.status, 409, "{}", other.body);
+    assert!(other.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("'replay-1'"));
+    let unknown = uuid::Uuid::now_v7();
+    let missing = post_keyed(
+        &app,
+        &format!("/v1/dead-letters/{unknown}/redrive"),
+        "rd-1",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        missing.status, 404,
+        "a failed attempt is not remembered as done"
+    );
+}
+
 /// A stock-out below what is reserved leaves a shortage; the storefront shows 0 for
 /// that store, never a negative number, and the total agrees with the stores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
