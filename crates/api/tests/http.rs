@@ -949,6 +949,19 @@ async fn consumer_controls_apply_once_per_idempotency_key() {
         let r = post_keyed(&app, path, "replay-1", json!({"from_offset": 1})).await;
         assert_eq!(r.status, 202, "{}", r.body);
     }
+    // A position past the head would silently skip what comes: refused.
+    let past = app.post(path, json!({"from_offset": 1002})).await;
+    assert_eq!(
+        (past.status.as_u16(), past.body["field"].as_str()),
+        (400, Some("from_offset")),
+        "{}",
+        past.body
+    );
+    assert_eq!(
+        app.post(path, json!({"from_offset": 2})).await.status,
+        202,
+        "head + 1 is fine"
+    );
     let other = post_keyed(&app, path, "replay-1", json!({"from_offset": 2})).await;
     assert_eq!(other.status, 409, "{}", other.body);
     assert!(other.body["detail"]

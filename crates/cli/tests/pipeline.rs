@@ -167,6 +167,52 @@ async fn the_webhook_delivers_every_event_signed_in_per_sku_order_through_an_out
     assert_per_sku_order(&seen);
 }
 
+/// A receiver answering a redirect never gets the event re-sent elsewhere (307/308)
+/// or turned into a body-less GET that "succeeds" (301/302/303): each is a permanent
+/// failure, dead-lettered with a clear error, and later events still flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_never_followed_and_are_dead_lettered() {
+    let receiver = Receiver::default();
+    let codes = [301u16, 302, 303, 307, 308];
+    receiver.behaviour.lock().unwrap().redirect_refs =
+        codes.iter().map(|c| (format!("R{c}"), *c)).collect();
+    let hook = receiver.clone().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &args(&webhook_flags(&hook)));
+    let (http, url) = (client(), server.url.clone());
+    for c in codes {
+        let body = json!({"store_id": "S1", "sku": format!("K{c}"), "delta": 1, "reason": "stock_in", "external_ref": format!("R{c}")});
+        assert_eq!(
+            post(&http, &format!("{url}/v1/adjustments"), body).await.0,
+            200
+        );
+    }
+    adjust(&http, &url, "S1", "FINE", 1).await;
+    let letters = eventually("every redirected event is dead-lettered", WAIT, || async {
+        let (_, v) = get(&http, &format!("{url}/v1/dead-letters?consumer=webhook")).await;
+        let items = v["items"].as_array().unwrap().clone();
+        (items.len() == codes.len()).then_some(items)
+    })
+    .await;
+    for letter in &letters {
+        let error = letter["last_error"].as_str().unwrap();
+        assert!(
+            error.contains("redirect") && error.contains("not followed"),
+            "{error}"
+        );
+    }
+    eventually("the next event still arrives", WAIT, || async {
+        let seen = receiver.seen.lock().unwrap();
+        seen.accepted.iter().any(|a| a.2 == "FINE").then_some(())
+    })
+    .await;
+    assert_eq!(
+        receiver.seen.lock().unwrap().redirected_hits,
+        0,
+        "nothing was re-sent elsewhere"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_event_goes_to_the_dead_letters_alone_and_redrive_delivers_it() {
     let receiver = Receiver::default();

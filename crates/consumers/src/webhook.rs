@@ -26,6 +26,10 @@ impl Webhook {
     pub fn new(config: WebhookConfig) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
+            // A redirected POST becomes a body-less GET (301/302/303) whose 200 would
+            // count as delivered, or re-sends the signed event to whatever host the
+            // redirect names (307/308). Never follow: a 3xx is a permanent failure.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("webhook client: {e}"))?;
         Ok(Self { http, config })
@@ -67,6 +71,17 @@ impl Sink for Webhook {
         let status = response.status();
         if status.is_success() {
             return Ok(());
+        }
+        if status.is_redirection() {
+            let to = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+                .unwrap_or_else(|| "no Location".to_owned());
+            return Err(Failure::Permanent(format!(
+                "HTTP {}: redirect to {to} not followed (events are never re-sent to another URL); configure the final URL",
+                status.as_u16()
+            )));
         }
         let body = response.text().await.unwrap_or_default();
         let body: String = body.chars().take(500).collect();

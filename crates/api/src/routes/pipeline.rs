@@ -197,7 +197,26 @@ pub(crate) async fn replay(
     ApiJson(body): ApiJson<ReplayBody>,
 ) -> ApiResult<StatusCode> {
     let from = match (body.from_offset, body.since) {
-        (Some(offset), None) if offset >= 1 => ReplayFrom::Offset(offset),
+        (Some(offset), None) if offset >= 1 => {
+            // A position past the head would silently skip every event until the log
+            // reached it: refuse it.
+            let head = state
+                .ledger()
+                .events(0, 1)
+                .await
+                .map_err(ApiError::from)?
+                .last_offset;
+            if offset > head + 1 {
+                return Err(ApiError::invalid(
+                    "from_offset",
+                    format!(
+                        "{offset} is past the head of the log ({head}); give at most {}",
+                        head + 1
+                    ),
+                ));
+            }
+            ReplayFrom::Offset(offset)
+        }
         (Some(offset), None) => {
             return Err(ApiError::invalid(
                 "from_offset",

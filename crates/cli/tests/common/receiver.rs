@@ -22,6 +22,8 @@ pub struct Seen {
     pub accepted: Vec<(String, String, String, i64)>,
     pub requests: usize,
     pub bad_signatures: usize,
+    /// Requests that reached `/elsewhere`, where redirects point.
+    pub redirected_hits: usize,
 }
 
 /// How the receiver answers.
@@ -33,6 +35,9 @@ pub struct Behaviour {
     pub reject_ref: Option<String>,
     /// Pause before answering (a slow receiver).
     pub delay: Duration,
+    /// For events whose `external_ref` is the key, answer this redirect status with
+    /// `Location: /elsewhere` (which counts whatever reaches it).
+    pub redirect_refs: std::collections::HashMap<String, u16>,
 }
 
 #[derive(Clone, Default)]
@@ -45,6 +50,7 @@ impl Receiver {
     pub async fn start(self) -> String {
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(receive))
+            .route("/elsewhere", axum::routing::get(elsewhere).post(elsewhere))
             .with_state(self);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -63,17 +69,24 @@ impl Receiver {
     }
 }
 
+async fn elsewhere(State(r): State<Receiver>) -> &'static str {
+    r.seen.lock().unwrap().redirected_hits += 1;
+    "ok"
+}
+
 async fn receive(
     State(r): State<Receiver>,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, &'static str) {
-    let (delay, unavailable, reject) = {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (delay, unavailable, reject, b_redirects) = {
         let b = r.behaviour.lock().unwrap();
         (
             b.delay,
             b.unavailable_until.is_some_and(|t| Instant::now() < t),
             b.reject_ref.clone(),
+            b.redirect_refs.clone(),
         )
     };
     tokio::time::sleep(delay).await;
@@ -96,14 +109,26 @@ async fn receive(
         == Some("application/cloudevents+json");
     if !(signed && id_matches && cloudevents) {
         seen.bad_signatures += 1;
-        return (StatusCode::UNAUTHORIZED, "bad signature");
+        return (StatusCode::UNAUTHORIZED, "bad signature").into_response();
     }
     if unavailable {
-        return (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance");
+        return (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance").into_response();
     }
     let d = &event["data"];
     if reject.is_some() && d["external_ref"].as_str() == reject.as_deref() {
-        return (StatusCode::UNPROCESSABLE_ENTITY, "unknown location");
+        return (StatusCode::UNPROCESSABLE_ENTITY, "unknown location").into_response();
+    }
+    let redirect = d["external_ref"]
+        .as_str()
+        .and_then(|r| b_redirects.get(r).copied());
+    if let Some(status) = redirect {
+        let status = StatusCode::from_u16(status).unwrap();
+        return (
+            status,
+            [(axum::http::header::LOCATION, "/elsewhere")],
+            "moved",
+        )
+            .into_response();
     }
     seen.accepted.push((
         event["id"].as_str().unwrap().to_owned(),
@@ -111,7 +136,7 @@ async fn receive(
         d["product_sku"].as_str().unwrap().to_owned(),
         d["version"].as_i64().unwrap(),
     ));
-    (StatusCode::OK, "ok")
+    (StatusCode::OK, "ok").into_response()
 }
 
 pub fn webhook_flags(url: &str) -> Vec<String> {
