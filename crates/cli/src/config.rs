@@ -67,6 +67,15 @@ pub struct ServeArgs {
     /// File holding the webhook's HMAC key (one line; a trailing newline is ignored).
     #[arg(long, env = "INVSYNC_WEBHOOK_SECRET_FILE", value_name = "FILE")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// While rotating keys: the previous webhook secret, still signed with (a second
+    /// `webhook-signature`) so receivers can switch at their own pace.
+    #[arg(
+        long,
+        env = "INVSYNC_WEBHOOK_PREVIOUS_SECRET",
+        value_name = "S",
+        hide_env_values = true
+    )]
+    pub webhook_previous_secret: Option<String>,
     /// TOML file of API tokens and their scopes.
     #[arg(long, env = "INVSYNC_TOKENS", value_name = "FILE")]
     pub tokens: Option<PathBuf>,
@@ -110,6 +119,7 @@ struct FileConfig {
     webhook_url: Option<String>,
     webhook_secret: Option<String>,
     webhook_secret_file: Option<PathBuf>,
+    webhook_previous_secret: Option<String>,
     tokens: Option<PathBuf>,
     log_format: Option<String>,
     deployment: Option<String>,
@@ -131,6 +141,7 @@ pub enum LogFormat {
 pub struct Webhook {
     pub url: String,
     pub secret: String,
+    pub previous_secret: Option<String>,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -256,7 +267,20 @@ impl Config {
                 if secret.len() < 16 {
                     return Err(bad("webhook-secret", "must be at least 16 characters"));
                 }
-                Some(Webhook { url, secret })
+                invsync_consumers::webhook::standard_key(&secret)
+                    .map_err(|e| bad("webhook-secret", e))?;
+                let previous_secret = args
+                    .webhook_previous_secret
+                    .or(file.webhook_previous_secret);
+                if let Some(previous) = &previous_secret {
+                    invsync_consumers::webhook::standard_key(previous)
+                        .map_err(|e| bad("webhook-previous-secret", e))?;
+                }
+                Some(Webhook {
+                    url,
+                    secret,
+                    previous_secret,
+                })
             }
         };
         let log_format = match args.log_format.or(file.log_format).as_deref() {

@@ -344,6 +344,7 @@ fn start_consumers(
         let sink = Webhook::new(WebhookConfig {
             url: webhook.url.clone(),
             secret: webhook.secret.clone(),
+            previous_secret: webhook.previous_secret.clone(),
             timeout: Duration::from_secs(10),
         })
         .map_err(|e| anyhow::anyhow!(e))?;

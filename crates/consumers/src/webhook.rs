@@ -1,8 +1,22 @@
 //! The external-IMS connector: one signed POST per event (`operations.md`).
+//!
+//! Each POST is signed twice:
+//! - `X-Invsync-Signature: sha256=<hex HMAC-SHA256 of the body>` with the current
+//!   secret, for receivers written against invsync's own scheme;
+//! - the Standard Webhooks headers (<https://www.standardwebhooks.com/>):
+//!   `webhook-id` (the event id, the same on every retry), `webhook-timestamp` (Unix
+//!   seconds of this attempt) and `webhook-signature: v1,<base64 HMAC-SHA256 of
+//!   "id.timestamp.body">`, one signature per active secret (the current one and,
+//!   while keys rotate, the previous one), separated by spaces.
+//!
+//! A `whsec_…` secret is the spec's own format: its key is the base64 after the
+//! prefix. Any other secret's key is its UTF-8 bytes (give the receiver's library
+//! those bytes, or `whsec_` + their base64).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -11,8 +25,12 @@ use crate::{Failure, Incoming, Sink};
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
     pub url: String,
-    /// HMAC-SHA256 key of `X-Invsync-Signature`.
+    /// HMAC-SHA256 key of `X-Invsync-Signature`, and the first key of
+    /// `webhook-signature`.
     pub secret: String,
+    /// While keys rotate: the secret receivers may still check against; a second
+    /// `webhook-signature` is sent with it.
+    pub previous_secret: Option<String>,
     /// Per request; a timeout is a transient failure.
     pub timeout: Duration,
 }
@@ -20,10 +38,53 @@ pub struct WebhookConfig {
 pub struct Webhook {
     http: reqwest::Client,
     config: WebhookConfig,
+    /// The Standard Webhooks keys of the active secrets, current first.
+    keys: Vec<Vec<u8>>,
+}
+
+/// The Standard Webhooks key of a secret: the base64 after `whsec_`, or else the
+/// secret's UTF-8 bytes.
+pub fn standard_key(secret: &str) -> Result<Vec<u8>, String> {
+    match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("a whsec_ secret must be base64 after the prefix ({e})"))
+            .and_then(|key| {
+                if key.is_empty() {
+                    Err("a whsec_ secret must hold a key".to_owned())
+                } else {
+                    Ok(key)
+                }
+            }),
+        None => Ok(secret.as_bytes().to_vec()),
+    }
+}
+
+/// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` under each key, space-separated:
+/// the `webhook-signature` header.
+pub fn standard_signature(keys: &[Vec<u8>], id: &str, timestamp: i64, body: &[u8]) -> String {
+    keys.iter()
+        .map(|key| {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+                .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+            mac.update(format!("{id}.{timestamp}.").as_bytes());
+            mac.update(body);
+            let digest = mac.finalize().into_bytes();
+            format!(
+                "v1,{}",
+                base64::engine::general_purpose::STANDARD.encode(digest)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Webhook {
     pub fn new(config: WebhookConfig) -> Result<Self, String> {
+        let keys = std::iter::once(&config.secret)
+            .chain(config.previous_secret.as_ref())
+            .map(|s| standard_key(s))
+            .collect::<Result<Vec<_>, _>>()?;
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             // A redirected POST becomes a body-less GET (301/302/303) whose 200 would
@@ -32,7 +93,7 @@ impl Webhook {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("webhook client: {e}"))?;
-        Ok(Self { http, config })
+        Ok(Self { http, config, keys })
     }
 }
 
@@ -54,12 +115,18 @@ impl Sink for Webhook {
     async fn deliver(&self, event: &Incoming) -> Result<(), Failure> {
         let body = event.envelope.as_bytes().to_vec();
         let signature = signature(&self.config.secret, &body);
+        let id = event.event.event_id.to_string();
+        let timestamp = chrono::Utc::now().timestamp();
+        let standard = standard_signature(&self.keys, &id, timestamp, &body);
         let answer = self
             .http
             .post(&self.config.url)
             .header("content-type", "application/cloudevents+json")
-            .header("x-invsync-event-id", event.event.event_id.to_string())
+            .header("x-invsync-event-id", &id)
             .header("x-invsync-signature", signature)
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", standard)
             .body(body)
             .send()
             .await;
@@ -97,6 +164,19 @@ impl Sink for Webhook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standard_signatures_match_the_specs_example() {
+        // The example of the Standard Webhooks specification (spec/standard-webhooks.md).
+        let keys = vec![standard_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()];
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            standard_signature(&keys, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        assert!(standard_key("whsec_not base64!").is_err());
+        assert_eq!(standard_key("plain-secret").unwrap(), b"plain-secret");
+    }
 
     #[test]
     fn the_signature_is_hex_hmac_sha256_of_the_body() {
