@@ -41,6 +41,12 @@ pub use store::DeadLetter;
 pub enum Failure {
     /// May succeed later (receiver down, 5xx, timeout).
     Transient(String),
+    /// Transient, and the receiver said when to come back (`Retry-After` on a 429 or
+    /// 503): the next attempt waits at least that long (at most 10 minutes).
+    Later {
+        error: String,
+        after: std::time::Duration,
+    },
     /// Will not succeed as it is (receiver refuses the event).
     Permanent(String),
 }

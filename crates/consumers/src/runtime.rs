@@ -913,6 +913,7 @@ async fn deliver_with_retry(
     let mut permanent = 0u32;
     loop {
         attempt += 1;
+        let mut pause = policy.backoff(attempt);
         let error = match sink.deliver(event).await {
             Ok(()) => return Ok(Outcome::Delivered),
             Err(Failure::Permanent(error)) => {
@@ -925,13 +926,18 @@ async fn deliver_with_retry(
                 }
                 error
             }
-            Err(Failure::Transient(error)) => {
-                if policy.transient_attempts.is_some_and(|max| attempt >= max) {
-                    return Ok(Outcome::Dead {
-                        attempts: attempt,
-                        error,
-                    });
-                }
+            Err(Failure::Transient(error)) | Err(Failure::Later { error, .. })
+                if policy.transient_attempts.is_some_and(|max| attempt >= max) =>
+            {
+                return Ok(Outcome::Dead {
+                    attempts: attempt,
+                    error,
+                });
+            }
+            Err(Failure::Transient(error)) => error,
+            Err(Failure::Later { error, after }) => {
+                // Never sooner than the receiver asked.
+                pause = pause.max(after.min(crate::retry::MAX_RETRY_AFTER));
                 error
             }
         };
@@ -943,7 +949,7 @@ async fn deliver_with_retry(
         ));
         let mut shutdown = shutdown.clone();
         tokio::select! {
-            _ = tokio::time::sleep(policy.backoff(attempt)) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.wait_for(|s| *s) => return Err(StepError::Stopping),
         }
     }
@@ -957,6 +963,62 @@ mod tests {
 
     use super::*;
     use crate::storefront::{Storefront, StorefrontReader};
+
+    /// A sink that answers `Later` (Retry-After) once, then accepts.
+    struct ThrottledOnce(AtomicUsize, Duration);
+
+    #[async_trait::async_trait]
+    impl Sink for ThrottledOnce {
+        fn delivers(&self) -> bool {
+            true
+        }
+        async fn deliver(&self, _event: &Incoming) -> Result<(), Failure> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(Failure::Later {
+                    error: "HTTP 503: busy".into(),
+                    after: self.1,
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_is_waited_out_and_capped() {
+        let (_stop, shutdown) = watch::channel(false);
+        let shared = Mutex::new(Shared::default());
+        for (asked, waited_at_least, at_most) in [
+            (
+                Duration::from_secs(7),
+                Duration::from_secs(7),
+                Duration::from_secs(8),
+            ),
+            (
+                Duration::from_secs(86_400),
+                crate::retry::MAX_RETRY_AFTER,
+                crate::retry::MAX_RETRY_AFTER + Duration::from_secs(1),
+            ),
+        ] {
+            let sink = ThrottledOnce(AtomicUsize::new(0), asked);
+            let started = tokio::time::Instant::now();
+            let outcome = deliver_with_retry(
+                &sink,
+                &RetryPolicy::default(),
+                &event(1, 1),
+                &shutdown,
+                &shared,
+            )
+            .await
+            .unwrap();
+            assert!(matches!(outcome, Outcome::Delivered));
+            let waited = started.elapsed();
+            assert!(
+                waited >= waited_at_least && waited < at_most,
+                "asked {asked:?}, waited {waited:?}"
+            );
+            assert_eq!(sink.0.load(Ordering::SeqCst), 2);
+        }
+    }
 
     /// The storefront, counting how often it applies an event.
     struct Counting(AtomicUsize);

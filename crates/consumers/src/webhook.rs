@@ -139,6 +139,12 @@ impl Sink for Webhook {
         if status.is_success() {
             return Ok(());
         }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| crate::retry::parse_retry_after(v, chrono::Utc::now()))
+            .filter(|_| matches!(status.as_u16(), 429 | 503));
         if status.is_redirection() {
             let to = response
                 .headers()
@@ -153,7 +159,9 @@ impl Sink for Webhook {
         let body = response.text().await.unwrap_or_default();
         let body: String = body.chars().take(500).collect();
         let error = format!("HTTP {}: {body}", status.as_u16());
-        if status.is_server_error() || matches!(status.as_u16(), 408 | 429) {
+        if let Some(after) = retry_after {
+            Err(Failure::Later { error, after })
+        } else if status.is_server_error() || matches!(status.as_u16(), 408 | 429) {
             Err(Failure::Transient(error))
         } else {
             Err(Failure::Permanent(error))
@@ -164,6 +172,75 @@ impl Sink for Webhook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receiver that answers `status` with an optional `Retry-After`.
+    async fn answering(status: u16, retry_after: Option<&'static str>) -> String {
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || async move {
+                let mut response = axum::response::Response::new(axum::body::Body::from("busy"));
+                *response.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
+                if let Some(v) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert("retry-after", axum::http::HeaderValue::from_static(v));
+                }
+                response
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn retry_after_on_429_and_503_is_passed_on() {
+        let event = {
+            use invsync_core::{
+                Cause, EventType, InventoryEventV1, Reason, Sku, StockLevel, StoreId,
+            };
+            let data = InventoryEventV1::new(
+                uuid::Uuid::now_v7(),
+                chrono::Utc::now(),
+                StoreId::parse("S1").unwrap(),
+                Sku::parse("A").unwrap(),
+                Cause {
+                    event_type: EventType::Adjusted,
+                    reason: Reason::StockIn,
+                    quantity: 1,
+                    order_id: None,
+                    reservation_id: None,
+                    external_ref: None,
+                },
+                StockLevel::new(1, 0, 1).unwrap(),
+            );
+            Incoming {
+                offset: 1,
+                envelope: data.to_envelope("invsync://test").to_json(),
+                event: data,
+            }
+        };
+        for (status, header, expected) in [
+            (503, Some("3"), Some(Duration::from_secs(3))),
+            (429, Some("0"), Some(Duration::ZERO)),
+            (503, None, None),
+            (500, Some("3"), None), // only 429 and 503 carry a meaningful Retry-After
+        ] {
+            let sink = Webhook::new(WebhookConfig {
+                url: answering(status, header).await,
+                secret: "0123456789abcdef".into(),
+                previous_secret: None,
+                timeout: Duration::from_secs(10),
+            })
+            .unwrap();
+            match (sink.deliver(&event).await, expected) {
+                (Err(Failure::Later { after, .. }), Some(want)) => assert_eq!(after, want),
+                (Err(Failure::Transient(_)), None) => {}
+                (other, want) => panic!("{status} {header:?}: {other:?}, wanted {want:?}"),
+            }
+        }
+    }
 
     #[test]
     fn standard_signatures_match_the_specs_example() {
