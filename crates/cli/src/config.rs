@@ -76,6 +76,16 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub webhook_previous_secret: Option<String>,
+    /// Time a webhook request may take; a timeout is retried (default 10s).
+    #[arg(long, env = "INVSYNC_WEBHOOK_TIMEOUT", value_name = "DUR")]
+    pub webhook_timeout: Option<String>,
+    /// Longest pause between two attempts at a failing delivery (default 30s).
+    #[arg(long, env = "INVSYNC_WEBHOOK_RETRY_CAP", value_name = "DUR")]
+    pub webhook_retry_cap: Option<String>,
+    /// Dead-letter an event still failing transiently this long after it occurred
+    /// (default: retry until it is delivered).
+    #[arg(long, env = "INVSYNC_WEBHOOK_DEAD_AFTER", value_name = "DUR")]
+    pub webhook_dead_after: Option<String>,
     /// TOML file of API tokens and their scopes.
     #[arg(long, env = "INVSYNC_TOKENS", value_name = "FILE")]
     pub tokens: Option<PathBuf>,
@@ -120,6 +130,9 @@ struct FileConfig {
     webhook_secret: Option<String>,
     webhook_secret_file: Option<PathBuf>,
     webhook_previous_secret: Option<String>,
+    webhook_timeout: Option<String>,
+    webhook_retry_cap: Option<String>,
+    webhook_dead_after: Option<String>,
     tokens: Option<PathBuf>,
     log_format: Option<String>,
     deployment: Option<String>,
@@ -142,6 +155,12 @@ pub struct Webhook {
     pub url: String,
     pub secret: String,
     pub previous_secret: Option<String>,
+    /// Per request.
+    pub timeout: Duration,
+    /// Longest pause between attempts.
+    pub retry_cap: Duration,
+    /// Dead-letter a transiently failing event this long after it occurred.
+    pub dead_after: Option<Duration>,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -276,10 +295,24 @@ impl Config {
                     invsync_consumers::webhook::standard_key(previous)
                         .map_err(|e| bad("webhook-previous-secret", e))?;
                 }
+                let dead_after = args.webhook_dead_after.or(file.webhook_dead_after);
                 Some(Webhook {
                     url,
                     secret,
                     previous_secret,
+                    timeout: duration(
+                        "webhook-timeout",
+                        args.webhook_timeout.or(file.webhook_timeout),
+                        "10s",
+                    )?,
+                    retry_cap: duration(
+                        "webhook-retry-cap",
+                        args.webhook_retry_cap.or(file.webhook_retry_cap),
+                        "30s",
+                    )?,
+                    dead_after: dead_after
+                        .map(|d| parse_duration(&d).map_err(|e| bad("webhook-dead-after", e)))
+                        .transpose()?,
                 })
             }
         };

@@ -345,10 +345,12 @@ fn start_consumers(
             url: webhook.url.clone(),
             secret: webhook.secret.clone(),
             previous_secret: webhook.previous_secret.clone(),
-            timeout: Duration::from_secs(10),
+            timeout: webhook.timeout,
         })
         .map_err(|e| anyhow::anyhow!(e))?;
         let mut webhook_config = consumer("webhook");
+        webhook_config.retry.cap = webhook.retry_cap;
+        webhook_config.retry.dead_after = webhook.dead_after;
         // A `consume webhook` process is the one connector by the operator's choice.
         if bus.is_some() && role == Role::Server {
             webhook_config.active = Some(ledger.leadership());

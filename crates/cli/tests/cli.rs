@@ -233,6 +233,32 @@ fn bad_configuration_exits_2_with_one_line_naming_it() {
             "webhook-url",
         ),
         (vec!["consume", "ledger", "--data-dir", d], "ledger"),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                d,
+                "--webhook-url",
+                "http://127.0.0.1:9/hook",
+                "--webhook-secret",
+                "0123456789abcdef",
+                "--webhook-dead-after",
+                "forever",
+            ],
+            "webhook-dead-after",
+        ),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                d,
+                "--webhook-url",
+                "http://127.0.0.1:9/hook",
+                "--webhook-secret",
+                "whsec_!!not base64!!",
+            ],
+            "webhook-secret",
+        ),
     ] {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);

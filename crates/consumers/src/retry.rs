@@ -37,6 +37,9 @@ pub struct RetryPolicy {
     /// Attempts before a transiently failing event goes to the dead letters; `None`
     /// retries until it succeeds (the backlog shows in lag metrics).
     pub transient_attempts: Option<u32>,
+    /// Age (since the event occurred) after which a transiently failing event goes to
+    /// the dead letters instead of being retried again; `None`: never.
+    pub dead_after: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -46,6 +49,7 @@ impl Default for RetryPolicy {
             cap: Duration::from_secs(30),
             permanent_attempts: 3,
             transient_attempts: None,
+            dead_after: None,
         }
     }
 }

@@ -267,6 +267,7 @@ enum StepError {
     Stopping,
 }
 
+#[derive(Debug)]
 enum Outcome {
     Delivered,
     Dead { attempts: u32, error: String },
@@ -927,7 +928,12 @@ async fn deliver_with_retry(
                 error
             }
             Err(Failure::Transient(error)) | Err(Failure::Later { error, .. })
-                if policy.transient_attempts.is_some_and(|max| attempt >= max) =>
+                if policy.transient_attempts.is_some_and(|max| attempt >= max)
+                    || policy.dead_after.is_some_and(|age| {
+                        (Utc::now() - event.event.occurred_at)
+                            .to_std()
+                            .is_ok_and(|old| old >= age)
+                    }) =>
             {
                 return Ok(Outcome::Dead {
                     attempts: attempt,
@@ -1018,6 +1024,44 @@ mod tests {
             );
             assert_eq!(sink.0.load(Ordering::SeqCst), 2);
         }
+    }
+
+    /// Always a transient failure.
+    struct Down;
+
+    #[async_trait::async_trait]
+    impl Sink for Down {
+        fn delivers(&self) -> bool {
+            true
+        }
+        async fn deliver(&self, _event: &Incoming) -> Result<(), Failure> {
+            Err(Failure::Transient("HTTP 503: down".into()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_failure_older_than_dead_after_is_dead_lettered() {
+        let (_stop, shutdown) = watch::channel(false);
+        let shared = Mutex::new(Shared::default());
+        let policy = RetryPolicy {
+            dead_after: Some(Duration::from_secs(60)),
+            ..RetryPolicy::default()
+        };
+        let mut old = event(1, 1);
+        old.event.occurred_at = Utc::now() - chrono::TimeDelta::seconds(61);
+        let outcome = deliver_with_retry(&Down, &policy, &old, &shutdown, &shared)
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, Outcome::Dead { attempts: 1, ref error } if error.contains("503")),
+            "{outcome:?}"
+        );
+        // A young event under the same policy is retried (and here then delivered).
+        let young = ThrottledOnce(AtomicUsize::new(0), Duration::from_secs(1));
+        let outcome = deliver_with_retry(&young, &policy, &event(2, 1), &shutdown, &shared)
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Delivered));
     }
 
     /// The storefront, counting how often it applies an event.
