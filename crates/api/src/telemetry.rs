@@ -98,6 +98,15 @@ fn describe() {
         "(store, sku) pairs whose available is below zero."
     );
     describe_gauge!("invsync_bus_up", "1 while the event bus answers, else 0.");
+    describe_gauge!(
+        "invsync_consumer_sla_breached",
+        "1 while a consumer's current lag exceeds the visibility SLA, else 0."
+    );
+    describe_gauge!("invsync_ledger_up", "1 while the ledger answers, else 0.");
+    describe_gauge!(
+        "invsync_relay_leader",
+        "1 on the instance that leads the relay (and the shared connector), else 0."
+    );
 }
 
 /// The recorder keeps every histogram sample in a list until something drains it into

@@ -25,6 +25,9 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the gauges no request updates are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How often each consumer's current lag is held against the SLA.
+const SLA_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A built-in consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Builtin {
@@ -103,6 +106,13 @@ async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
         tasks.spawn(async move { ("bus relay", relay.run(stop).await) });
     }
     let pipeline = start_consumers(&config, &ledger, bus.as_ref(), role, &stop_rx, &mut tasks)?;
+    let (handles, sla, s) = (pipeline.consumers.clone(), config.sla, stop_rx.clone());
+    tasks.spawn(async move {
+        (
+            "SLA gauges",
+            every(SLA_GAUGE_INTERVAL, s, || sla_gauges(&handles, sla)).await,
+        )
+    });
     let bus_name = if bus.is_some() { "nats" } else { "embedded" };
     let state = AppState::on_bus(ledger.clone(), access, pipeline, bus_name);
     let streams = state.clone();
@@ -412,8 +422,31 @@ async fn purge(ledger: Arc<dyn Ledger>, retention: Duration) {
     }
 }
 
+/// Whether each consumer breaches the SLA *now*: its current lag (the age of the
+/// oldest event it has not applied, measured at this moment, so a consumer stuck on
+/// a delivery is seen) against `--sla`. The counter `invsync_sla_breaches_total` only
+/// moves when a late event is finally applied.
+async fn sla_gauges(handles: &[invsync_consumers::ConsumerHandle], sla: Duration) {
+    for handle in handles {
+        let status = handle.status();
+        let name = handle.name().to_owned();
+        metrics::gauge!("invsync_consumer_lag_seconds", "consumer" => name.clone())
+            .set(status.lag_seconds);
+        let breached = status.lag_seconds > sla.as_secs_f64();
+        metrics::gauge!("invsync_consumer_sla_breached", "consumer" => name).set(if breached {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
+
 /// Gauges that no request path updates.
 async fn gauges(ledger: Arc<dyn Ledger>, bus: Option<NatsBus>) {
+    let ledger_up = ledger.ping().await.is_ok();
+    metrics::gauge!("invsync_ledger_up").set(if ledger_up { 1.0 } else { 0.0 });
+    let leads = *ledger.leadership().borrow();
+    metrics::gauge!("invsync_relay_leader").set(if leads { 1.0 } else { 0.0 });
     // Committed but not yet on the bus: on PostgreSQL what waits in the outbox for the
     // relay, and with NATS also what the log holds past the bus cursor.
     let outbox = ledger.outbox().await;
@@ -430,7 +463,7 @@ async fn gauges(ledger: Arc<dyn Ledger>, bus: Option<NatsBus>) {
     }
     // The embedded bus is up whenever the ledger is.
     let up = match &bus {
-        None => ledger.ping().await.is_ok(),
+        None => ledger_up,
         Some(bus) => bus.up().await,
     };
     metrics::gauge!("invsync_bus_up").set(if up { 1.0 } else { 0.0 });

@@ -147,6 +147,29 @@ async fn metrics_pass_promtool_with_help_on_every_metric_and_build_info() {
         "promtool: {said}\n---\n{text}"
     );
 
+    // Every metric the alert rules use is exported (the rules' own tests feed them
+    // series; this is where those names are held to the server).
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/prometheus/invsync-rules.yml"
+    ))
+    .unwrap();
+    let used: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("invsync_"))
+        .collect();
+    for name in &used {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "the rules use {name}, which /metrics lacks"
+        );
+    }
+    assert!(
+        text.contains("invsync_consumer_sla_breached{consumer=\"storefront\"} 0"),
+        "{text}"
+    );
+    assert!(text.contains("invsync_ledger_up 1") && text.contains("invsync_relay_leader 1"));
+
     // Every family has HELP (promtool says so too; this names the family).
     for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
         let name = family.split_whitespace().next().unwrap();
