@@ -16,6 +16,32 @@
 #![forbid(unsafe_code)]
 
 mod retry;
+
+/// An event of S1/A at `version` with `available` on hand, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_event(version: i64, available: i64) -> Incoming {
+    use invsync_core::{Cause, EventType, InventoryEventV1, Reason, Sku, StockLevel, StoreId};
+    let data = InventoryEventV1::new(
+        uuid::Uuid::now_v7(),
+        chrono::Utc::now(),
+        StoreId::parse("S1").unwrap_or_else(|e| panic!("{e}")),
+        Sku::parse("A").unwrap_or_else(|e| panic!("{e}")),
+        Cause {
+            event_type: EventType::Adjusted,
+            reason: Reason::StockIn,
+            quantity: 1,
+            order_id: None,
+            reservation_id: None,
+            external_ref: None,
+        },
+        StockLevel::new(available, 0, version).unwrap_or_else(|e| panic!("{e}")),
+    );
+    Incoming {
+        offset: version,
+        envelope: data.to_envelope("invsync://test").to_json(),
+        event: data,
+    }
+}
 pub mod runtime;
 pub mod source;
 mod stats;

@@ -965,7 +965,7 @@ async fn deliver_with_retry(
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use invsync_core::{Cause, EventType, InventoryEventV1, Reason, Sku, StockLevel, StoreId};
+    use invsync_core::InventoryEventV1;
 
     use super::*;
     use crate::storefront::{Storefront, StorefrontReader};
@@ -1082,26 +1082,7 @@ mod tests {
     }
 
     fn event(version: i64, available: i64) -> Incoming {
-        let data = InventoryEventV1::new(
-            Uuid::now_v7(),
-            Utc::now(),
-            StoreId::parse("S1").unwrap(),
-            Sku::parse("A").unwrap(),
-            Cause {
-                event_type: EventType::Adjusted,
-                reason: Reason::StockIn,
-                quantity: 1,
-                order_id: None,
-                reservation_id: None,
-                external_ref: None,
-            },
-            StockLevel::new(available, 0, version).unwrap(),
-        );
-        Incoming {
-            offset: version,
-            envelope: data.to_envelope("invsync://test").to_json(),
-            event: data,
-        }
+        crate::test_event(version, available)
     }
 
     fn run_batch(store: &mut Store, sink: &Counting, batch: Vec<Incoming>, last: i64) {

@@ -196,31 +196,7 @@ mod tests {
 
     #[tokio::test]
     async fn retry_after_on_429_and_503_is_passed_on() {
-        let event = {
-            use invsync_core::{
-                Cause, EventType, InventoryEventV1, Reason, Sku, StockLevel, StoreId,
-            };
-            let data = InventoryEventV1::new(
-                uuid::Uuid::now_v7(),
-                chrono::Utc::now(),
-                StoreId::parse("S1").unwrap(),
-                Sku::parse("A").unwrap(),
-                Cause {
-                    event_type: EventType::Adjusted,
-                    reason: Reason::StockIn,
-                    quantity: 1,
-                    order_id: None,
-                    reservation_id: None,
-                    external_ref: None,
-                },
-                StockLevel::new(1, 0, 1).unwrap(),
-            );
-            Incoming {
-                offset: 1,
-                envelope: data.to_envelope("invsync://test").to_json(),
-                event: data,
-            }
-        };
+        let event = crate::test_event(1, 1);
         for (status, header, expected) in [
             (503, Some("3"), Some(Duration::from_secs(3))),
             (429, Some("0"), Some(Duration::ZERO)),
