@@ -1,7 +1,7 @@
 //! The relay from the ledger's event log to the NATS stream.
 //!
 //! It runs on every instance and publishes only while this instance leads the ledger's
-//! relay ([`Ledger::leadership`]), so one instance publishes at a time. It reads the
+//! relay ([`LogCursors::leadership`]), so one instance publishes at a time. It reads the
 //! log after its cursor, publishes each event (`Nats-Msg-Id` = event id, the ledger
 //! offset in a header) with up to `in_flight` acks outstanding, awaits every ack, and
 //! only then moves the cursor in the ledger. Events are published in offset order, so
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage as Publish;
-use invsync_ledger::{Ledger, LoggedEvent};
+use invsync_ledger::{LogCursors, LoggedEvent};
 use tokio::sync::watch;
 
 use crate::{BusError, NatsBus, OFFSET_HEADER};
@@ -35,7 +35,7 @@ pub struct RelayProgress {
 
 pub struct BusRelay {
     bus: NatsBus,
-    ledger: Arc<dyn Ledger>,
+    ledger: Arc<dyn LogCursors>,
     progress: watch::Sender<RelayProgress>,
 }
 
@@ -47,7 +47,10 @@ struct Routing {
 }
 
 impl BusRelay {
-    pub fn new(bus: NatsBus, ledger: Arc<dyn Ledger>) -> (Self, watch::Receiver<RelayProgress>) {
+    pub fn new(
+        bus: NatsBus,
+        ledger: Arc<dyn LogCursors>,
+    ) -> (Self, watch::Receiver<RelayProgress>) {
         let (progress, rx) = watch::channel(RelayProgress::default());
         (
             Self {

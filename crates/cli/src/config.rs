@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// (default: retry until it is delivered).
     #[arg(long, env = "INVSYNC_WEBHOOK_DEAD_AFTER", value_name = "DUR")]
     pub webhook_dead_after: Option<String>,
+    /// How long one failing event may hold up the others before its SKU is parked and
+    /// retried on the side (default 2s).
+    #[arg(long, env = "INVSYNC_WEBHOOK_PARK_AFTER", value_name = "DUR")]
+    pub webhook_park_after: Option<String>,
     /// TOML file of API tokens and their scopes.
     #[arg(long, env = "INVSYNC_TOKENS", value_name = "FILE")]
     pub tokens: Option<PathBuf>,
@@ -133,6 +137,7 @@ struct FileConfig {
     webhook_timeout: Option<String>,
     webhook_retry_cap: Option<String>,
     webhook_dead_after: Option<String>,
+    webhook_park_after: Option<String>,
     tokens: Option<PathBuf>,
     log_format: Option<String>,
     deployment: Option<String>,
@@ -161,6 +166,8 @@ pub struct Webhook {
     pub retry_cap: Duration,
     /// Dead-letter a transiently failing event this long after it occurred.
     pub dead_after: Option<Duration>,
+    /// Park a SKU whose event is not delivered within this.
+    pub park_after: Duration,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -313,6 +320,11 @@ impl Config {
                     dead_after: dead_after
                         .map(|d| parse_duration(&d).map_err(|e| bad("webhook-dead-after", e)))
                         .transpose()?,
+                    park_after: duration(
+                        "webhook-park-after",
+                        args.webhook_park_after.or(file.webhook_park_after),
+                        "2s",
+                    )?,
                 })
             }
         };

@@ -361,6 +361,7 @@ fn start_consumers(
         let mut webhook_config = consumer("webhook");
         webhook_config.retry.cap = webhook.retry_cap;
         webhook_config.retry.dead_after = webhook.dead_after;
+        webhook_config.park_after = webhook.park_after;
         // A `consume webhook` process is the one connector by the operator's choice.
         if bus.is_some() && role == Role::Server {
             webhook_config.active = Some(ledger.leadership());

@@ -20,12 +20,18 @@ mod retry;
 /// An event of S1/A at `version` with `available` on hand, for unit tests.
 #[cfg(test)]
 pub(crate) fn test_event(version: i64, available: i64) -> Incoming {
+    test_event_of("A", version, available)
+}
+
+/// An event of S1/`sku` at `version` with `available` on hand, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_event_of(sku: &str, version: i64, available: i64) -> Incoming {
     use invsync_core::{Cause, EventType, InventoryEventV1, Reason, Sku, StockLevel, StoreId};
     let data = InventoryEventV1::new(
         uuid::Uuid::now_v7(),
         chrono::Utc::now(),
         StoreId::parse("S1").unwrap_or_else(|e| panic!("{e}")),
-        Sku::parse("A").unwrap_or_else(|e| panic!("{e}")),
+        Sku::parse(sku).unwrap_or_else(|e| panic!("{e}")),
         Cause {
             event_type: EventType::Adjusted,
             reason: Reason::StockIn,

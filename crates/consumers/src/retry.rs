@@ -26,6 +26,19 @@ pub(crate) fn parse_retry_after(
     )
 }
 
+/// What the policy makes of one delivery attempt.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    Delivered,
+    /// Give up: into the dead letters.
+    Dead(String),
+    /// Try again after `pause`.
+    Retry {
+        error: String,
+        pause: Duration,
+    },
+}
+
 /// Capped exponential backoff with jitter; permanent failures get a few attempts,
 /// transient ones as many as configured (unlimited by default, as `operations.md` says).
 #[derive(Debug, Clone)]
@@ -55,6 +68,54 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Judges attempt number `attempts` (1-based) at delivering an event that occurred
+    /// at `occurred_at`; `permanent` counts the permanent failures so far and is
+    /// updated. A permanent failure is retried `permanent_attempts` times in all; a
+    /// transient one until `transient_attempts` or `dead_after` says stop, never
+    /// sooner than a `Retry-After` asked (capped at [`MAX_RETRY_AFTER`]).
+    pub(crate) fn judge(
+        &self,
+        result: Result<(), crate::Failure>,
+        attempts: u32,
+        permanent: &mut u32,
+        occurred_at: chrono::DateTime<chrono::Utc>,
+    ) -> Verdict {
+        use crate::Failure;
+        let pause = self.backoff(attempts);
+        match result {
+            Ok(()) => Verdict::Delivered,
+            Err(Failure::Permanent(error)) => {
+                *permanent += 1;
+                if *permanent >= self.permanent_attempts {
+                    Verdict::Dead(error)
+                } else {
+                    Verdict::Retry { error, pause }
+                }
+            }
+            Err(Failure::Transient(error)) | Err(Failure::Later { error, .. })
+                if self.gives_up(attempts, occurred_at) =>
+            {
+                Verdict::Dead(error)
+            }
+            Err(Failure::Transient(error)) => Verdict::Retry { error, pause },
+            Err(Failure::Later { error, after }) => Verdict::Retry {
+                error,
+                pause: pause.max(after.min(MAX_RETRY_AFTER)),
+            },
+        }
+    }
+
+    /// Whether a transiently failing event is dead-lettered after `attempts` attempts:
+    /// the attempt bound reached, or the event older than `dead_after`.
+    fn gives_up(&self, attempts: u32, occurred_at: chrono::DateTime<chrono::Utc>) -> bool {
+        self.transient_attempts.is_some_and(|max| attempts >= max)
+            || self.dead_after.is_some_and(|age| {
+                (chrono::Utc::now() - occurred_at)
+                    .to_std()
+                    .is_ok_and(|old| old >= age)
+            })
+    }
+
     /// The pause after failed attempt `attempt` (1-based): base·2^(attempt-1), capped,
     /// then scaled by a random factor in [0.5, 1) so that many retrying deliveries do
     /// not hit a recovering receiver in lockstep.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use invsync_ledger::{Ledger, LoggedEvent};
+use invsync_ledger::{EventLog, LoggedEvent};
 
 /// A dead letter as a bus that keeps its own dead-letter stream receives it.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ pub trait EventSource: Send + Sync + 'static {
 }
 
 /// The embedded bus: the ledger's log, read by offset.
-pub struct LedgerSource(pub Arc<dyn Ledger>);
+pub struct LedgerSource(pub Arc<dyn EventLog>);
 
 #[async_trait]
 impl EventSource for LedgerSource {

@@ -31,6 +31,20 @@ CREATE TABLE IF NOT EXISTS seen (
     version  INTEGER NOT NULL,
     PRIMARY KEY (store_id, sku)
 ) WITHOUT ROWID;
+-- Events of a SKU whose delivery kept failing, set aside so that other SKUs keep
+-- flowing: delivered in offset order per SKU by the runtime's side loop. Only the
+-- head of each SKU's queue is tried; `retry_at` is when (Unix micros).
+CREATE TABLE IF NOT EXISTS parked (
+    log_offset  INTEGER PRIMARY KEY,
+    sku         TEXT NOT NULL,
+    envelope    TEXT NOT NULL,
+    occurred_at INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL,
+    permanent   INTEGER NOT NULL,
+    last_error  TEXT NOT NULL,
+    retry_at    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS parked_by_sku ON parked (sku, log_offset);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id         BLOB PRIMARY KEY,
     log_offset INTEGER NOT NULL,
@@ -79,6 +93,10 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(sink_schema)?;
         Ok(Self { conn })
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     pub(crate) fn transaction(&mut self) -> rusqlite::Result<Transaction<'_>> {
@@ -193,6 +211,125 @@ pub(crate) fn insert_dead_letter(
         micros(now)
     ])?;
     Ok(id)
+}
+
+/// An event set aside for the side loop (see `runtime::parked`).
+#[derive(Debug, Clone)]
+pub(crate) struct Parked {
+    pub offset: i64,
+    pub envelope: String,
+    pub attempts: u32,
+    pub permanent: u32,
+    pub retry_at: DateTime<Utc>,
+}
+
+/// How a parked event's delivery attempts stand.
+#[derive(Debug, Clone)]
+pub(crate) struct Attempts<'a> {
+    pub attempts: u32,
+    pub permanent: u32,
+    pub error: &'a str,
+    pub retry_at: DateTime<Utc>,
+}
+
+/// Sets an event aside at the tail of its SKU's queue. Returns whether it was new (a
+/// replay or a redelivered batch may park the same offset again).
+pub(crate) fn park(
+    tx: &Transaction<'_>,
+    offset: i64,
+    sku: &str,
+    envelope: &str,
+    occurred_at: DateTime<Utc>,
+    attempts: &Attempts<'_>,
+) -> rusqlite::Result<bool> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO parked
+                 (log_offset, sku, envelope, occurred_at, attempts, permanent, last_error, retry_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            offset,
+            sku,
+            envelope,
+            micros(occurred_at),
+            attempts.attempts,
+            attempts.permanent,
+            attempts.error,
+            micros(attempts.retry_at),
+        ])?;
+    Ok(inserted == 1)
+}
+
+/// The first parked event of each SKU, soonest due first, at most `limit`.
+pub(crate) fn parked_heads(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Parked>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT log_offset, envelope, attempts, permanent, retry_at FROM parked
+         WHERE log_offset IN (SELECT min(log_offset) FROM parked GROUP BY sku)
+         ORDER BY retry_at, log_offset LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(Parked {
+            offset: r.get(0)?,
+            envelope: r.get(1)?,
+            attempts: r.get(2)?,
+            permanent: r.get(3)?,
+            retry_at: time(r.get(4)?),
+        })
+    })?;
+    rows.collect()
+}
+
+/// Parked events per SKU, for the runtime to know which SKUs wait.
+pub(crate) fn parked_skus(conn: &Connection) -> rusqlite::Result<Vec<(String, usize)>> {
+    let mut stmt = conn.prepare("SELECT sku, count(*) FROM parked GROUP BY sku")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as usize)))?;
+    rows.collect()
+}
+
+/// How many events are parked, when the oldest of them occurred, and its last error.
+pub(crate) fn parked_summary(
+    conn: &Connection,
+) -> rusqlite::Result<(i64, Option<DateTime<Utc>>, Option<String>)> {
+    let (count, oldest): (i64, Option<i64>) =
+        conn.query_row("SELECT count(*), min(occurred_at) FROM parked", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let error = conn
+        .query_row(
+            "SELECT last_error FROM parked WHERE attempts > 0 ORDER BY log_offset LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok((count, oldest.map(time), error))
+}
+
+/// A parked event was delivered or dead-lettered: off its queue. Returns its SKU.
+pub(crate) fn unpark(tx: &Transaction<'_>, offset: i64) -> rusqlite::Result<Option<String>> {
+    tx.prepare_cached("DELETE FROM parked WHERE log_offset = ?1 RETURNING sku")?
+        .query_row([offset], |r| r.get(0))
+        .optional()
+}
+
+/// A parked event failed again: when to try next.
+pub(crate) fn reschedule(
+    tx: &Transaction<'_>,
+    offset: i64,
+    attempts: &Attempts<'_>,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE parked SET attempts = ?2, permanent = ?3, last_error = ?4, retry_at = ?5
+         WHERE log_offset = ?1",
+    )?
+    .execute(params![
+        offset,
+        attempts.attempts,
+        attempts.permanent,
+        attempts.error,
+        micros(attempts.retry_at),
+    ])?;
+    Ok(())
 }
 
 /// Forgets what was applied, for a replay.

@@ -74,11 +74,48 @@ fn cursor_key(name: &str) -> String {
 /// Lines of a partial release or fulfilment; `None` means everything still held.
 pub type ReleaseLines = Option<Vec<(Sku, LineQuantity)>>;
 
+/// What consumers read of the ledger: the log, snapshots and the head. Read-only: a
+/// consumer never writes to the ledger (ARCHITECTURE.md).
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Events with offset > `after`, oldest first, at most `limit`.
+    async fn events(&self, after: i64, limit: usize) -> Result<EventPage, LedgerError>;
+    /// The first offset whose event occurred at or after `since` (the next offset to be
+    /// written when there is none): where a replay by time starts.
+    async fn offset_at(&self, since: chrono::DateTime<chrono::Utc>) -> Result<i64, LedgerError>;
+    /// One page of every stock level, after the cursor (store, sku), with the log offset
+    /// it is consistent with.
+    async fn snapshot(
+        &self,
+        after: Option<(StoreId, Sku)>,
+        limit: usize,
+    ) -> Result<SnapshotPage, LedgerError>;
+    /// The last committed offset, updated after every commit: consumers wait on it
+    /// instead of polling.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<i64>;
+}
+
+/// What the relay to an external bus needs beyond the log: its durable position, and
+/// whether this instance is the one that publishes.
+#[async_trait]
+pub trait LogCursors: EventLog {
+    /// Where the named reader of the log (the relay to an external bus) has got to: the
+    /// last offset it has durably handed on; 0 when it never has.
+    async fn cursor(&self, name: &str) -> Result<i64, LedgerError>;
+    /// Moves the named cursor forward; a lower offset than the stored one is ignored,
+    /// so a deposed leader finishing late can never move it back.
+    async fn advance_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError>;
+    /// Whether this instance leads the relay, live. Work that must run on one instance
+    /// at a time (publishing to the bus, the shared webhook connector) follows it.
+    /// Always `true` on SQLite, where one process owns the ledger.
+    fn leadership(&self) -> tokio::sync::watch::Receiver<bool>;
+}
+
 /// The ledger as the API and the background tasks see it. Every write is one atomic
 /// transaction that also appends its events to the log; a successful answer means the
 /// change is durably committed.
 #[async_trait]
-pub trait Ledger: Send + Sync + 'static {
+pub trait Ledger: LogCursors {
     /// Reserves every line or none; a repeat of the same request answers the original.
     async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError>;
     /// Releases the lines (everything still held when `None`). `key`: a scoped
@@ -113,27 +150,12 @@ pub trait Ledger: Send + Sync + 'static {
         after: Option<Sku>,
         limit: usize,
     ) -> Result<Vec<StockRow>, LedgerError>;
-    /// One page of every stock level, after the cursor (store, sku), with the log offset
-    /// it is consistent with.
-    async fn snapshot(
-        &self,
-        after: Option<(StoreId, Sku)>,
-        limit: usize,
-    ) -> Result<SnapshotPage, LedgerError>;
     /// Every stock row (for audits and tests; not for request paths).
     async fn all_stock(&self) -> Result<Vec<StockRow>, LedgerError>;
     async fn reservation(&self, id: Uuid) -> Result<Option<Reservation>, LedgerError>;
     async fn reservations_by_order(&self, order: OrderId) -> Result<Vec<Reservation>, LedgerError>;
-    /// Events with offset > `after`, oldest first, at most `limit`.
-    async fn events(&self, after: i64, limit: usize) -> Result<EventPage, LedgerError>;
-    /// The first offset whose event occurred at or after `since` (the next offset to be
-    /// written when there is none): where a replay by time starts.
-    async fn offset_at(&self, since: chrono::DateTime<chrono::Utc>) -> Result<i64, LedgerError>;
     /// Deletes events older than `retention` (the log keeps its offsets); returns how many.
     async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError>;
-    /// The last committed offset, updated after every commit: consumers wait on it
-    /// instead of polling.
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<i64>;
     /// Events committed but not yet in the log, and the age in seconds of the oldest
     /// (always `(0, 0.0)` on SQLite, where a commit writes straight into the log).
     async fn outbox(&self) -> Result<(i64, f64), LedgerError>;
@@ -142,16 +164,6 @@ pub trait Ledger: Send + Sync + 'static {
     /// Waits until every committed event is in the log (PostgreSQL: the relay drained
     /// the outbox; SQLite: always, events are written straight into the log).
     async fn flush(&self, timeout: std::time::Duration) -> Result<(), LedgerError>;
-    /// Where the named reader of the log (the relay to an external bus) has got to: the
-    /// last offset it has durably handed on; 0 when it never has.
-    async fn cursor(&self, name: &str) -> Result<i64, LedgerError>;
-    /// Moves the named cursor forward; a lower offset than the stored one is ignored,
-    /// so a deposed leader finishing late can never move it back.
-    async fn advance_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError>;
-    /// Whether this instance leads the relay, live. Work that must run on one instance
-    /// at a time (publishing to the bus, the shared webhook connector) follows it.
-    /// Always `true` on SQLite, where one process owns the ledger.
-    fn leadership(&self) -> tokio::sync::watch::Receiver<bool>;
     /// Succeeds when the ledger can serve requests.
     async fn ping(&self) -> Result<(), LedgerError>;
     /// Finishes queued writes and stops; later writes answer `Unavailable`.

@@ -24,6 +24,9 @@ pub struct Seen {
     pub bad_signatures: usize,
     /// Requests that reached `/elsewhere`, where redirects point.
     pub redirected_hits: usize,
+    /// Per accepted delivery, in arrival order: (event_id, sku, milliseconds from the
+    /// event's `time` to its arrival here).
+    pub latency_ms: Vec<(String, String, f64)>,
 }
 
 /// How the receiver answers.
@@ -38,6 +41,9 @@ pub struct Behaviour {
     /// For events whose `external_ref` is the key, answer this redirect status with
     /// `Location: /elsewhere` (which counts whatever reaches it).
     pub redirect_refs: std::collections::HashMap<String, u16>,
+    /// Events of this SKU are refused: 503 until the first instant, then no answer
+    /// at all (the request hangs) until the second.
+    pub stuck_sku: Option<(String, Instant, Instant)>,
 }
 
 #[derive(Clone, Default)]
@@ -80,21 +86,35 @@ async fn receive(
     body: Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let (delay, unavailable, reject, b_redirects) = {
+    let (delay, unavailable, reject, b_redirects, stuck) = {
         let b = r.behaviour.lock().unwrap();
         (
             b.delay,
             b.unavailable_until.is_some_and(|t| Instant::now() < t),
             b.reject_ref.clone(),
             b.redirect_refs.clone(),
+            b.stuck_sku.clone(),
         )
     };
     tokio::time::sleep(delay).await;
+    let arrived = chrono::Utc::now();
     // Verify independently of invsync's own code: HMAC-SHA256 of the exact body.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
     mac.update(&body);
     let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     let event: Value = serde_json::from_slice(&body).unwrap_or_default();
+    if let Some((sku, refusing, hanging)) = stuck {
+        if event["data"]["product_sku"].as_str() == Some(sku.as_str()) {
+            let now = Instant::now();
+            if now < refusing {
+                return (StatusCode::SERVICE_UNAVAILABLE, "this SKU is not now").into_response();
+            }
+            if now < hanging {
+                tokio::time::sleep(hanging - now).await;
+                return (StatusCode::SERVICE_UNAVAILABLE, "too late").into_response();
+            }
+        }
+    }
     let mut seen = r.seen.lock().unwrap();
     seen.requests += 1;
     let signed = headers
@@ -130,6 +150,21 @@ async fn receive(
         )
             .into_response();
     }
+    let occurred = event["time"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| {
+            (arrived - t.with_timezone(&chrono::Utc))
+                .num_microseconds()
+                .unwrap_or(0) as f64
+                / 1e3
+        })
+        .unwrap_or(f64::NAN);
+    seen.latency_ms.push((
+        event["id"].as_str().unwrap().to_owned(),
+        d["product_sku"].as_str().unwrap().to_owned(),
+        occurred,
+    ));
     seen.accepted.push((
         event["id"].as_str().unwrap().to_owned(),
         d["store_id"].as_str().unwrap().to_owned(),
@@ -162,6 +197,25 @@ pub fn assert_per_sku_order(seen: &Seen) {
         assert!(
             *version > previous,
             "{store}/{sku}: version {version} delivered after {previous}"
+        );
+    }
+}
+
+/// The first arrival of each event, per (store, sku), came in version order (an event
+/// may arrive again after a crash: at least once, deduplicated by id).
+pub fn assert_first_arrivals_in_order(seen: &Seen) {
+    let mut first = HashSet::new();
+    let mut last: HashMap<(String, String), i64> = HashMap::new();
+    for (id, store, sku, version) in &seen.accepted {
+        if !first.insert(id.clone()) {
+            continue;
+        }
+        let previous = last
+            .insert((store.clone(), sku.clone()), *version)
+            .unwrap_or(0);
+        assert!(
+            *version > previous,
+            "{store}/{sku}: version {version} first arrived after {previous}"
         );
     }
 }

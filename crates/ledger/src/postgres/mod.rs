@@ -42,7 +42,7 @@ use crate::error::LedgerError;
 use crate::model::{
     AdjustmentOutcome, EventPage, LoggedEvent, ReserveOutcome, SnapshotPage, StockRow,
 };
-use crate::{Ledger, ReleaseLines};
+use crate::{EventLog, Ledger, LogCursors, ReleaseLines};
 
 type Pool = r2d2::Pool<Manager>;
 
@@ -551,25 +551,6 @@ impl Ledger for PgLedger {
         .await
     }
 
-    async fn snapshot(
-        &self,
-        after: Option<(StoreId, Sku)>,
-        limit: usize,
-    ) -> Result<SnapshotPage, LedgerError> {
-        self.read(move |c| {
-            in_snapshot(c, |tx| {
-                let (store, sku) = after.as_ref().map_or(("", ""), |(st, sk)| (st.as_str(), sk.as_str()));
-                let sql = format!(
-                    "SELECT {STOCK_COLUMNS} FROM stock WHERE (store_id, sku) > ($1, $2) ORDER BY store_id, sku LIMIT $3"
-                );
-                let items = stock_rows(tx, &sql, &[&store, &sku, &(limit as i64)])?;
-                let log_offset: i64 = tx.query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])?.get(0);
-                Ok(SnapshotPage { items, log_offset })
-            })
-        })
-        .await
-    }
-
     async fn all_stock(&self) -> Result<Vec<StockRow>, LedgerError> {
         self.read(|c| {
             stock_rows(
@@ -601,6 +582,93 @@ impl Ledger for PgLedger {
                     out.extend(rows::load_reservation(tx, id)?);
                 }
                 Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError> {
+        let retention = crate::retention_delta(retention)?;
+        crate::in_chunks(crate::PURGE_CHUNK, || {
+            self.write(move |e| e.purge_events(retention, crate::PURGE_CHUNK))
+        })
+        .await
+    }
+
+    async fn outbox(&self) -> Result<(i64, f64), LedgerError> {
+        self.read(|c| {
+            let row = c.query_one(
+                "SELECT count(*), coalesce(extract(epoch FROM now() - min(occurred_at))::float8, 0) FROM outbox",
+                &[],
+            )?;
+            Ok((row.get(0), row.get::<_, f64>(1).max(0.0)))
+        })
+        .await
+    }
+
+    async fn shortages(&self) -> Result<i64, LedgerError> {
+        self.read(|c| {
+            Ok(
+                c.query_one("SELECT count(*) FROM stock WHERE on_hand < reserved", &[])?
+                    .get(0),
+            )
+        })
+        .await
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), LedgerError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let pending: i64 = self
+                .read(|c| Ok(c.query_one("SELECT count(*) FROM outbox", &[])?.get(0)))
+                .await?;
+            if pending == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(LedgerError::Unavailable(format!(
+                    "{pending} events still in the outbox"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn ping(&self) -> Result<(), LedgerError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(LedgerError::Unavailable(
+                "the ledger is shutting down".into(),
+            ));
+        }
+        self.read(|c| Ok(c.query_one("SELECT 1", &[]).map(drop)?))
+            .await
+    }
+
+    async fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let handle = self.relay.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+#[async_trait]
+impl EventLog for PgLedger {
+    async fn snapshot(
+        &self,
+        after: Option<(StoreId, Sku)>,
+        limit: usize,
+    ) -> Result<SnapshotPage, LedgerError> {
+        self.read(move |c| {
+            in_snapshot(c, |tx| {
+                let (store, sku) = after.as_ref().map_or(("", ""), |(st, sk)| (st.as_str(), sk.as_str()));
+                let sql = format!(
+                    "SELECT {STOCK_COLUMNS} FROM stock WHERE (store_id, sku) > ($1, $2) ORDER BY store_id, sku LIMIT $3"
+                );
+                let items = stock_rows(tx, &sql, &[&store, &sku, &(limit as i64)])?;
+                let log_offset: i64 = tx.query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])?.get(0);
+                Ok(SnapshotPage { items, log_offset })
             })
         })
         .await
@@ -650,57 +718,13 @@ impl Ledger for PgLedger {
         .await
     }
 
-    async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError> {
-        let retention = crate::retention_delta(retention)?;
-        crate::in_chunks(crate::PURGE_CHUNK, || {
-            self.write(move |e| e.purge_events(retention, crate::PURGE_CHUNK))
-        })
-        .await
-    }
-
-    async fn outbox(&self) -> Result<(i64, f64), LedgerError> {
-        self.read(|c| {
-            let row = c.query_one(
-                "SELECT count(*), coalesce(extract(epoch FROM now() - min(occurred_at))::float8, 0) FROM outbox",
-                &[],
-            )?;
-            Ok((row.get(0), row.get::<_, f64>(1).max(0.0)))
-        })
-        .await
-    }
-
-    async fn shortages(&self) -> Result<i64, LedgerError> {
-        self.read(|c| {
-            Ok(
-                c.query_one("SELECT count(*) FROM stock WHERE on_hand < reserved", &[])?
-                    .get(0),
-            )
-        })
-        .await
-    }
-
     fn subscribe(&self) -> watch::Receiver<i64> {
         self.head.clone()
     }
+}
 
-    async fn flush(&self, timeout: Duration) -> Result<(), LedgerError> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let pending: i64 = self
-                .read(|c| Ok(c.query_one("SELECT count(*) FROM outbox", &[])?.get(0)))
-                .await?;
-            if pending == 0 {
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(LedgerError::Unavailable(format!(
-                    "{pending} events still in the outbox"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
+#[async_trait]
+impl LogCursors for PgLedger {
     async fn cursor(&self, name: &str) -> Result<i64, LedgerError> {
         let key = crate::cursor_key(name);
         self.read(move |c| {
@@ -719,23 +743,5 @@ impl Ledger for PgLedger {
 
     fn leadership(&self) -> watch::Receiver<bool> {
         self.leadership.clone()
-    }
-
-    async fn ping(&self) -> Result<(), LedgerError> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(LedgerError::Unavailable(
-                "the ledger is shutting down".into(),
-            ));
-        }
-        self.read(|c| Ok(c.query_one("SELECT 1", &[]).map(drop)?))
-            .await
-    }
-
-    async fn shutdown(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        let handle = self.relay.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
     }
 }

@@ -38,7 +38,7 @@ use crate::error::LedgerError;
 use crate::model::{
     AdjustmentOutcome, EventPage, LoggedEvent, ReserveOutcome, SnapshotPage, StockRow,
 };
-use crate::{Ledger, ReleaseLines};
+use crate::{EventLog, Ledger, LogCursors, ReleaseLines};
 
 /// How the SQLite ledger runs.
 #[derive(Debug, Clone)]
@@ -510,28 +510,6 @@ impl Ledger for SqliteLedger {
         .await
     }
 
-    async fn snapshot(
-        &self,
-        after: Option<(StoreId, Sku)>,
-        limit: usize,
-    ) -> Result<SnapshotPage, LedgerError> {
-        self.read(move |c| {
-            in_snapshot(c, |c| {
-                let (store, sku) = after
-                    .as_ref()
-                    .map_or(("", ""), |(st, sk)| (st.as_str(), sk.as_str()));
-                let sql = format!(
-                    "SELECT {STOCK_COLUMNS} FROM stock WHERE (store_id, sku) > (?1, ?2)
-                     ORDER BY store_id, sku LIMIT ?3"
-                );
-                let items = rows::stock_rows(c, &sql, params![store, sku, limit as i64])?;
-                let log_offset = rows::last_offset(c)?;
-                Ok(SnapshotPage { items, log_offset })
-            })
-        })
-        .await
-    }
-
     async fn all_stock(&self) -> Result<Vec<StockRow>, LedgerError> {
         self.read(|c| {
             let sql = format!("SELECT {STOCK_COLUMNS} FROM stock ORDER BY store_id, sku");
@@ -557,6 +535,77 @@ impl Ledger for SqliteLedger {
                     out.extend(rows::load_reservation(c, id)?);
                 }
                 Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError> {
+        let retention = crate::retention_delta(retention)?;
+        crate::in_chunks(crate::PURGE_CHUNK, || {
+            self.write(move |e| e.purge_events(retention, crate::PURGE_CHUNK))
+        })
+        .await
+    }
+
+    async fn outbox(&self) -> Result<(i64, f64), LedgerError> {
+        Ok((0, 0.0))
+    }
+
+    async fn shortages(&self) -> Result<i64, LedgerError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM stock WHERE on_hand < reserved",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn flush(&self, _timeout: std::time::Duration) -> Result<(), LedgerError> {
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), LedgerError> {
+        if self.jobs.is_closed() {
+            return Err(LedgerError::Unavailable("the ledger writer stopped".into()));
+        }
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.jobs.send(Job::Stop(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+#[async_trait]
+impl EventLog for SqliteLedger {
+    async fn snapshot(
+        &self,
+        after: Option<(StoreId, Sku)>,
+        limit: usize,
+    ) -> Result<SnapshotPage, LedgerError> {
+        self.read(move |c| {
+            in_snapshot(c, |c| {
+                let (store, sku) = after
+                    .as_ref()
+                    .map_or(("", ""), |(st, sk)| (st.as_str(), sk.as_str()));
+                let sql = format!(
+                    "SELECT {STOCK_COLUMNS} FROM stock WHERE (store_id, sku) > (?1, ?2)
+                     ORDER BY store_id, sku LIMIT ?3"
+                );
+                let items = rows::stock_rows(c, &sql, params![store, sku, limit as i64])?;
+                let log_offset = rows::last_offset(c)?;
+                Ok(SnapshotPage { items, log_offset })
             })
         })
         .await
@@ -607,37 +656,13 @@ impl Ledger for SqliteLedger {
         .await
     }
 
-    async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError> {
-        let retention = crate::retention_delta(retention)?;
-        crate::in_chunks(crate::PURGE_CHUNK, || {
-            self.write(move |e| e.purge_events(retention, crate::PURGE_CHUNK))
-        })
-        .await
-    }
-
-    async fn outbox(&self) -> Result<(i64, f64), LedgerError> {
-        Ok((0, 0.0))
-    }
-
-    async fn shortages(&self) -> Result<i64, LedgerError> {
-        self.read(|c| {
-            Ok(c.query_row(
-                "SELECT count(*) FROM stock WHERE on_hand < reserved",
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .await
-    }
-
-    async fn flush(&self, _timeout: std::time::Duration) -> Result<(), LedgerError> {
-        Ok(())
-    }
-
     fn subscribe(&self) -> watch::Receiver<i64> {
         self.head.clone()
     }
+}
 
+#[async_trait]
+impl LogCursors for SqliteLedger {
     async fn cursor(&self, name: &str) -> Result<i64, LedgerError> {
         let key = crate::cursor_key(name);
         self.read(move |c| rows::meta(c, &key)).await
@@ -650,24 +675,5 @@ impl Ledger for SqliteLedger {
 
     fn leadership(&self) -> watch::Receiver<bool> {
         self.leadership.1.clone()
-    }
-
-    async fn ping(&self) -> Result<(), LedgerError> {
-        if self.jobs.is_closed() {
-            return Err(LedgerError::Unavailable("the ledger writer stopped".into()));
-        }
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
-            .await
-    }
-
-    async fn shutdown(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.jobs.send(Job::Stop(done)).await.is_ok() {
-            let _ = wait.await;
-        }
-        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
     }
 }

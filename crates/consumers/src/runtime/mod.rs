@@ -10,16 +10,24 @@
 //! consumer's own store writes the sink's view, the dedup marks, the dead letters and
 //! the checkpoint together: a crash before that commit redoes the batch, and after it
 //! nothing is applied twice.
+//!
+//! A SKU whose delivery keeps failing is parked ([`parked`]): its events wait in the
+//! store for a side loop while the checkpoint moves on for every other SKU.
+//!
+//! - this module: the loop — fetch, deduplicate, deliver, commit;
+//! - `delivery`: per-SKU delivery with retries and the park deadline;
+//! - `parked`: the parked SKUs and the side loop that drains them;
+//! - `gap`: holes in what the source hands out, and falling behind retention;
+//! - `control`: replay and redrive.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use invsync_core::CloudEvent;
-use invsync_ledger::{Ledger, LoggedEvent};
+use invsync_ledger::EventLog;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -27,7 +35,17 @@ use crate::retry::RetryPolicy;
 use crate::source::{DeadLetterNote, EventSource};
 use crate::stats::Latencies;
 use crate::store::{self, Store, StoreReader};
-use crate::{Failure, Incoming, Sink};
+use crate::{Incoming, Sink};
+
+mod control;
+mod delivery;
+mod gap;
+mod parked;
+
+use control::Command;
+pub use control::{ControlError, ReplayFrom};
+use delivery::deliver_with_retry;
+use parked::{Hold, Parking, Retrier};
 
 /// How often a source hears that fetched events are still being delivered.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
@@ -51,6 +69,9 @@ pub struct ConsumerConfig {
     /// When given, the consumer works only while it reads `true` (a consumer shared by
     /// several instances runs on the one that leads).
     pub active: Option<watch::Receiver<bool>>,
+    /// How long one event's delivery (attempts and backoff) may hold its batch before
+    /// the event and its SKU's later events are parked (see [`parked`]).
+    pub park_after: Duration,
 }
 
 impl ConsumerConfig {
@@ -64,6 +85,7 @@ impl ConsumerConfig {
             sla: Duration::from_secs(30),
             poll: Duration::from_secs(1),
             active: None,
+            park_after: Duration::from_secs(2),
         }
     }
 }
@@ -74,9 +96,17 @@ pub struct ConsumerStatus {
     pub name: String,
     /// The last offset applied (or dead-lettered).
     pub position: i64,
+    /// Events not applied yet: after the position, and parked.
     pub lag_events: i64,
+    /// Age of the oldest event not applied yet (parked ones included).
     pub lag_seconds: f64,
     pub dead_letters: i64,
+    /// Events set aside because their SKU's delivery keeps failing.
+    pub parked: i64,
+    /// SKUs with parked events.
+    pub parked_skus: i64,
+    /// The last error of the oldest parked event that was tried.
+    pub parked_error: Option<String>,
     pub sync_latency_p50_ms: Option<f64>,
     pub sync_latency_p99_ms: Option<f64>,
     /// The time of the last event applied: the view is current up to here.
@@ -96,28 +126,21 @@ struct Shared {
     as_of: Option<DateTime<Utc>>,
     last_error: Option<String>,
     latencies: Latencies,
+    parked: i64,
+    parked_skus: i64,
+    /// When the oldest parked event occurred.
+    oldest_parked: Option<DateTime<Utc>>,
+    parked_error: Option<String>,
 }
 
-/// Where a replay starts.
-#[derive(Debug, Clone, Copy)]
-pub enum ReplayFrom {
-    Offset(i64),
-    Time(DateTime<Utc>),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("offset {requested} is past retention; the oldest retained offset is {oldest}")]
-    Gone { requested: i64, oldest: i64 },
-    #[error("dead letter not found")]
-    NotFound,
-    #[error("{0}")]
-    Failed(String),
-}
-
-enum Command {
-    Replay(ReplayFrom, oneshot::Sender<Result<(), ControlError>>),
-    Redrive(Uuid, oneshot::Sender<Result<(), ControlError>>),
+impl Shared {
+    /// When the oldest event not applied yet occurred, parked ones included.
+    fn oldest_unapplied(&self) -> Option<DateTime<Utc>> {
+        match (self.oldest_pending, self.oldest_parked) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// A running consumer, as the API and the supervisor see it.
@@ -147,9 +170,12 @@ impl ConsumerHandle {
         ConsumerStatus {
             name: self.name.clone(),
             position: s.position,
-            lag_events: lag_events(self.source.as_ref(), head, s.position),
-            lag_seconds: lag_seconds(s.oldest_pending),
+            lag_events: lag_events(self.source.as_ref(), head, s.position) + s.parked,
+            lag_seconds: lag_seconds(s.oldest_unapplied()),
             dead_letters: s.dead_letters,
+            parked: s.parked,
+            parked_skus: s.parked_skus,
+            parked_error: s.parked_error.clone(),
             sync_latency_p50_ms: s.latencies.quantile(0.50),
             sync_latency_p99_ms: s.latencies.quantile(0.99),
             as_of: s.as_of,
@@ -197,7 +223,7 @@ impl ConsumerHandle {
 pub fn start(
     config: ConsumerConfig,
     sink: Arc<dyn Sink>,
-    ledger: Arc<dyn Ledger>,
+    ledger: Arc<dyn EventLog>,
     source: Arc<dyn EventSource>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(ConsumerHandle, futures::future::BoxFuture<'static, ()>), String> {
@@ -210,12 +236,20 @@ pub fn start(
     })?;
     let (position, as_of) = store.position().map_err(|e| e.to_string())?;
     let dead_letters = store.count_dead_letters().map_err(|e| e.to_string())?;
+    let parking = Parking::load(store::parked_skus(store.conn()).map_err(|e| e.to_string())?);
+    let (parked, oldest_parked, parked_error) =
+        store::parked_summary(store.conn()).map_err(|e| e.to_string())?;
     let shared = Arc::new(Mutex::new(Shared {
         position,
         as_of,
         dead_letters,
+        parked,
+        parked_skus: parking.skus() as i64,
+        oldest_parked,
+        parked_error,
         ..Shared::default()
     }));
+    let store = Arc::new(Mutex::new(store));
     let (commands, rx) = mpsc::channel(16);
     let handle = ConsumerHandle {
         name: config.name.clone(),
@@ -225,28 +259,43 @@ pub fn start(
         source: source.clone(),
         reader: StoreReader::new(config.path.clone(), config.name.clone()),
     };
+    let retrier = Retrier {
+        config: config.clone(),
+        sink: sink.clone(),
+        store: store.clone(),
+        shared: shared.clone(),
+        parking: parking.clone(),
+        shutdown: shutdown.clone(),
+    };
     let runner = Runner {
         head: ledger.subscribe(),
         config,
         sink,
         ledger,
         source,
-        store: Arc::new(Mutex::new(store)),
+        store,
         shared,
+        parking,
         commands: rx,
         shutdown,
         position,
     };
-    Ok((handle, Box::pin(runner.run())))
+    Ok((
+        handle,
+        Box::pin(async move {
+            tokio::join!(runner.run(), retrier.run());
+        }),
+    ))
 }
 
 struct Runner {
     config: ConsumerConfig,
     sink: Arc<dyn Sink>,
-    ledger: Arc<dyn Ledger>,
+    ledger: Arc<dyn EventLog>,
     source: Arc<dyn EventSource>,
     store: Arc<Mutex<Store>>,
     shared: Arc<Mutex<Shared>>,
+    parking: Arc<Parking>,
     commands: mpsc::Receiver<Command>,
     head: watch::Receiver<i64>,
     shutdown: watch::Receiver<bool>,
@@ -270,7 +319,17 @@ enum StepError {
 #[derive(Debug)]
 enum Outcome {
     Delivered,
-    Dead { attempts: u32, error: String },
+    Dead {
+        attempts: u32,
+        error: String,
+    },
+    /// Set aside for the side loop (see [`parked`]).
+    Parked {
+        attempts: u32,
+        permanent: u32,
+        error: String,
+        retry_at: DateTime<Utc>,
+    },
 }
 
 impl Runner {
@@ -287,14 +346,7 @@ impl Runner {
         &self,
         f: impl FnOnce(&mut Store) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StepError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut store)
-        })
-        .await
-        .map_err(|e| StepError::Retry(format!("store task failed: {e}")))?
-        .map_err(|e| StepError::Retry(format!("consumer store: {e}")))
+        run_db(&self.store, f).await
     }
 
     async fn run(mut self) {
@@ -406,8 +458,13 @@ impl Runner {
         }
 
         let fresh = self.fresh(incoming).await?;
-        let outcomes = self.deliver(&fresh).await?;
-        let as_of = fresh.last().map(|e| e.event.occurred_at);
+        let (outcomes, holds) = self.deliver(&fresh).await?;
+        let as_of = fresh
+            .iter()
+            .zip(&outcomes)
+            .rev()
+            .find(|(_, o)| matches!(o, Outcome::Delivered))
+            .map(|(e, _)| e.event.occurred_at);
         let sink = self.sink.clone();
         let keep_marks_from = last - 10 * self.config.batch as i64;
         let batch = Batch {
@@ -416,9 +473,13 @@ impl Runner {
             last,
             as_of,
             keep_marks_from,
+            holds,
         };
         let (dead, batch) = self
-            .db(move |store| Ok((commit(store, sink.as_ref(), &batch)?, batch)))
+            .db(move |store| {
+                let mut batch = batch;
+                Ok((commit(store, sink.as_ref(), &mut batch)?, batch))
+            })
             .await?;
         // Recorded in our store first: if the source does not hear of it (a crash, the
         // bus down), it hands the batch out again and the marks skip it.
@@ -427,25 +488,31 @@ impl Runner {
         }
         self.note_dead_letters(&batch).await;
 
-        // Sync latency: from when the change happened to now, when it is applied.
         let applied_at = Utc::now();
         let name = self.config.name.clone();
         let mut shared = self.shared();
+        let mut parked = 0;
         for (event, outcome) in &batch.settled {
-            if let Outcome::Delivered = outcome {
-                let seconds = (applied_at - event.event.occurred_at)
-                    .num_microseconds()
-                    .unwrap_or(0) as f64
-                    / 1e6;
-                shared.latencies.record(seconds * 1000.0);
-                metrics::histogram!("invsync_sync_latency_seconds", "consumer" => name.clone())
-                    .record(seconds);
-                if seconds > self.config.sla.as_secs_f64() {
-                    metrics::counter!("invsync_sla_breaches_total", "consumer" => name.clone())
-                        .increment(1);
+            match outcome {
+                Outcome::Delivered => record_delivered(
+                    &mut shared,
+                    &self.config,
+                    event.event.occurred_at,
+                    applied_at,
+                ),
+                Outcome::Parked { .. } => {
+                    parked += 1;
+                    shared.oldest_parked = Some(
+                        shared
+                            .oldest_parked
+                            .map_or(event.event.occurred_at, |t| t.min(event.event.occurred_at)),
+                    );
                 }
+                Outcome::Dead { .. } => {}
             }
         }
+        // The side loop recounts from the store; until then, count these in.
+        shared.parked += parked;
         shared.position = last;
         shared.oldest_pending = None;
         shared.dead_letters += dead;
@@ -456,51 +523,12 @@ impl Runner {
         self.position = last;
         self.publish_gauges();
         if dead > 0 {
-            tracing::warn!(consumer = %name, dead_letters = dead, "events moved to the dead letters");
+            tracing::warn!(consumer.name = %name, dead_letters = dead, "events moved to the dead letters");
+        }
+        if parked > 0 {
+            tracing::warn!(consumer.name = %name, parked, "events parked behind a SKU whose delivery keeps failing");
         }
         Ok(Step::Progress)
-    }
-
-    /// Events after the position without a hole. A hole (a bus that lost or aged out
-    /// messages) is filled from the ledger's log; when the log no longer has it either,
-    /// the consumer fell behind retention, which is handled here (`None`).
-    async fn contiguous(
-        &mut self,
-        mut fetched: Vec<LoggedEvent>,
-    ) -> Result<Option<Vec<LoggedEvent>>, StepError> {
-        fetched.retain(|e| e.offset > self.position);
-        let next = self.position + 1;
-        let first = fetched.first().map(|e| e.offset);
-        let behind = *self.head.borrow() > self.position;
-        match first {
-            Some(first) if first > next => {}
-            // Nothing new although the head is ahead: has the log moved past us?
-            None if behind => {}
-            _ => return Ok(Some(fetched)),
-        }
-        let want = first.map_or(1, |f| ((f - next) as usize).min(self.config.batch));
-        let page = self
-            .ledger
-            .events(self.position, want)
-            .await
-            .map_err(|e| StepError::Retry(e.to_string()))?;
-        if next < page.oldest_offset {
-            self.fell_behind(page.oldest_offset).await?;
-            return Ok(None);
-        }
-        let Some(first) = first else {
-            return Ok(Some(fetched));
-        };
-        tracing::warn!(consumer = %self.config.name, from = next, to = first - 1, "the source skipped events; reading them from the ledger's log");
-        let mut events: Vec<LoggedEvent> = page
-            .events
-            .into_iter()
-            .filter(|e| e.offset < first)
-            .collect();
-        if events.last().map(|e| e.offset) == Some(first - 1) {
-            events.extend(fetched);
-        }
-        Ok(Some(events))
     }
 
     /// Tells the source about the batch's dead letters (a bus may keep its own).
@@ -509,7 +537,7 @@ impl Runner {
             Outcome::Dead { attempts, error } => {
                 Some((e.offset, e.envelope.as_str(), *attempts, error.as_str()))
             }
-            Outcome::Delivered => None,
+            Outcome::Delivered | Outcome::Parked { .. } => None,
         });
         let invalid = batch
             .invalid
@@ -534,8 +562,8 @@ impl Runner {
             let s = self.shared();
             let head = *self.head.borrow();
             (
-                lag_events(self.source.as_ref(), head, s.position),
-                lag_seconds(s.oldest_pending),
+                lag_events(self.source.as_ref(), head, s.position) + s.parked,
+                lag_seconds(s.oldest_unapplied()),
                 s.dead_letters,
             )
         };
@@ -551,259 +579,37 @@ impl Runner {
     async fn fresh(&self, incoming: Vec<Incoming>) -> Result<Vec<Incoming>, StepError> {
         self.db(move |store| filter_fresh(store, incoming)).await
     }
+}
 
-    /// Runs the sink's external effect: per SKU in order, SKUs in parallel.
-    async fn deliver(&self, events: &[Incoming]) -> Result<Vec<Outcome>, StepError> {
-        if !self.sink.delivers() {
-            return Ok(events.iter().map(|_| Outcome::Delivered).collect());
-        }
-        let mut by_sku: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, e) in events.iter().enumerate() {
-            by_sku
-                .entry(e.event.product_sku.as_str())
-                .or_default()
-                .push(i);
-        }
-        let work = futures::stream::iter(by_sku.into_values())
-            .map(|indices| async move {
-                let mut out = Vec::with_capacity(indices.len());
-                for i in indices {
-                    out.push((i, self.deliver_one(&events[i]).await?));
-                }
-                Ok(out)
-            })
-            .buffer_unordered(self.config.parallelism.max(1))
-            .collect::<Vec<Result<Vec<(usize, Outcome)>, StepError>>>();
-        // Deliveries may retry for minutes: keep the source from redelivering meanwhile.
-        let keep_alive = async {
-            loop {
-                tokio::time::sleep(KEEP_ALIVE).await;
-                self.source.keep_alive().await;
-            }
-        };
-        let results = tokio::select! {
-            results = work => results,
-            () = keep_alive => Vec::new(),
-        };
-        let mut outcomes: Vec<Option<Outcome>> = events.iter().map(|_| None).collect();
-        for group in results {
-            for (i, outcome) in group? {
-                outcomes[i] = Some(outcome);
-            }
-        }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Delivered))
-            .collect())
-    }
+/// Runs `f` on the store in a blocking task, under the store's lock.
+async fn run_db<T: Send + 'static>(
+    store: &Arc<Mutex<Store>>,
+    f: impl FnOnce(&mut Store) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, StepError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut store)
+    })
+    .await
+    .map_err(|e| StepError::Retry(format!("store task failed: {e}")))?
+    .map_err(|e| StepError::Retry(format!("consumer store: {e}")))
+}
 
-    /// Delivers one event, retrying per the policy; gives up only into the dead
-    /// letters (or when shutting down, leaving the batch to be redone).
-    async fn deliver_one(&self, event: &Incoming) -> Result<Outcome, StepError> {
-        if let Some(attempts) = self.source.exhausted(event.offset) {
-            return Ok(Outcome::Dead {
-                attempts,
-                error: format!("handed out {attempts} times by the bus without ever being applied"),
-            });
-        }
-        deliver_with_retry(
-            self.sink.as_ref(),
-            &self.config.retry,
-            event,
-            &self.shutdown,
-            &self.shared,
-        )
-        .await
-    }
-
-    /// The log no longer holds the next event this consumer needs.
-    async fn fell_behind(&mut self, oldest: i64) -> Result<(), StepError> {
-        tracing::warn!(consumer = %self.config.name, position = self.position, oldest, "consumer fell behind retention");
-        if self.sink.rebuilds() {
-            self.rebuild().await
-        } else {
-            // A delivery consumer cannot get the purged events back; it resumes at the
-            // oldest retained one. Events carry full state, so each key converges with
-            // its next change.
-            let position = oldest - 1;
-            self.db(move |store| {
-                let tx = store.transaction()?;
-                store::set_position(&tx, position, None)?;
-                tx.commit()
-            })
-            .await?;
-            self.moved_to(position).await
-        }
-    }
-
-    /// Records a new position (replay, rebuild, fell behind) and tells the source.
-    async fn moved_to(&mut self, position: i64) -> Result<(), StepError> {
-        self.position = position;
-        self.shared().position = position;
-        self.source.rewind(position).await.map_err(StepError::Retry)
-    }
-
-    /// Replaces the view with a snapshot of the ledger in one transaction (readers see
-    /// the old view until it commits), then follows the log from the snapshot's offset.
-    async fn rebuild(&mut self) -> Result<(), StepError> {
-        let mut rows = Vec::new();
-        let mut after = None;
-        let mut log_offset = None;
-        loop {
-            let page = self
-                .ledger
-                .snapshot(after.clone(), 1000)
-                .await
-                .map_err(|e| StepError::Retry(e.to_string()))?;
-            log_offset.get_or_insert(page.log_offset);
-            let done = page.items.len() < 1000;
-            after = page
-                .items
-                .last()
-                .map(|r| (r.store_id.clone(), r.sku.clone()));
-            rows.extend(page.items);
-            if done {
-                break;
-            }
-        }
-        let position = log_offset.unwrap_or(0);
-        let sink = self.sink.clone();
-        self.db(move |store| {
-            let tx = store.transaction()?;
-            sink.reset(&tx)?;
-            store::forget_applied(&tx)?;
-            for row in &rows {
-                sink.load(&tx, row)?;
-            }
-            store::set_position(&tx, position, None)?;
-            tx.commit()
-        })
-        .await?;
-        tracing::info!(consumer = %self.config.name, position, "view rebuilt from a snapshot");
-        self.moved_to(position).await
-    }
-
-    async fn handle(&mut self, command: Command) {
-        match command {
-            Command::Replay(from, reply) => {
-                let result = self.replay(from).await;
-                let _ = reply.send(result);
-            }
-            Command::Redrive(id, reply) => {
-                let result = self.redrive(id).await;
-                let _ = reply.send(result);
-            }
-        }
-    }
-
-    async fn replay(&mut self, from: ReplayFrom) -> Result<(), ControlError> {
-        let failed = |e: String| ControlError::Failed(e);
-        let from = match from {
-            ReplayFrom::Offset(offset) => offset.max(1),
-            ReplayFrom::Time(since) => self
-                .ledger
-                .offset_at(since)
-                .await
-                .map_err(|e| failed(e.to_string()))?,
-        };
-        let page = self
-            .ledger
-            .events(0, 1)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        if from < page.oldest_offset && !self.sink.rebuilds() {
-            return Err(ControlError::Gone {
-                requested: from,
-                oldest: page.oldest_offset,
-            });
-        }
-        tracing::info!(consumer = %self.config.name, from, "replay requested");
-        if self.sink.rebuilds() {
-            return self.rebuild().await.map_err(|e| failed(format!("{e:?}")));
-        }
-        let position = from - 1;
-        self.db(move |store| {
-            let tx = store.transaction()?;
-            store::forget_applied(&tx)?;
-            store::set_position(&tx, position, None)?;
-            tx.commit()
-        })
-        .await
-        .map_err(|e| failed(format!("{e:?}")))?;
-        self.moved_to(position)
-            .await
-            .map_err(|e| failed(format!("{e:?}")))
-    }
-
-    async fn redrive(&mut self, id: Uuid) -> Result<(), ControlError> {
-        let found = self
-            .db(move |store| store.dead_letter(id))
-            .await
-            .map_err(|e| ControlError::Failed(format!("{e:?}")))?;
-        let Some((offset, envelope, attempts)) = found else {
-            return Err(ControlError::NotFound);
-        };
-        let event = CloudEvent::parse(envelope.as_bytes()).map_err(|e| {
-            ControlError::Failed(format!("the dead letter is not a valid event: {e}"))
-        })?;
-        let incoming = Incoming {
-            offset,
-            event: event.data,
-            envelope,
-        };
-        // A redrive gets a bounded number of attempts: an operator is waiting.
-        let policy = RetryPolicy {
-            transient_attempts: Some(self.config.retry.transient_attempts.unwrap_or(5)),
-            ..self.config.retry.clone()
-        };
-        let outcome = if self.sink.delivers() {
-            deliver_with_retry(
-                self.sink.as_ref(),
-                &policy,
-                &incoming,
-                &self.shutdown,
-                &self.shared,
-            )
-            .await
-            .map_err(|e| ControlError::Failed(format!("{e:?}")))?
-        } else {
-            Outcome::Delivered
-        };
-        let sink = self.sink.clone();
-        let result = self
-            .db(move |store| {
-                let tx = store.transaction()?;
-                match &outcome {
-                    Outcome::Delivered => {
-                        sink.apply(&tx, &incoming.event)?;
-                        tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id.as_bytes()])?;
-                    }
-                    Outcome::Dead {
-                        attempts: more,
-                        error,
-                    } => {
-                        tx.execute(
-                            "UPDATE dead_letters SET attempts = ?2, last_error = ?3 WHERE id = ?1",
-                            rusqlite::params![id.as_bytes(), attempts + i64::from(*more), error],
-                        )?;
-                    }
-                }
-                tx.commit()?;
-                Ok(outcome)
-            })
-            .await
-            .map_err(|e| ControlError::Failed(format!("{e:?}")))?;
-        match result {
-            Outcome::Delivered => {
-                self.shared().dead_letters -= 1;
-                self.publish_gauges();
-                tracing::info!(consumer = %self.config.name, dead_letter.id = %id, "dead letter redriven");
-                Ok(())
-            }
-            Outcome::Dead { error, .. } => {
-                Err(ControlError::Failed(format!("redelivery failed: {error}")))
-            }
-        }
+/// Sync latency of one applied event — from when the change happened to `applied_at` —
+/// into the status window and the metrics, counting a late one as an SLA breach.
+fn record_delivered(
+    shared: &mut Shared,
+    config: &ConsumerConfig,
+    occurred_at: DateTime<Utc>,
+    applied_at: DateTime<Utc>,
+) {
+    let seconds = (applied_at - occurred_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+    shared.latencies.record(seconds * 1000.0);
+    let name = config.name.clone();
+    metrics::histogram!("invsync_sync_latency_seconds", "consumer" => name.clone()).record(seconds);
+    if seconds > config.sla.as_secs_f64() {
+        metrics::counter!("invsync_sla_breaches_total", "consumer" => name).increment(1);
     }
 }
 
@@ -841,16 +647,51 @@ struct Batch {
     as_of: Option<DateTime<Utc>>,
     /// Dedup marks below this offset are dropped.
     keep_marks_from: i64,
+    /// The SKUs whose events this batch parks.
+    holds: Vec<Hold>,
 }
 
 /// One transaction: the sink's effect and the dedup mark of every delivered event, the
 /// dead letters, and the checkpoint. Returns how many events were dead-lettered.
-fn commit(store: &mut Store, sink: &dyn Sink, batch: &Batch) -> rusqlite::Result<i64> {
+fn commit(store: &mut Store, sink: &dyn Sink, batch: &mut Batch) -> rusqlite::Result<i64> {
     let tx = store.transaction()?;
     let now = Utc::now();
     let mut dead = 0;
+    let mut parked: HashMap<&str, usize> = HashMap::new();
     for (event, outcome) in &batch.settled {
         match outcome {
+            Outcome::Parked {
+                attempts,
+                permanent,
+                error,
+                retry_at,
+            } => {
+                let sku = event.event.product_sku.as_str();
+                let new = store::park(
+                    &tx,
+                    event.offset,
+                    sku,
+                    &event.envelope,
+                    event.event.occurred_at,
+                    &store::Attempts {
+                        attempts: *attempts,
+                        permanent: *permanent,
+                        error,
+                        retry_at: *retry_at,
+                    },
+                )?;
+                *parked.entry(sku).or_default() += usize::from(new);
+                // Marked like an applied event: a redelivered copy is skipped, and a
+                // later version of the key is still fresh (and parked behind it).
+                store::mark_applied(
+                    &tx,
+                    event.event.event_id,
+                    event.offset,
+                    event.event.store_id.as_str(),
+                    sku,
+                    event.event.version,
+                )?;
+            }
             Outcome::Delivered => {
                 sink.apply(&tx, &event.event)?;
                 store::mark_applied(
@@ -882,6 +723,14 @@ fn commit(store: &mut Store, sink: &dyn Sink, batch: &Batch) -> rusqlite::Result
     store::set_position(&tx, batch.last, batch.as_of)?;
     store::prune_marks(&tx, batch.keep_marks_from)?;
     tx.commit()?;
+    let parked: HashMap<String, usize> = parked
+        .into_iter()
+        .map(|(sku, n)| (sku.to_owned(), n))
+        .collect();
+    for hold in batch.holds.drain(..) {
+        let rows = parked.get(hold.sku()).copied().unwrap_or(0);
+        hold.committed(rows);
+    }
     Ok(dead)
 }
 
@@ -903,64 +752,6 @@ fn lag_seconds(oldest_pending: Option<DateTime<Utc>>) -> f64 {
     })
 }
 
-async fn deliver_with_retry(
-    sink: &dyn Sink,
-    policy: &RetryPolicy,
-    event: &Incoming,
-    shutdown: &watch::Receiver<bool>,
-    shared: &Mutex<Shared>,
-) -> Result<Outcome, StepError> {
-    let mut attempt = 0u32;
-    let mut permanent = 0u32;
-    loop {
-        attempt += 1;
-        let mut pause = policy.backoff(attempt);
-        let error = match sink.deliver(event).await {
-            Ok(()) => return Ok(Outcome::Delivered),
-            Err(Failure::Permanent(error)) => {
-                permanent += 1;
-                if permanent >= policy.permanent_attempts {
-                    return Ok(Outcome::Dead {
-                        attempts: attempt,
-                        error,
-                    });
-                }
-                error
-            }
-            Err(Failure::Transient(error)) | Err(Failure::Later { error, .. })
-                if policy.transient_attempts.is_some_and(|max| attempt >= max)
-                    || policy.dead_after.is_some_and(|age| {
-                        (Utc::now() - event.event.occurred_at)
-                            .to_std()
-                            .is_ok_and(|old| old >= age)
-                    }) =>
-            {
-                return Ok(Outcome::Dead {
-                    attempts: attempt,
-                    error,
-                });
-            }
-            Err(Failure::Transient(error)) => error,
-            Err(Failure::Later { error, after }) => {
-                // Never sooner than the receiver asked.
-                pause = pause.max(after.min(crate::retry::MAX_RETRY_AFTER));
-                error
-            }
-        };
-        tracing::debug!(log.offset = event.offset, attempt, %error, "delivery failed; will retry");
-        // Shown by /v1/consumers and the dashboard while the retries go on.
-        shared.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(format!(
-            "delivering offset {} (attempt {attempt}): {error}",
-            event.offset
-        ));
-        let mut shutdown = shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.wait_for(|s| *s) => return Err(StepError::Stopping),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -969,100 +760,6 @@ mod tests {
 
     use super::*;
     use crate::storefront::{Storefront, StorefrontReader};
-
-    /// A sink that answers `Later` (Retry-After) once, then accepts.
-    struct ThrottledOnce(AtomicUsize, Duration);
-
-    #[async_trait::async_trait]
-    impl Sink for ThrottledOnce {
-        fn delivers(&self) -> bool {
-            true
-        }
-        async fn deliver(&self, _event: &Incoming) -> Result<(), Failure> {
-            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
-                return Err(Failure::Later {
-                    error: "HTTP 503: busy".into(),
-                    after: self.1,
-                });
-            }
-            Ok(())
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_retry_after_is_waited_out_and_capped() {
-        let (_stop, shutdown) = watch::channel(false);
-        let shared = Mutex::new(Shared::default());
-        for (asked, waited_at_least, at_most) in [
-            (
-                Duration::from_secs(7),
-                Duration::from_secs(7),
-                Duration::from_secs(8),
-            ),
-            (
-                Duration::from_secs(86_400),
-                crate::retry::MAX_RETRY_AFTER,
-                crate::retry::MAX_RETRY_AFTER + Duration::from_secs(1),
-            ),
-        ] {
-            let sink = ThrottledOnce(AtomicUsize::new(0), asked);
-            let started = tokio::time::Instant::now();
-            let outcome = deliver_with_retry(
-                &sink,
-                &RetryPolicy::default(),
-                &event(1, 1),
-                &shutdown,
-                &shared,
-            )
-            .await
-            .unwrap();
-            assert!(matches!(outcome, Outcome::Delivered));
-            let waited = started.elapsed();
-            assert!(
-                waited >= waited_at_least && waited < at_most,
-                "asked {asked:?}, waited {waited:?}"
-            );
-            assert_eq!(sink.0.load(Ordering::SeqCst), 2);
-        }
-    }
-
-    /// Always a transient failure.
-    struct Down;
-
-    #[async_trait::async_trait]
-    impl Sink for Down {
-        fn delivers(&self) -> bool {
-            true
-        }
-        async fn deliver(&self, _event: &Incoming) -> Result<(), Failure> {
-            Err(Failure::Transient("HTTP 503: down".into()))
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_transient_failure_older_than_dead_after_is_dead_lettered() {
-        let (_stop, shutdown) = watch::channel(false);
-        let shared = Mutex::new(Shared::default());
-        let policy = RetryPolicy {
-            dead_after: Some(Duration::from_secs(60)),
-            ..RetryPolicy::default()
-        };
-        let mut old = event(1, 1);
-        old.event.occurred_at = Utc::now() - chrono::TimeDelta::seconds(61);
-        let outcome = deliver_with_retry(&Down, &policy, &old, &shutdown, &shared)
-            .await
-            .unwrap();
-        assert!(
-            matches!(outcome, Outcome::Dead { attempts: 1, ref error } if error.contains("503")),
-            "{outcome:?}"
-        );
-        // A young event under the same policy is retried (and here then delivered).
-        let young = ThrottledOnce(AtomicUsize::new(0), Duration::from_secs(1));
-        let outcome = deliver_with_retry(&young, &policy, &event(2, 1), &shutdown, &shared)
-            .await
-            .unwrap();
-        assert!(matches!(outcome, Outcome::Delivered));
-    }
 
     /// The storefront, counting how often it applies an event.
     struct Counting(AtomicUsize);
@@ -1087,14 +784,15 @@ mod tests {
 
     fn run_batch(store: &mut Store, sink: &Counting, batch: Vec<Incoming>, last: i64) {
         let fresh = filter_fresh(store, batch).unwrap();
-        let batch = Batch {
+        let mut batch = Batch {
             settled: fresh.into_iter().map(|e| (e, Outcome::Delivered)).collect(),
             invalid: Vec::new(),
             last,
             as_of: None,
             keep_marks_from: 0,
+            holds: Vec::new(),
         };
-        commit(store, sink, &batch).unwrap();
+        commit(store, sink, &mut batch).unwrap();
     }
 
     #[tokio::test]

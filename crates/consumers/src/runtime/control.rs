@@ -1,0 +1,163 @@
+//! What operators ask of a running consumer: replay from an offset or a time, and
+//! redrive a dead letter.
+
+use chrono::{DateTime, Utc};
+use invsync_core::CloudEvent;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::*;
+
+/// Where a replay starts.
+#[derive(Debug, Clone, Copy)]
+pub enum ReplayFrom {
+    Offset(i64),
+    Time(DateTime<Utc>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("offset {requested} is past retention; the oldest retained offset is {oldest}")]
+    Gone { requested: i64, oldest: i64 },
+    #[error("dead letter not found")]
+    NotFound,
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub(super) enum Command {
+    Replay(ReplayFrom, oneshot::Sender<Result<(), ControlError>>),
+    Redrive(Uuid, oneshot::Sender<Result<(), ControlError>>),
+}
+
+impl Runner {
+    pub(super) async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Replay(from, reply) => {
+                let result = self.replay(from).await;
+                let _ = reply.send(result);
+            }
+            Command::Redrive(id, reply) => {
+                let result = self.redrive(id).await;
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    pub(super) async fn replay(&mut self, from: ReplayFrom) -> Result<(), ControlError> {
+        let failed = |e: String| ControlError::Failed(e);
+        let from = match from {
+            ReplayFrom::Offset(offset) => offset.max(1),
+            ReplayFrom::Time(since) => self
+                .ledger
+                .offset_at(since)
+                .await
+                .map_err(|e| failed(e.to_string()))?,
+        };
+        let page = self
+            .ledger
+            .events(0, 1)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        if from < page.oldest_offset && !self.sink.rebuilds() {
+            return Err(ControlError::Gone {
+                requested: from,
+                oldest: page.oldest_offset,
+            });
+        }
+        tracing::info!(consumer = %self.config.name, from, "replay requested");
+        if self.sink.rebuilds() {
+            return self.rebuild().await.map_err(|e| failed(format!("{e:?}")));
+        }
+        let position = from - 1;
+        self.db(move |store| {
+            let tx = store.transaction()?;
+            store::forget_applied(&tx)?;
+            store::set_position(&tx, position, None)?;
+            tx.commit()
+        })
+        .await
+        .map_err(|e| failed(format!("{e:?}")))?;
+        self.moved_to(position)
+            .await
+            .map_err(|e| failed(format!("{e:?}")))
+    }
+
+    pub(super) async fn redrive(&mut self, id: Uuid) -> Result<(), ControlError> {
+        let found = self
+            .db(move |store| store.dead_letter(id))
+            .await
+            .map_err(|e| ControlError::Failed(format!("{e:?}")))?;
+        let Some((offset, envelope, attempts)) = found else {
+            return Err(ControlError::NotFound);
+        };
+        let event = CloudEvent::parse(envelope.as_bytes()).map_err(|e| {
+            ControlError::Failed(format!("the dead letter is not a valid event: {e}"))
+        })?;
+        let incoming = Incoming {
+            offset,
+            event: event.data,
+            envelope,
+        };
+        // A redrive gets a bounded number of attempts: an operator is waiting.
+        let policy = RetryPolicy {
+            transient_attempts: Some(self.config.retry.transient_attempts.unwrap_or(5)),
+            ..self.config.retry.clone()
+        };
+        let outcome = if self.sink.delivers() {
+            deliver_with_retry(
+                self.sink.as_ref(),
+                &policy,
+                &incoming,
+                &self.shutdown,
+                &self.shared,
+                None,
+            )
+            .await
+            .map_err(|e| ControlError::Failed(format!("{e:?}")))?
+        } else {
+            Outcome::Delivered
+        };
+        let sink = self.sink.clone();
+        let result = self
+            .db(move |store| {
+                let tx = store.transaction()?;
+                match &outcome {
+                    Outcome::Delivered => {
+                        sink.apply(&tx, &incoming.event)?;
+                        tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id.as_bytes()])?;
+                    }
+                    // (Without a deadline nothing is parked.)
+                    Outcome::Dead {
+                        attempts: more,
+                        error,
+                    }
+                    | Outcome::Parked {
+                        attempts: more,
+                        error,
+                        ..
+                    } => {
+                        tx.execute(
+                            "UPDATE dead_letters SET attempts = ?2, last_error = ?3 WHERE id = ?1",
+                            rusqlite::params![id.as_bytes(), attempts + i64::from(*more), error],
+                        )?;
+                    }
+                }
+                tx.commit()?;
+                Ok(outcome)
+            })
+            .await
+            .map_err(|e| ControlError::Failed(format!("{e:?}")))?;
+        match result {
+            Outcome::Delivered => {
+                self.shared().dead_letters -= 1;
+                self.publish_gauges();
+                tracing::info!(consumer = %self.config.name, dead_letter.id = %id, "dead letter redriven");
+                Ok(())
+            }
+            Outcome::Dead { error, .. } | Outcome::Parked { error, .. } => {
+                Err(ControlError::Failed(format!("redelivery failed: {error}")))
+            }
+        }
+    }
+}
