@@ -90,6 +90,10 @@ fn describe() {
         "Events a consumer applied later than the visibility SLA."
     );
     describe_gauge!(
+        "invsync_consumer_parked_events",
+        "Events set aside because their SKU's delivery keeps failing (retried on the side; counted in the lag)."
+    );
+    describe_gauge!(
         "invsync_dead_letters",
         "Events a consumer gave up on, waiting for a redrive."
     );

@@ -565,13 +565,15 @@ impl Runner {
                 lag_events(self.source.as_ref(), head, s.position) + s.parked,
                 lag_seconds(s.oldest_unapplied()),
                 s.dead_letters,
+                s.parked,
             )
         };
         let name = self.config.name.clone();
         metrics::gauge!("invsync_consumer_lag_events", "consumer" => name.clone())
             .set(status.0 as f64);
         metrics::gauge!("invsync_consumer_lag_seconds", "consumer" => name.clone()).set(status.1);
-        metrics::gauge!("invsync_dead_letters", "consumer" => name).set(status.2 as f64);
+        metrics::gauge!("invsync_dead_letters", "consumer" => name.clone()).set(status.2 as f64);
+        metrics::gauge!("invsync_consumer_parked_events", "consumer" => name).set(status.3 as f64);
     }
 
     /// Drops events already applied: by event_id, or by a version not above the last
