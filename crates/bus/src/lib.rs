@@ -86,6 +86,9 @@ pub struct NatsBus {
     client: async_nats::Client,
     js: jetstream::Context,
     config: Arc<NatsConfig>,
+    /// Counts the connections made: a pull sent on an earlier one will never be
+    /// answered, so it is abandoned as soon as this moves.
+    connections: tokio::sync::watch::Receiver<u64>,
 }
 
 impl NatsBus {
@@ -93,6 +96,8 @@ impl NatsBus {
     /// (reservations must not wait for the bus), and the client keeps reconnecting.
     pub async fn connect(config: NatsConfig) -> Result<Self, BusError> {
         let url = config.url.clone();
+        let (connected, connections) = tokio::sync::watch::channel(0u64);
+        let connected = Arc::new(connected);
         let client = async_nats::ConnectOptions::new()
             .name("invsync")
             .retry_on_initial_connect()
@@ -104,16 +109,23 @@ impl NatsBus {
                 Duration::from_millis(50 * 2u64.pow(attempts.min(5) as u32))
                     .min(Duration::from_secs(1))
             })
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected | async_nats::Event::Disconnected => {
-                        tracing::info!(%event, "NATS connection");
+            .event_callback(move |event| {
+                let connected = connected.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            connected.send_modify(|n| *n += 1);
+                            tracing::info!(%event, "NATS connection");
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::info!(%event, "NATS connection");
+                        }
+                        // Reconnect attempts fail every backoff step while NATS is down.
+                        async_nats::Event::ClientError(e) => {
+                            tracing::debug!(error = %e, "NATS connection");
+                        }
+                        other => tracing::warn!(event = %other, "NATS connection"),
                     }
-                    // Reconnect attempts fail every backoff step while NATS is down.
-                    async_nats::Event::ClientError(e) => {
-                        tracing::debug!(error = %e, "NATS connection");
-                    }
-                    other => tracing::warn!(event = %other, "NATS connection"),
                 }
             })
             .connect(url.as_str())
@@ -126,7 +138,13 @@ impl NatsBus {
             client,
             js,
             config: Arc::new(config),
+            connections,
         })
+    }
+
+    /// Moves each time the client (re)connects.
+    pub fn connections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connections.clone()
     }
 
     pub fn config(&self) -> &NatsConfig {

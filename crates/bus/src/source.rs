@@ -136,9 +136,17 @@ impl NatsSource {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Message>, BusError> {
-        tokio::time::timeout(wait + PULL_MARGIN, self.pull_unbounded(consumer, max, wait))
-            .await
-            .map_err(|_| BusError::Nats("a pull got no answer from the server".into()))?
+        let mut connections = self.bus.connections();
+        connections.mark_unchanged();
+        tokio::select! {
+            pulled = tokio::time::timeout(wait + PULL_MARGIN, self.pull_unbounded(consumer, max, wait)) => {
+                pulled.map_err(|_| BusError::Nats("a pull got no answer from the server".into()))?
+            }
+            // Reconnected: a pull sent on the old connection is never answered.
+            Ok(()) = connections.changed() => {
+                Err(BusError::Nats("the connection to NATS was re-established; pulling again".into()))
+            }
+        }
     }
 
     async fn pull_unbounded(

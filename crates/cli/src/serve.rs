@@ -362,9 +362,17 @@ fn start_consumers(
         webhook_config.retry.cap = webhook.retry_cap;
         webhook_config.retry.dead_after = webhook.dead_after;
         webhook_config.park_after = webhook.park_after;
-        // A `consume webhook` process is the one connector by the operator's choice.
-        if bus.is_some() && role == Role::Server {
-            webhook_config.active = Some(ledger.leadership());
+        // On a shared ledger the connector is one consumer for all instances: it works
+        // on the instance that leads, from the one position recorded in the ledger. A
+        // `consume webhook` process is the one connector by the operator's choice.
+        if matches!(config.database, Database::Postgres(_)) {
+            if role == Role::Server {
+                webhook_config.active = Some(ledger.leadership());
+            }
+            webhook_config.shared = Some(Arc::new(LedgerPosition {
+                ledger: ledger.clone(),
+                cursor: "consumer:webhook".to_owned(),
+            }));
         }
         let (handle, run) = invsync_consumers::start(
             webhook_config,
@@ -382,6 +390,43 @@ fn start_consumers(
         pipeline.consumers.push(handle);
     }
     Ok(pipeline)
+}
+
+/// A shared consumer's position, kept as a named cursor in the ledger's `meta` table
+/// (bookkeeping beside the relay's cursor; no stock or event is written).
+struct LedgerPosition {
+    ledger: Arc<dyn Ledger>,
+    cursor: String,
+}
+
+impl std::fmt::Debug for LedgerPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LedgerPosition({})", self.cursor)
+    }
+}
+
+#[async_trait::async_trait]
+impl invsync_consumers::SharedPosition for LedgerPosition {
+    async fn load(&self) -> Result<i64, String> {
+        self.ledger
+            .cursor(&self.cursor)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn advance(&self, position: i64) -> Result<(), String> {
+        self.ledger
+            .advance_cursor(&self.cursor, position)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn set(&self, position: i64) -> Result<(), String> {
+        self.ledger
+            .set_cursor(&self.cursor, position)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Runs `tick` every `period` until stop; a failing tick is logged and retried on the

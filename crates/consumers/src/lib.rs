@@ -62,7 +62,7 @@ use rusqlite::Transaction;
 
 pub use retry::RetryPolicy;
 pub use runtime::{
-    start, ConsumerConfig, ConsumerHandle, ConsumerStatus, ControlError, ReplayFrom,
+    start, ConsumerConfig, ConsumerHandle, ConsumerStatus, ControlError, ReplayFrom, SharedPosition,
 };
 pub use source::{DeadLetterNote, EventSource, LedgerSource};
 pub use store::DeadLetter;

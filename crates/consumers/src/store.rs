@@ -332,6 +332,21 @@ pub(crate) fn reschedule(
     Ok(())
 }
 
+/// What is settled: the checkpoint, or just before the oldest parked event.
+pub(crate) fn settled(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT min(c.position, coalesce((SELECT min(log_offset) FROM parked) - 1, c.position))
+         FROM checkpoint c WHERE c.id = 1",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Drops every parked event (a takeover re-reads them from the log).
+pub(crate) fn clear_parked(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM parked", []).map(|_| ())
+}
+
 /// Forgets what was applied, for a replay.
 pub(crate) fn forget_applied(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch("DELETE FROM applied; DELETE FROM seen;")

@@ -71,6 +71,8 @@ pub(crate) trait Tx {
     ) -> Result<Vec<Uuid>, LedgerError>;
     /// Moves the named cursor forward to `offset`; never moves it back.
     fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError>;
+    /// Sets a named cursor, also backwards.
+    fn set_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError>;
     /// Locks, before the engine changes them, the reservations `ids` and the stock rows
     /// they hold, in the back end's global lock order. A back end without row locks
     /// (SQLite's single writer) has nothing to do.
@@ -406,6 +408,10 @@ impl<T: Tx> Engine<'_, T> {
 
     pub(crate) fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
         self.tx.advance_cursor(name, offset)
+    }
+
+    pub(crate) fn set_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
+        self.tx.set_cursor(name, offset)
     }
 
     /// Releases, with reason `expired`, up to `limit` reservations whose TTL ran out.

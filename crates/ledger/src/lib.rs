@@ -95,8 +95,9 @@ pub trait EventLog: Send + Sync + 'static {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<i64>;
 }
 
-/// What the relay to an external bus needs beyond the log: its durable position, and
-/// whether this instance is the one that publishes.
+/// What the relay to an external bus, and a connector shared by several instances,
+/// need beyond the log: a durable position in the ledger (`meta`), and whether this
+/// instance is the one that works.
 #[async_trait]
 pub trait LogCursors: EventLog {
     /// Where the named reader of the log (the relay to an external bus) has got to: the
@@ -105,6 +106,8 @@ pub trait LogCursors: EventLog {
     /// Moves the named cursor forward; a lower offset than the stored one is ignored,
     /// so a deposed leader finishing late can never move it back.
     async fn advance_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError>;
+    /// Sets the named cursor, also backwards (an operator's replay).
+    async fn set_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError>;
     /// Whether this instance leads the relay, live. Work that must run on one instance
     /// at a time (publishing to the bus, the shared webhook connector) follows it.
     /// Always `true` on SQLite, where one process owns the ledger.

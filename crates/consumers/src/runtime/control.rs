@@ -21,6 +21,9 @@ pub enum ControlError {
     Gone { requested: i64, oldest: i64 },
     #[error("dead letter not found")]
     NotFound,
+    /// A shared consumer is replayed on the instance that works it.
+    #[error("the {0} consumer is shared and works on the instance that leads; this one does not now: send the request to the leader")]
+    Elsewhere(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -45,6 +48,9 @@ impl Runner {
     }
 
     pub(super) async fn replay(&mut self, from: ReplayFrom) -> Result<(), ControlError> {
+        if self.config.shared.is_some() && !self.active() {
+            return Err(ControlError::Elsewhere(self.config.name.clone()));
+        }
         let failed = |e: String| ControlError::Failed(e);
         let from = match from {
             ReplayFrom::Offset(offset) => offset.max(1),
@@ -78,6 +84,9 @@ impl Runner {
         })
         .await
         .map_err(|e| failed(format!("{e:?}")))?;
+        if let Some(shared) = &self.config.shared {
+            shared.set(position).await.map_err(failed)?;
+        }
         self.moved_to(position)
             .await
             .map_err(|e| failed(format!("{e:?}")))

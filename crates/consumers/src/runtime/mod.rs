@@ -41,6 +41,7 @@ mod control;
 mod delivery;
 mod gap;
 mod parked;
+mod shared;
 
 use control::Command;
 pub use control::{ControlError, ReplayFrom};
@@ -72,6 +73,25 @@ pub struct ConsumerConfig {
     /// How long one event's delivery (attempts and backoff) may hold its batch before
     /// the event and its SKU's later events are parked (see [`parked`]).
     pub park_after: Duration,
+    /// For a consumer several instances share, one working at a time: the one record
+    /// of its position that whichever instance works next resumes from.
+    pub shared: Option<Arc<dyn SharedPosition>>,
+}
+
+/// The position of a consumer that several instances share, one working at a time
+/// (the webhook connector on a PostgreSQL ledger). The working instance advances it
+/// after each commit to what is settled — the checkpoint, or just before its oldest
+/// parked event — and an instance that starts working resumes from it, so a change
+/// of worker re-delivers at most the batch in flight (and, while events are parked,
+/// what came after the oldest of them).
+#[async_trait::async_trait]
+pub trait SharedPosition: std::fmt::Debug + Send + Sync + 'static {
+    /// The recorded position; 0 when none was ever recorded.
+    async fn load(&self) -> Result<i64, String>;
+    /// Moves it forward; a lower value is ignored (a deposed worker finishing late).
+    async fn advance(&self, position: i64) -> Result<(), String>;
+    /// Sets it, also backwards (a replay).
+    async fn set(&self, position: i64) -> Result<(), String>;
 }
 
 impl ConsumerConfig {
@@ -86,6 +106,7 @@ impl ConsumerConfig {
             poll: Duration::from_secs(1),
             active: None,
             park_after: Duration::from_secs(2),
+            shared: None,
         }
     }
 }
@@ -356,6 +377,8 @@ impl Runner {
             .increment(0);
         self.publish_gauges();
         let mut failures = 0u32;
+        // Whether this instance works the consumer now (and has taken it over).
+        let mut working = false;
         loop {
             if self.stopping() {
                 break;
@@ -364,10 +387,19 @@ impl Runner {
                 self.handle(command).await;
             }
             if !self.active() {
+                working = false;
                 self.wait(self.config.poll).await;
                 continue;
             }
-            match self.step().await {
+            let step = if working {
+                self.step().await
+            } else {
+                self.take_over().await.map(|()| {
+                    working = true;
+                    Step::Progress
+                })
+            };
+            match step {
                 Ok(Step::Progress) => {
                     failures = 0;
                     self.shared().last_error = None;
@@ -475,12 +507,14 @@ impl Runner {
             keep_marks_from,
             holds,
         };
-        let (dead, batch) = self
+        let (dead, settled, batch) = self
             .db(move |store| {
                 let mut batch = batch;
-                Ok((commit(store, sink.as_ref(), &mut batch)?, batch))
+                let dead = commit(store, sink.as_ref(), &mut batch)?;
+                Ok((dead, store::settled(store.conn())?, batch))
             })
             .await?;
+        self.share_position(settled).await;
         // Recorded in our store first: if the source does not hear of it (a crash, the
         // bus down), it hands the batch out again and the marks skip it.
         if let Err(error) = self.source.commit(last).await {

@@ -97,6 +97,11 @@ impl Parking {
         }
     }
 
+    /// Forgets every parked SKU (their rows were dropped; call under the store's lock).
+    pub(super) fn clear(&self) {
+        self.state().stored.clear();
+    }
+
     /// The number of SKUs with parked events.
     pub(super) fn skus(&self) -> usize {
         self.state().stored.len()
@@ -263,7 +268,7 @@ impl Retrier {
     async fn settle(&self, results: Vec<(i64, Settled)>) -> Result<(), StepError> {
         let sink = self.sink.clone();
         let parking = self.parking.clone();
-        let (results, dead) = run_db(&self.store, move |s| {
+        let (results, dead, settled) = run_db(&self.store, move |s| {
             let tx = s.transaction()?;
             let now = Utc::now();
             let mut dead = 0;
@@ -309,12 +314,23 @@ impl Retrier {
                 }
             }
             tx.commit()?;
+            let any_gone = !gone.is_empty();
             for sku in gone {
                 parking.unparked(&sku);
             }
-            Ok((results, dead))
+            let settled = if any_gone {
+                Some(store::settled(s.conn())?)
+            } else {
+                None
+            };
+            Ok((results, dead, settled))
         })
         .await?;
+        if let (Some(settled), Some(shared)) = (settled, &self.config.shared) {
+            if let Err(error) = shared.advance(settled).await {
+                tracing::warn!(consumer.name = %self.config.name, %error, "could not record the shared position");
+            }
+        }
         let applied_at = Utc::now();
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         shared.dead_letters += dead;

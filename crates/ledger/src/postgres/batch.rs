@@ -367,6 +367,17 @@ impl Tx for BufferedTx<'_, '_> {
         )?;
         Ok(())
     }
+
+    fn set_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
+        execute(
+            self.pg,
+            self.statements,
+            "INSERT INTO meta (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            &[&crate::cursor_key(name), &offset],
+        )?;
+        Ok(())
+    }
 }
 
 /// Reads, in one query each, what the batch's commands said they will need: which

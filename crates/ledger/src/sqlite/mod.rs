@@ -673,6 +673,11 @@ impl LogCursors for SqliteLedger {
         self.write(move |e| e.advance_cursor(&name, offset)).await
     }
 
+    async fn set_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError> {
+        let name = name.to_owned();
+        self.write(move |e| e.set_cursor(&name, offset)).await
+    }
+
     fn leadership(&self) -> watch::Receiver<bool> {
         self.leadership.1.clone()
     }

@@ -222,6 +222,16 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn set_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![crate::cursor_key(name), offset])?;
+        Ok(())
+    }
+
     fn due_reservations(
         &mut self,
         now: DateTime<Utc>,
