@@ -147,7 +147,7 @@ async fn after_a_nats_kill_9_webhook_delivery_resumes_within_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &receiver::args(&flags));
     let http = client();
-    changes(&http, &[server.url.clone()], 0, 5).await;
+    changes(&http, std::slice::from_ref(&server.url), 0, 5).await;
     all_delivered(&http, &server.url, &receiver).await;
 
     let mut resumed = Vec::new();
@@ -160,7 +160,7 @@ async fn after_a_nats_kill_9_webhook_delivery_resumes_within_seconds() {
         .await
         .unwrap();
         let back = Instant::now();
-        changes(&http, &[server.url.clone()], round, 1).await;
+        changes(&http, std::slice::from_ref(&server.url), round, 1).await;
         all_delivered(&http, &server.url, &receiver).await;
         resumed.push(back.elapsed());
     }
