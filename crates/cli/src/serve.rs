@@ -27,6 +27,8 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often each consumer's current lag is held against the SLA.
 const SLA_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often `invsync_bus_up` is checked (besides every reconnection).
+const BUS_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A built-in consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -196,6 +198,27 @@ fn spawn_housekeeping(
             every(GAUGE_INTERVAL, s, || gauges(l.clone(), b.clone())).await,
         )
     });
+    if let Some(bus) = bus.cloned() {
+        let s = stop_rx.clone();
+        tasks.spawn(async move { ("bus gauge", bus_gauge(bus, s).await) });
+    }
+}
+
+/// `invsync_bus_up` for NATS: set at start, every second, and at once whenever the
+/// client (re)connects, so it is right from the first second.
+async fn bus_gauge(bus: NatsBus, stop: watch::Receiver<bool>) -> Result<(), String> {
+    let mut connections = bus.connections();
+    let stopped = stopped(stop);
+    tokio::pin!(stopped);
+    loop {
+        let up = bus.up().await;
+        metrics::gauge!("invsync_bus_up").set(if up { 1.0 } else { 0.0 });
+        tokio::select! {
+            _ = tokio::time::sleep(BUS_GAUGE_INTERVAL) => {}
+            Ok(()) = connections.changed() => {}
+            _ = &mut stopped => return Ok(()),
+        }
+    }
 }
 
 type Tasks = JoinSet<(&'static str, Result<(), String>)>;
@@ -507,12 +530,10 @@ async fn gauges(ledger: Arc<dyn Ledger>, bus: Option<NatsBus>) {
         }
         (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "cannot measure the outbox"),
     }
-    // The embedded bus is up whenever the ledger is.
-    let up = match &bus {
-        None => ledger_up,
-        Some(bus) => bus.up().await,
-    };
-    metrics::gauge!("invsync_bus_up").set(if up { 1.0 } else { 0.0 });
+    if bus.is_none() {
+        // The embedded bus is up whenever the ledger is.
+        metrics::gauge!("invsync_bus_up").set(if ledger_up { 1.0 } else { 0.0 });
+    }
     match ledger.shortages().await {
         Ok(n) => metrics::gauge!("invsync_stock_shortages").set(n as f64),
         Err(e) => tracing::warn!(error = %e, "cannot count shortages"),

@@ -171,3 +171,67 @@ async fn after_a_nats_kill_9_webhook_delivery_resumes_within_seconds() {
         "delivery resumed only after {worst:?}"
     );
 }
+
+/// Polls `invsync_bus_up` until it reads `want`; how long that took.
+async fn bus_up_reads(http: &reqwest::Client, url: &str, want: f64) -> Duration {
+    let started = Instant::now();
+    eventually(&format!("invsync_bus_up {want}"), WAIT, || async {
+        (metric(http, url, "invsync_bus_up").await == Some(want)).then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_up_is_right_from_the_first_second() {
+    let Some(mut nats) = private_nats().await else {
+        return;
+    };
+    let http = client();
+    // NATS up at start: the gauge says so within a second of the server listening.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--bus", &nats.url()]);
+    let up_at_start = bus_up_reads(&http, &server.url, 1.0).await;
+    drop(server);
+
+    // NATS down at start: 0 at once (not absent, not a stale 1), then 1 when it
+    // comes, and 0 again when it is killed.
+    nats = tokio::task::spawn_blocking(move || {
+        nats.stop();
+        nats
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--bus", &nats.url()]);
+    let down_at_start = bus_up_reads(&http, &server.url, 0.0).await;
+    nats = tokio::task::spawn_blocking(move || {
+        nats.start_again();
+        nats
+    })
+    .await
+    .unwrap();
+    let came_up = bus_up_reads(&http, &server.url, 1.0).await;
+    let _nats = tokio::task::spawn_blocking(move || {
+        nats.stop();
+        nats
+    })
+    .await
+    .unwrap();
+    let went_down = bus_up_reads(&http, &server.url, 0.0).await;
+    println!(
+        "invsync_bus_up: 1 after {up_at_start:?} at start; with NATS down 0 after {down_at_start:?}, \
+         1 {came_up:?} after NATS came, 0 {went_down:?} after a kill -9"
+    );
+    for (what, took) in [
+        ("up at start", up_at_start),
+        ("down at start", down_at_start),
+        ("came up", came_up),
+        ("went down", went_down),
+    ] {
+        assert!(
+            took < Duration::from_secs(3),
+            "invsync_bus_up was wrong for {took:?} ({what})"
+        );
+    }
+}
