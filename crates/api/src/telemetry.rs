@@ -1,4 +1,5 @@
-//! Prometheus metrics: the process-wide recorder and the request-duration middleware.
+//! Prometheus metrics (the process-wide recorder), and the middleware every request
+//! goes through: its request id, its span, its access-log line and its duration.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -140,20 +141,56 @@ pub(crate) fn render() -> String {
     handle().map(PrometheusHandle::render).unwrap_or_default()
 }
 
-/// Records `invsync_request_duration_seconds{route, status}`; `route` is the matched
-/// route template, so label values stay bounded.
+/// The header that carries a request's id, in and out.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The caller's `X-Request-Id` when it is a usable one (1 to 128 visible ASCII
+/// characters: it goes into logs and back into a header), else a new UUID v7.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
+/// Every request: takes or makes its request id and returns it in `X-Request-Id`,
+/// runs the handler inside a span carrying it (so every log line of the request has
+/// it), writes one access-log line (target `invsync::access`, INFO: method, route,
+/// status, `duration_ms`; never the query, headers or body, so no token or
+/// identifier leaks), and records `invsync_request_duration_seconds{route, status}`.
+/// `route` is the matched route template, so label values stay bounded.
 pub(crate) async fn track(req: Request, next: Next) -> Response {
+    use tracing::Instrument;
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let id = request_id(&req);
+    let method = req.method().clone();
+    let span = tracing::info_span!("request", request.id = %id, http.method = %method, http.route = %route);
     let started = Instant::now();
-    let response = next.run(req).await;
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
+    span.in_scope(|| {
+        tracing::event!(
+            target: "invsync::access",
+            tracing::Level::INFO,
+            http.status = status,
+            duration_ms,
+            "{method} {route} {status}"
+        );
+    });
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     metrics::histogram!(
         "invsync_request_duration_seconds",
         "route" => route,
-        "status" => response.status().as_u16().to_string()
+        "status" => status.to_string()
     )
-    .record(started.elapsed().as_secs_f64());
+    .record(elapsed.as_secs_f64());
     response
 }

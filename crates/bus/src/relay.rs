@@ -171,6 +171,7 @@ impl BusRelay {
     /// Publishes up to `limit` events after offset `after` and awaits every ack.
     /// Returns the last offset published, `None` when there was nothing to publish.
     /// Does not move the cursor (the caller does, once this returns).
+    #[tracing::instrument(level = "debug", skip(self), fields(log.offset = after))]
     pub async fn publish_after(&self, after: i64, limit: usize) -> Result<Option<i64>, BusError> {
         let page = self
             .ledger

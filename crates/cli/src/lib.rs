@@ -371,6 +371,9 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
+    // Dependencies that log through the `log` crate (tokio-postgres) reach the same
+    // subscriber. (A second call, in tests that run several commands, is harmless.)
+    let _ = tracing_log::LogTracer::init();
 }
 
 fn print(client: &Client, value: &Value, human: impl FnOnce(&Value) -> String) {

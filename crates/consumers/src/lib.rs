@@ -69,17 +69,20 @@ pub use store::DeadLetter;
 
 /// Why a delivery failed: decides whether it is retried without end or dead-lettered
 /// after a few attempts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Failure {
     /// May succeed later (receiver down, 5xx, timeout).
+    #[error("{0}")]
     Transient(String),
     /// Transient, and the receiver said when to come back (`Retry-After` on a 429 or
     /// 503): the next attempt waits at least that long (at most 10 minutes).
+    #[error("{error} (retry after {after:?})")]
     Later {
         error: String,
         after: std::time::Duration,
     },
     /// Will not succeed as it is (receiver refuses the event).
+    #[error("{0}")]
     Permanent(String),
 }
 

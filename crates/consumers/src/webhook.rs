@@ -112,6 +112,7 @@ impl Sink for Webhook {
         true
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(event.id = %event.event.event_id, log.offset = event.offset))]
     async fn deliver(&self, event: &Incoming) -> Result<(), Failure> {
         let body = event.envelope.as_bytes().to_vec();
         let signature = signature(&self.config.secret, &body);

@@ -345,7 +345,7 @@ async fn start_redrive(state: &AppState, id: Uuid) -> ApiResult<StatusCode> {
             let handle = handle.clone();
             tokio::spawn(async move {
                 if let Err(e) = handle.redrive(id).await {
-                    tracing::warn!(dead_letter.id = %id, consumer = handle.name(), error = %e, "redrive failed");
+                    tracing::warn!(dead_letter.id = %id, consumer.name = handle.name(), error = %e, "redrive failed");
                 }
             });
             return Ok(StatusCode::ACCEPTED);

@@ -32,13 +32,22 @@ impl Server {
         Self::run(&["consume", name], data_dir, extra)
     }
 
+    /// `invsync serve` with `RUST_LOG` set to `filter`.
+    pub fn start_logging(data_dir: &Path, extra: &[&str], filter: &str) -> Self {
+        Self::run_with(&["serve"], data_dir, extra, filter)
+    }
+
     fn run(command: &[&str], data_dir: &Path, extra: &[&str]) -> Self {
+        Self::run_with(command, data_dir, extra, "info")
+    }
+
+    fn run_with(command: &[&str], data_dir: &Path, extra: &[&str], filter: &str) -> Self {
         let mut child = Command::new(BIN)
             .args(command)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

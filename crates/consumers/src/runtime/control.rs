@@ -71,7 +71,7 @@ impl Runner {
                 oldest: page.oldest_offset,
             });
         }
-        tracing::info!(consumer = %self.config.name, from, "replay requested");
+        tracing::info!(consumer.name = %self.config.name, from, "replay requested");
         if self.sink.rebuilds() {
             return self.rebuild().await.map_err(|e| failed(format!("{e:?}")));
         }
@@ -161,7 +161,7 @@ impl Runner {
             Outcome::Delivered => {
                 self.shared().dead_letters -= 1;
                 self.publish_gauges();
-                tracing::info!(consumer = %self.config.name, dead_letter.id = %id, "dead letter redriven");
+                tracing::info!(consumer.name = %self.config.name, dead_letter.id = %id, "dead letter redriven");
                 Ok(())
             }
             Outcome::Dead { error, .. } | Outcome::Parked { error, .. } => {

@@ -37,7 +37,7 @@ impl Runner {
         let Some(first) = first else {
             return Ok(Some(fetched));
         };
-        tracing::warn!(consumer = %self.config.name, from = next, to = first - 1, "the source skipped events; reading them from the ledger's log");
+        tracing::warn!(consumer.name = %self.config.name, from = next, to = first - 1, "the source skipped events; reading them from the ledger's log");
         let mut events: Vec<LoggedEvent> = page
             .events
             .into_iter()
@@ -51,7 +51,7 @@ impl Runner {
 
     /// The log no longer holds the next event this consumer needs.
     pub(super) async fn fell_behind(&mut self, oldest: i64) -> Result<(), StepError> {
-        tracing::warn!(consumer = %self.config.name, position = self.position, oldest, "consumer fell behind retention");
+        tracing::warn!(consumer.name = %self.config.name, consumer.position = self.position, log.oldest = oldest, "consumer fell behind retention");
         if self.sink.rebuilds() {
             self.rebuild().await
         } else {
@@ -112,7 +112,7 @@ impl Runner {
             tx.commit()
         })
         .await?;
-        tracing::info!(consumer = %self.config.name, position, "view rebuilt from a snapshot");
+        tracing::info!(consumer.name = %self.config.name, position, "view rebuilt from a snapshot");
         self.moved_to(position).await
     }
 }

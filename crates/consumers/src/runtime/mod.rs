@@ -371,7 +371,7 @@ impl Runner {
     }
 
     async fn run(mut self) {
-        tracing::info!(consumer = %self.config.name, position = self.position, source = self.source.kind(), "consumer started");
+        tracing::info!(consumer.name = %self.config.name, consumer.position = self.position, consumer.source = self.source.kind(), "consumer started");
         // Counters appear on /metrics from the start, not only after the first breach.
         metrics::counter!("invsync_sla_breaches_total", "consumer" => self.config.name.clone())
             .increment(0);
@@ -414,7 +414,7 @@ impl Runner {
                 Err(StepError::Stopping) => break,
                 Err(StepError::Retry(error)) => {
                     failures += 1;
-                    tracing::warn!(consumer = %self.config.name, %error, "consumer batch failed; retrying");
+                    tracing::warn!(consumer.name = %self.config.name, %error, "consumer batch failed; retrying");
                     self.shared().last_error = Some(error);
                     let pause = self
                         .config
@@ -425,7 +425,7 @@ impl Runner {
                 }
             }
         }
-        tracing::info!(consumer = %self.config.name, "consumer stopped");
+        tracing::info!(consumer.name = %self.config.name, "consumer stopped");
     }
 
     /// Whether this consumer is to work now (see [`ConsumerConfig::active`]).
@@ -456,6 +456,8 @@ impl Runner {
         }
     }
 
+    /// One batch: fetch, deduplicate, deliver, commit.
+    #[tracing::instrument(level = "debug", skip_all, fields(consumer.name = %self.config.name, consumer.position = self.position, log.offset = tracing::field::Empty))]
     async fn step(&mut self) -> Result<Step, StepError> {
         let fetched = self
             .source
@@ -470,6 +472,7 @@ impl Runner {
             self.publish_gauges();
             return Ok(Step::Idle);
         };
+        tracing::Span::current().record("log.offset", last);
 
         // Parse and validate: an event that is not a valid v1 envelope can never be
         // applied, so it goes straight to the dead letters.
@@ -518,7 +521,7 @@ impl Runner {
         // Recorded in our store first: if the source does not hear of it (a crash, the
         // bus down), it hands the batch out again and the marks skip it.
         if let Err(error) = self.source.commit(last).await {
-            tracing::debug!(consumer = %self.config.name, %error, "the source did not take the commit; it will redeliver");
+            tracing::debug!(consumer.name = %self.config.name, %error, "the source did not take the commit; it will redeliver");
         }
         self.note_dead_letters(&batch).await;
 
@@ -586,7 +589,7 @@ impl Runner {
                 error,
             };
             if let Err(e) = self.source.dead_letter(note).await {
-                tracing::warn!(consumer = %self.config.name, log.offset = offset, error = %e, "the bus did not take the dead letter; the consumer's store keeps it");
+                tracing::warn!(consumer.name = %self.config.name, log.offset = offset, error = %e, "the bus did not take the dead letter; the consumer's store keeps it");
             }
         }
     }

@@ -326,10 +326,8 @@ impl Retrier {
             Ok((results, dead, settled))
         })
         .await?;
-        if let (Some(settled), Some(shared)) = (settled, &self.config.shared) {
-            if let Err(error) = shared.advance(settled).await {
-                tracing::warn!(consumer.name = %self.config.name, %error, "could not record the shared position");
-            }
+        if let Some(settled) = settled {
+            super::shared::share_position(&self.config, settled).await;
         }
         let applied_at = Utc::now();
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());

@@ -43,13 +43,17 @@ impl Runner {
         self.moved_to(recorded).await
     }
 
-    /// Advances the shared record to `settled` (a failure is logged: the next commit
-    /// or the next worker's takeover covers it, at the price of re-deliveries).
     pub(super) async fn share_position(&self, settled: i64) {
-        if let Some(shared) = &self.config.shared {
-            if let Err(error) = shared.advance(settled).await {
-                tracing::warn!(consumer.name = %self.config.name, %error, "could not record the shared position");
-            }
+        share_position(&self.config, settled).await;
+    }
+}
+
+/// Advances a shared consumer's record to `settled` (a failure is logged: the next
+/// commit or the next worker's takeover covers it, at the price of re-deliveries).
+pub(super) async fn share_position(config: &ConsumerConfig, settled: i64) {
+    if let Some(shared) = &config.shared {
+        if let Err(error) = shared.advance(settled).await {
+            tracing::warn!(consumer.name = %config.name, %error, "could not record the shared position");
         }
     }
 }

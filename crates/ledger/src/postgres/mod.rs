@@ -457,6 +457,7 @@ fn relay_batch(
 
 #[async_trait]
 impl Ledger for PgLedger {
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(order.id = %cmd.order_id(), store.id = %cmd.store_id()))]
     async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError> {
         let first = cmd.lines().iter().map(|(sku, _)| sku.to_string()).min();
         let key = (cmd.store_id().to_string(), first);
@@ -473,6 +474,7 @@ impl Ledger for PgLedger {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(reservation.id = %id))]
     async fn release(
         &self,
         id: Uuid,
@@ -487,6 +489,7 @@ impl Ledger for PgLedger {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(reservation.id = %id))]
     async fn fulfil(
         &self,
         id: Uuid,
@@ -500,6 +503,7 @@ impl Ledger for PgLedger {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(store.id = %cmd.store_id, product.sku = %cmd.sku))]
     async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError> {
         let key = (cmd.store_id.to_string(), Some(cmd.sku.to_string()));
         let prefetch = lanes::Prefetch {
@@ -509,11 +513,13 @@ impl Ledger for PgLedger {
         self.coalesced(key, prefetch, move |e| e.adjust(&cmd)).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(commands = cmds.len()))]
     async fn adjust_many(&self, cmds: Vec<Adjust>) -> Vec<Result<AdjustmentOutcome, LedgerError>> {
         // Queued together, so the lanes commit them in a few shared transactions.
         futures::future::join_all(cmds.into_iter().map(|cmd| self.adjust(cmd))).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
     async fn expire_due(&self) -> Result<usize, LedgerError> {
         crate::in_chunks(crate::EXPIRY_CHUNK, || {
             self.write(|e| e.expire_due(crate::EXPIRY_CHUNK))

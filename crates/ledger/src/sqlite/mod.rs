@@ -425,10 +425,12 @@ fn in_snapshot<T>(
 
 #[async_trait]
 impl Ledger for SqliteLedger {
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(order.id = %cmd.order_id(), store.id = %cmd.store_id()))]
     async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError> {
         self.write(move |e| e.reserve(&cmd)).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(reservation.id = %id))]
     async fn release(
         &self,
         id: Uuid,
@@ -440,6 +442,7 @@ impl Ledger for SqliteLedger {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(reservation.id = %id))]
     async fn fulfil(
         &self,
         id: Uuid,
@@ -450,10 +453,12 @@ impl Ledger for SqliteLedger {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(store.id = %cmd.store_id, product.sku = %cmd.sku))]
     async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError> {
         self.write(move |e| e.adjust(&cmd)).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(commands = cmds.len()))]
     async fn adjust_many(&self, cmds: Vec<Adjust>) -> Vec<Result<AdjustmentOutcome, LedgerError>> {
         // Queued together, they usually share one batch (one fsync), yet each is
         // decided and answered on its own.
@@ -471,6 +476,7 @@ impl Ledger for SqliteLedger {
         out
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
     async fn expire_due(&self) -> Result<usize, LedgerError> {
         crate::in_chunks(crate::EXPIRY_CHUNK, || {
             self.write(|e| e.expire_due(crate::EXPIRY_CHUNK))
