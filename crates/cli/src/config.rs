@@ -12,13 +12,13 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {message}")]
 pub struct ConfigError {
-    pub key: &'static str,
+    pub key: String,
     pub message: String,
 }
 
-fn bad(key: &'static str, message: impl std::fmt::Display) -> ConfigError {
+fn bad(key: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
     ConfigError {
-        key,
+        key: key.into(),
         message: message.to_string(),
     }
 }
@@ -138,6 +138,9 @@ struct FileConfig {
     webhook_retry_cap: Option<String>,
     webhook_dead_after: Option<String>,
     webhook_park_after: Option<String>,
+    /// More webhook endpoints, each its own consumer: `[[webhook]]` tables.
+    #[serde(default, rename = "webhook")]
+    webhooks: Vec<EndpointSpec>,
     tokens: Option<PathBuf>,
     log_format: Option<String>,
     deployment: Option<String>,
@@ -154,9 +157,14 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where and how the external-IMS connector delivers.
+/// Where and how one webhook endpoint (an external-IMS connector) delivers.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Webhook {
+    /// The consumer's name (`webhook` for the one the flags configure): in metrics,
+    /// `/v1/consumers`, replay, dead letters, its store file and its NATS durable.
+    pub name: String,
+    /// The event types it gets; `None`: all.
+    pub events: Option<Vec<invsync_core::EventType>>,
     pub url: String,
     pub secret: String,
     pub previous_secret: Option<String>,
@@ -174,6 +182,7 @@ impl std::fmt::Debug for Webhook {
     // The secret never reaches a log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Webhook")
+            .field("name", &self.name)
             .field("url", &self.url)
             .finish_non_exhaustive()
     }
@@ -213,7 +222,8 @@ pub struct Config {
     pub bus: Bus,
     pub retention: Duration,
     pub sla: Duration,
-    pub webhook: Option<Webhook>,
+    /// The webhook endpoints: the flags' (`webhook`) first, then the file's tables.
+    pub webhooks: Vec<Webhook>,
     pub tokens: Option<PathBuf>,
     pub log_format: LogFormat,
     /// CloudEvents `source` of this deployment's events.
@@ -267,67 +277,36 @@ impl Config {
         )?;
         let retention = duration("retention", args.retention.or(file.retention), "7d")?;
         let sla = duration("sla", args.sla.or(file.sla), "30s")?;
-        let secret_file = args.webhook_secret_file.or(file.webhook_secret_file);
-        let secret = match (args.webhook_secret.or(file.webhook_secret), secret_file) {
-            (Some(_), Some(_)) => {
+        let flags = EndpointSpec {
+            name: Some(FLAGS_ENDPOINT.to_owned()),
+            url: args.webhook_url.or(file.webhook_url),
+            secret: args.webhook_secret.or(file.webhook_secret),
+            secret_file: args.webhook_secret_file.or(file.webhook_secret_file),
+            previous_secret: args
+                .webhook_previous_secret
+                .or(file.webhook_previous_secret),
+            events: None,
+            timeout: args.webhook_timeout.or(file.webhook_timeout),
+            retry_cap: args.webhook_retry_cap.or(file.webhook_retry_cap),
+            dead_after: args.webhook_dead_after.or(file.webhook_dead_after),
+            park_after: args.webhook_park_after.or(file.webhook_park_after),
+        };
+        let mut webhooks = Vec::new();
+        if flags.url.is_some() || flags.secret.is_some() || flags.secret_file.is_some() {
+            webhooks.push(flags.resolve(|field| format!("webhook-{field}"))?);
+        }
+        for (i, spec) in file.webhooks.into_iter().enumerate() {
+            let webhook = spec.resolve(|field| format!("webhook[{i}].{field}"))?;
+            if webhook.name == "storefront"
+                || webhooks.iter().any(|w: &Webhook| w.name == webhook.name)
+            {
                 return Err(bad(
-                    "webhook-secret-file",
-                    "give either --webhook-secret or --webhook-secret-file, not both",
-                ))
+                    format!("webhook[{i}].name"),
+                    format!("{:?} is already a consumer's name", webhook.name),
+                ));
             }
-            (Some(secret), None) => Some(secret),
-            (None, Some(path)) => Some(read_secret(&path)?),
-            (None, None) => None,
-        };
-        let webhook = match (args.webhook_url.or(file.webhook_url), secret) {
-            (None, None) => None,
-            (Some(_), None) => return Err(bad("webhook-secret", "is required with --webhook-url")),
-            (None, Some(_)) => return Err(bad("webhook-url", "is required with --webhook-secret")),
-            (Some(url), Some(secret)) => {
-                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-                    return Err(bad(
-                        "webhook-url",
-                        format!("{url:?} is not an http:// or https:// URL"),
-                    ));
-                }
-                if secret.len() < 16 {
-                    return Err(bad("webhook-secret", "must be at least 16 characters"));
-                }
-                invsync_consumers::webhook::standard_key(&secret)
-                    .map_err(|e| bad("webhook-secret", e))?;
-                let previous_secret = args
-                    .webhook_previous_secret
-                    .or(file.webhook_previous_secret);
-                if let Some(previous) = &previous_secret {
-                    invsync_consumers::webhook::standard_key(previous)
-                        .map_err(|e| bad("webhook-previous-secret", e))?;
-                }
-                let dead_after = args.webhook_dead_after.or(file.webhook_dead_after);
-                Some(Webhook {
-                    url,
-                    secret,
-                    previous_secret,
-                    timeout: duration(
-                        "webhook-timeout",
-                        args.webhook_timeout.or(file.webhook_timeout),
-                        "10s",
-                    )?,
-                    retry_cap: duration(
-                        "webhook-retry-cap",
-                        args.webhook_retry_cap.or(file.webhook_retry_cap),
-                        "30s",
-                    )?,
-                    dead_after: dead_after
-                        .map(|d| parse_duration(&d).map_err(|e| bad("webhook-dead-after", e)))
-                        .transpose()?,
-                    park_after: duration(
-                        "webhook-park-after",
-                        args.webhook_park_after.or(file.webhook_park_after),
-                        "2s",
-                    )?,
-                })
-            }
-        };
+            webhooks.push(webhook);
+        }
         let log_format = match args.log_format.or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -387,7 +366,7 @@ impl Config {
             bus,
             retention,
             sla,
-            webhook,
+            webhooks,
             tokens: args.tokens.or(file.tokens),
             log_format,
             source: format!("invsync://{deployment}"),
@@ -397,15 +376,137 @@ impl Config {
     }
 }
 
+/// The name of the endpoint the `--webhook-*` flags configure.
+pub const FLAGS_ENDPOINT: &str = "webhook";
+
+/// One webhook endpoint as configured: the `--webhook-*` flags, or a `[[webhook]]`
+/// table of the file (whose keys are these, in kebab case).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct EndpointSpec {
+    name: Option<String>,
+    url: Option<String>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    previous_secret: Option<String>,
+    /// Event types to deliver (`reserved`, `released`, `adjusted`, or their
+    /// CloudEvents types); all when absent.
+    events: Option<Vec<String>>,
+    timeout: Option<String>,
+    retry_cap: Option<String>,
+    dead_after: Option<String>,
+    park_after: Option<String>,
+}
+
+impl EndpointSpec {
+    /// Validates the endpoint; `key` names a field in errors (`webhook-url`,
+    /// `webhook[1].url`).
+    fn resolve(self, key: impl Fn(&str) -> String) -> Result<Webhook, ConfigError> {
+        let name = self.name.ok_or_else(|| bad(key("name"), "is required"))?;
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(bad(
+                key("name"),
+                format!("{name:?} must be 1 to 64 lowercase letters, digits, '-' or '_'"),
+            ));
+        }
+        let secret = match (self.secret, self.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    key("secret-file"),
+                    "give either the secret or a secret file, not both",
+                ));
+            }
+            (Some(secret), None) => secret,
+            (None, Some(path)) => read_secret(&path, &key("secret-file"))?,
+            (None, None) => return Err(bad(key("secret"), "is required with the URL")),
+        };
+        let url = self
+            .url
+            .ok_or_else(|| bad(key("url"), "is required with the secret"))?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return Err(bad(
+                key("url"),
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        if secret.len() < 16 {
+            return Err(bad(key("secret"), "must be at least 16 characters"));
+        }
+        invsync_consumers::webhook::standard_key(&secret).map_err(|e| bad(key("secret"), e))?;
+        if let Some(previous) = &self.previous_secret {
+            invsync_consumers::webhook::standard_key(previous)
+                .map_err(|e| bad(key("previous-secret"), e))?;
+        }
+        let events = self
+            .events
+            .map(|types| {
+                if types.is_empty() {
+                    return Err(bad(
+                        key("events"),
+                        "must name at least one event type (leave it out for all)",
+                    ));
+                }
+                types
+                    .iter()
+                    .map(|t| {
+                        parse_event_type(t).ok_or_else(|| {
+                            bad(
+                                key("events"),
+                                format!("{t:?} is not reserved, released or adjusted"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let optional = |field: &str, value: Option<String>| {
+            value
+                .map(|d| parse_duration(&d).map_err(|e| bad(key(field), e)))
+                .transpose()
+        };
+        Ok(Webhook {
+            name,
+            events,
+            url,
+            secret,
+            previous_secret: self.previous_secret,
+            timeout: optional("timeout", self.timeout)?.unwrap_or(Duration::from_secs(10)),
+            retry_cap: optional("retry-cap", self.retry_cap)?.unwrap_or(Duration::from_secs(30)),
+            dead_after: optional("dead-after", self.dead_after)?,
+            park_after: optional("park-after", self.park_after)?.unwrap_or(Duration::from_secs(2)),
+        })
+    }
+}
+
+/// `reserved`, `released`, `adjusted`, or the CloudEvents type of one of them.
+fn parse_event_type(name: &str) -> Option<invsync_core::EventType> {
+    use invsync_core::EventType;
+    [
+        EventType::Reserved,
+        EventType::Released,
+        EventType::Adjusted,
+    ]
+    .into_iter()
+    .find(|t| {
+        let ce = t.cloudevents_type();
+        name == ce
+            || ce
+                .strip_prefix("com.invsync.inventory.")
+                .and_then(|rest| rest.strip_suffix(".v1"))
+                == Some(name)
+    })
+}
+
 /// Reads a secret kept in a file (so that it never shows in `ps`): its one line,
 /// without the trailing newline an editor adds.
-fn read_secret(path: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        bad(
-            "webhook-secret-file",
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
+fn read_secret(path: &Path, key: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad(key, format!("cannot read {}: {e}", path.display())))?;
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
@@ -609,6 +710,107 @@ mod tests {
         for (args, key) in cases {
             assert_eq!(Config::resolve(args).unwrap_err().key, key);
         }
+    }
+
+    fn with_file(toml: &str, args: ServeArgs) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("invsync.toml");
+        std::fs::write(&file, toml).unwrap();
+        Config::resolve(ServeArgs {
+            config: Some(file),
+            ..args
+        })
+    }
+
+    #[test]
+    fn webhook_tables_add_endpoints_after_the_flags_one() {
+        let c = with_file(
+            r#"
+[[webhook]]
+name = "erp"
+url = "https://erp.example/hook"
+secret = "0123456789abcdef-erp"
+events = ["reserved", "com.invsync.inventory.adjusted.v1"]
+park-after = "5s"
+
+[[webhook]]
+name = "wms_2"
+url = "http://wms.local:9000/in"
+secret = "0123456789abcdef-wms"
+"#,
+            ServeArgs {
+                webhook_url: Some("http://127.0.0.1:9/x".into()),
+                webhook_secret: Some("0123456789abcdef".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let names: Vec<&str> = c.webhooks.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["webhook", "erp", "wms_2"]);
+        use invsync_core::EventType;
+        assert_eq!(
+            c.webhooks[1].events,
+            Some(vec![EventType::Reserved, EventType::Adjusted])
+        );
+        assert_eq!(c.webhooks[1].park_after, Duration::from_secs(5));
+        assert_eq!(c.webhooks[2].events, None, "all types when absent");
+        assert_eq!(c.webhooks[2].timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_bad_webhook_table_names_the_table_and_the_key() {
+        let table = |body: &str| format!("[[webhook]]\n{body}\n");
+        let ok = "url = \"http://h:1/x\"\nsecret = \"0123456789abcdef\"";
+        for (body, key) in [
+            (ok.to_owned(), "webhook[0].name"),
+            (format!("name = \"Has Caps\"\n{ok}"), "webhook[0].name"),
+            (format!("name = \"storefront\"\n{ok}"), "webhook[0].name"),
+            (
+                format!("name = \"a\"\n{ok}\nevents = [\"sold\"]"),
+                "webhook[0].events",
+            ),
+            (
+                format!("name = \"a\"\n{ok}\nevents = []"),
+                "webhook[0].events",
+            ),
+            (
+                format!("name = \"a\"\n{ok}\ntimeout = \"soon\""),
+                "webhook[0].timeout",
+            ),
+            (
+                "name = \"a\"\nurl = \"ftp://h/x\"\nsecret = \"0123456789abcdef\"".to_owned(),
+                "webhook[0].url",
+            ),
+            (
+                "name = \"a\"\nurl = \"http://h:1/x\"".to_owned(),
+                "webhook[0].secret",
+            ),
+            (
+                format!("name = \"a\"\n{ok}\n[[webhook]]\nname = \"a\"\n{ok}"),
+                "webhook[1].name",
+            ),
+        ] {
+            let err = with_file(&table(&body), ServeArgs::default()).unwrap_err();
+            assert_eq!(err.key, key, "{body}: {err}");
+        }
+        // A table's unknown key is refused by the file parser, naming it.
+        let err = with_file(
+            &table(&format!("name = \"a\"\n{ok}\nurl2 = 1")),
+            ServeArgs::default(),
+        )
+        .unwrap_err();
+        assert!(err.key == "config" && err.message.contains("url2"), "{err}");
+        // The flags' endpoint is `webhook`; a table may not take that name too.
+        let err = with_file(
+            &table(&format!("name = \"webhook\"\n{ok}")),
+            ServeArgs {
+                webhook_url: Some("http://127.0.0.1:9/x".into()),
+                webhook_secret: Some("0123456789abcdef".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "webhook[0].name");
     }
 
     #[test]

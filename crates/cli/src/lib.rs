@@ -49,9 +49,9 @@ enum Command {
     /// `serve` (its HTTP address defaults to 127.0.0.1:8081 and serves only the
     /// consumer's status, storefront reads, health and metrics).
     Consume {
-        /// Which consumer this process runs.
-        #[arg(value_enum)]
-        consumer: serve::Builtin,
+        /// Which consumer this process runs: `storefront`, or a webhook endpoint's
+        /// name (`webhook` for the one the `--webhook-*` flags configure).
+        consumer: String,
         #[command(flatten)]
         args: ServeArgs,
     },
@@ -258,6 +258,10 @@ enum DeadLettersCommand {
         /// How long to wait for the delivery's outcome.
         #[arg(long, default_value = "30s", value_parser = crate::config::parse_duration)]
         wait: std::time::Duration,
+        /// Send it even when the endpoint already received a newer version of the
+        /// same stock row (refused otherwise, exit 1, saying so).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -660,8 +664,8 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
         } => {
             let c = Client::new(client);
             match command {
-                Some(DeadLettersCommand::Redrive { id, wait }) => {
-                    redrive(&c, &id, wait).await?;
+                Some(DeadLettersCommand::Redrive { id, wait, force }) => {
+                    redrive(&c, &id, wait, force).await?;
                 }
                 None => {
                     let path = match consumer {
@@ -708,7 +712,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
 fn run_server(
     runtime: &tokio::runtime::Runtime,
     args: ServeArgs,
-    consumer: Option<serve::Builtin>,
+    consumer: Option<String>,
 ) -> ExitCode {
     let default_listen = if consumer.is_some() {
         "127.0.0.1:8081"
@@ -906,7 +910,12 @@ async fn tail(
 /// `dead-letters redrive ID`: asks for the redelivery (202), then watches the dead
 /// letter until the delivery's outcome is known: gone means delivered; a new attempt
 /// still there means it failed again (exit 1 with its error).
-async fn redrive(c: &Client, id: &str, wait: std::time::Duration) -> Result<(), ClientError> {
+async fn redrive(
+    c: &Client,
+    id: &str,
+    wait: std::time::Duration,
+    force: bool,
+) -> Result<(), ClientError> {
     let find = || async {
         let (_, v) = c.call(Method::GET, "/v1/dead-letters", None).await?;
         Ok::<_, ClientError>(
@@ -919,9 +928,10 @@ async fn redrive(c: &Client, id: &str, wait: std::time::Duration) -> Result<(), 
         )
     };
     let before = find().await?.and_then(|d| d["attempts"].as_i64());
+    let force = if force { "?force=true" } else { "" };
     c.call(
         Method::POST,
-        &format!("/v1/dead-letters/{}/redrive", enc(id)),
+        &format!("/v1/dead-letters/{}/redrive{force}", enc(id)),
         None,
     )
     .await?;

@@ -30,21 +30,24 @@ const SLA_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often `invsync_bus_up` is checked (besides every reconnection).
 const BUS_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A built-in consumer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Builtin {
-    Storefront,
-    Webhook,
-}
-
 /// What this process is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Role {
     /// `invsync serve`: the API, the relay, the built-in consumers, the sweepers.
     Server,
-    /// `invsync consume NAME`: one consumer as its own process, with its status,
-    /// storefront reads and metrics over HTTP.
-    Consumer(Builtin),
+    /// `invsync consume NAME`: one consumer (`storefront`, or a webhook endpoint's
+    /// name) as its own process, with its status, storefront reads and metrics.
+    Consumer(String),
+}
+
+impl Role {
+    /// Whether this process runs the consumer `name`.
+    fn runs(&self, name: &str) -> bool {
+        match self {
+            Role::Server => true,
+            Role::Consumer(only) => only == name,
+        }
+    }
 }
 
 /// `invsync serve`.
@@ -53,11 +56,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// `invsync consume NAME`.
-pub async fn consume(config: Config, which: Builtin) -> anyhow::Result<()> {
-    if which == Builtin::Webhook && config.webhook.is_none() {
-        anyhow::bail!("webhook-url: `consume webhook` needs --webhook-url and --webhook-secret");
+pub async fn consume(config: Config, name: String) -> anyhow::Result<()> {
+    if name != "storefront" && !config.webhooks.iter().any(|w| w.name == name) {
+        let known: Vec<&str> = std::iter::once("storefront")
+            .chain(config.webhooks.iter().map(|w| w.name.as_str()))
+            .collect();
+        anyhow::bail!(
+            "consumer: no consumer named {name:?} (configured: {}; a webhook endpoint needs --webhook-url and --webhook-secret, or a [[webhook]] table)",
+            known.join(", ")
+        );
     }
-    run_as(config, Role::Consumer(which)).await
+    run_as(config, Role::Consumer(name)).await
 }
 
 async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
@@ -102,12 +111,12 @@ async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
     });
 
     let mut tasks = Tasks::new();
-    if let (Some(bus), Role::Server) = (&bus, role) {
+    if let (Some(bus), Role::Server) = (&bus, &role) {
         let (relay, _) = BusRelay::new(bus.clone(), ledger.clone());
         let stop = stop_rx.clone();
         tasks.spawn(async move { ("bus relay", relay.run(stop).await) });
     }
-    let pipeline = start_consumers(&config, &ledger, bus.as_ref(), role, &stop_rx, &mut tasks)?;
+    let pipeline = start_consumers(&config, &ledger, bus.as_ref(), &role, &stop_rx, &mut tasks)?;
     let (handles, sla, s) = (pipeline.consumers.clone(), config.sla, stop_rx.clone());
     tasks.spawn(async move {
         (
@@ -335,14 +344,10 @@ fn start_consumers(
     config: &Config,
     ledger: &Arc<dyn Ledger>,
     bus: Option<&NatsBus>,
-    role: Role,
+    role: &Role,
     stop: &watch::Receiver<bool>,
     tasks: &mut Tasks,
 ) -> anyhow::Result<Pipeline> {
-    let runs = |b: Builtin| match role {
-        Role::Server => true,
-        Role::Consumer(only) => only == b,
-    };
     let consumer = |name: &str| {
         let mut c = ConsumerConfig::new(name, config.data_dir.join(format!("{name}.db")));
         c.sla = config.sla;
@@ -352,7 +357,7 @@ fn start_consumers(
         sla: config.sla,
         ..Pipeline::default()
     };
-    if runs(Builtin::Storefront) {
+    if role.runs("storefront") {
         let (storefront, run) = invsync_consumers::start(
             consumer("storefront"),
             Arc::new(Storefront),
@@ -373,35 +378,36 @@ fn start_consumers(
             storefront,
         ));
     }
-    if let Some(webhook) = config.webhook.as_ref().filter(|_| runs(Builtin::Webhook)) {
+    for webhook in config.webhooks.iter().filter(|w| role.runs(&w.name)) {
         let sink = Webhook::new(WebhookConfig {
             url: webhook.url.clone(),
             secret: webhook.secret.clone(),
             previous_secret: webhook.previous_secret.clone(),
             timeout: webhook.timeout,
+            events: webhook.events.clone(),
         })
-        .map_err(|e| anyhow::anyhow!(e))?;
-        let mut webhook_config = consumer("webhook");
+        .map_err(|e| anyhow::anyhow!("{}: {e}", webhook.name))?;
+        let mut webhook_config = consumer(&webhook.name);
         webhook_config.retry.cap = webhook.retry_cap;
         webhook_config.retry.dead_after = webhook.dead_after;
         webhook_config.park_after = webhook.park_after;
-        // On a shared ledger the connector is one consumer for all instances: it works
+        // On a shared ledger an endpoint is one consumer for all instances: it works
         // on the instance that leads, from the one position recorded in the ledger. A
-        // `consume webhook` process is the one connector by the operator's choice.
+        // `consume NAME` process is the one connector by the operator's choice.
         if matches!(config.database, Database::Postgres(_)) {
-            if role == Role::Server {
+            if *role == Role::Server {
                 webhook_config.active = Some(ledger.leadership());
             }
             webhook_config.shared = Some(Arc::new(LedgerPosition {
                 ledger: ledger.clone(),
-                cursor: "consumer:webhook".to_owned(),
+                cursor: format!("consumer:{}", webhook.name),
             }));
         }
         let (handle, run) = invsync_consumers::start(
             webhook_config,
             Arc::new(sink),
             ledger.clone(),
-            source(ledger, bus, || Ok("webhook".to_owned()))?,
+            source(ledger, bus, || Ok(webhook.name.clone()))?,
             stop.clone(),
         )
         .map_err(|e| anyhow::anyhow!(e))?;
@@ -409,7 +415,7 @@ fn start_consumers(
             run.await;
             ("webhook consumer", Ok(()))
         });
-        tracing::info!(webhook.url = %webhook.url, "external-IMS webhook connector enabled");
+        tracing::info!(consumer.name = %webhook.name, webhook.url = %webhook.url, "external-IMS webhook connector enabled");
         pipeline.consumers.push(handle);
     }
     Ok(pipeline)

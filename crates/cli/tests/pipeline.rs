@@ -275,15 +275,38 @@ async fn a_refused_event_goes_to_the_dead_letters_alone_and_redrive_delivers_it(
         get(&http, &format!("{url}/v1/dead-letters?consumer=storefront")).await;
     assert_eq!(storefront_letters["items"].as_array().unwrap().len(), 0);
 
-    // While the receiver still refuses it, `invsync dead-letters redrive` waits for
-    // the outcome and says it failed (exit 1), with the receiver's answer.
+    // The receiver already got a newer version of S1/P (the adjustment after the
+    // poison): a plain redrive is refused, saying so (exit 1, nothing sent).
     let id = letters[0]["id"].as_str().unwrap();
-    let redrive = || {
+    let cli = |force: bool| {
+        let mut args = vec!["dead-letters", "redrive", id, "--url", &url];
+        if force {
+            args.push("--force");
+        }
         std::process::Command::new(common::BIN)
-            .args(["dead-letters", "redrive", id, "--url", &url])
+            .args(args)
             .output()
             .unwrap()
     };
+    let requests = receiver.seen.lock().unwrap().requests;
+    let refused = tokio::task::block_in_place(|| cli(false));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("already received version 3 of S1/P")
+            && stderr.contains("version 2")
+            && stderr.contains("force"),
+        "{stderr}"
+    );
+    assert_eq!(
+        receiver.seen.lock().unwrap().requests,
+        requests,
+        "nothing sent"
+    );
+
+    // Forced while the receiver still refuses it, `invsync dead-letters redrive`
+    // waits for the outcome and says it failed (exit 1), with the receiver's answer.
+    let redrive = || cli(true);
     let failed = tokio::task::block_in_place(redrive);
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert_eq!(failed.status.code(), Some(1), "{stderr}");

@@ -147,3 +147,120 @@ async fn both_rotating_secrets_verify_with_the_standard_webhooks_library() {
     );
     assert!(said.contains("refused not-the-secret-at-all"), "{said}");
 }
+
+/// `[[webhook]]` tables: each endpoint is its own consumer — its own position, event
+/// types, dead letters, metrics and replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_configured_endpoint_is_its_own_consumer() {
+    use common::receiver::{Receiver, SECRET};
+    let (all, orders) = (Receiver::default(), Receiver::default());
+    all.behaviour.lock().unwrap().reject_ref = Some("POISON".into());
+    let (all_url, orders_url) = (all.clone().start().await, orders.clone().start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("invsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[webhook]]
+name = "ims"
+url = "{all_url}"
+secret = "{SECRET}"
+
+[[webhook]]
+name = "orders"
+url = "{orders_url}"
+secret = "{SECRET}"
+events = ["reserved", "com.invsync.inventory.released.v1"]
+"#
+        ),
+    )
+    .unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let (http, url) = (common::client(), server.url.clone());
+    common::adjust(&http, &url, "S1", "MULTI", 5).await;
+    let poison = serde_json::json!({"store_id": "S1", "sku": "MULTI", "delta": 1, "reason": "stock_in", "external_ref": "POISON"});
+    common::post(&http, &format!("{url}/v1/adjustments"), poison).await;
+    let order = serde_json::json!({"order_id": "O-M1", "store_id": "S1", "lines": [{"sku": "MULTI", "quantity": 2}]});
+    let (status, reservation) = common::post(&http, &format!("{url}/v1/reservations"), order).await;
+    assert_eq!(status, 201, "{reservation}");
+    let id = reservation["reservation_id"].as_str().unwrap().to_owned();
+    let (status, _) = common::post(
+        &http,
+        &format!("{url}/v1/reservations/{id}/release"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // ims gets every event but the poison; orders only the reservation's two.
+    common::eventually(
+        "both endpoints deliver",
+        Duration::from_secs(30),
+        || async {
+            let (a, o) = (
+                all.seen.lock().unwrap().accepted.len(),
+                orders.seen.lock().unwrap().accepted.len(),
+            );
+            (a == 3 && o == 2).then_some(())
+        },
+    )
+    .await;
+    let versions: Vec<i64> = orders
+        .seen
+        .lock()
+        .unwrap()
+        .accepted
+        .iter()
+        .map(|a| a.3)
+        .collect();
+    assert_eq!(
+        versions,
+        [3, 4],
+        "the reservation (v3) and its release (v4), not the adjustments"
+    );
+    let (_, consumers) = common::get(&http, &format!("{url}/v1/consumers")).await;
+    let names: Vec<&str> = consumers["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["storefront", "ims", "orders"]);
+    let (_, letters) = common::get(&http, &format!("{url}/v1/dead-letters?consumer=ims")).await;
+    assert_eq!(letters["items"].as_array().unwrap().len(), 1, "{letters}");
+    let (_, none) = common::get(&http, &format!("{url}/v1/dead-letters?consumer=orders")).await;
+    assert!(none["items"].as_array().unwrap().is_empty());
+    let metrics = common::metrics_text(&http, &url).await;
+    for name in ["ims", "orders"] {
+        assert!(
+            metrics.contains(&format!(
+                "invsync_consumer_lag_events{{consumer=\"{name}\"}}"
+            )),
+            "{name}'s lag is on /metrics"
+        );
+    }
+
+    // Replaying one endpoint re-delivers to it alone.
+    let (status, _) = common::post(
+        &http,
+        &format!("{url}/v1/consumers/orders/replay"),
+        serde_json::json!({"from_offset": 1}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    common::eventually(
+        "orders gets its events again",
+        Duration::from_secs(30),
+        || async { (orders.seen.lock().unwrap().accepted.len() == 4).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        all.seen.lock().unwrap().accepted.len(),
+        3,
+        "ims is not replayed"
+    );
+}

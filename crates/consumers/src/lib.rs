@@ -62,7 +62,8 @@ use rusqlite::Transaction;
 
 pub use retry::RetryPolicy;
 pub use runtime::{
-    start, ConsumerConfig, ConsumerHandle, ConsumerStatus, ControlError, ReplayFrom, SharedPosition,
+    start, ConsumerConfig, ConsumerHandle, ConsumerStatus, ControlError, ReplayFrom,
+    SharedPosition, Superseded,
 };
 pub use source::{DeadLetterNote, EventSource, LedgerSource};
 pub use store::DeadLetter;
@@ -108,6 +109,12 @@ pub trait Sink: Send + Sync + 'static {
     /// Whether `deliver` has an external effect (skips the per-SKU machinery if not).
     fn delivers(&self) -> bool {
         false
+    }
+
+    /// Whether this event is for this sink at all; one it does not want is passed
+    /// over as if delivered (a webhook endpoint subscribed to some event types).
+    fn wants(&self, _event: &InventoryEventV1) -> bool {
+        true
     }
 
     /// The external effect. May be called again for an event already delivered

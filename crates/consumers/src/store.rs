@@ -305,6 +305,32 @@ pub(crate) fn parked_summary(
     Ok((count, oldest.map(time), error))
 }
 
+/// The stored envelope of a parked event.
+pub(crate) fn parked_envelope(tx: &Transaction<'_>, offset: i64) -> rusqlite::Result<String> {
+    tx.prepare_cached("SELECT envelope FROM parked WHERE log_offset = ?1")?
+        .query_row([offset], |r| r.get(0))
+}
+
+/// A redriven dead letter was delivered.
+pub(crate) fn delete_dead_letter(tx: &Transaction<'_>, id: Uuid) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id.as_bytes()])
+        .map(|_| ())
+}
+
+/// A redriven dead letter failed again: its attempts so far and the new error.
+pub(crate) fn dead_letter_failed_again(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    attempts: i64,
+    error: &str,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE dead_letters SET attempts = ?2, last_error = ?3 WHERE id = ?1",
+        params![id.as_bytes(), attempts, error],
+    )
+    .map(|_| ())
+}
+
 /// A parked event was delivered or dead-lettered: off its queue. Returns its SKU.
 pub(crate) fn unpark(tx: &Transaction<'_>, offset: i64) -> rusqlite::Result<Option<String>> {
     tx.prepare_cached("DELETE FROM parked WHERE log_offset = ?1 RETURNING sku")?
@@ -378,6 +404,33 @@ impl StoreReader {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
+    }
+
+    /// The stored envelope of a dead letter, if this consumer holds it.
+    pub async fn dead_letter_envelope(&self, id: Uuid) -> Result<Option<String>, String> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT envelope FROM dead_letters WHERE id = ?1",
+                [id.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// The newest version of a stock row this consumer applied, delivered or parked.
+    pub async fn seen_version(&self, store: &str, sku: &str) -> Result<Option<i64>, String> {
+        let key = (store.to_owned(), sku.to_owned());
+        self.read(move |c| {
+            c.query_row(
+                "SELECT version FROM seen WHERE store_id = ?1 AND sku = ?2",
+                [&key.0, &key.1],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
     }
 
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, String> {

@@ -33,6 +33,8 @@ pub struct WebhookConfig {
     pub previous_secret: Option<String>,
     /// Per request; a timeout is a transient failure.
     pub timeout: Duration,
+    /// The event types this endpoint gets (`None`: all); others are skipped.
+    pub events: Option<Vec<invsync_core::EventType>>,
 }
 
 pub struct Webhook {
@@ -110,6 +112,13 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 impl Sink for Webhook {
     fn delivers(&self) -> bool {
         true
+    }
+
+    fn wants(&self, event: &invsync_core::InventoryEventV1) -> bool {
+        self.config
+            .events
+            .as_ref()
+            .is_none_or(|types| types.contains(&event.event_type))
     }
 
     #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(event.id = %event.event.event_id, log.offset = event.offset))]
@@ -209,6 +218,7 @@ mod tests {
                 secret: "0123456789abcdef".into(),
                 previous_secret: None,
                 timeout: Duration::from_secs(10),
+                events: None,
             })
             .unwrap();
             match (sink.deliver(&event).await, expected) {

@@ -318,30 +318,66 @@ pub(crate) async fn dead_letters(
     Ok(Json(DeadLettersView { items }))
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedriveQuery {
+    /// Send it even when the endpoint already received a newer version of the same
+    /// stock row (which the redriven event would then overwrite, if the receiver
+    /// applies events as they come).
+    force: Option<bool>,
+}
+
 /// Delivers a dead letter again, in the background; it leaves the dead letters when
-/// the delivery succeeds.
+/// the delivery succeeds. Refused (409) when the endpoint already received a newer
+/// version of the same stock row, unless `force=true`.
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/redrive", tag = "consumers", operation_id = "redrive_dead_letter",
-    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<crate::openapi::Identifier>, Header, description = "A retry under the same key acts once (remembered in memory for a day)")), responses((status = 202), (status = 404, body = crate::error::Problem)))]
+    params(("id" = Uuid, Path), RedriveQuery, ("Idempotency-Key" = Option<crate::openapi::Identifier>, Header, description = "A retry under the same key acts once (remembered in memory for a day)")),
+    responses((status = 202), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem, description = "the endpoint already received a newer version of this stock row")))]
 pub(crate) async fn redrive(
     _: Auth<AdminScope>,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<RedriveQuery>,
     IdemKey(key): IdemKey,
 ) -> ApiResult<StatusCode> {
     let id = field("id", Uuid::parse_str(&id))?;
+    let force = q.force.unwrap_or(false);
     let recent = state.recent();
     recent
-        .once("redrive", key, id.to_string(), start_redrive(&state, id))
+        .once(
+            "redrive",
+            key,
+            format!("{id}/{force}"),
+            start_redrive(&state, id, force),
+        )
         .await
 }
 
-async fn start_redrive(state: &AppState, id: Uuid) -> ApiResult<StatusCode> {
+async fn start_redrive(state: &AppState, id: Uuid, force: bool) -> ApiResult<StatusCode> {
     for handle in state.consumers() {
         if handle
             .holds_dead_letter(id)
             .await
             .map_err(|e| unavailable("consumer store", e))?
         {
+            let superseded = handle
+                .superseded(id)
+                .await
+                .map_err(|e| unavailable("consumer store", e))?;
+            if let (Some(s), false) = (superseded, force) {
+                return Err(ApiError::new(
+                    ErrorCode::VersionConflict,
+                    format!(
+                        "the {} endpoint already received version {} of {}/{}, newer than this dead letter's version {}: redriving it would send an older state after a newer one; add force=true to send it anyway",
+                        handle.name(),
+                        s.received,
+                        s.store_id,
+                        s.sku,
+                        s.version
+                    ),
+                ));
+            }
             let handle = handle.clone();
             tokio::spawn(async move {
                 if let Err(e) = handle.redrive(id).await {

@@ -134,7 +134,7 @@ impl Runner {
                 match &outcome {
                     Outcome::Delivered => {
                         sink.apply(&tx, &incoming.event)?;
-                        tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id.as_bytes()])?;
+                        store::delete_dead_letter(&tx, id)?;
                     }
                     // (Without a deadline nothing is parked.)
                     Outcome::Dead {
@@ -146,9 +146,11 @@ impl Runner {
                         error,
                         ..
                     } => {
-                        tx.execute(
-                            "UPDATE dead_letters SET attempts = ?2, last_error = ?3 WHERE id = ?1",
-                            rusqlite::params![id.as_bytes(), attempts + i64::from(*more), error],
+                        store::dead_letter_failed_again(
+                            &tx,
+                            id,
+                            attempts + i64::from(*more),
+                            error,
                         )?;
                     }
                 }

@@ -41,6 +41,10 @@ impl Runner {
                         out.push((i, behind_parked()));
                         continue;
                     }
+                    if !self.sink.wants(&events[i].event) {
+                        out.push((i, Outcome::Delivered));
+                        continue;
+                    }
                     let deadline = Instant::now() + self.config.park_after;
                     let outcome = self.deliver_one(&events[i], Some(deadline)).await?;
                     if let Outcome::Parked { error, .. } = &outcome {

@@ -111,6 +111,17 @@ impl ConsumerConfig {
     }
 }
 
+/// A dead letter older than what its endpoint already received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superseded {
+    pub store_id: String,
+    pub sku: String,
+    /// The dead letter's version of the row.
+    pub version: i64,
+    /// The newest version the endpoint received or has queued.
+    pub received: i64,
+}
+
 /// What `/v1/consumers` shows of a consumer.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ConsumerStatus {
@@ -228,14 +239,32 @@ impl ConsumerHandle {
         self.command(|tx| Command::Redrive(id, tx)).await
     }
 
+    /// When redriving this dead letter would send an older version of its stock row
+    /// than the endpoint already received (or has queued, parked): what it got.
+    pub async fn superseded(&self, id: Uuid) -> Result<Option<Superseded>, String> {
+        let Some(envelope) = self.reader.dead_letter_envelope(id).await? else {
+            return Ok(None);
+        };
+        // A dead letter that is not a valid event cannot be judged (nor redriven).
+        let Ok(event) = CloudEvent::parse(envelope.as_bytes()) else {
+            return Ok(None);
+        };
+        let event = event.data;
+        let (store_id, sku) = (event.store_id.to_string(), event.product_sku.to_string());
+        let received = self.reader.seen_version(&store_id, &sku).await?;
+        Ok(received
+            .filter(|v| *v > event.version)
+            .map(|received| Superseded {
+                store_id,
+                sku,
+                version: event.version,
+                received,
+            }))
+    }
+
     /// Does this consumer hold that dead letter?
     pub async fn holds_dead_letter(&self, id: Uuid) -> Result<bool, String> {
-        self.reader
-            .read(move |c| {
-                c.prepare("SELECT 1 FROM dead_letters WHERE id = ?1")?
-                    .exists([id.as_bytes()])
-            })
-            .await
+        Ok(self.reader.dead_letter_envelope(id).await?.is_some())
     }
 }
 

@@ -280,21 +280,13 @@ impl Retrier {
                         gone.extend(store::unpark(&tx, *offset)?);
                     }
                     Settled::Dead { attempts, error } => {
-                        let envelope: String = tx.query_row(
-                            "SELECT envelope FROM parked WHERE log_offset = ?1",
-                            [offset],
-                            |r| r.get(0),
-                        )?;
+                        let envelope = store::parked_envelope(&tx, *offset)?;
                         store::insert_dead_letter(&tx, *offset, &envelope, *attempts, error, now)?;
                         gone.extend(store::unpark(&tx, *offset)?);
                         dead += 1;
                     }
                     Settled::Invalid(error) => {
-                        let envelope: String = tx.query_row(
-                            "SELECT envelope FROM parked WHERE log_offset = ?1",
-                            [offset],
-                            |r| r.get(0),
-                        )?;
+                        let envelope = store::parked_envelope(&tx, *offset)?;
                         store::insert_dead_letter(&tx, *offset, &envelope, 1, error, now)?;
                         gone.extend(store::unpark(&tx, *offset)?);
                         dead += 1;
@@ -381,6 +373,9 @@ async fn attempt(sink: &dyn Sink, policy: &RetryPolicy, parked: &Parked) -> Sett
         },
         Err(e) => return Settled::Invalid(format!("the parked event is not a valid event: {e}")),
     };
+    if !sink.wants(&event.event) {
+        return Settled::Delivered(Box::new(event));
+    }
     let attempts = parked.attempts + 1;
     let mut permanent = parked.permanent;
     let result = sink.deliver(&event).await;
