@@ -52,6 +52,28 @@ pub fn check_lines(lines: &[(Sku, LineQuantity)], field: &str) -> Result<(), Req
     Ok(())
 }
 
+/// The lines of a release or a fulfilment, validated: 1 to 500 of them, no SKU twice.
+/// Only [`Lines::new`] makes one, so the ledger never sees a SKU named twice (which
+/// would take from one reservation line twice).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lines(Vec<(Sku, LineQuantity)>);
+
+impl Lines {
+    /// Checks the lines; an error names `field` (and the index of a repeated SKU).
+    pub fn new(lines: Vec<(Sku, LineQuantity)>, field: &str) -> Result<Self, RequestError> {
+        check_lines(&lines, field)?;
+        Ok(Self(lines))
+    }
+}
+
+impl std::ops::Deref for Lines {
+    type Target = [(Sku, LineQuantity)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
 /// Reserve every line or none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reserve {
@@ -314,6 +336,17 @@ mod tests {
             None,
             key.map(|k| IdempotencyKey::parse(k).unwrap()),
         )
+    }
+
+    #[test]
+    fn release_lines_naming_a_sku_twice_cannot_be_made() {
+        let a = || Sku::parse("A").unwrap();
+        let q = |n| LineQuantity::new(n).unwrap();
+        let err = Lines::new(vec![(a(), q(2)), (a(), q(2))], "lines").unwrap_err();
+        assert_eq!(err.field, "lines[1].sku");
+        assert!(Lines::new(Vec::new(), "lines").is_err());
+        let ok = Lines::new(vec![(a(), q(2))], "lines").unwrap();
+        assert_eq!(ok.len(), 1);
     }
 
     #[test]

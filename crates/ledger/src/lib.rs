@@ -24,9 +24,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use invsync_core::{
-    Adjust, LineQuantity, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId,
-};
+use invsync_core::{Adjust, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId};
 use uuid::Uuid;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -71,8 +69,9 @@ fn cursor_key(name: &str) -> String {
     format!("cursor:{name}")
 }
 
-/// Lines of a partial release or fulfilment; `None` means everything still held.
-pub type ReleaseLines = Option<Vec<(Sku, LineQuantity)>>;
+/// Lines of a partial release or fulfilment (validated: no SKU twice); `None` means
+/// everything still held.
+pub type ReleaseLines = Option<invsync_core::command::Lines>;
 
 /// What consumers read of the ledger: the log, snapshots and the head. Read-only: a
 /// consumer never writes to the ledger (ARCHITECTURE.md).

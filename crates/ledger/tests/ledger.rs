@@ -27,6 +27,9 @@ fn sku(s: &str) -> Sku {
 fn q(n: i64) -> LineQuantity {
     LineQuantity::new(n).unwrap()
 }
+fn lines(l: Vec<(Sku, LineQuantity)>) -> invsync_core::command::Lines {
+    invsync_core::command::Lines::new(l, "lines").unwrap()
+}
 
 /// The back ends the conformance suite runs against.
 #[derive(Debug, Clone, Copy)]
@@ -313,7 +316,7 @@ async fn run(f: Fixture, ops: Vec<Op>) {
                 let held = f.ledger.reservation(id).await.unwrap().unwrap();
                 let lines = partial.and_then(|n| {
                     let line = held.lines.iter().find(|l| l.held() > 0)?;
-                    Some(vec![(line.sku.clone(), q(n.min(line.held())))])
+                    Some(lines(vec![(line.sku.clone(), q(n.min(line.held())))]))
                 });
                 let result = if matches!(op, Op::Release { .. }) {
                     f.ledger
@@ -891,7 +894,7 @@ async fn every_kind_and_reason_of_event_validates_against_the_v1_schema(backend:
         };
         let id = placed.reservation.reservation_id;
         f.ledger
-            .release(id, Some(vec![(sku("A"), q(1))]), reason, None)
+            .release(id, Some(lines(vec![(sku("A"), q(1))])), reason, None)
             .await
             .unwrap();
         f.ledger.fulfil(id, None, None).await.unwrap();

@@ -98,13 +98,14 @@ pub(crate) async fn list(
     }))
 }
 
-fn check_lines(
-    lines: &Option<Vec<(invsync_core::Sku, invsync_core::LineQuantity)>>,
-) -> ApiResult<()> {
-    if let Some(lines) = lines {
-        invsync_core::command::check_lines(lines, "lines")?;
-    }
-    Ok(())
+/// A body's lines as the validated domain type (a SKU named twice is a 400 naming
+/// the line, before anything is written).
+fn checked(
+    body: Option<Vec<crate::wire::LineBody>>,
+) -> ApiResult<Option<invsync_core::command::Lines>> {
+    Ok(body
+        .map(|l| invsync_core::command::Lines::new(lines(l), "lines"))
+        .transpose()?)
 }
 
 /// Releases the given lines, or everything still held. Releasing a reservation that
@@ -122,8 +123,7 @@ pub(crate) async fn release(
 ) -> ApiResult<Json<ReservationView>> {
     let id = reservation_id(&id)?;
     let body = body.unwrap_or_default();
-    let lines = body.lines.map(lines);
-    check_lines(&lines)?;
+    let lines = checked(body.lines)?;
     let reason = body.reason.unwrap_or(ReleaseReason::OrderCancelled);
     Ok(Json(
         state
@@ -148,8 +148,7 @@ pub(crate) async fn fulfil(
     OptionalJson(body): OptionalJson<FulfilBody>,
 ) -> ApiResult<Json<ReservationView>> {
     let id = reservation_id(&id)?;
-    let lines = body.unwrap_or_default().lines.map(lines);
-    check_lines(&lines)?;
+    let lines = checked(body.unwrap_or_default().lines)?;
     let key = key.map(|k| record_key("fulfil", &k));
     Ok(Json(state.ledger().fulfil(id, lines, key).await?.into()))
 }
