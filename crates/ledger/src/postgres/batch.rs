@@ -380,6 +380,29 @@ impl Tx for BufferedTx<'_, '_> {
     }
 }
 
+/// What a lane may read for a command before running the batch, in one query per
+/// kind for the whole batch: its idempotency key, the reservations it will change,
+/// and the stock rows it will lock. Every row lock a batch takes is taken here, in
+/// one global order, before any write (see [`prefetch`]).
+#[derive(Debug, Default)]
+pub(crate) struct Prefetch {
+    pub(crate) idempotency_key: Option<String>,
+    /// Reservations the command releases or fulfils: they and the stock rows they
+    /// hold are locked up front.
+    pub(crate) reservations: Vec<uuid::Uuid>,
+    pub(crate) rows: Vec<(String, String)>,
+}
+
+impl Prefetch {
+    /// For a command that changes the reservation `id` (a release, a fulfilment).
+    pub(crate) fn holding(id: uuid::Uuid) -> Self {
+        Self {
+            reservations: vec![id],
+            ..Self::default()
+        }
+    }
+}
+
 /// Reads, in one query each, what the batch's commands said they will need: which
 /// idempotency keys are unused, the reservations they change and the stock rows —
 /// and takes every row lock the batch will hold, before any write, in one global
@@ -394,7 +417,7 @@ pub(crate) fn prefetch(
     pg: &mut Transaction<'_>,
     statements: &mut Statements,
     state: &mut State,
-    wanted: &[&super::lanes::Prefetch],
+    wanted: &[&Prefetch],
 ) -> Result<(), LedgerError> {
     let keys: Vec<&str> = wanted
         .iter()

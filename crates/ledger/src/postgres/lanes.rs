@@ -27,34 +27,11 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::{self, BufferedTx};
+use super::batch::{self, BufferedTx, Prefetch};
 use super::{Pool, ATTEMPTS};
 use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::error::LedgerError;
-
-/// What a lane may read for a command before running the batch, in one query per
-/// kind for the whole batch: its idempotency key, the reservations it will change,
-/// and the stock rows it will lock. Every row lock a batch takes is taken here, in
-/// one global order, before any write (see [`super::batch::prefetch`]).
-#[derive(Debug, Default)]
-pub(crate) struct Prefetch {
-    pub(crate) idempotency_key: Option<String>,
-    /// Reservations the command releases or fulfils: they and the stock rows they
-    /// hold are locked up front.
-    pub(crate) reservations: Vec<uuid::Uuid>,
-    pub(crate) rows: Vec<(String, String)>,
-}
-
-impl Prefetch {
-    /// For a command that changes the reservation `id` (a release, a fulfilment).
-    pub(crate) fn holding(id: uuid::Uuid) -> Self {
-        Self {
-            reservations: vec![id],
-            ..Self::default()
-        }
-    }
-}
 
 /// What a lane does with one queued command.
 trait Job: Send {

@@ -215,7 +215,7 @@ impl PgLedger {
     async fn coalesced<T: Send + 'static>(
         &self,
         key: impl std::hash::Hash,
-        prefetch: lanes::Prefetch,
+        prefetch: batch::Prefetch,
         f: impl FnMut(&mut Engine<'_, batch::BufferedTx<'_, '_>>) -> Result<T, LedgerError>
             + Send
             + 'static,
@@ -461,7 +461,7 @@ impl Ledger for PgLedger {
     async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError> {
         let first = cmd.lines().iter().map(|(sku, _)| sku.to_string()).min();
         let key = (cmd.store_id().to_string(), first);
-        let prefetch = lanes::Prefetch {
+        let prefetch = batch::Prefetch {
             idempotency_key: Some(cmd.idempotency_key()),
             reservations: Vec::new(),
             rows: cmd
@@ -483,7 +483,7 @@ impl Ledger for PgLedger {
         key: Option<String>,
     ) -> Result<Reservation, LedgerError> {
         let lane = self.lane_of_reservation(id).await?;
-        self.coalesced(lane, lanes::Prefetch::holding(id), move |e| {
+        self.coalesced(lane, batch::Prefetch::holding(id), move |e| {
             e.client_release(id, lines.as_deref(), reason, key.as_deref())
         })
         .await
@@ -497,7 +497,7 @@ impl Ledger for PgLedger {
         key: Option<String>,
     ) -> Result<Reservation, LedgerError> {
         let lane = self.lane_of_reservation(id).await?;
-        self.coalesced(lane, lanes::Prefetch::holding(id), move |e| {
+        self.coalesced(lane, batch::Prefetch::holding(id), move |e| {
             e.client_fulfil(id, lines.as_deref(), key.as_deref())
         })
         .await
@@ -506,9 +506,9 @@ impl Ledger for PgLedger {
     #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(store.id = %cmd.store_id, product.sku = %cmd.sku))]
     async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError> {
         let key = (cmd.store_id.to_string(), Some(cmd.sku.to_string()));
-        let prefetch = lanes::Prefetch {
+        let prefetch = batch::Prefetch {
             rows: vec![(cmd.store_id.to_string(), cmd.sku.to_string())],
-            ..lanes::Prefetch::default()
+            ..batch::Prefetch::default()
         };
         self.coalesced(key, prefetch, move |e| e.adjust(&cmd)).await
     }
