@@ -57,8 +57,6 @@ pub mod webhook;
 
 use async_trait::async_trait;
 use invsync_core::InventoryEventV1;
-use invsync_ledger::StockRow;
-use rusqlite::Transaction;
 
 pub use retry::RetryPolicy;
 pub use runtime::{
@@ -96,16 +94,12 @@ pub struct Incoming {
     pub event: InventoryEventV1,
 }
 
-/// What a consumer does with each event. The runtime calls `deliver` (the effect
-/// outside the consumer's store, if any) per SKU in version order, then `apply` inside
-/// the transaction that also records the dedup marks and the checkpoint.
+/// What a consumer does with each event: an external effect (`deliver`, per SKU in
+/// version order), the availability view kept in the consumer's own store, or both.
+/// The runtime records, in one transaction of that store, the view's change, the
+/// dedup marks and the checkpoint; the SQL lives in [`store`] alone.
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
-    /// SQL creating the sink's own tables in the consumer's store (idempotent).
-    fn schema(&self) -> &'static str {
-        ""
-    }
-
     /// Whether `deliver` has an external effect (skips the per-SKU machinery if not).
     fn delivers(&self) -> bool {
         false
@@ -123,24 +117,11 @@ pub trait Sink: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The effect inside the consumer's store; must not move a key to an older version.
-    fn apply(&self, _tx: &Transaction<'_>, _event: &InventoryEventV1) -> rusqlite::Result<()> {
-        Ok(())
-    }
-
-    /// Whether the view is rebuilt from a ledger snapshot (on replay, or when the
-    /// consumer fell behind retention) rather than re-delivered from an offset.
-    fn rebuilds(&self) -> bool {
+    /// Whether the consumer keeps the availability view (the storefront projection):
+    /// every event is applied to it, version-guarded, and it is rebuilt from a ledger
+    /// snapshot on replay or when the consumer fell behind retention, rather than
+    /// re-delivered from an offset.
+    fn keeps_view(&self) -> bool {
         false
-    }
-
-    /// Empties the view before a rebuild.
-    fn reset(&self, _tx: &Transaction<'_>) -> rusqlite::Result<()> {
-        Ok(())
-    }
-
-    /// Loads one snapshot row into the emptied view.
-    fn load(&self, _tx: &Transaction<'_>, _row: &StockRow) -> rusqlite::Result<()> {
-        Ok(())
     }
 }

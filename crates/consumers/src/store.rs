@@ -1,16 +1,32 @@
 //! A consumer's own store: one SQLite file holding its checkpoint, the marks of
 //! events it applied, the last version it saw per (store, sku), its dead letters, and
-//! whatever tables its sink keeps (the storefront's view). Separate from the ledger:
+//! the storefront's availability view. Every SQL statement of a consumer is here. Separate from the ledger:
 //! a consumer keeps working, and answering, while the ledger is away.
 
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use invsync_core::InventoryEventV1;
+use invsync_ledger::StockRow;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::Serialize;
 use uuid::Uuid;
 
-/// The store's own tables. Sinks add theirs with [`crate::Sink::migrate`].
+/// The availability view of a consumer that keeps one (the storefront).
+const VIEW_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS availability (
+    sku         TEXT NOT NULL,
+    store_id    TEXT NOT NULL,
+    on_hand     INTEGER NOT NULL,
+    reserved    INTEGER NOT NULL,
+    available   INTEGER NOT NULL,
+    version     INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (sku, store_id)
+) WITHOUT ROWID;
+"#;
+
+/// The store's own tables.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS checkpoint (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
@@ -81,7 +97,8 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub(crate) fn open(path: &Path, sink_schema: &str) -> rusqlite::Result<Self> {
+    /// Opens (creating) the store; with the availability view when `keeps_view`.
+    pub(crate) fn open(path: &Path, keeps_view: bool) -> rusqlite::Result<Self> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -91,7 +108,9 @@ impl Store {
         // truth) stays at FULL.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(sink_schema)?;
+        if keeps_view {
+            conn.execute_batch(VIEW_SCHEMA)?;
+        }
         Ok(Self { conn })
     }
 
@@ -373,6 +392,74 @@ pub(crate) fn clear_parked(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute("DELETE FROM parked", []).map(|_| ())
 }
 
+/// Applies an event to the availability view, unless the view already holds that
+/// version of the row or a newer one.
+pub(crate) fn view_apply(tx: &Transaction<'_>, e: &InventoryEventV1) -> rusqlite::Result<()> {
+    view_upsert(
+        tx,
+        e.product_sku.as_str(),
+        e.store_id.as_str(),
+        (e.on_hand, e.reserved, e.available, e.version),
+        e.occurred_at,
+    )
+}
+
+/// Empties the view before a rebuild.
+pub(crate) fn view_reset(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM availability", []).map(|_| ())
+}
+
+/// Loads one ledger snapshot row into the emptied view.
+pub(crate) fn view_load(tx: &Transaction<'_>, row: &StockRow) -> rusqlite::Result<()> {
+    let l = row.level;
+    view_upsert(
+        tx,
+        row.sku.as_str(),
+        row.store_id.as_str(),
+        (l.on_hand(), l.reserved(), l.available(), l.version()),
+        row.updated_at,
+    )
+}
+
+/// Writes a level unless the view already holds that version or a newer one.
+fn view_upsert(
+    tx: &Transaction<'_>,
+    sku: &str,
+    store: &str,
+    (on_hand, reserved, available, version): (i64, i64, i64, i64),
+    at: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO availability (sku, store_id, on_hand, reserved, available, version, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (sku, store_id) DO UPDATE SET on_hand = excluded.on_hand,
+             reserved = excluded.reserved, available = excluded.available,
+             version = excluded.version, updated_at = excluded.updated_at
+         WHERE excluded.version > availability.version",
+    )?
+    .execute(params![sku, store, on_hand, reserved, available, version, micros(at)])?;
+    Ok(())
+}
+
+/// One store's availability of a SKU in the view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreAvailability {
+    pub store_id: String,
+    pub available: i64,
+    pub version: i64,
+}
+
+/// One row of the view, for audits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViewRow {
+    pub store_id: String,
+    pub sku: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub available: i64,
+    pub version: i64,
+}
+
 /// Forgets what was applied, for a replay.
 pub(crate) fn forget_applied(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch("DELETE FROM applied; DELETE FROM seen;")
@@ -429,6 +516,51 @@ impl StoreReader {
                 |r| r.get(0),
             )
             .optional()
+        })
+        .await
+    }
+
+    /// A SKU's availability per store in the view.
+    pub async fn availability(&self, sku: String) -> Result<Vec<StoreAvailability>, String> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT store_id, available, version FROM availability WHERE sku = ?1 ORDER BY store_id",
+            )?;
+            let rows = stmt.query_map([sku], |r| {
+                Ok(StoreAvailability {
+                    store_id: r.get(0)?,
+                    available: r.get(1)?,
+                    version: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// A page of the whole view in (store, sku) order, after the cursor.
+    pub async fn view_rows(
+        &self,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> Result<Vec<ViewRow>, String> {
+        self.read(move |c| {
+            let (store, sku) = after.unwrap_or_default();
+            let mut stmt = c.prepare_cached(
+                "SELECT store_id, sku, on_hand, reserved, available, version FROM availability
+                 WHERE (store_id, sku) > (?1, ?2) ORDER BY store_id, sku LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![store, sku, limit as i64], |r| {
+                Ok(ViewRow {
+                    store_id: r.get(0)?,
+                    sku: r.get(1)?,
+                    on_hand: r.get(2)?,
+                    reserved: r.get(3)?,
+                    available: r.get(4)?,
+                    version: r.get(5)?,
+                })
+            })?;
+            rows.collect()
         })
         .await
     }

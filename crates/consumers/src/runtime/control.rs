@@ -65,14 +65,14 @@ impl Runner {
             .events(0, 1)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        if from < page.oldest_offset && !self.sink.rebuilds() {
+        if from < page.oldest_offset && !self.sink.keeps_view() {
             return Err(ControlError::Gone {
                 requested: from,
                 oldest: page.oldest_offset,
             });
         }
         tracing::info!(consumer.name = %self.config.name, from, "replay requested");
-        if self.sink.rebuilds() {
+        if self.sink.keeps_view() {
             return self.rebuild().await.map_err(|e| failed(format!("{e:?}")));
         }
         let position = from - 1;
@@ -133,7 +133,9 @@ impl Runner {
                 let tx = store.transaction()?;
                 match &outcome {
                     Outcome::Delivered => {
-                        sink.apply(&tx, &incoming.event)?;
+                        if sink.keeps_view() {
+                            store::view_apply(&tx, &incoming.event)?;
+                        }
                         store::delete_dead_letter(&tx, id)?;
                     }
                     // (Without a deadline nothing is parked.)

@@ -52,7 +52,7 @@ impl Runner {
     /// The log no longer holds the next event this consumer needs.
     pub(super) async fn fell_behind(&mut self, oldest: i64) -> Result<(), StepError> {
         tracing::warn!(consumer.name = %self.config.name, consumer.position = self.position, log.oldest = oldest, "consumer fell behind retention");
-        if self.sink.rebuilds() {
+        if self.sink.keeps_view() {
             self.rebuild().await
         } else {
             // A delivery consumer cannot get the purged events back; it resumes at the
@@ -100,13 +100,12 @@ impl Runner {
             }
         }
         let position = log_offset.unwrap_or(0);
-        let sink = self.sink.clone();
         self.db(move |store| {
             let tx = store.transaction()?;
-            sink.reset(&tx)?;
+            store::view_reset(&tx)?;
             store::forget_applied(&tx)?;
             for row in &rows {
-                sink.load(&tx, row)?;
+                store::view_load(&tx, row)?;
             }
             store::set_position(&tx, position, None)?;
             tx.commit()

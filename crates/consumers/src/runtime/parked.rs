@@ -276,7 +276,9 @@ impl Retrier {
             for (offset, settled) in &results {
                 match settled {
                     Settled::Delivered(event) => {
-                        sink.apply(&tx, &event.event)?;
+                        if sink.keeps_view() {
+                            store::view_apply(&tx, &event.event)?;
+                        }
                         gone.extend(store::unpark(&tx, *offset)?);
                     }
                     Settled::Dead { attempts, error } => {
