@@ -68,8 +68,9 @@ impl BusRelay {
     }
 
     /// Publishes until `shutdown`, while this instance leads; on shutdown it gives the
-    /// log a last few seconds to drain onto the bus.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    /// log a last few seconds to drain onto the bus. A failure never ends it: it is
+    /// logged, shown by `invsync_bus_up`, and retried.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut leading = self.ledger.leadership();
         let mut head = self.ledger.subscribe();
         let name = Self::cursor_name(&self.bus);
@@ -81,7 +82,7 @@ impl BusRelay {
                 if let Some(at) = cursor {
                     self.drain(&name, at).await;
                 }
-                return Ok(());
+                return;
             }
             if !*leading.borrow_and_update() {
                 cursor = None;

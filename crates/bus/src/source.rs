@@ -18,7 +18,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsum
 use async_nats::jetstream::{AckKind, Message};
 use async_trait::async_trait;
 use futures::StreamExt;
-use invsync_consumers::{DeadLetterNote, EventSource};
+use invsync_consumers::{DeadLetterNote, EventSource, SourceError};
 use invsync_ledger::LoggedEvent;
 
 use crate::{subject, BusError, NatsBus, OFFSET_HEADER};
@@ -195,15 +195,15 @@ impl EventSource for NatsSource {
         position: i64,
         max: usize,
         wait: Duration,
-    ) -> Result<Vec<LoggedEvent>, String> {
-        let consumer = self.consumer(position).await.map_err(|e| e.to_string())?;
+    ) -> Result<Vec<LoggedEvent>, SourceError> {
+        let consumer = self.consumer(position).await.map_err(SourceError::new)?;
         let messages = match self.pull(&consumer, max, wait).await {
             Ok(m) => m,
             Err(e) => {
                 // The durable may be gone (deleted, or a NATS without our state):
                 // look it up again next time.
                 self.forget_consumer().await;
-                return Err(e.to_string());
+                return Err(SourceError::new(e));
             }
         };
         let mut events = Vec::with_capacity(messages.len());
@@ -250,7 +250,7 @@ impl EventSource for NatsSource {
         Ok(events)
     }
 
-    async fn commit(&self, last: i64) -> Result<(), String> {
+    async fn commit(&self, last: i64) -> Result<(), SourceError> {
         let newest = {
             let mut held = self.held();
             let newest = held
@@ -264,17 +264,17 @@ impl EventSource for NatsSource {
             message
         };
         match newest {
-            Some(message) => message.ack().await.map_err(|e| e.to_string()),
+            Some(message) => message.ack().await.map_err(SourceError::new),
             None => Ok(()),
         }
     }
 
-    async fn rewind(&self, position: i64) -> Result<(), String> {
+    async fn rewind(&self, position: i64) -> Result<(), SourceError> {
         self.forget_consumer().await;
-        let stream = self.bus.stream().await.map_err(|e| e.to_string())?;
+        let stream = self.bus.stream().await.map_err(SourceError::new)?;
         // Missing is fine: it is created at the new position either way.
         let _ = stream.delete_consumer(&self.durable).await;
-        let consumer = self.create(position).await.map_err(|e| e.to_string())?;
+        let consumer = self.create(position).await.map_err(SourceError::new)?;
         *self.consumer.lock().await = Some(consumer);
         Ok(())
     }
@@ -297,7 +297,7 @@ impl EventSource for NatsSource {
             })
     }
 
-    async fn dead_letter(&self, note: DeadLetterNote<'_>) -> Result<(), String> {
+    async fn dead_letter(&self, note: DeadLetterNote<'_>) -> Result<(), SourceError> {
         let publish = async_nats::jetstream::message::PublishMessage::build()
             .payload(bytes::Bytes::from(note.envelope.to_owned()))
             .message_id(format!("{}:{}", note.consumer, note.offset))
@@ -309,9 +309,9 @@ impl EventSource for NatsSource {
             .jetstream()
             .send_publish(subject::dlq_subject(note.consumer), publish)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(SourceError::new)?
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(SourceError::new)?;
         Ok(())
     }
 

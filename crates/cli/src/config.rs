@@ -16,7 +16,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn bad(key: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
+pub(crate) fn bad(key: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
     ConfigError {
         key: key.into(),
         message: message.to_string(),

@@ -114,7 +114,10 @@ async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
     if let (Some(bus), Role::Server) = (&bus, &role) {
         let (relay, _) = BusRelay::new(bus.clone(), ledger.clone());
         let stop = stop_rx.clone();
-        tasks.spawn(async move { ("bus relay", relay.run(stop).await) });
+        tasks.spawn(async move {
+            relay.run(stop).await;
+            ("bus relay", Ok(()))
+        });
     }
     let pipeline = start_consumers(&config, &ledger, bus.as_ref(), &role, &stop_rx, &mut tasks)?;
     let (handles, sla, s) = (pipeline.consumers.clone(), config.sla, stop_rx.clone());
@@ -436,25 +439,16 @@ impl std::fmt::Debug for LedgerPosition {
 
 #[async_trait::async_trait]
 impl invsync_consumers::SharedPosition for LedgerPosition {
-    async fn load(&self) -> Result<i64, String> {
-        self.ledger
-            .cursor(&self.cursor)
-            .await
-            .map_err(|e| e.to_string())
+    async fn load(&self) -> Result<i64, invsync_ledger::LedgerError> {
+        self.ledger.cursor(&self.cursor).await
     }
 
-    async fn advance(&self, position: i64) -> Result<(), String> {
-        self.ledger
-            .advance_cursor(&self.cursor, position)
-            .await
-            .map_err(|e| e.to_string())
+    async fn advance(&self, position: i64) -> Result<(), invsync_ledger::LedgerError> {
+        self.ledger.advance_cursor(&self.cursor, position).await
     }
 
-    async fn set(&self, position: i64) -> Result<(), String> {
-        self.ledger
-            .set_cursor(&self.cursor, position)
-            .await
-            .map_err(|e| e.to_string())
+    async fn set(&self, position: i64) -> Result<(), invsync_ledger::LedgerError> {
+        self.ledger.set_cursor(&self.cursor, position).await
     }
 }
 

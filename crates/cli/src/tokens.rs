@@ -7,6 +7,8 @@ use rand::RngCore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::config::{bad, ConfigError};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokensFile {
@@ -25,41 +27,49 @@ struct RawEntry {
 }
 
 /// Reads and checks a tokens file. Errors name the entry and key at fault.
-pub fn load(path: &Path) -> Result<Vec<TokenEntry>, String> {
+pub fn load(path: &Path) -> Result<Vec<TokenEntry>, ConfigError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| bad("tokens", format!("cannot read {}: {e}", path.display())))?;
+    parse(&text).map_err(|e| ConfigError {
+        message: format!("{} ({})", e.message, path.display()),
+        ..e
+    })
 }
 
-fn parse(text: &str) -> Result<Vec<TokenEntry>, String> {
-    let file: TokensFile = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+fn parse(text: &str) -> Result<Vec<TokenEntry>, ConfigError> {
+    let file: TokensFile = toml::from_str(text).map_err(|e| bad("tokens", e.message()))?;
     if file.token.is_empty() {
-        return Err("no [[token]] entries".into());
+        return Err(bad("tokens", "no [[token]] entries"));
     }
     let mut entries = Vec::with_capacity(file.token.len());
     for (i, raw) in file.token.into_iter().enumerate() {
-        let at = format!("token[{i}] ({})", raw.name);
+        let at = |key: &str| format!("token[{i}].{key}");
         if raw.name.trim().is_empty() {
-            return Err(format!("token[{i}].name: must not be empty"));
+            return Err(bad(at("name"), "must not be empty"));
         }
         if raw.scopes.is_empty() {
-            return Err(format!("{at}.scopes: must list at least one scope"));
+            return Err(bad(at("scopes"), "must list at least one scope"));
         }
         let sha256 = match (raw.sha256, raw.token) {
             (Some(hex_digest), None) => {
                 let bytes = hex::decode(hex_digest.trim())
-                    .map_err(|_| format!("{at}.sha256: must be 64 hex digits"))?;
+                    .map_err(|_| bad(at("sha256"), "must be 64 hex digits"))?;
                 <[u8; 32]>::try_from(bytes.as_slice())
-                    .map_err(|_| format!("{at}.sha256: must be 64 hex digits"))?
+                    .map_err(|_| bad(at("sha256"), "must be 64 hex digits"))?
             }
             (None, Some(plain)) => {
                 if plain.len() < 8 {
-                    return Err(format!("{at}.token: must be at least 8 characters"));
+                    return Err(bad(at("token"), "must be at least 8 characters"));
                 }
                 tracing::warn!(token.name = %raw.name, "plain token in the tokens file: for development only, use sha256 in production");
                 Sha256::digest(plain.as_bytes()).into()
             }
-            _ => return Err(format!("{at}: give exactly one of sha256 and token")),
+            _ => {
+                return Err(bad(
+                    format!("token[{i}]"),
+                    format!("({}) give exactly one of sha256 and token", raw.name),
+                ))
+            }
         };
         entries.push(TokenEntry {
             name: raw.name,
@@ -102,11 +112,15 @@ mod tests {
     fn bad_entries_are_refused_naming_the_key() {
         let both =
             "[[token]]\nname = \"a\"\nscopes = [\"read\"]\nsha256 = \"00\"\ntoken = \"abcdefgh\"\n";
-        assert!(parse(both).unwrap_err().contains("exactly one"));
+        let err = parse(both).unwrap_err();
+        assert!(
+            err.key == "token[0]" && err.message.contains("exactly one"),
+            "{err}"
+        );
         let short = "[[token]]\nname = \"a\"\nscopes = [\"read\"]\nsha256 = \"abcd\"\n";
-        assert!(parse(short).unwrap_err().contains("sha256"));
+        assert_eq!(parse(short).unwrap_err().key, "token[0].sha256");
         let scope = "[[token]]\nname = \"a\"\nscopes = [\"write\"]\ntoken = \"abcdefgh\"\n";
         assert!(parse(scope).is_err());
-        assert!(parse("").unwrap_err().contains("no [[token]]"));
+        assert!(parse("").unwrap_err().message.contains("no [[token]]"));
     }
 }

@@ -48,6 +48,7 @@ pub(crate) fn test_event_of(sku: &str, version: i64, available: i64) -> Incoming
         event: data,
     }
 }
+mod error;
 pub mod runtime;
 pub mod source;
 mod stats;
@@ -58,6 +59,7 @@ pub mod webhook;
 use async_trait::async_trait;
 use invsync_core::InventoryEventV1;
 
+pub use error::{ConsumerError, SourceError};
 pub use retry::RetryPolicy;
 pub use runtime::{
     start, ConsumerConfig, ConsumerHandle, ConsumerStatus, ControlError, ReplayFrom,

@@ -8,6 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use invsync_ledger::{EventLog, LoggedEvent};
 
+use crate::SourceError;
+
 /// A dead letter as a bus that keeps its own dead-letter stream receives it.
 #[derive(Debug, Clone)]
 pub struct DeadLetterNote<'a> {
@@ -29,16 +31,16 @@ pub trait EventSource: Send + Sync + 'static {
         position: i64,
         max: usize,
         wait: Duration,
-    ) -> Result<Vec<LoggedEvent>, String>;
+    ) -> Result<Vec<LoggedEvent>, SourceError>;
 
     /// Everything up to `last` is applied and recorded: the source may forget it.
-    async fn commit(&self, _last: i64) -> Result<(), String> {
+    async fn commit(&self, _last: i64) -> Result<(), SourceError> {
         Ok(())
     }
 
     /// The consumer moved its position (replay, rebuild, fell behind): the next
     /// fetch must start right after `position`.
-    async fn rewind(&self, _position: i64) -> Result<(), String> {
+    async fn rewind(&self, _position: i64) -> Result<(), SourceError> {
         Ok(())
     }
 
@@ -55,7 +57,7 @@ pub trait EventSource: Send + Sync + 'static {
 
     /// Records a dead letter where the bus keeps them (the consumer's store has it
     /// already).
-    async fn dead_letter(&self, _note: DeadLetterNote<'_>) -> Result<(), String> {
+    async fn dead_letter(&self, _note: DeadLetterNote<'_>) -> Result<(), SourceError> {
         Ok(())
     }
 
@@ -84,12 +86,12 @@ impl EventSource for LedgerSource {
         position: i64,
         max: usize,
         _wait: Duration,
-    ) -> Result<Vec<LoggedEvent>, String> {
+    ) -> Result<Vec<LoggedEvent>, SourceError> {
         Ok(self
             .0
             .events(position, max)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(SourceError::new)?
             .events)
     }
 

@@ -12,6 +12,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::ConsumerError;
+
 /// The availability view of a consumer that keeps one (the storefront).
 const VIEW_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS availability (
@@ -481,20 +483,18 @@ impl StoreReader {
     pub(crate) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, ConsumerError> {
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
+        Ok(tokio::task::spawn_blocking(move || {
             let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
             f(&conn)
         })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .await??)
     }
 
     /// The stored envelope of a dead letter, if this consumer holds it.
-    pub async fn dead_letter_envelope(&self, id: Uuid) -> Result<Option<String>, String> {
+    pub async fn dead_letter_envelope(&self, id: Uuid) -> Result<Option<String>, ConsumerError> {
         self.read(move |c| {
             c.query_row(
                 "SELECT envelope FROM dead_letters WHERE id = ?1",
@@ -507,7 +507,7 @@ impl StoreReader {
     }
 
     /// The newest version of a stock row this consumer applied, delivered or parked.
-    pub async fn seen_version(&self, store: &str, sku: &str) -> Result<Option<i64>, String> {
+    pub async fn seen_version(&self, store: &str, sku: &str) -> Result<Option<i64>, ConsumerError> {
         let key = (store.to_owned(), sku.to_owned());
         self.read(move |c| {
             c.query_row(
@@ -521,7 +521,7 @@ impl StoreReader {
     }
 
     /// A SKU's availability per store in the view.
-    pub async fn availability(&self, sku: String) -> Result<Vec<StoreAvailability>, String> {
+    pub async fn availability(&self, sku: String) -> Result<Vec<StoreAvailability>, ConsumerError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT store_id, available, version FROM availability WHERE sku = ?1 ORDER BY store_id",
@@ -543,7 +543,7 @@ impl StoreReader {
         &self,
         after: Option<(String, String)>,
         limit: usize,
-    ) -> Result<Vec<ViewRow>, String> {
+    ) -> Result<Vec<ViewRow>, ConsumerError> {
         self.read(move |c| {
             let (store, sku) = after.unwrap_or_default();
             let mut stmt = c.prepare_cached(
@@ -565,7 +565,7 @@ impl StoreReader {
         .await
     }
 
-    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, String> {
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, ConsumerError> {
         let consumer = self.consumer.clone();
         self.read(move |c| {
             let mut stmt = c.prepare(

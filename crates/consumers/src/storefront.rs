@@ -4,7 +4,7 @@
 
 use crate::store::StoreReader;
 pub use crate::store::{StoreAvailability, ViewRow};
-use crate::Sink;
+use crate::{ConsumerError, Sink};
 
 /// The storefront consumer: keeps the availability view, no external effect.
 pub struct Storefront;
@@ -26,7 +26,7 @@ impl StorefrontReader {
         Self { store }
     }
 
-    pub async fn availability(&self, sku: String) -> Result<Vec<StoreAvailability>, String> {
+    pub async fn availability(&self, sku: String) -> Result<Vec<StoreAvailability>, ConsumerError> {
         self.store.availability(sku).await
     }
 
@@ -35,7 +35,7 @@ impl StorefrontReader {
         &self,
         after: Option<(String, String)>,
         limit: usize,
-    ) -> Result<Vec<ViewRow>, String> {
+    ) -> Result<Vec<ViewRow>, ConsumerError> {
         self.store.view_rows(after, limit).await
     }
 }

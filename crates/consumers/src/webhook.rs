@@ -44,20 +44,29 @@ pub struct Webhook {
     keys: Vec<Vec<u8>>,
 }
 
+/// Why a webhook endpoint cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("a whsec_ secret must be base64 after the prefix ({0})")]
+    NotBase64(#[from] base64::DecodeError),
+    #[error("a whsec_ secret must hold a key")]
+    EmptyKey,
+    #[error("webhook client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
 /// The Standard Webhooks key of a secret: the base64 after `whsec_`, or else the
 /// secret's UTF-8 bytes.
-pub fn standard_key(secret: &str) -> Result<Vec<u8>, String> {
+pub fn standard_key(secret: &str) -> Result<Vec<u8>, WebhookError> {
     match secret.strip_prefix("whsec_") {
-        Some(b64) => base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| format!("a whsec_ secret must be base64 after the prefix ({e})"))
-            .and_then(|key| {
-                if key.is_empty() {
-                    Err("a whsec_ secret must hold a key".to_owned())
-                } else {
-                    Ok(key)
-                }
-            }),
+        Some(b64) => {
+            let key = base64::engine::general_purpose::STANDARD.decode(b64)?;
+            if key.is_empty() {
+                Err(WebhookError::EmptyKey)
+            } else {
+                Ok(key)
+            }
+        }
         None => Ok(secret.as_bytes().to_vec()),
     }
 }
@@ -82,7 +91,7 @@ pub fn standard_signature(keys: &[Vec<u8>], id: &str, timestamp: i64, body: &[u8
 }
 
 impl Webhook {
-    pub fn new(config: WebhookConfig) -> Result<Self, String> {
+    pub fn new(config: WebhookConfig) -> Result<Self, WebhookError> {
         let keys = std::iter::once(&config.secret)
             .chain(config.previous_secret.as_ref())
             .map(|s| standard_key(s))
@@ -93,8 +102,7 @@ impl Webhook {
             // count as delivered, or re-sends the signed event to whatever host the
             // redirect names (307/308). Never follow: a 3xx is a permanent failure.
             .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("webhook client: {e}"))?;
+            .build()?;
         Ok(Self { http, config, keys })
     }
 }

@@ -247,7 +247,10 @@ fn control_error(err: ControlError) -> ApiError {
         ControlError::Gone { oldest, .. } => ApiError::gone(oldest),
         ControlError::NotFound => ApiError::not_found("dead letter"),
         ControlError::Failed(e) => unavailable("consumer", e),
-        e @ ControlError::Elsewhere(_) => ApiError::new(ErrorCode::Unavailable, e.to_string()),
+        e @ (ControlError::Elsewhere(_)
+        | ControlError::Redelivery(_)
+        | ControlError::InvalidDeadLetter(_)
+        | ControlError::Stopped) => ApiError::new(ErrorCode::Unavailable, e.to_string()),
     }
 }
 

@@ -24,8 +24,16 @@ pub enum ControlError {
     /// A shared consumer is replayed on the instance that works it.
     #[error("the {0} consumer is shared and works on the instance that leads; this one does not now: send the request to the leader")]
     Elsewhere(String),
+    /// The consumer's machinery failed (its store, the ledger).
     #[error("{0}")]
-    Failed(String),
+    Failed(#[from] ConsumerError),
+    /// The redelivery was tried and failed again: the receiver's answer.
+    #[error("redelivery failed: {0}")]
+    Redelivery(String),
+    #[error("the dead letter is not a valid event: {0}")]
+    InvalidDeadLetter(String),
+    #[error("the consumer has stopped")]
+    Stopped,
 }
 
 pub(super) enum Command {
@@ -51,20 +59,19 @@ impl Runner {
         if self.config.shared.is_some() && !self.active() {
             return Err(ControlError::Elsewhere(self.config.name.clone()));
         }
-        let failed = |e: String| ControlError::Failed(e);
         let from = match from {
             ReplayFrom::Offset(offset) => offset.max(1),
             ReplayFrom::Time(since) => self
                 .ledger
                 .offset_at(since)
                 .await
-                .map_err(|e| failed(e.to_string()))?,
+                .map_err(ConsumerError::from)?,
         };
         let page = self
             .ledger
             .events(0, 1)
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(ConsumerError::from)?;
         if from < page.oldest_offset && !self.sink.keeps_view() {
             return Err(ControlError::Gone {
                 requested: from,
@@ -73,7 +80,7 @@ impl Runner {
         }
         tracing::info!(consumer.name = %self.config.name, from, "replay requested");
         if self.sink.keeps_view() {
-            return self.rebuild().await.map_err(|e| failed(format!("{e:?}")));
+            return self.rebuild().await.map_err(step_failed);
         }
         let position = from - 1;
         self.db(move |store| {
@@ -83,26 +90,23 @@ impl Runner {
             tx.commit()
         })
         .await
-        .map_err(|e| failed(format!("{e:?}")))?;
+        .map_err(step_failed)?;
         if let Some(shared) = &self.config.shared {
-            shared.set(position).await.map_err(failed)?;
+            shared.set(position).await.map_err(ConsumerError::from)?;
         }
-        self.moved_to(position)
-            .await
-            .map_err(|e| failed(format!("{e:?}")))
+        self.moved_to(position).await.map_err(step_failed)
     }
 
     pub(super) async fn redrive(&mut self, id: Uuid) -> Result<(), ControlError> {
         let found = self
             .db(move |store| store.dead_letter(id))
             .await
-            .map_err(|e| ControlError::Failed(format!("{e:?}")))?;
+            .map_err(step_failed)?;
         let Some((offset, envelope, attempts)) = found else {
             return Err(ControlError::NotFound);
         };
-        let event = CloudEvent::parse(envelope.as_bytes()).map_err(|e| {
-            ControlError::Failed(format!("the dead letter is not a valid event: {e}"))
-        })?;
+        let event = CloudEvent::parse(envelope.as_bytes())
+            .map_err(|e| ControlError::InvalidDeadLetter(e.to_string()))?;
         let incoming = Incoming {
             offset,
             event: event.data,
@@ -123,7 +127,7 @@ impl Runner {
                 None,
             )
             .await
-            .map_err(|e| ControlError::Failed(format!("{e:?}")))?
+            .map_err(step_failed)?
         } else {
             Outcome::Delivered
         };
@@ -160,7 +164,7 @@ impl Runner {
                 Ok(outcome)
             })
             .await
-            .map_err(|e| ControlError::Failed(format!("{e:?}")))?;
+            .map_err(step_failed)?;
         match result {
             Outcome::Delivered => {
                 self.shared().dead_letters -= 1;
@@ -169,8 +173,16 @@ impl Runner {
                 Ok(())
             }
             Outcome::Dead { error, .. } | Outcome::Parked { error, .. } => {
-                Err(ControlError::Failed(format!("redelivery failed: {error}")))
+                Err(ControlError::Redelivery(error))
             }
         }
+    }
+}
+
+/// A control command that ran into a failed step.
+fn step_failed(e: StepError) -> ControlError {
+    match e {
+        StepError::Retry(e) => ControlError::Failed(e),
+        StepError::Stopping => ControlError::Stopped,
     }
 }

@@ -79,7 +79,11 @@ impl Runner {
         }
         let outcomes = outcomes
             .into_iter()
-            .map(|o| o.ok_or_else(|| StepError::Retry("a delivery did not report".into())))
+            .map(|o| {
+                o.ok_or_else(|| {
+                    StepError::Retry(ConsumerError::Invariant("a delivery did not report"))
+                })
+            })
             .collect::<Result<_, _>>()?;
         Ok((outcomes, holds))
     }

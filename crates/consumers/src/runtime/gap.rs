@@ -29,7 +29,7 @@ impl Runner {
             .ledger
             .events(self.position, want)
             .await
-            .map_err(|e| StepError::Retry(e.to_string()))?;
+            .map_err(|e| StepError::Retry(e.into()))?;
         if next < page.oldest_offset {
             self.fell_behind(page.oldest_offset).await?;
             return Ok(None);
@@ -73,7 +73,10 @@ impl Runner {
     pub(super) async fn moved_to(&mut self, position: i64) -> Result<(), StepError> {
         self.position = position;
         self.shared().position = position;
-        self.source.rewind(position).await.map_err(StepError::Retry)
+        self.source
+            .rewind(position)
+            .await
+            .map_err(|e| StepError::Retry(e.into()))
     }
 
     /// Replaces the view with a snapshot of the ledger in one transaction (readers see
@@ -87,7 +90,7 @@ impl Runner {
                 .ledger
                 .snapshot(after.clone(), 1000)
                 .await
-                .map_err(|e| StepError::Retry(e.to_string()))?;
+                .map_err(|e| StepError::Retry(e.into()))?;
             log_offset.get_or_insert(page.log_offset);
             let done = page.items.len() < 1000;
             after = page

@@ -35,7 +35,8 @@ use crate::retry::RetryPolicy;
 use crate::source::{DeadLetterNote, EventSource};
 use crate::stats::Latencies;
 use crate::store::{self, Store, StoreReader};
-use crate::{Incoming, Sink};
+use crate::{ConsumerError, Incoming, Sink};
+use invsync_ledger::LedgerError;
 
 mod control;
 mod delivery;
@@ -87,11 +88,11 @@ pub struct ConsumerConfig {
 #[async_trait::async_trait]
 pub trait SharedPosition: std::fmt::Debug + Send + Sync + 'static {
     /// The recorded position; 0 when none was ever recorded.
-    async fn load(&self) -> Result<i64, String>;
+    async fn load(&self) -> Result<i64, LedgerError>;
     /// Moves it forward; a lower value is ignored (a deposed worker finishing late).
-    async fn advance(&self, position: i64) -> Result<(), String>;
+    async fn advance(&self, position: i64) -> Result<(), LedgerError>;
     /// Sets it, also backwards (a replay).
-    async fn set(&self, position: i64) -> Result<(), String>;
+    async fn set(&self, position: i64) -> Result<(), LedgerError>;
 }
 
 impl ConsumerConfig {
@@ -223,9 +224,8 @@ impl ConsumerHandle {
         self.commands
             .send(make(tx))
             .await
-            .map_err(|_| ControlError::Failed("the consumer has stopped".into()))?;
-        rx.await
-            .map_err(|_| ControlError::Failed("the consumer has stopped".into()))?
+            .map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)?
     }
 
     /// Rewinds the consumer; answers once the rewind is recorded (the rebuild then
@@ -241,7 +241,7 @@ impl ConsumerHandle {
 
     /// When redriving this dead letter would send an older version of its stock row
     /// than the endpoint already received (or has queued, parked): what it got.
-    pub async fn superseded(&self, id: Uuid) -> Result<Option<Superseded>, String> {
+    pub async fn superseded(&self, id: Uuid) -> Result<Option<Superseded>, ConsumerError> {
         let Some(envelope) = self.reader.dead_letter_envelope(id).await? else {
             return Ok(None);
         };
@@ -263,7 +263,7 @@ impl ConsumerHandle {
     }
 
     /// Does this consumer hold that dead letter?
-    pub async fn holds_dead_letter(&self, id: Uuid) -> Result<bool, String> {
+    pub async fn holds_dead_letter(&self, id: Uuid) -> Result<bool, ConsumerError> {
         Ok(self.reader.dead_letter_envelope(id).await?.is_some())
     }
 }
@@ -276,19 +276,17 @@ pub fn start(
     ledger: Arc<dyn EventLog>,
     source: Arc<dyn EventSource>,
     shutdown: watch::Receiver<bool>,
-) -> Result<(ConsumerHandle, futures::future::BoxFuture<'static, ()>), String> {
-    let store = Store::open(&config.path, sink.keeps_view()).map_err(|e| {
-        format!(
-            "opening the {} store at {}: {e}",
-            config.name,
-            config.path.display()
-        )
-    })?;
-    let (position, as_of) = store.position().map_err(|e| e.to_string())?;
-    let dead_letters = store.count_dead_letters().map_err(|e| e.to_string())?;
-    let parking = Parking::load(store::parked_skus(store.conn()).map_err(|e| e.to_string())?);
-    let (parked, oldest_parked, parked_error) =
-        store::parked_summary(store.conn()).map_err(|e| e.to_string())?;
+) -> Result<(ConsumerHandle, futures::future::BoxFuture<'static, ()>), ConsumerError> {
+    let store =
+        Store::open(&config.path, sink.keeps_view()).map_err(|source| ConsumerError::Open {
+            name: config.name.clone(),
+            path: config.path.clone(),
+            source,
+        })?;
+    let (position, as_of) = store.position()?;
+    let dead_letters = store.count_dead_letters()?;
+    let parking = Parking::load(store::parked_skus(store.conn())?);
+    let (parked, oldest_parked, parked_error) = store::parked_summary(store.conn())?;
     let shared = Arc::new(Mutex::new(Shared {
         position,
         as_of,
@@ -361,7 +359,7 @@ enum Step {
 #[derive(Debug)]
 enum StepError {
     /// Retry after a pause (ledger or store unavailable, …).
-    Retry(String),
+    Retry(ConsumerError),
     /// Shutting down mid-batch: leave it uncommitted; it is redone after restart.
     Stopping,
 }
@@ -444,7 +442,7 @@ impl Runner {
                 Err(StepError::Retry(error)) => {
                     failures += 1;
                     tracing::warn!(consumer.name = %self.config.name, %error, "consumer batch failed; retrying");
-                    self.shared().last_error = Some(error);
+                    self.shared().last_error = Some(error.to_string());
                     let pause = self
                         .config
                         .retry
@@ -492,7 +490,7 @@ impl Runner {
             .source
             .fetch(self.position, self.config.batch, self.config.poll)
             .await
-            .map_err(StepError::Retry)?;
+            .map_err(|e| StepError::Retry(e.into()))?;
         let Some(events) = self.contiguous(fetched).await? else {
             return Ok(Step::Progress);
         };
@@ -660,8 +658,8 @@ async fn run_db<T: Send + 'static>(
         f(&mut store)
     })
     .await
-    .map_err(|e| StepError::Retry(format!("store task failed: {e}")))?
-    .map_err(|e| StepError::Retry(format!("consumer store: {e}")))
+    .map_err(|e| StepError::Retry(e.into()))?
+    .map_err(|e| StepError::Retry(e.into()))
 }
 
 /// Sync latency of one applied event — from when the change happened to `applied_at` —

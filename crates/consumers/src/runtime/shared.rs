@@ -11,7 +11,10 @@ impl Runner {
         let Some(shared) = self.config.shared.clone() else {
             return Ok(());
         };
-        let recorded = shared.load().await.map_err(StepError::Retry)?;
+        let recorded = shared
+            .load()
+            .await
+            .map_err(|e| StepError::Retry(e.into()))?;
         let settled = self.db(|store| store::settled(store.conn())).await?;
         if recorded == 0 {
             // Never recorded (a first start, or an upgrade): this instance's own.
