@@ -719,7 +719,12 @@ fn run_server(
     } else {
         "127.0.0.1:8080"
     };
-    let config = match Config::resolve_with(args, default_listen) {
+    let config = match Config::resolve_with(args, default_listen).and_then(|c| {
+        if let Some(name) = &consumer {
+            serve::check_consumer(&c, name)?;
+        }
+        Ok(c)
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("invsync: {e}");

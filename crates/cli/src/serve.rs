@@ -57,16 +57,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// `invsync consume NAME`.
 pub async fn consume(config: Config, name: String) -> anyhow::Result<()> {
-    if name != "storefront" && !config.webhooks.iter().any(|w| w.name == name) {
-        let known: Vec<&str> = std::iter::once("storefront")
-            .chain(config.webhooks.iter().map(|w| w.name.as_str()))
-            .collect();
-        anyhow::bail!(
-            "consumer: no consumer named {name:?} (configured: {}; a webhook endpoint needs --webhook-url and --webhook-secret, or a [[webhook]] table)",
-            known.join(", ")
-        );
-    }
+    check_consumer(&config, &name).map_err(|e| anyhow::anyhow!(e))?;
     run_as(config, Role::Consumer(name)).await
+}
+
+/// Whether `consume NAME` names a configured consumer (a usage error otherwise).
+pub fn check_consumer(config: &Config, name: &str) -> Result<(), crate::config::ConfigError> {
+    if name == "storefront" || config.webhooks.iter().any(|w| w.name == name) {
+        return Ok(());
+    }
+    let known: Vec<&str> = std::iter::once("storefront")
+        .chain(config.webhooks.iter().map(|w| w.name.as_str()))
+        .collect();
+    Err(crate::config::bad(
+        "consumer",
+        format!(
+            "no consumer named {name:?} (configured: {}; a webhook endpoint needs --webhook-url and --webhook-secret, or a [[webhook]] table)",
+            known.join(", ")
+        ),
+    ))
 }
 
 async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
