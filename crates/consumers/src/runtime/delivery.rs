@@ -287,6 +287,83 @@ mod tests {
         assert!(matches!(outcome, Outcome::Delivered));
     }
 
+    /// Never answers (a receiver that hangs).
+    struct Hangs;
+
+    #[async_trait::async_trait]
+    impl Sink for Hangs {
+        fn delivers(&self) -> bool {
+            true
+        }
+        async fn deliver(&self, _event: &Incoming) -> Result<(), Failure> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_still_failing_at_the_deadline_is_parked_with_its_attempts() {
+        let (_stop, shutdown) = watch::channel(false);
+        let shared = Mutex::new(Shared::default());
+        let policy = RetryPolicy::default(); // 100 ms doubling, with jitter
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(2);
+        let outcome = deliver_with_retry(
+            &Down,
+            &policy,
+            &event(1, 1),
+            &shutdown,
+            &shared,
+            Some(deadline),
+        )
+        .await
+        .unwrap();
+        let Outcome::Parked {
+            attempts, error, ..
+        } = outcome
+        else {
+            panic!("{outcome:?}")
+        };
+        // Backoffs of 50-100, 100-200, 200-400, 400-800 ms… fit 4 to 6 attempts in
+        // 2 s; the attempt whose pause would end past the deadline parks instead.
+        assert!((4..=6).contains(&attempts), "{attempts} attempts");
+        assert!(error.contains("503"), "{error}");
+        assert!(
+            started.elapsed() <= Duration::from_secs(2),
+            "never past the deadline"
+        );
+
+        // A hanging request is cut at the deadline itself.
+        let started = Instant::now();
+        let outcome = deliver_with_retry(
+            &Hangs,
+            &policy,
+            &event(2, 1),
+            &shutdown,
+            &shared,
+            Some(started + Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(outcome, Outcome::Parked { attempts: 1, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+
+        // Without a deadline (a redrive) nothing is parked: it waits for an answer.
+        let outcome = deliver_with_retry(
+            &ThrottledOnce(AtomicUsize::new(0), Duration::from_secs(5)),
+            &policy,
+            &event(3, 1),
+            &shutdown,
+            &shared,
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(outcome, Outcome::Delivered));
+    }
+
     pub(super) fn event(version: i64, available: i64) -> Incoming {
         crate::test_event(version, available)
     }

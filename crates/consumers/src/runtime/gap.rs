@@ -8,45 +8,92 @@ use super::*;
 
 impl Runner {
     /// Events after the position without a hole. A hole (a bus that lost or aged out
-    /// messages) is filled from the ledger's log; when the log no longer has it either,
-    /// the consumer fell behind retention, which is handled here (`None`).
+    /// messages) — before the first event fetched or between two of them — is filled
+    /// from the ledger's log; when the log no longer has it either, the consumer fell
+    /// behind retention, which is handled here (`None`). What cannot be filled now is
+    /// cut off: the batch ends before it, and the next step finds it at its start.
     pub(super) async fn contiguous(
         &mut self,
         mut fetched: Vec<LoggedEvent>,
     ) -> Result<Option<Vec<LoggedEvent>>, StepError> {
         fetched.retain(|e| e.offset > self.position);
-        let next = self.position + 1;
-        let first = fetched.first().map(|e| e.offset);
+        fetched.sort_by_key(|e| e.offset);
+        fetched.dedup_by_key(|e| e.offset);
         let behind = *self.head.borrow() > self.position;
-        match first {
-            Some(first) if first > next => {}
-            // Nothing new although the head is ahead: has the log moved past us?
-            None if behind => {}
-            _ => return Ok(Some(fetched)),
-        }
-        let want = first.map_or(1, |f| ((f - next) as usize).min(self.config.batch));
-        let page = self
-            .ledger
-            .events(self.position, want)
-            .await
-            .map_err(|e| StepError::Retry(e.into()))?;
-        if next < page.oldest_offset {
-            self.fell_behind(page.oldest_offset).await?;
-            return Ok(None);
-        }
-        let Some(first) = first else {
+        if fetched.is_empty() {
+            // Nothing new although the head is ahead: has the log moved past us? (A
+            // bus that is merely slower than the log is waited for, not bypassed.)
+            if behind {
+                let oldest = self.read_log(self.position, 1).await?.oldest_offset;
+                if self.position + 1 < oldest {
+                    self.fell_behind(oldest).await?;
+                    return Ok(None);
+                }
+            }
             return Ok(Some(fetched));
-        };
-        tracing::warn!(consumer.name = %self.config.name, from = next, to = first - 1, "the source skipped events; reading them from the ledger's log");
-        let mut events: Vec<LoggedEvent> = page
-            .events
-            .into_iter()
-            .filter(|e| e.offset < first)
-            .collect();
-        if events.last().map(|e| e.offset) == Some(first - 1) {
-            events.extend(fetched);
         }
-        Ok(Some(events))
+        let mut out = Vec::with_capacity(fetched.len());
+        let mut expected = self.position + 1;
+        for event in fetched {
+            if event.offset > expected {
+                let Some(filled) = self.fill(expected, event.offset, out.is_empty()).await? else {
+                    return Ok(None);
+                };
+                let reached = filled.last().map(|e| e.offset + 1);
+                out.extend(filled);
+                if reached != Some(event.offset) {
+                    // Only part of the hole could be read: stop before the rest.
+                    return Ok(Some(out));
+                }
+            }
+            expected = event.offset + 1;
+            out.push(event);
+        }
+        Ok(Some(out))
+    }
+
+    /// Reads the hole `[from, until)` from the ledger's log (at most a batch of it).
+    /// `None` when the log no longer has its start and nothing precedes it in this
+    /// batch (the consumer fell behind retention, handled here); an empty or partial
+    /// fill when the log lacks it otherwise.
+    async fn fill(
+        &mut self,
+        from: i64,
+        until: i64,
+        first_in_batch: bool,
+    ) -> Result<Option<Vec<LoggedEvent>>, StepError> {
+        let want = ((until - from) as usize).min(self.config.batch);
+        let page = self.read_log(from - 1, want).await?;
+        if from < page.oldest_offset {
+            if first_in_batch {
+                self.fell_behind(page.oldest_offset).await?;
+                return Ok(None);
+            }
+            return Ok(Some(Vec::new()));
+        }
+        tracing::warn!(consumer.name = %self.config.name, log.offset = from, to = until - 1, "the source skipped events; reading them from the ledger's log");
+        let mut expected = from;
+        Ok(Some(
+            page.events
+                .into_iter()
+                .take_while(|e| {
+                    let next = e.offset == expected && e.offset < until;
+                    expected += 1;
+                    next
+                })
+                .collect(),
+        ))
+    }
+
+    async fn read_log(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<invsync_ledger::EventPage, StepError> {
+        self.ledger
+            .events(after, limit)
+            .await
+            .map_err(|e| StepError::Retry(e.into()))
     }
 
     /// The log no longer holds the next event this consumer needs.
@@ -116,5 +163,85 @@ impl Runner {
         .await?;
         tracing::info!(consumer.name = %self.config.name, position, "view rebuilt from a snapshot");
         self.moved_to(position).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::runtime::testing::MemLog;
+    use crate::runtime::{start, ConsumerConfig};
+    use crate::source::{EventSource, LedgerSource};
+    use crate::{Failure, SourceError};
+
+    /// A bus that lost offsets 3 to 5: it never hands them out.
+    struct Lossy(LedgerSource);
+
+    #[async_trait]
+    impl EventSource for Lossy {
+        async fn fetch(
+            &self,
+            position: i64,
+            max: usize,
+            wait: Duration,
+        ) -> Result<Vec<LoggedEvent>, SourceError> {
+            let mut events = self.0.fetch(position, max, wait).await?;
+            events.retain(|e| !(3..=5).contains(&e.offset));
+            Ok(events)
+        }
+
+        fn kind(&self) -> &'static str {
+            "lossy"
+        }
+    }
+
+    /// Records the versions it is given, in order.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<i64>>);
+
+    #[async_trait]
+    impl Sink for Recorder {
+        fn delivers(&self) -> bool {
+            true
+        }
+        async fn deliver(&self, event: &Incoming) -> Result<(), Failure> {
+            self.0.lock().unwrap().push(event.event.version);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hole_the_source_leaves_is_read_from_the_ledgers_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = MemLog::new();
+        for v in 1..=8 {
+            log.append("A", v);
+        }
+        let sink = Arc::new(Recorder::default());
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let (handle, run) = start(
+            ConsumerConfig::new("webhook", dir.path().join("webhook.db")),
+            sink.clone(),
+            log.clone(),
+            Arc::new(Lossy(LedgerSource(log.clone()))),
+            shutdown,
+        )
+        .unwrap();
+        tokio::spawn(run);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while handle.status().position < 8 {
+            assert!(tokio::time::Instant::now() < deadline, "never caught up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            (1..=8).collect::<Vec<_>>(),
+            "the lost events were read from the log, in order"
+        );
     }
 }

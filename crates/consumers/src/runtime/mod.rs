@@ -43,6 +43,8 @@ mod delivery;
 mod gap;
 mod parked;
 mod shared;
+#[cfg(test)]
+mod testing;
 
 use control::Command;
 pub use control::{ControlError, ReplayFrom};

@@ -397,70 +397,11 @@ async fn attempt(sink: &dyn Sink, policy: &RetryPolicy, parked: &Parked) -> Sett
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use async_trait::async_trait;
-    use invsync_core::{Sku, StoreId};
-    use invsync_ledger::{EventLog, EventPage, LedgerError, LoggedEvent, SnapshotPage};
-
     use super::*;
+    use crate::runtime::testing::MemLog;
     use crate::runtime::{start, ConsumerHandle};
     use crate::{Failure, LedgerSource};
-
-    /// The ledger's log in memory (a unit-test double of the read-only interface).
-    struct MemLog {
-        events: Mutex<Vec<LoggedEvent>>,
-        head: watch::Sender<i64>,
-    }
-
-    impl MemLog {
-        fn new() -> Arc<Self> {
-            Arc::new(Self {
-                events: Mutex::new(Vec::new()),
-                head: watch::channel(0).0,
-            })
-        }
-
-        fn append(&self, sku: &str, version: i64) {
-            let mut events = self.events.lock().unwrap();
-            let offset = events.len() as i64 + 1;
-            let mut e = crate::test_event_of(sku, version, version);
-            e.offset = offset;
-            events.push(LoggedEvent {
-                offset,
-                envelope: e.envelope,
-            });
-            self.head.send_replace(offset);
-        }
-    }
-
-    #[async_trait]
-    impl EventLog for MemLog {
-        async fn events(&self, after: i64, limit: usize) -> Result<EventPage, LedgerError> {
-            let events = self.events.lock().unwrap();
-            Ok(EventPage {
-                events: events
-                    .iter()
-                    .filter(|e| e.offset > after)
-                    .take(limit)
-                    .cloned()
-                    .collect(),
-                oldest_offset: 1,
-                last_offset: events.len() as i64,
-            })
-        }
-        async fn offset_at(&self, _since: DateTime<Utc>) -> Result<i64, LedgerError> {
-            Ok(1)
-        }
-        async fn snapshot(
-            &self,
-            _after: Option<(StoreId, Sku)>,
-            _limit: usize,
-        ) -> Result<SnapshotPage, LedgerError> {
-            Err(LedgerError::Internal("no snapshots here".into()))
-        }
-        fn subscribe(&self) -> watch::Receiver<i64> {
-            self.head.subscribe()
-        }
-    }
+    use async_trait::async_trait;
 
     /// A receiver that refuses (503) every event of SKU `STUCK` while `stuck` is set,
     /// and records what it accepted, in order.
