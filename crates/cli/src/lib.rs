@@ -365,12 +365,20 @@ fn command_wants_json(command: &Command) -> bool {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Sets up logging to stderr. Lines are written by a background thread, so a slow
+/// stderr (a pipe, a terminal) never stalls a request that logs its access line; the
+/// returned guard flushes what is queued when dropped, so hold it until the process
+/// ends.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Not lossy: when the queue is full, a writer waits rather than drop a line.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
@@ -378,6 +386,7 @@ fn init_logging(format: LogFormat) {
     // Dependencies that log through the `log` crate (tokio-postgres) reach the same
     // subscriber. (A second call, in tests that run several commands, is harmless.)
     let _ = tracing_log::LogTracer::init();
+    guard
 }
 
 fn print(client: &Client, value: &Value, human: impl FnOnce(&Value) -> String) {
@@ -731,7 +740,7 @@ fn run_server(
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
+    let _logging = init_logging(config.log_format);
     let run = async move {
         match consumer {
             None => serve::run(config).await,
