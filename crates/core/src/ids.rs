@@ -106,6 +106,12 @@ identifier!(
     MAX_ID_BYTES
 );
 identifier!(
+    /// A sales channel (`online`, `pos-S1`, `marketplace`): the locations it sells
+    /// from and how it allocates (see [`crate::channel`]).
+    ChannelId,
+    MAX_ID_BYTES
+);
+identifier!(
     /// A product's stock-keeping unit; the partition key of every event.
     Sku,
     MAX_ID_BYTES

@@ -13,6 +13,7 @@
 //! - [`error`]: business outcomes that refuse a command.
 #![forbid(unsafe_code)]
 
+pub mod channel;
 pub mod command;
 pub mod error;
 pub mod event;
@@ -27,7 +28,9 @@ pub use command::{
 };
 pub use error::{DomainError, ShortLine};
 pub use event::{Cause, CloudEvent, EventType, InventoryEventV1, Reason};
-pub use ids::{ExternalRef, IdError, IdempotencyKey, OrderId, Sku, StoreId, MAX_ID_BYTES};
+pub use ids::{
+    ChannelId, ExternalRef, IdError, IdempotencyKey, OrderId, Sku, StoreId, MAX_ID_BYTES,
+};
 pub use quantity::{Delta, LineQuantity, OnHandCount, RangeError, TtlSeconds};
 pub use reservation::{ReleaseKind, Reservation, ReservationLine, ReservationStatus};
 pub use stock::StockLevel;

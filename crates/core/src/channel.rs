@@ -1,0 +1,522 @@
+//! Channels (docs/design/channels.md): the locations a channel sells from, how it
+//! allocates an order to them, and the safety stock it leaves on each shelf. The
+//! configuration is validated here, and allocation is a pure function of a
+//! configuration and the stock it is shown, so the ledger (both back ends) and its
+//! tests share one definition of it.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::RequestError;
+use crate::error::ShortLine;
+use crate::ids::{Sku, StoreId};
+use crate::quantity::LineQuantity;
+use crate::stock::StockLevel;
+
+/// Most locations one channel may sell from.
+pub const MAX_LOCATIONS: usize = 100;
+/// Longest display name of a channel, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// In which order a channel's locations are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Allocation {
+    /// Lowest `priority` number first; ties by `store_id`.
+    Priority,
+    /// The location with the most channel-available units first (of the line's SKU;
+    /// with `split: none`, of all the order's lines together); ties by `store_id`.
+    MostAvailable,
+}
+
+/// How an order may be divided between locations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// The whole order from one location: the first, in allocation order, that can
+    /// fill every line.
+    None,
+    /// Each line from one location; lines may differ.
+    ByLine,
+    /// A line may be split across locations.
+    ByUnit,
+}
+
+/// One location of a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelLocation {
+    pub store_id: StoreId,
+    pub priority: i32,
+    /// Units at this location the channel may not reserve (a per-SKU override may
+    /// replace it).
+    pub safety_stock: i64,
+}
+
+/// A channel's configuration, valid by construction ([`ChannelConfig::new`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelConfig {
+    name: Option<String>,
+    allocation: Allocation,
+    split: Split,
+    locations: Vec<ChannelLocation>,
+}
+
+impl ChannelConfig {
+    /// Checks a configuration; an error names the field (`locations[2].store_id`).
+    /// Unknown store ids are allowed: a location may get stock later.
+    pub fn new(
+        name: Option<String>,
+        allocation: Allocation,
+        split: Split,
+        locations: Vec<ChannelLocation>,
+    ) -> Result<Self, RequestError> {
+        if let Some(name) = &name {
+            if name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control)
+            {
+                return Err(RequestError::new(
+                    "name",
+                    format!("must be 1 to {MAX_NAME_BYTES} bytes without control characters"),
+                ));
+            }
+        }
+        if locations.is_empty() {
+            return Err(RequestError::new(
+                "locations",
+                "must list at least one location",
+            ));
+        }
+        if locations.len() > MAX_LOCATIONS {
+            return Err(RequestError::new(
+                "locations",
+                format!("must list at most {MAX_LOCATIONS} locations"),
+            ));
+        }
+        let mut seen = HashSet::with_capacity(locations.len());
+        for (i, location) in locations.iter().enumerate() {
+            if !seen.insert(&location.store_id) {
+                return Err(RequestError::new(
+                    format!("locations[{i}].store_id"),
+                    format!("store {} is listed more than once", location.store_id),
+                ));
+            }
+            if location.safety_stock < 0 {
+                return Err(RequestError::new(
+                    format!("locations[{i}].safety_stock"),
+                    "must not be negative",
+                ));
+            }
+        }
+        Ok(Self {
+            name,
+            allocation,
+            split,
+            locations,
+        })
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    pub fn allocation(&self) -> Allocation {
+        self.allocation
+    }
+
+    pub fn split(&self) -> Split {
+        self.split
+    }
+
+    pub fn locations(&self) -> &[ChannelLocation] {
+        &self.locations
+    }
+
+    /// Whether the channel sells from `store`.
+    pub fn sells_from(&self, store: &StoreId) -> bool {
+        self.locations.iter().any(|l| &l.store_id == store)
+    }
+}
+
+/// What allocation is shown of one (location, sku): its level (`None` when the
+/// location has no row for the SKU) and the channel's safety stock there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shelf {
+    pub level: Option<StockLevel>,
+    pub safety_stock: i64,
+}
+
+impl Shelf {
+    /// Units the channel may take here: `max(0, available − safety_stock)`.
+    pub fn channel_available(&self) -> i64 {
+        self.level
+            .map_or(0, |l| (l.available() - self.safety_stock).max(0))
+    }
+}
+
+/// Where one line of an order is taken from: (location, quantity), in allocation
+/// order.
+pub type LineAllocation = Vec<(StoreId, i64)>;
+
+/// Allocates every line of an order to the channel's locations, or none: the
+/// allocation of each line in the order given, or every short line with the
+/// channel's availability of its SKU. `shelf(store, sku)` shows the stock; it is
+/// asked about every location of the channel for every line.
+pub fn allocate(
+    config: &ChannelConfig,
+    lines: &[(Sku, LineQuantity)],
+    shelf: impl Fn(&StoreId, &Sku) -> Shelf,
+) -> Result<Vec<LineAllocation>, Vec<ShortLine>> {
+    // The channel-available units of every (line, location), read once.
+    let grid: Vec<Vec<i64>> = lines
+        .iter()
+        .map(|(sku, _)| {
+            config
+                .locations
+                .iter()
+                .map(|l| shelf(&l.store_id, sku).channel_available())
+                .collect()
+        })
+        .collect();
+    let short = || -> Vec<ShortLine> {
+        lines
+            .iter()
+            .zip(&grid)
+            .filter_map(|((sku, q), row)| {
+                let total: i64 = row.iter().sum();
+                let fits = match config.split {
+                    Split::ByUnit => total >= q.get(),
+                    _ => row.iter().any(|a| *a >= q.get()),
+                };
+                // With `split: none` every line is reported when no single location
+                // fills them all, though a line may fit somewhere on its own.
+                (!fits || config.split == Split::None).then(|| ShortLine {
+                    sku: sku.clone(),
+                    requested: q.get(),
+                    available: total,
+                })
+            })
+            .collect()
+    };
+    match config.split {
+        Split::None => {
+            let totals: Vec<i64> = (0..config.locations.len())
+                .map(|j| grid.iter().map(|row| row[j]).sum())
+                .collect();
+            let order = config.order(&totals);
+            let whole = order.into_iter().find(|&j| {
+                lines
+                    .iter()
+                    .zip(&grid)
+                    .all(|((_, q), row)| row[j] >= q.get())
+            });
+            match whole {
+                Some(j) => Ok(lines
+                    .iter()
+                    .map(|(_, q)| vec![(config.locations[j].store_id.clone(), q.get())])
+                    .collect()),
+                None => Err(short()),
+            }
+        }
+        Split::ByLine | Split::ByUnit => {
+            let mut out = Vec::with_capacity(lines.len());
+            for ((_, q), row) in lines.iter().zip(&grid) {
+                let order = config.order(row);
+                let mut taken = Vec::new();
+                if config.split == Split::ByLine {
+                    if let Some(j) = order.into_iter().find(|&j| row[j] >= q.get()) {
+                        taken.push((config.locations[j].store_id.clone(), q.get()));
+                    }
+                } else {
+                    let mut left = q.get();
+                    for j in order {
+                        if left == 0 {
+                            break;
+                        }
+                        let take = row[j].min(left);
+                        if take > 0 {
+                            taken.push((config.locations[j].store_id.clone(), take));
+                            left -= take;
+                        }
+                    }
+                    if left > 0 {
+                        taken.clear();
+                    }
+                }
+                if taken.is_empty() {
+                    return Err(short());
+                }
+                out.push(taken);
+            }
+            Ok(out)
+        }
+    }
+}
+
+impl ChannelConfig {
+    /// The location indexes in allocation order, given each location's
+    /// channel-available units (used by `most_available`).
+    fn order(&self, available: &[i64]) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.locations.len()).collect();
+        let l = &self.locations;
+        match self.allocation {
+            Allocation::Priority => order.sort_by(|&a, &b| {
+                (l[a].priority, &l[a].store_id).cmp(&(l[b].priority, &l[b].store_id))
+            }),
+            Allocation::MostAvailable => order.sort_by(|&a, &b| {
+                available[b]
+                    .cmp(&available[a])
+                    .then_with(|| l[a].store_id.cmp(&l[b].store_id))
+            }),
+        }
+        order
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn store(s: &str) -> StoreId {
+        StoreId::parse(s).unwrap()
+    }
+    fn sku(s: &str) -> Sku {
+        Sku::parse(s).unwrap()
+    }
+    fn q(n: i64) -> LineQuantity {
+        LineQuantity::new(n).unwrap()
+    }
+    fn loc(s: &str, priority: i32, safety_stock: i64) -> ChannelLocation {
+        ChannelLocation {
+            store_id: store(s),
+            priority,
+            safety_stock,
+        }
+    }
+    fn channel(
+        allocation: Allocation,
+        split: Split,
+        locations: Vec<ChannelLocation>,
+    ) -> ChannelConfig {
+        ChannelConfig::new(None, allocation, split, locations).unwrap()
+    }
+
+    /// Stock as (store, sku) → (on_hand, reserved); a missing key has no row.
+    fn stock(rows: &[(&str, &str, i64, i64)]) -> HashMap<(StoreId, Sku), StockLevel> {
+        rows.iter()
+            .map(|(st, sk, on_hand, reserved)| {
+                (
+                    (store(st), sku(sk)),
+                    StockLevel::new(*on_hand, *reserved, 1).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// An allocation as (store, quantity) per line, or the short lines as (sku,
+    /// requested, available).
+    type Outcome = Result<Vec<Vec<(String, i64)>>, Vec<(String, i64, i64)>>;
+
+    fn run(
+        config: &ChannelConfig,
+        rows: &HashMap<(StoreId, Sku), StockLevel>,
+        order: &[(&str, i64)],
+    ) -> Outcome {
+        let lines: Vec<(Sku, LineQuantity)> = order.iter().map(|(s, n)| (sku(s), q(*n))).collect();
+        let safety: HashMap<StoreId, i64> = config
+            .locations()
+            .iter()
+            .map(|l| (l.store_id.clone(), l.safety_stock))
+            .collect();
+        allocate(config, &lines, |st, sk| Shelf {
+            level: rows.get(&(st.clone(), sk.clone())).copied(),
+            safety_stock: safety[st],
+        })
+        .map(|lines| {
+            lines
+                .into_iter()
+                .map(|l| l.into_iter().map(|(s, n)| (s.to_string(), n)).collect())
+                .collect()
+        })
+        .map_err(|short| {
+            short
+                .into_iter()
+                .map(|s| (s.sku.to_string(), s.requested, s.available))
+                .collect()
+        })
+    }
+
+    fn at(s: &str, n: i64) -> (String, i64) {
+        (s.to_owned(), n)
+    }
+
+    #[test]
+    fn priority_takes_the_lowest_number_first_and_breaks_ties_by_store() {
+        let rows = stock(&[("WH1", "A", 10, 0), ("S1", "A", 10, 0), ("S2", "A", 10, 0)]);
+        let c = channel(
+            Allocation::Priority,
+            Split::ByUnit,
+            vec![loc("S2", 1, 0), loc("WH1", 2, 0), loc("S1", 1, 0)],
+        );
+        // S1 and S2 tie on priority 1: S1 first by store id.
+        assert_eq!(
+            run(&c, &rows, &[("A", 15)]),
+            Ok(vec![vec![at("S1", 10), at("S2", 5)]])
+        );
+    }
+
+    #[test]
+    fn most_available_takes_the_fullest_shelf_first_and_breaks_ties_by_store() {
+        let rows = stock(&[("WH1", "A", 5, 0), ("S1", "A", 9, 2), ("S2", "A", 7, 0)]);
+        let c = channel(
+            Allocation::MostAvailable,
+            Split::ByUnit,
+            vec![loc("WH1", 1, 0), loc("S1", 2, 0), loc("S2", 3, 0)],
+        );
+        // S1 and S2 both have 7 available: S1 first by store id, then S2, then WH1.
+        assert_eq!(
+            run(&c, &rows, &[("A", 16)]),
+            Ok(vec![vec![at("S1", 7), at("S2", 7), at("WH1", 2)]])
+        );
+    }
+
+    #[test]
+    fn safety_stock_is_never_taken_and_its_boundary_is_exact() {
+        let rows = stock(&[("S1", "A", 5, 1)]); // 4 available
+        let c = channel(Allocation::Priority, Split::ByUnit, vec![loc("S1", 1, 2)]);
+        assert_eq!(
+            run(&c, &rows, &[("A", 2)]),
+            Ok(vec![vec![at("S1", 2)]]),
+            "4 − 2 = 2: exactly"
+        );
+        assert_eq!(
+            run(&c, &rows, &[("A", 3)]),
+            Err(vec![("A".into(), 3, 2)]),
+            "one more dips in"
+        );
+        // A buffer larger than what is there leaves 0, never a negative.
+        let c = channel(Allocation::Priority, Split::ByUnit, vec![loc("S1", 1, 9)]);
+        assert_eq!(run(&c, &rows, &[("A", 1)]), Err(vec![("A".into(), 1, 0)]));
+    }
+
+    #[test]
+    fn locations_without_a_stock_row_have_nothing_to_give() {
+        let rows = stock(&[("S2", "A", 3, 0)]);
+        let c = channel(
+            Allocation::Priority,
+            Split::ByUnit,
+            vec![loc("GHOST", 1, 0), loc("S2", 2, 0)],
+        );
+        assert_eq!(run(&c, &rows, &[("A", 3)]), Ok(vec![vec![at("S2", 3)]]));
+        let c = channel(
+            Allocation::MostAvailable,
+            Split::None,
+            vec![loc("GHOST", 1, 0)],
+        );
+        assert_eq!(run(&c, &rows, &[("A", 1)]), Err(vec![("A".into(), 1, 0)]));
+    }
+
+    #[test]
+    fn split_none_takes_the_whole_order_from_the_first_location_that_fills_it() {
+        let rows = stock(&[
+            ("WH1", "A", 10, 0),
+            ("WH1", "B", 0, 0),
+            ("S1", "A", 2, 0),
+            ("S1", "B", 2, 0),
+        ]);
+        let c = channel(
+            Allocation::Priority,
+            Split::None,
+            vec![loc("WH1", 1, 0), loc("S1", 2, 0)],
+        );
+        // WH1 comes first but has no B; S1 fills both lines.
+        assert_eq!(
+            run(&c, &rows, &[("A", 2), ("B", 1)]),
+            Ok(vec![vec![at("S1", 2)], vec![at("S1", 1)]])
+        );
+        // No single location fills both: every line is reported, with the
+        // channel's availability of its SKU.
+        assert_eq!(
+            run(&c, &rows, &[("A", 3), ("B", 1)]),
+            Err(vec![("A".into(), 3, 12), ("B".into(), 1, 2)])
+        );
+    }
+
+    #[test]
+    fn split_by_line_takes_each_line_from_one_location() {
+        let rows = stock(&[("WH1", "A", 10, 0), ("S1", "A", 4, 0), ("S1", "B", 4, 0)]);
+        let c = channel(
+            Allocation::Priority,
+            Split::ByLine,
+            vec![loc("WH1", 1, 0), loc("S1", 2, 0)],
+        );
+        assert_eq!(
+            run(&c, &rows, &[("A", 6), ("B", 3)]),
+            Ok(vec![vec![at("WH1", 6)], vec![at("S1", 3)]])
+        );
+        // 11 A exist across locations, but no one location has 11: short.
+        assert_eq!(
+            run(&c, &rows, &[("A", 11), ("B", 3)]),
+            Err(vec![("A".into(), 11, 14)])
+        );
+    }
+
+    #[test]
+    fn split_by_unit_spreads_a_line_and_reports_only_the_short_lines() {
+        let rows = stock(&[("WH1", "A", 3, 1), ("S1", "A", 4, 0), ("S1", "B", 1, 0)]);
+        let c = channel(
+            Allocation::Priority,
+            Split::ByUnit,
+            vec![loc("WH1", 1, 0), loc("S1", 2, 1)],
+        );
+        assert_eq!(
+            run(&c, &rows, &[("A", 5)]),
+            Ok(vec![vec![at("WH1", 2), at("S1", 3)]])
+        );
+        assert_eq!(
+            run(&c, &rows, &[("A", 6), ("B", 1)]),
+            Err(vec![("A".into(), 6, 5), ("B".into(), 1, 0)])
+        );
+    }
+
+    #[test]
+    fn allocation_is_deterministic_whatever_the_listing_order() {
+        let rows = stock(&[("A1", "X", 5, 0), ("A2", "X", 5, 0), ("A3", "X", 5, 0)]);
+        let locations = vec![loc("A1", 1, 0), loc("A2", 1, 0), loc("A3", 1, 0)];
+        for allocation in [Allocation::Priority, Allocation::MostAvailable] {
+            let mut reversed = locations.clone();
+            reversed.reverse();
+            let a = channel(allocation, Split::ByUnit, locations.clone());
+            let b = channel(allocation, Split::ByUnit, reversed);
+            assert_eq!(run(&a, &rows, &[("X", 7)]), run(&b, &rows, &[("X", 7)]));
+        }
+    }
+
+    #[test]
+    fn a_bad_configuration_names_the_field() {
+        let bad = |locations: Vec<ChannelLocation>, name: Option<&str>| {
+            ChannelConfig::new(
+                name.map(str::to_owned),
+                Allocation::Priority,
+                Split::None,
+                locations,
+            )
+            .unwrap_err()
+            .field
+        };
+        assert_eq!(bad(vec![], None), "locations");
+        assert_eq!(
+            bad(vec![loc("S1", 1, 0), loc("S1", 2, 0)], None),
+            "locations[1].store_id"
+        );
+        assert_eq!(
+            bad(vec![loc("S1", 1, -1)], None),
+            "locations[0].safety_stock"
+        );
+        assert_eq!(bad(vec![loc("S1", 1, 0)], Some("")), "name");
+        // Unknown strategies are refused when the JSON is read.
+        assert!(serde_json::from_str::<Allocation>("\"random\"").is_err());
+        assert!(serde_json::from_str::<Split>("\"by_unit\"").is_ok());
+    }
+}
