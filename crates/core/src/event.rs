@@ -190,6 +190,30 @@ pub enum EnvelopeError {
 }
 
 impl CloudEvent {
+    /// The CloudEvents `type` of an envelope, read without its data: lets a reader
+    /// tell an event type it does not handle (and skips) from a broken envelope.
+    pub fn type_of(bytes: &[u8]) -> Option<String> {
+        #[derive(Deserialize)]
+        struct TypeOnly {
+            #[serde(rename = "type")]
+            event_type: String,
+        }
+        serde_json::from_slice::<TypeOnly>(bytes)
+            .ok()
+            .map(|t| t.event_type)
+    }
+
+    /// Whether `event_type` is one of the v1 stock events ([`EventType`]).
+    pub fn is_stock_event(event_type: &str) -> bool {
+        [
+            EventType::Reserved,
+            EventType::Released,
+            EventType::Adjusted,
+        ]
+        .iter()
+        .any(|t| t.cloudevents_type() == event_type)
+    }
+
     /// Parses and cross-checks an envelope: the attributes must agree with the data,
     /// so an event that was tampered with or mis-built is refused rather than applied.
     pub fn parse(bytes: &[u8]) -> Result<Self, EnvelopeError> {
@@ -247,6 +271,19 @@ mod tests {
             },
             StockLevel::new(10, 3, 12).unwrap(),
         )
+    }
+
+    #[test]
+    fn the_type_is_read_without_the_data() {
+        let stock = sample().to_envelope("invsync://test").to_json();
+        let t = CloudEvent::type_of(stock.as_bytes()).unwrap();
+        assert!(CloudEvent::is_stock_event(&t));
+        let other =
+            br#"{"type": "com.invsync.channel.updated.v1", "data": {"channel_id": "online"}}"#;
+        let t = CloudEvent::type_of(other).unwrap();
+        assert_eq!(t, "com.invsync.channel.updated.v1");
+        assert!(!CloudEvent::is_stock_event(&t));
+        assert_eq!(CloudEvent::type_of(b"not json"), None);
     }
 
     #[test]

@@ -168,16 +168,16 @@ impl Runner {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use async_trait::async_trait;
 
     use super::*;
-    use crate::runtime::testing::MemLog;
+    use crate::runtime::testing::{MemLog, Recorder};
     use crate::runtime::{start, ConsumerConfig};
     use crate::source::{EventSource, LedgerSource};
-    use crate::{Failure, SourceError};
+    use crate::SourceError;
 
     /// A bus that lost offsets 3 to 5: it never hands them out.
     struct Lossy(LedgerSource);
@@ -197,21 +197,6 @@ mod tests {
 
         fn kind(&self) -> &'static str {
             "lossy"
-        }
-    }
-
-    /// Records the versions it is given, in order.
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<i64>>);
-
-    #[async_trait]
-    impl Sink for Recorder {
-        fn delivers(&self) -> bool {
-            true
-        }
-        async fn deliver(&self, event: &Incoming) -> Result<(), Failure> {
-            self.0.lock().unwrap().push(event.event.version);
-            Ok(())
         }
     }
 

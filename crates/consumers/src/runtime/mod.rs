@@ -504,7 +504,9 @@ impl Runner {
         tracing::Span::current().record("log.offset", last);
 
         // Parse and validate: an event that is not a valid v1 envelope can never be
-        // applied, so it goes straight to the dead letters.
+        // applied, so it goes straight to the dead letters. An event of a type this
+        // runtime does not handle (a channel's configuration, a later version) is
+        // passed over: the position moves past it.
         let mut incoming = Vec::with_capacity(events.len());
         let mut invalid = Vec::new();
         for logged in events {
@@ -514,7 +516,12 @@ impl Runner {
                     event: envelope.data,
                     envelope: logged.envelope,
                 }),
-                Err(e) => invalid.push((logged.offset, logged.envelope, e.to_string())),
+                Err(e) => match CloudEvent::type_of(logged.envelope.as_bytes()) {
+                    Some(t) if !CloudEvent::is_stock_event(&t) => {
+                        tracing::debug!(consumer.name = %self.config.name, log.offset = logged.offset, event.type = %t, "an event type this consumer does not handle; passed over");
+                    }
+                    _ => invalid.push((logged.offset, logged.envelope, e.to_string())),
+                },
             }
         }
         if let Some(first) = incoming.first() {
@@ -845,6 +852,37 @@ mod tests {
         };
         commit(store, &Storefront, &mut batch).unwrap();
         applied
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn event_types_the_consumer_does_not_handle_are_passed_over_not_dead_lettered() {
+        use crate::runtime::testing::{MemLog, Recorder};
+        let dir = tempfile::tempdir().unwrap();
+        let log = MemLog::new();
+        log.append("A", 1);
+        log.append_raw(r#"{"specversion":"1.0","type":"com.invsync.channel.updated.v1","data":{"channel_id":"online"}}"#);
+        log.append_raw("not an envelope at all");
+        log.append("A", 2);
+        let sink = Arc::new(Recorder::default());
+        let (_stop, shutdown) = watch::channel(false);
+        let (handle, run) = start(
+            ConsumerConfig::new("webhook", dir.path().join("webhook.db")),
+            sink.clone(),
+            log.clone(),
+            Arc::new(crate::LedgerSource(log.clone())),
+            shutdown,
+        )
+        .unwrap();
+        tokio::spawn(run);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while handle.status().position < 4 {
+            assert!(tokio::time::Instant::now() < deadline, "never caught up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*sink.0.lock().unwrap(), [1, 2]);
+        let letters = handle.reader().dead_letters().await.unwrap();
+        assert_eq!(letters.len(), 1, "only the broken envelope");
+        assert_eq!(letters[0].offset, 3);
     }
 
     #[tokio::test]

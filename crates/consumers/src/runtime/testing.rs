@@ -8,6 +8,8 @@ use invsync_core::{Sku, StoreId};
 use invsync_ledger::{EventLog, EventPage, LedgerError, LoggedEvent, SnapshotPage};
 use tokio::sync::watch;
 
+use crate::{Failure, Incoming, Sink};
+
 /// The ledger's log in memory (a unit-test double of the read-only interface).
 pub(crate) struct MemLog {
     events: Mutex<Vec<LoggedEvent>>,
@@ -32,6 +34,32 @@ impl MemLog {
             envelope: e.envelope,
         });
         self.head.send_replace(offset);
+    }
+
+    /// Appends an envelope as it is (another event type, a broken one).
+    pub(crate) fn append_raw(&self, envelope: &str) {
+        let mut events = self.events.lock().unwrap();
+        let offset = events.len() as i64 + 1;
+        events.push(LoggedEvent {
+            offset,
+            envelope: envelope.to_owned(),
+        });
+        self.head.send_replace(offset);
+    }
+}
+
+/// A delivering sink that records the versions it is given, in order.
+#[derive(Default)]
+pub(crate) struct Recorder(pub(crate) Mutex<Vec<i64>>);
+
+#[async_trait]
+impl Sink for Recorder {
+    fn delivers(&self) -> bool {
+        true
+    }
+    async fn deliver(&self, event: &Incoming) -> Result<(), Failure> {
+        self.0.lock().unwrap().push(event.event.version);
+        Ok(())
     }
 }
 
