@@ -125,6 +125,14 @@ pub async fn run(client: &Client, wait: Duration) -> Result<Report, ClientError>
             }
             cursor = offset;
             events += 1;
+            // Only stock events carry levels; other types (a channel's configuration)
+            // count for the offsets alone.
+            let stock = e["event"]["type"]
+                .as_str()
+                .is_some_and(invsync_core::CloudEvent::is_stock_event);
+            if !stock {
+                continue;
+            }
             let d = &e["event"]["data"];
             let history = histories
                 .entry(key(d, "store_id", "product_sku"))
