@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use invsync_core::{
-    Adjust, AdjustReason, Change, Delta, ExternalRef, LineQuantity, OnHandCount, OrderId,
-    ReleaseReason, Reservation, ReservationStatus, Sku, StoreId, TtlSeconds,
+    Adjust, AdjustReason, Change, ChannelId, Delta, ExternalRef, LineQuantity, OnHandCount,
+    OrderId, ReleaseReason, Reservation, ReservationStatus, Sku, StoreId, TtlSeconds,
 };
 use invsync_ledger::{AdjustmentOutcome, StockRow};
 use serde::{Deserialize, Serialize};
@@ -88,6 +88,10 @@ pub(crate) struct AdjustmentBody {
     /// Compare-and-set: refused with `version_conflict` unless the row is at this version.
     #[schema(minimum = 0)]
     pub(crate) if_version: Option<i64>,
+    /// The channel the change happened in (a till sale: `pos-S1`); carried by the
+    /// event. Not checked against configured channels.
+    #[schema(value_type = Option<crate::openapi::Identifier>)]
+    pub(crate) channel: Option<ChannelId>,
 }
 
 impl AdjustmentBody {
@@ -103,6 +107,15 @@ impl AdjustmentBody {
                 ))
             }
         };
+        // A sale takes units off the shelf: only a negative delta says that.
+        if self.reason == AdjustReason::Sale
+            && !matches!(change, Change::Delta(d) if i64::from(d) < 0)
+        {
+            return Err(ApiError::invalid(
+                format!("{prefix}delta"),
+                "a sale takes units: give a negative delta (not set_on_hand)",
+            ));
+        }
         if let Some(version) = self.if_version.filter(|v| *v < 0) {
             return Err(ApiError::invalid(
                 format!("{prefix}if_version"),
@@ -116,6 +129,7 @@ impl AdjustmentBody {
             reason: self.reason,
             external_ref: self.external_ref,
             if_version: self.if_version,
+            channel: self.channel,
             idempotency_key: None,
         })
     }

@@ -333,6 +333,76 @@ async fn adjustments_counts_shortages_and_batches(backend: Backend) {
     assert_eq!(app.get("/v1/stock/S1/B").await.body["on_hand"], 5);
 }
 
+/// A sale at the till (channels.md): reason `sale`, a negative delta, an optional
+/// channel that the event carries; anything else under `sale` is refused, naming
+/// `delta`, and writes nothing.
+async fn a_till_sale_is_an_adjustment_that_carries_its_channel(backend: Backend) {
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
+    app.adjust("Store #1", "TSHIRT RED/XL", 5).await;
+    let sale = json!({"store_id": "Store #1", "sku": "TSHIRT RED/XL", "delta": -1,
+        "reason": "sale", "channel": "pos-S1", "external_ref": "till-7/receipt-0042"});
+    let sold = app.post("/v1/adjustments", sale.clone()).await;
+    assert_eq!(sold.status, StatusCode::OK, "{}", sold.body);
+    assert_eq!(sold.body["on_hand"], 4);
+    // A repeat under the same external_ref is the same sale, once.
+    let again = app.post("/v1/adjustments", sale).await;
+    assert_eq!(again.body["event_id"], sold.body["event_id"]);
+    // Without a channel it is a sale all the same.
+    let plain =
+        json!({"store_id": "Store #1", "sku": "TSHIRT RED/XL", "delta": -1, "reason": "sale"});
+    assert_eq!(
+        app.post("/v1/adjustments", plain).await.status,
+        StatusCode::OK
+    );
+
+    for refused in [
+        json!({"store_id": "Store #1", "sku": "TSHIRT RED/XL", "delta": 2, "reason": "sale"}),
+        json!({"store_id": "Store #1", "sku": "TSHIRT RED/XL", "set_on_hand": 1, "reason": "sale"}),
+    ] {
+        let answer = app.post("/v1/adjustments", refused).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+        assert_eq!(answer.body["field"], "delta", "{}", answer.body);
+    }
+    let bad_channel = app
+        .post(
+            "/v1/adjustments",
+            json!({"store_id": "S1", "sku": "A", "delta": -1, "reason": "sale", "channel": " pos"}),
+        )
+        .await;
+    assert_eq!(bad_channel.body["field"], "channel", "{}", bad_channel.body);
+    assert_eq!(
+        app.get("/v1/stock/Store%20%231/TSHIRT%20RED%2FXL")
+            .await
+            .body["on_hand"],
+        3
+    );
+
+    app.ledger
+        .flush(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let events = app.get("/v1/events?after=0&limit=100").await.body["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let sales: Vec<&Value> = events
+        .iter()
+        .map(|e| &e["event"]["data"])
+        .filter(|d| d["reason"] == "sale")
+        .collect();
+    assert_eq!(sales.len(), 2, "two sales, each once");
+    assert_eq!(
+        (sales[0]["channel"].as_str(), sales[0]["quantity"].as_i64()),
+        (Some("pos-S1"), Some(-1))
+    );
+    assert!(
+        sales[1].get("channel").is_none(),
+        "no channel: the member is absent, as for events written before channels"
+    );
+}
+
 async fn stock_is_listed_by_sku_by_store_with_cursors_and_as_a_snapshot(backend: Backend) {
     let Some(app) = spawn_on(backend).await else {
         return;
@@ -1483,6 +1553,7 @@ on_every_backend!(
     multi_line_orders_over_the_same_skus_in_opposite_order_never_deadlock,
     a_reservation_lives_through_partial_release_and_fulfilment,
     adjustments_counts_shortages_and_batches,
+    a_till_sale_is_an_adjustment_that_carries_its_channel,
     stock_is_listed_by_sku_by_store_with_cursors_and_as_a_snapshot,
     every_error_code_is_produced_as_problem_json,
     malformed_requests_get_a_4xx_naming_the_problem_and_change_nothing,

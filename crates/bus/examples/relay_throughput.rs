@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
                     reason: AdjustReason::StockIn,
                     external_ref: None,
                     if_version: None,
+                    channel: None,
                     idempotency_key: None,
                 })
             })

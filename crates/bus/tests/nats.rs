@@ -94,6 +94,7 @@ impl World {
                 reason: AdjustReason::StockIn,
                 external_ref: None,
                 if_version: None,
+                channel: None,
                 idempotency_key: None,
             })
             .await

@@ -92,9 +92,13 @@ enum Command {
         /// An absolute count instead of a delta.
         #[arg(long)]
         set: Option<i64>,
-        /// stock_in, stock_out, cycle_count, damage, return or correction.
+        /// stock_in, stock_out, cycle_count, damage, return, correction, or sale (a
+        /// till sale: a negative --delta).
         #[arg(long, default_value = "correction")]
         reason: String,
+        /// The channel the change happened in (a till sale: `pos-S1`).
+        #[arg(long)]
+        channel: Option<String>,
         /// The external system's id of this change: a repeat is applied once.
         #[arg(long)]
         external_ref: Option<String>,
@@ -487,6 +491,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             delta,
             set,
             reason,
+            channel,
             external_ref,
             if_version,
             idempotency_key,
@@ -494,6 +499,9 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
         } => {
             let c = Client::new(client);
             let mut body = json!({"store_id": store, "sku": sku, "reason": reason});
+            if let Some(channel) = channel {
+                body["channel"] = json!(channel);
+            }
             match (delta, set) {
                 (Some(d), None) => body["delta"] = json!(d),
                 (None, Some(s)) => body["set_on_hand"] = json!(s),

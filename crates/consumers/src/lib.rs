@@ -39,6 +39,7 @@ pub(crate) fn test_event_of(sku: &str, version: i64, available: i64) -> Incoming
             order_id: None,
             reservation_id: None,
             external_ref: None,
+            channel: None,
         },
         StockLevel::new(available, 0, version).unwrap_or_else(|e| panic!("{e}")),
     );

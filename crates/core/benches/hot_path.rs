@@ -62,6 +62,7 @@ fn event_codec(c: &mut Criterion) {
             order_id: Some(OrderId::parse("O-1001").unwrap_or_else(|e| panic!("{e}"))),
             reservation_id: Some(Uuid::now_v7()),
             external_ref: None,
+            channel: None,
         },
         StockLevel::new(10, 3, 12).unwrap_or_else(|e| panic!("{e}")),
     );

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::DomainError;
-use crate::ids::{ExternalRef, IdempotencyKey, OrderId, Sku, StoreId};
+use crate::ids::{ChannelId, ExternalRef, IdempotencyKey, OrderId, Sku, StoreId};
 use crate::quantity::{Delta, LineQuantity, OnHandCount, TtlSeconds};
 
 /// A request whose shape is wrong; `field` names the offending part of the request.
@@ -199,17 +199,20 @@ pub enum AdjustReason {
     Damage,
     Return,
     Correction,
+    /// A sale at the till (channels.md): units leave the shelf, `delta` < 0.
+    Sale,
 }
 
 impl AdjustReason {
     /// Every reason, for documents that list them (the OpenAPI enum).
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::StockIn,
         Self::StockOut,
         Self::CycleCount,
         Self::Damage,
         Self::Return,
         Self::Correction,
+        Self::Sale,
     ];
 }
 
@@ -231,6 +234,10 @@ pub struct Adjust {
     pub external_ref: Option<ExternalRef>,
     /// Compare-and-set: refuse unless the row is at this version.
     pub if_version: Option<i64>,
+    /// The channel the change happened in (a till sale's `pos-S1`). Left out of the
+    /// fingerprint when absent, so fingerprints stored before it existed still match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelId>,
     /// The caller's `Idempotency-Key` (already scoped: see [`record_key`]). Not part
     /// of the fingerprint, so fingerprints stored before it existed still match.
     #[serde(skip)]
@@ -336,6 +343,28 @@ mod tests {
             None,
             key.map(|k| IdempotencyKey::parse(k).unwrap()),
         )
+    }
+
+    #[test]
+    fn an_adjustment_without_a_channel_keeps_its_old_fingerprint() {
+        let adjust = |channel: Option<&str>| Adjust {
+            store_id: StoreId::parse("S1").unwrap(),
+            sku: Sku::parse("A").unwrap(),
+            change: Change::Delta(Delta::try_from(-1).unwrap()),
+            reason: AdjustReason::Sale,
+            external_ref: None,
+            if_version: None,
+            channel: channel.map(|c| ChannelId::parse(c).unwrap()),
+            idempotency_key: None,
+        };
+        // Fingerprints stored before `channel` existed were digests of JSON without
+        // the member: it must stay absent when there is no channel.
+        let json = serde_json::to_value(adjust(None)).unwrap();
+        assert!(json.get("channel").is_none(), "{json}");
+        assert_ne!(
+            adjust(None).fingerprint(),
+            adjust(Some("pos-S1")).fingerprint()
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::ids::{ExternalRef, OrderId, Sku, StoreId};
+use crate::ids::{ChannelId, ExternalRef, OrderId, Sku, StoreId};
 use crate::stock::StockLevel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -46,6 +46,8 @@ pub enum Reason {
     Damage,
     Return,
     Correction,
+    /// A sale at the till (an adjustment of reason `sale`).
+    Sale,
 }
 
 impl From<crate::command::ReleaseReason> for Reason {
@@ -71,6 +73,7 @@ impl From<crate::command::AdjustReason> for Reason {
             A::Damage => Self::Damage,
             A::Return => Self::Return,
             A::Correction => Self::Correction,
+            A::Sale => Self::Sale,
         }
     }
 }
@@ -100,6 +103,10 @@ pub struct InventoryEventV1 {
     /// field added within v1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_ref: Option<ExternalRef>,
+    /// The channel of the change, when it had one (a till sale; channels.md). Optional
+    /// field added within v1: absent means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelId>,
 }
 
 /// What caused a change, beside the levels: filled in by the ledger for each event.
@@ -111,6 +118,7 @@ pub struct Cause {
     pub order_id: Option<OrderId>,
     pub reservation_id: Option<Uuid>,
     pub external_ref: Option<ExternalRef>,
+    pub channel: Option<ChannelId>,
 }
 
 impl InventoryEventV1 {
@@ -140,6 +148,7 @@ impl InventoryEventV1 {
             version: after.version(),
             occurred_at,
             external_ref: cause.external_ref,
+            channel: cause.channel,
         }
     }
 
@@ -268,6 +277,7 @@ mod tests {
                 order_id: Some(OrderId::parse("O-1").unwrap()),
                 reservation_id: Some(Uuid::now_v7()),
                 external_ref: None,
+                channel: None,
             },
             StockLevel::new(10, 3, 12).unwrap(),
         )

@@ -170,6 +170,7 @@ impl<T: Tx> Engine<'_, T> {
                 order_id: Some(reservation.order_id.clone()),
                 reservation_id: Some(reservation.reservation_id),
                 external_ref: None,
+                channel: None,
             };
             self.change(store, sku, after, cause)?;
         }
@@ -335,6 +336,7 @@ impl<T: Tx> Engine<'_, T> {
                 order_id: Some(reservation.order_id.clone()),
                 reservation_id: Some(reservation.reservation_id),
                 external_ref: None,
+                channel: None,
             };
             self.change(store, sku, after, cause)?;
         }
@@ -375,6 +377,7 @@ impl<T: Tx> Engine<'_, T> {
                 order_id: None,
                 reservation_id: None,
                 external_ref: cmd.external_ref.clone(),
+                channel: cmd.channel.clone(),
             };
             let event = self.change(&cmd.store_id, &cmd.sku, after, cause)?;
             (after, Some(event.event_id))

@@ -105,6 +105,7 @@ fn adjust(st: &str, sk: &str, change: Change) -> Adjust {
         reason: AdjustReason::StockIn,
         external_ref: None,
         if_version: None,
+        channel: None,
         idempotency_key: None,
     }
 }
@@ -1069,6 +1070,7 @@ async fn postgres_relay_waits_for_a_lower_id_that_commits_last_and_never_loses_i
             order_id: None,
             reservation_id: None,
             external_ref: None,
+            channel: None,
         },
         invsync_core::StockLevel::new(1, 0, 1).unwrap(),
     );
