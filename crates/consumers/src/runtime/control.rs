@@ -183,6 +183,6 @@ impl Runner {
 fn step_failed(e: StepError) -> ControlError {
     match e {
         StepError::Retry(e) => ControlError::Failed(e),
-        StepError::Stopping => ControlError::Stopped,
+        StepError::Stopping | StepError::Deposed => ControlError::Stopped,
     }
 }

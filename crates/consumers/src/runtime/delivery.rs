@@ -64,9 +64,23 @@ impl Runner {
                 self.source.keep_alive().await;
             }
         };
+        // An instance that stops leading while it delivers (a shared endpoint) drops
+        // the batch at once: the next worker re-delivers it from the shared position,
+        // and two instances never deliver the same SKU's events side by side.
+        let deposed = async {
+            match self.config.active.clone() {
+                Some(mut active) => {
+                    if active.wait_for(|on| !*on).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
         let results = tokio::select! {
             results = work => results,
             () = keep_alive => Vec::new(),
+            () = deposed => return Err(StepError::Deposed),
         };
         let mut outcomes: Vec<Option<Outcome>> = events.iter().map(|_| None).collect();
         let mut holds = Vec::new();
@@ -362,6 +376,96 @@ mod tests {
         .await
         .unwrap();
         assert!(matches!(outcome, Outcome::Delivered));
+    }
+
+    /// Deliveries that each wait for a permit from the test, recording what they
+    /// delivered and how many wait (a delivery dropped mid-way leaves the count
+    /// through its guard).
+    struct Gated {
+        permits: tokio::sync::Semaphore,
+        delivered: Mutex<Vec<i64>>,
+        in_flight: AtomicUsize,
+    }
+
+    struct InFlight<'a>(&'a AtomicUsize);
+
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Gated {
+        fn delivers(&self) -> bool {
+            true
+        }
+        async fn deliver(&self, event: &Incoming) -> Result<(), Failure> {
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            let _guard = InFlight(&self.in_flight);
+            if let Ok(permit) = self.permits.acquire().await {
+                permit.forget();
+            }
+            self.delivered.lock().unwrap().push(event.event.version);
+            Ok(())
+        }
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn losing_leadership_mid_batch_drops_the_batch_uncommitted() {
+        use crate::runtime::testing::MemLog;
+        let dir = tempfile::tempdir().unwrap();
+        let log = MemLog::new();
+        for v in 1..=40 {
+            log.append("A", v); // one SKU: delivered one after another
+        }
+        let sink = Arc::new(Gated {
+            permits: tokio::sync::Semaphore::new(2),
+            delivered: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+        });
+        let (lead, leading) = watch::channel(true);
+        let mut config = ConsumerConfig::new("webhook", dir.path().join("webhook.db"));
+        config.active = Some(leading);
+        let (_stop, shutdown) = watch::channel(false);
+        let (handle, run) = crate::runtime::start(
+            config,
+            sink.clone(),
+            log.clone(),
+            Arc::new(crate::LedgerSource(log.clone())),
+            shutdown,
+        )
+        .unwrap();
+        tokio::spawn(run);
+        // Two deliveries go through; the third waits for a permit that never comes.
+        until("the third delivery waits", || {
+            sink.delivered.lock().unwrap().len() == 2 && sink.in_flight.load(Ordering::SeqCst) == 1
+        })
+        .await;
+
+        lead.send_replace(false);
+        until("the waiting delivery is dropped", || {
+            sink.in_flight.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        let delivered = sink.delivered.lock().unwrap().len();
+        assert_eq!(delivered, 2, "nothing more was delivered");
+        assert_eq!(handle.status().position, 0, "nothing committed");
+
+        // Leading again, it delivers the whole batch, in order.
+        sink.permits.add_permits(100);
+        lead.send_replace(true);
+        until("caught up", || handle.status().position == 40).await;
+        let all = sink.delivered.lock().unwrap().clone();
+        assert_eq!(all[delivered..], (1..=40).collect::<Vec<_>>()[..]);
     }
 
     pub(super) fn event(version: i64, available: i64) -> Incoming {

@@ -364,6 +364,9 @@ enum StepError {
     Retry(ConsumerError),
     /// Shutting down mid-batch: leave it uncommitted; it is redone after restart.
     Stopping,
+    /// This instance stopped leading mid-batch: leave it uncommitted for the next
+    /// worker.
+    Deposed,
 }
 
 #[derive(Debug)]
@@ -441,6 +444,10 @@ impl Runner {
                     }
                 }
                 Err(StepError::Stopping) => break,
+                Err(StepError::Deposed) => {
+                    tracing::info!(consumer.name = %self.config.name, "no longer leading: the batch in flight is left to the next worker");
+                    working = false;
+                }
                 Err(StepError::Retry(error)) => {
                     failures += 1;
                     tracing::warn!(consumer.name = %self.config.name, %error, "consumer batch failed; retrying");

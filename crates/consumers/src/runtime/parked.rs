@@ -195,6 +195,8 @@ impl Retrier {
                         pause
                     }
                     Err(StepError::Stopping) => break,
+                    // (The side loop checks leadership between rounds.)
+                    Err(StepError::Deposed) => self.config.poll,
                     Err(StepError::Retry(error)) => {
                         failures += 1;
                         tracing::warn!(consumer.name = %self.config.name, %error, "parked deliveries failed; retrying");
