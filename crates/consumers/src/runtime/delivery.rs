@@ -411,17 +411,9 @@ mod tests {
         }
     }
 
-    async fn until(what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !done() {
-            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn losing_leadership_mid_batch_drops_the_batch_uncommitted() {
-        use crate::runtime::testing::MemLog;
+        use crate::runtime::testing::{until, MemLog};
         let dir = tempfile::tempdir().unwrap();
         let log = MemLog::new();
         for v in 1..=40 {

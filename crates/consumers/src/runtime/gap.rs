@@ -174,7 +174,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::runtime::testing::{MemLog, Recorder};
+    use crate::runtime::testing::{until, MemLog, Recorder};
     use crate::runtime::{start, ConsumerConfig};
     use crate::source::{EventSource, LedgerSource};
     use crate::SourceError;
@@ -218,11 +218,7 @@ mod tests {
         )
         .unwrap();
         tokio::spawn(run);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while handle.status().position < 8 {
-            assert!(tokio::time::Instant::now() < deadline, "never caught up");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until("caught up", || handle.status().position == 8).await;
         assert_eq!(
             *sink.0.lock().unwrap(),
             (1..=8).collect::<Vec<_>>(),

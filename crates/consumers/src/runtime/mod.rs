@@ -863,7 +863,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn event_types_the_consumer_does_not_handle_are_passed_over_not_dead_lettered() {
-        use crate::runtime::testing::{MemLog, Recorder};
+        use crate::runtime::testing::{until, MemLog, Recorder};
         let dir = tempfile::tempdir().unwrap();
         let log = MemLog::new();
         log.append("A", 1);
@@ -881,11 +881,7 @@ mod tests {
         )
         .unwrap();
         tokio::spawn(run);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while handle.status().position < 4 {
-            assert!(tokio::time::Instant::now() < deadline, "never caught up");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until("caught up", || handle.status().position == 4).await;
         assert_eq!(*sink.0.lock().unwrap(), [1, 2]);
         let letters = handle.reader().dead_letters().await.unwrap();
         assert_eq!(letters.len(), 1, "only the broken envelope");

@@ -400,7 +400,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::runtime::testing::MemLog;
+    use crate::runtime::testing::{until, MemLog};
     use crate::runtime::{start, ConsumerHandle};
     use crate::{Failure, LedgerSource};
     use async_trait::async_trait;
@@ -434,14 +434,6 @@ mod tests {
                 .filter(|(s, _)| s == sku)
                 .map(|(_, v)| *v)
                 .collect()
-        }
-    }
-
-    async fn until(what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !done() {
-            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

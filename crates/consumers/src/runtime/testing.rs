@@ -92,3 +92,12 @@ impl EventLog for MemLog {
         self.head.subscribe()
     }
 }
+
+/// Waits until `done` holds, failing the test after 20 s (a condition, not a sleep).
+pub(crate) async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
