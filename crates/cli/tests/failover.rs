@@ -65,14 +65,7 @@ async fn leader_changes_redeliver_at_most_the_batch_in_flight() {
         return;
     };
     let receiver = Receiver::default();
-    let hook = receiver.clone().start().await;
-    let mut flags = vec![
-        "--database-url".to_owned(),
-        pg.url(),
-        "--bus".to_owned(),
-        nats.url(),
-    ];
-    flags.extend(receiver::webhook_flags(&hook));
+    let flags = receiver::postgres_nats_webhook_flags(&pg, &nats, &receiver).await;
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let http = client();
     let mut servers = vec![Server::start(dirs[0].path(), &receiver::args(&flags))];

@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::receiver::{args, assert_check_passes, assert_per_sku_order, webhook_flags, Receiver};
+use common::receiver::{
+    args, assert_check_passes, assert_per_sku_order, postgres_nats_webhook_flags, webhook_flags,
+    Receiver,
+};
 use common::{
     adjust, all_events, client, eventually, get, metric, post, private_nats, private_postgres,
     storefront_caught_up, Server,
@@ -59,23 +62,6 @@ async fn assert_stream_holds_each_event_once(http: &reqwest::Client, url: &str, 
     );
     let published: HashSet<_> = published.into_iter().collect();
     assert_eq!(published, logged.into_iter().collect::<HashSet<_>>());
-}
-
-/// `serve` flags for PostgreSQL, NATS and a webhook to `receiver` (started here).
-async fn postgres_nats_webhook_flags(
-    pg: &invsync_testkit::Postgres,
-    nats: &invsync_testkit::Nats,
-    receiver: &Receiver,
-) -> Vec<String> {
-    let hook = receiver.clone().start().await;
-    let mut flags = vec![
-        "--database-url".to_owned(),
-        pg.url(),
-        "--bus".to_owned(),
-        nats.url(),
-    ];
-    flags.extend(webhook_flags(&hook));
-    flags
 }
 
 /// Reserves one unit of `sku` through `url`; the answer's status.

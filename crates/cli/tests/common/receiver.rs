@@ -183,6 +183,23 @@ pub fn webhook_flags(url: &str) -> Vec<String> {
     ]
 }
 
+/// `serve` flags for PostgreSQL, NATS and a webhook to `receiver` (started here).
+pub async fn postgres_nats_webhook_flags(
+    pg: &invsync_testkit::Postgres,
+    nats: &invsync_testkit::Nats,
+    receiver: &Receiver,
+) -> Vec<String> {
+    let hook = receiver.clone().start().await;
+    let mut flags = vec![
+        "--database-url".to_owned(),
+        pg.url(),
+        "--bus".to_owned(),
+        nats.url(),
+    ];
+    flags.extend(webhook_flags(&hook));
+    flags
+}
+
 pub fn args(flags: &[String]) -> Vec<&str> {
     flags.iter().map(String::as_str).collect()
 }
