@@ -27,7 +27,7 @@ mod wire;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use invsync_consumers::storefront::StorefrontReader;
 use invsync_consumers::ConsumerHandle;
@@ -143,7 +143,7 @@ impl AppState {
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
-    use routes::{adjustments, events, reservations, stock, stream};
+    use routes::{adjustments, channels, events, reservations, stock, stream};
     let api = Router::new()
         .route("/v1/stock", get(stock::list))
         .route("/v1/stock/snapshot", get(stock::snapshot))
@@ -165,6 +165,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/reservations/{reservation_id}/fulfil",
             post(reservations::fulfil),
+        )
+        .route("/v1/channels", get(channels::list))
+        .route(
+            "/v1/channels/{channel_id}",
+            get(channels::get_one).put(channels::put),
+        )
+        .route(
+            "/v1/channels/{channel_id}/safety-stock",
+            put(channels::set_safety_stock),
         )
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(stream::stream))

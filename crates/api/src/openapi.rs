@@ -91,6 +91,37 @@ impl PartialSchema for ReleaseReason {
 
 impl ToSchema for ReleaseReason {}
 
+/// `allocation` of a channel.
+pub(crate) struct Allocation;
+
+impl PartialSchema for Allocation {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        string_enum(
+            names(&invsync_core::channel::Allocation::ALL),
+            "The order a channel's locations are tried in: `priority` (lowest number \
+             first, ties by store_id) or `most_available` (most channel-available units \
+             first).",
+        )
+    }
+}
+
+impl ToSchema for Allocation {}
+
+/// `split` of a channel.
+pub(crate) struct Split;
+
+impl PartialSchema for Split {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        string_enum(
+            names(&invsync_core::channel::Split::ALL),
+            "How an order may be divided: `none` (all from one location), `by_line` \
+             (each line from one location), `by_unit` (a line across locations).",
+        )
+    }
+}
+
+impl ToSchema for Split {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "invsync", description = "Inventory reservation and synchronization API (v1)."),
@@ -99,6 +130,8 @@ impl ToSchema for ReleaseReason {}
         routes::adjustments::adjust, routes::adjustments::batch,
         routes::reservations::create, routes::reservations::get_one, routes::reservations::list,
         routes::reservations::release, routes::reservations::fulfil,
+        routes::channels::put, routes::channels::get_one, routes::channels::list,
+        routes::channels::set_safety_stock,
         routes::events::list, routes::stream::stream,
         routes::pipeline::availability, routes::pipeline::rows, routes::pipeline::consumers,
         routes::pipeline::replay, routes::pipeline::dead_letters, routes::pipeline::redrive,
@@ -106,11 +139,14 @@ impl ToSchema for ReleaseReason {}
         routes::health::openapi, routes::health::dashboard,
     ),
     components(schemas(
-        Identifier, AdjustReason, ReleaseReason,
+        Identifier, AdjustReason, ReleaseReason, Allocation, Split,
         error::Problem, wire::LineBody, wire::ReserveBody, wire::ReleaseBody, wire::FulfilBody,
         wire::AdjustmentBody, wire::AdjustmentBatchBody, wire::StockView, wire::StockList,
         wire::StockPage, wire::SnapshotView, wire::AdjustmentView, wire::BatchView,
         wire::ReservationView, wire::ReservationLineView, wire::ReservationList,
+        wire::AllocationView, wire::SettleLineBody, wire::ChannelLocationBody, wire::ChannelBody,
+        wire::ChannelLocationView, wire::ChannelView, wire::ChannelList, wire::SafetyItemBody,
+        wire::SafetyStockBody, wire::SafetyStockView,
         wire::EventView, wire::EventsView,
         routes::pipeline::AvailabilityView, routes::pipeline::StoreAvailabilityView,
         routes::pipeline::ViewPage, routes::pipeline::ConsumersView, routes::pipeline::ReplayBody,

@@ -3,8 +3,9 @@
 //! fields; responses are plain views built from ledger answers.
 
 use chrono::{DateTime, Utc};
+use invsync_core::channel::{Allocation, Channel, Split};
 use invsync_core::{
-    Adjust, AdjustReason, Change, ChannelId, Delta, ExternalRef, LineQuantity, OnHandCount,
+    Adjust, AdjustReason, Change, ChannelId, Delta, ExternalRef, LineQuantity, Lines, OnHandCount,
     OrderId, ReleaseReason, Reservation, ReservationStatus, Sku, StoreId, TtlSeconds,
 };
 use invsync_ledger::{AdjustmentOutcome, StockRow};
@@ -31,13 +32,47 @@ pub(crate) fn lines(body: Vec<LineBody>) -> Vec<(Sku, LineQuantity)> {
     body.into_iter().map(|l| (l.sku, l.quantity)).collect()
 }
 
+/// One line of a release or fulfilment.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SettleLineBody {
+    #[schema(value_type = crate::openapi::Identifier)]
+    pub(crate) sku: Sku,
+    #[schema(value_type = i64, minimum = 1, maximum = 1000000)]
+    pub(crate) quantity: LineQuantity,
+    /// Acts on the line's allocation at this location only (fulfil from the location
+    /// that shipped); without it a release takes from the allocations in reverse
+    /// allocation order, a fulfilment in allocation order.
+    #[schema(value_type = Option<crate::openapi::Identifier>)]
+    pub(crate) store_id: Option<StoreId>,
+}
+
+/// A release's or fulfilment's lines as the validated domain type (a SKU named twice
+/// is a 400 naming the line, before anything is written).
+pub(crate) fn settle_lines(body: Option<Vec<SettleLineBody>>) -> Result<Option<Lines>, ApiError> {
+    let Some(body) = body else {
+        return Ok(None);
+    };
+    let (lines, stores) = body
+        .into_iter()
+        .map(|l| ((l.sku, l.quantity), l.store_id))
+        .unzip();
+    Ok(Some(Lines::at_stores(lines, stores, "lines")?))
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReserveBody {
     #[schema(value_type = crate::openapi::Identifier)]
     pub(crate) order_id: OrderId,
-    #[schema(value_type = crate::openapi::Identifier)]
-    pub(crate) store_id: StoreId,
+    /// The store to reserve at; exactly one of `store_id` and `channel`.
+    #[schema(value_type = Option<crate::openapi::Identifier>)]
+    pub(crate) store_id: Option<StoreId>,
+    /// The channel whose locations the ledger allocates the lines to (by its
+    /// `allocation` and `split`, never into safety stock); exactly one of `store_id`
+    /// and `channel`.
+    #[schema(value_type = Option<crate::openapi::Identifier>)]
+    pub(crate) channel: Option<ChannelId>,
     /// 1 to 500 lines, each SKU at most once. All are reserved or none.
     #[schema(min_items = 1, max_items = 500)]
     pub(crate) lines: Vec<LineBody>,
@@ -52,7 +87,7 @@ pub(crate) struct ReleaseBody {
     /// What to release (1 to 500 lines, each SKU at most once); everything still
     /// held when absent.
     #[schema(min_items = 1, max_items = 500)]
-    pub(crate) lines: Option<Vec<LineBody>>,
+    pub(crate) lines: Option<Vec<SettleLineBody>>,
     /// Defaults to `order_cancelled`.
     #[schema(value_type = Option<crate::openapi::ReleaseReason>)]
     pub(crate) reason: Option<ReleaseReason>,
@@ -64,7 +99,7 @@ pub(crate) struct FulfilBody {
     /// What to fulfil (1 to 500 lines, each SKU at most once); everything still held
     /// when absent.
     #[schema(min_items = 1, max_items = 500)]
-    pub(crate) lines: Option<Vec<LineBody>>,
+    pub(crate) lines: Option<Vec<SettleLineBody>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -232,19 +267,39 @@ pub(crate) struct BatchView {
     pub(crate) results: Vec<BatchResult>,
 }
 
+/// Where a line (or part of it) is held.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AllocationView {
+    pub(crate) store_id: String,
+    pub(crate) quantity: i64,
+    pub(crate) released: i64,
+    pub(crate) fulfilled: i64,
+    /// Units held here that the location no longer has on hand and that could not be
+    /// moved to another location of the channel.
+    pub(crate) short: i64,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ReservationLineView {
     pub(crate) sku: String,
     pub(crate) quantity: i64,
     pub(crate) released: i64,
     pub(crate) fulfilled: i64,
+    /// Where the line is held, in allocation order (one location for a store-direct
+    /// reservation).
+    pub(crate) allocations: Vec<AllocationView>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ReservationView {
     pub(crate) reservation_id: Uuid,
     pub(crate) order_id: String,
-    pub(crate) store_id: String,
+    /// The store of a store-direct reservation (absent for a channel's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) store_id: Option<String>,
+    /// The channel of a channel reservation (absent for a store-direct one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) channel: Option<String>,
     #[schema(value_type = String, example = "active")]
     pub(crate) status: ReservationStatus,
     pub(crate) lines: Vec<ReservationLineView>,
@@ -257,7 +312,8 @@ impl From<Reservation> for ReservationView {
         Self {
             reservation_id: r.reservation_id,
             order_id: r.order_id.into(),
-            store_id: r.store_id.into(),
+            store_id: r.store_id.map(Into::into),
+            channel: r.channel.map(Into::into),
             status: r.status,
             lines: r
                 .lines
@@ -267,6 +323,17 @@ impl From<Reservation> for ReservationView {
                     quantity: l.quantity,
                     released: l.released,
                     fulfilled: l.fulfilled,
+                    allocations: l
+                        .allocations
+                        .into_iter()
+                        .map(|a| AllocationView {
+                            store_id: a.store_id.into(),
+                            quantity: a.quantity,
+                            released: a.released,
+                            fulfilled: a.fulfilled,
+                            short: a.short,
+                        })
+                        .collect(),
                 })
                 .collect(),
             expires_at: r.expires_at,
@@ -296,4 +363,114 @@ pub(crate) struct EventsView {
     /// The newest offset in the log (0 when it is empty): `after = head_offset - N`
     /// reads the latest N events.
     pub(crate) head_offset: i64,
+}
+
+/// One location of a channel.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChannelLocationBody {
+    #[schema(value_type = crate::openapi::Identifier)]
+    pub(crate) store_id: StoreId,
+    /// With `allocation: priority`, lower numbers are tried first (default 0; ties by
+    /// `store_id`).
+    pub(crate) priority: Option<i32>,
+    /// Units at this location the channel may never reserve (default 0).
+    #[schema(minimum = 0, maximum = 1000000000)]
+    pub(crate) safety_stock: Option<i64>,
+}
+
+/// A channel's configuration (channels.md).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChannelBody {
+    /// A display name (1 to 200 bytes).
+    pub(crate) name: Option<String>,
+    #[schema(value_type = crate::openapi::Allocation)]
+    pub(crate) allocation: Allocation,
+    #[schema(value_type = crate::openapi::Split)]
+    pub(crate) split: Split,
+    /// 1 to 100 locations, each store at most once. Unknown stores are allowed: a
+    /// location may get stock later.
+    #[schema(min_items = 1, max_items = 100)]
+    pub(crate) locations: Vec<ChannelLocationBody>,
+    /// Compare-and-set: applies only if the channel is at this version (0: only if it
+    /// does not exist yet).
+    #[schema(minimum = 0)]
+    pub(crate) if_version: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChannelLocationView {
+    pub(crate) store_id: String,
+    pub(crate) priority: i32,
+    pub(crate) safety_stock: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChannelView {
+    pub(crate) channel_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) name: Option<String>,
+    #[schema(value_type = crate::openapi::Allocation)]
+    pub(crate) allocation: Allocation,
+    #[schema(value_type = crate::openapi::Split)]
+    pub(crate) split: Split,
+    pub(crate) locations: Vec<ChannelLocationView>,
+    /// Bumped by every change; pass it as `if_version` to change it safely.
+    pub(crate) version: i64,
+}
+
+impl From<Channel> for ChannelView {
+    fn from(c: Channel) -> Self {
+        Self {
+            channel_id: c.channel_id.into(),
+            name: c.config.name().map(str::to_owned),
+            allocation: c.config.allocation(),
+            split: c.config.split(),
+            locations: c
+                .config
+                .locations()
+                .iter()
+                .map(|l| ChannelLocationView {
+                    store_id: l.store_id.to_string(),
+                    priority: l.priority,
+                    safety_stock: l.safety_stock,
+                })
+                .collect(),
+            version: c.version,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChannelList {
+    pub(crate) items: Vec<ChannelView>,
+}
+
+/// One per-SKU safety stock of a channel at a location.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SafetyItemBody {
+    #[schema(value_type = crate::openapi::Identifier)]
+    pub(crate) store_id: StoreId,
+    #[schema(value_type = crate::openapi::Identifier)]
+    pub(crate) sku: Sku,
+    /// The buffer (0 to 1e9); `null` removes the override.
+    #[schema(minimum = 0, maximum = 1000000000)]
+    pub(crate) safety_stock: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SafetyStockBody {
+    /// 1 to 1,000 items, each (store, sku) at most once.
+    #[schema(min_items = 1, max_items = 1000)]
+    pub(crate) items: Vec<SafetyItemBody>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SafetyStockView {
+    /// How many items changed something (an item repeating the value in force changes
+    /// nothing and records no event).
+    pub(crate) applied: usize,
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::RequestError;
 use crate::error::ShortLine;
-use crate::ids::{Sku, StoreId};
+use crate::ids::{ChannelId, Sku, StoreId};
 use crate::quantity::LineQuantity;
 use crate::stock::StockLevel;
 
@@ -30,6 +30,11 @@ pub enum Allocation {
     MostAvailable,
 }
 
+impl Allocation {
+    /// Every strategy, for documents that list them.
+    pub const ALL: [Self; 2] = [Self::Priority, Self::MostAvailable];
+}
+
 /// How an order may be divided between locations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,23 +48,111 @@ pub enum Split {
     ByUnit,
 }
 
+impl Split {
+    /// Every rule, for documents that list them.
+    pub const ALL: [Self; 3] = [Self::None, Self::ByLine, Self::ByUnit];
+}
+
 /// One location of a channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChannelLocation {
     pub store_id: StoreId,
+    #[serde(default)]
     pub priority: i32,
     /// Units at this location the channel may not reserve (a per-SKU override may
     /// replace it).
+    #[serde(default)]
     pub safety_stock: i64,
 }
 
-/// A channel's configuration, valid by construction ([`ChannelConfig::new`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A channel's configuration, valid by construction ([`ChannelConfig::new`]); read
+/// back (from an event, from storage) through the same checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawConfig")]
 pub struct ChannelConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
     allocation: Allocation,
     split: Split,
     locations: Vec<ChannelLocation>,
+}
+
+/// A configuration as read, before its checks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    name: Option<String>,
+    allocation: Allocation,
+    split: Split,
+    locations: Vec<ChannelLocation>,
+}
+
+impl TryFrom<RawConfig> for ChannelConfig {
+    type Error = RequestError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, Self::Error> {
+        Self::new(raw.name, raw.allocation, raw.split, raw.locations)
+    }
+}
+
+/// A stored channel: its configuration and the version every change of it bumps
+/// (compare-and-set with `if_version`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    pub channel_id: ChannelId,
+    pub version: i64,
+    #[serde(flatten)]
+    pub config: ChannelConfig,
+}
+
+/// Most safety-stock overrides one request may set.
+pub const MAX_SAFETY_ITEMS: usize = 1_000;
+/// Largest safety stock, as for `on_hand`.
+pub const MAX_SAFETY_STOCK: i64 = 1_000_000_000;
+
+/// A per-SKU safety stock of one channel at one location; `safety_stock: None`
+/// removes the override (the location's default applies again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafetyOverride {
+    pub store_id: StoreId,
+    pub sku: Sku,
+    pub safety_stock: Option<i64>,
+}
+
+impl SafetyOverride {
+    /// Checks a request's items: 1..=1,000 of them, each buffer 0..=1e9, no (store,
+    /// sku) twice; an error names `items[i]…`.
+    pub fn check_all(items: &[SafetyOverride]) -> Result<(), RequestError> {
+        if items.is_empty() || items.len() > MAX_SAFETY_ITEMS {
+            return Err(RequestError::new(
+                "items",
+                format!("must have 1 to {MAX_SAFETY_ITEMS} items"),
+            ));
+        }
+        let mut seen = HashSet::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            if let Some(n) = item.safety_stock {
+                if !(0..=MAX_SAFETY_STOCK).contains(&n) {
+                    return Err(RequestError::new(
+                        format!("items[{i}].safety_stock"),
+                        format!("must be 0 to {MAX_SAFETY_STOCK}, or null to remove the override"),
+                    ));
+                }
+            }
+            if !seen.insert((&item.store_id, &item.sku)) {
+                return Err(RequestError::new(
+                    format!("items[{i}]"),
+                    format!(
+                        "store {} and sku {} appear more than once",
+                        item.store_id, item.sku
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ChannelConfig {
@@ -100,10 +193,10 @@ impl ChannelConfig {
                     format!("store {} is listed more than once", location.store_id),
                 ));
             }
-            if location.safety_stock < 0 {
+            if !(0..=MAX_SAFETY_STOCK).contains(&location.safety_stock) {
                 return Err(RequestError::new(
                     format!("locations[{i}].safety_stock"),
-                    "must not be negative",
+                    format!("must be 0 to {MAX_SAFETY_STOCK}"),
                 ));
             }
         }
@@ -134,6 +227,14 @@ impl ChannelConfig {
     /// Whether the channel sells from `store`.
     pub fn sells_from(&self, store: &StoreId) -> bool {
         self.locations.iter().any(|l| &l.store_id == store)
+    }
+
+    /// The location's default safety stock, if the channel sells from it.
+    pub fn safety_stock_at(&self, store: &StoreId) -> Option<i64> {
+        self.locations
+            .iter()
+            .find(|l| &l.store_id == store)
+            .map(|l| l.safety_stock)
     }
 }
 

@@ -53,16 +53,44 @@ pub fn check_lines(lines: &[(Sku, LineQuantity)], field: &str) -> Result<(), Req
 }
 
 /// The lines of a release or a fulfilment, validated: 1 to 500 of them, no SKU twice.
-/// Only [`Lines::new`] makes one, so the ledger never sees a SKU named twice (which
-/// would take from one reservation line twice).
+/// Only [`Lines::new`] and [`Lines::at_stores`] make one, so the ledger never sees a
+/// SKU named twice (which would take from one reservation line twice). A line may
+/// name the location (`store_id`) of the allocation it acts on (channels.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lines(Vec<(Sku, LineQuantity)>);
+pub struct Lines {
+    lines: Vec<(Sku, LineQuantity)>,
+    /// One per line; all `None` when no line names a location.
+    stores: Vec<Option<StoreId>>,
+}
 
 impl Lines {
     /// Checks the lines; an error names `field` (and the index of a repeated SKU).
     pub fn new(lines: Vec<(Sku, LineQuantity)>, field: &str) -> Result<Self, RequestError> {
+        let stores = vec![None; lines.len()];
+        Self::at_stores(lines, stores, field)
+    }
+
+    /// Lines, each naming the location it acts on or not (`stores[i]`).
+    pub fn at_stores(
+        lines: Vec<(Sku, LineQuantity)>,
+        stores: Vec<Option<StoreId>>,
+        field: &str,
+    ) -> Result<Self, RequestError> {
         check_lines(&lines, field)?;
-        Ok(Self(lines))
+        if stores.len() != lines.len() {
+            return Err(RequestError::new(field, "one store per line"));
+        }
+        Ok(Self { lines, stores })
+    }
+
+    /// The location line `i` names, if it names one.
+    pub fn store(&self, i: usize) -> Option<&StoreId> {
+        self.stores.get(i).and_then(Option::as_ref)
+    }
+
+    /// Whether any line names a location.
+    pub fn names_stores(&self) -> bool {
+        self.stores.iter().any(Option::is_some)
     }
 }
 
@@ -70,24 +98,33 @@ impl std::ops::Deref for Lines {
     type Target = [(Sku, LineQuantity)];
 
     fn deref(&self) -> &Self::Target {
-        &self.0
+        &self.lines
     }
+}
+
+/// Where a reservation is taken: one store (as since v1), or a channel whose
+/// locations the ledger allocates the lines to (channels.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Store(StoreId),
+    Channel(ChannelId),
 }
 
 /// Reserve every line or none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reserve {
     order_id: OrderId,
-    store_id: StoreId,
+    target: Target,
     lines: Vec<(Sku, LineQuantity)>,
     ttl: Option<TtlSeconds>,
     idempotency_key: Option<IdempotencyKey>,
 }
 
 impl Reserve {
+    /// A reservation at one store (`target` may also be a [`StoreId`]).
     pub fn new(
         order_id: OrderId,
-        store_id: StoreId,
+        target: impl Into<Target>,
         lines: Vec<(Sku, LineQuantity)>,
         ttl: Option<TtlSeconds>,
         idempotency_key: Option<IdempotencyKey>,
@@ -95,7 +132,7 @@ impl Reserve {
         check_lines(&lines, "lines")?;
         Ok(Self {
             order_id,
-            store_id,
+            target: target.into(),
             lines,
             ttl,
             idempotency_key,
@@ -106,8 +143,24 @@ impl Reserve {
         &self.order_id
     }
 
-    pub fn store_id(&self) -> &StoreId {
-        &self.store_id
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The store of a store-direct reservation.
+    pub fn store_id(&self) -> Option<&StoreId> {
+        match &self.target {
+            Target::Store(store) => Some(store),
+            Target::Channel(_) => None,
+        }
+    }
+
+    /// The channel of a channel reservation.
+    pub fn channel(&self) -> Option<&ChannelId> {
+        match &self.target {
+            Target::Channel(channel) => Some(channel),
+            Target::Store(_) => None,
+        }
     }
 
     pub fn lines(&self) -> &[(Sku, LineQuantity)] {
@@ -119,16 +172,21 @@ impl Reserve {
     }
 
     /// The key a repeat of this request is recognised by: the `Idempotency-Key` when
-    /// given, else the (order, store) pair. The prefixes keep the two spaces apart, and
-    /// `|` splits order from store only because neither side can contain a bare `|`
-    /// (see [`escape_pipe`]), so no two pairs share a key.
+    /// given, else the (order, store) or (order, channel) pair. The prefixes keep the
+    /// spaces apart, and `|` splits order from store only because neither side can
+    /// contain a bare `|` (see [`escape_pipe`]), so no two pairs share a key.
     pub fn idempotency_key(&self) -> String {
-        match &self.idempotency_key {
-            Some(key) => format!("key:{key}"),
-            None => format!(
+        match (&self.idempotency_key, &self.target) {
+            (Some(key), _) => format!("key:{key}"),
+            (None, Target::Store(store)) => format!(
                 "order:{}|{}",
                 escape_pipe(self.order_id.as_str()),
-                escape_pipe(self.store_id.as_str())
+                escape_pipe(store.as_str())
+            ),
+            (None, Target::Channel(channel)) => format!(
+                "channel-order:{}|{}",
+                escape_pipe(self.order_id.as_str()),
+                escape_pipe(channel.as_str())
             ),
         }
     }
@@ -136,14 +194,19 @@ impl Reserve {
     /// The refusal for a different request under this request's key, naming the key
     /// the caller actually used: theirs, or the (order, store) pair standing in for it.
     pub fn key_conflict(&self) -> DomainError {
-        DomainError::IdempotencyConflict(match &self.idempotency_key {
-            Some(key) => {
+        DomainError::IdempotencyConflict(match (&self.idempotency_key, &self.target) {
+            (Some(key), _) => {
                 format!("the Idempotency-Key '{key}' was already used with a different request")
             }
-            None => format!(
-                "order '{}' already has a different reservation in store '{}' \
+            (None, Target::Store(store)) => format!(
+                "order '{}' already has a different reservation in store '{store}' \
                  (without an Idempotency-Key, a reservation is keyed by order_id and store_id)",
-                self.order_id, self.store_id
+                self.order_id
+            ),
+            (None, Target::Channel(channel)) => format!(
+                "order '{}' already has a different reservation through channel '{channel}' \
+                 (without an Idempotency-Key, a reservation is keyed by order_id and channel)",
+                self.order_id
             ),
         })
     }
@@ -151,19 +214,37 @@ impl Reserve {
     /// A digest of what the request asks for, to tell a true repeat from a different
     /// request reusing the key.
     pub fn fingerprint(&self) -> String {
+        // A store-direct request digests exactly as before channels existed, so the
+        // fingerprints stored then still match their repeats.
         #[derive(Serialize)]
         struct Canonical<'a> {
             order_id: &'a OrderId,
-            store_id: &'a StoreId,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            store_id: Option<&'a StoreId>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            channel: Option<&'a ChannelId>,
             lines: &'a [(Sku, LineQuantity)],
             ttl: Option<TtlSeconds>,
         }
         digest(&Canonical {
             order_id: &self.order_id,
-            store_id: &self.store_id,
+            store_id: self.store_id(),
+            channel: self.channel(),
             lines: &self.lines,
             ttl: self.ttl,
         })
+    }
+}
+
+impl From<StoreId> for Target {
+    fn from(store: StoreId) -> Self {
+        Self::Store(store)
+    }
+}
+
+impl From<ChannelId> for Target {
+    fn from(channel: ChannelId) -> Self {
+        Self::Channel(channel)
     }
 }
 
@@ -301,10 +382,16 @@ pub fn record_key(operation: &str, key: &IdempotencyKey) -> String {
 pub fn settle_fingerprint(
     operation: &str,
     reservation_id: uuid::Uuid,
-    lines: Option<&[(Sku, LineQuantity)]>,
+    lines: Option<&Lines>,
     reason: Option<ReleaseReason>,
 ) -> String {
-    digest(&(operation, reservation_id, lines, reason))
+    // Lines that name no location digest as they did before they could.
+    match lines {
+        Some(l) if l.names_stores() => {
+            digest(&(operation, reservation_id, Some(&l.lines), reason, &l.stores))
+        }
+        _ => digest(&(operation, reservation_id, lines.map(|l| &l.lines), reason)),
+    }
 }
 
 /// Escapes `%` and `|` as `%25` and `%7C`. Identifiers made before any could contain

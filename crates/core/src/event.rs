@@ -174,6 +174,185 @@ impl InventoryEventV1 {
     }
 }
 
+/// One entry for the event log, whatever its type: what the log's columns hold beside
+/// the envelope (the stock row, or the configuration key, it is about, and that key's
+/// version) and the envelope as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub event_id: Uuid,
+    /// The store of a stock event; empty for a channel's configuration.
+    pub store_id: String,
+    /// The SKU of a stock or safety-stock event; `channel:<id>` for a channel's
+    /// configuration (its partition key).
+    pub key: String,
+    pub version: i64,
+    pub occurred_at: DateTime<Utc>,
+    pub envelope: String,
+}
+
+impl InventoryEventV1 {
+    /// This event as a log entry, in its envelope.
+    pub fn record(&self, source: &str) -> LogRecord {
+        LogRecord {
+            event_id: self.event_id,
+            store_id: self.store_id.to_string(),
+            key: self.product_sku.to_string(),
+            version: self.version,
+            occurred_at: self.occurred_at,
+            envelope: self.to_envelope(source).to_json(),
+        }
+    }
+}
+
+/// The CloudEvents `type` of a channel's configuration change.
+pub const CHANNEL_UPDATED_TYPE: &str = "com.invsync.channel.updated.v1";
+/// The CloudEvents `type` of a per-SKU safety-stock override.
+pub const SAFETY_STOCK_SET_TYPE: &str = "com.invsync.channel.safety_stock_set.v1";
+
+/// `data` of `CHANNEL_UPDATED`: a channel's whole configuration after a change, so a
+/// projection rebuilt from the log holds the same channels as the live one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelUpdatedV1 {
+    pub schema_version: u8,
+    pub event_id: Uuid,
+    /// Always `CHANNEL_UPDATED`.
+    pub event_type: String,
+    #[serde(flatten)]
+    pub channel: crate::channel::Channel,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// `data` of `SAFETY_STOCK_SET`: one per-SKU override of a channel's safety stock at a
+/// location; `safety_stock: null` removed it. `version` counts the changes of this
+/// (channel, store, sku), so a consumer drops a stale one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafetyStockSetV1 {
+    pub schema_version: u8,
+    pub event_id: Uuid,
+    /// Always `SAFETY_STOCK_SET`.
+    pub event_type: String,
+    pub channel_id: ChannelId,
+    pub store_id: StoreId,
+    pub product_sku: Sku,
+    pub safety_stock: Option<i64>,
+    pub version: i64,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// A CloudEvents 1.0 envelope of a configuration event (structured JSON mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigEnvelope<T> {
+    pub specversion: String,
+    pub id: Uuid,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub subject: String,
+    pub time: DateTime<Utc>,
+    pub datacontenttype: String,
+    pub partitionkey: String,
+    pub data: T,
+}
+
+impl ChannelUpdatedV1 {
+    pub const EVENT_TYPE: &'static str = "CHANNEL_UPDATED";
+
+    pub fn new(
+        event_id: Uuid,
+        occurred_at: DateTime<Utc>,
+        channel: crate::channel::Channel,
+    ) -> Self {
+        Self {
+            schema_version: 1,
+            event_id,
+            event_type: Self::EVENT_TYPE.to_owned(),
+            channel,
+            occurred_at,
+        }
+    }
+
+    /// The partition key of a channel's events.
+    pub fn partition_key(channel: &ChannelId) -> String {
+        format!("channel:{channel}")
+    }
+
+    pub fn record(&self, source: &str) -> LogRecord {
+        let key = Self::partition_key(&self.channel.channel_id);
+        let envelope = ConfigEnvelope {
+            specversion: "1.0".to_owned(),
+            id: self.event_id,
+            source: source.to_owned(),
+            event_type: CHANNEL_UPDATED_TYPE.to_owned(),
+            subject: self.channel.channel_id.to_string(),
+            time: self.occurred_at,
+            datacontenttype: "application/json".to_owned(),
+            partitionkey: key.clone(),
+            data: self,
+        };
+        LogRecord {
+            event_id: self.event_id,
+            store_id: String::new(),
+            key,
+            version: self.channel.version,
+            occurred_at: self.occurred_at,
+            envelope: serde_json::to_string(&envelope).unwrap_or_default(),
+        }
+    }
+
+    /// Parses a `CHANNEL_UPDATED` envelope, configuration checks included.
+    pub fn parse(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let e: ConfigEnvelope<Self> = serde_json::from_slice(bytes)?;
+        if e.event_type != CHANNEL_UPDATED_TYPE || e.data.event_type != Self::EVENT_TYPE {
+            return Err(EnvelopeError::Mismatch("not a CHANNEL_UPDATED event"));
+        }
+        if e.id != e.data.event_id {
+            return Err(EnvelopeError::Mismatch("id does not match data.event_id"));
+        }
+        Ok(e.data)
+    }
+}
+
+impl SafetyStockSetV1 {
+    pub const EVENT_TYPE: &'static str = "SAFETY_STOCK_SET";
+
+    pub fn record(&self, source: &str) -> LogRecord {
+        let envelope = ConfigEnvelope {
+            specversion: "1.0".to_owned(),
+            id: self.event_id,
+            source: source.to_owned(),
+            event_type: SAFETY_STOCK_SET_TYPE.to_owned(),
+            subject: self.product_sku.to_string(),
+            time: self.occurred_at,
+            datacontenttype: "application/json".to_owned(),
+            partitionkey: self.product_sku.to_string(),
+            data: self,
+        };
+        LogRecord {
+            event_id: self.event_id,
+            store_id: self.store_id.to_string(),
+            key: self.product_sku.to_string(),
+            version: self.version,
+            occurred_at: self.occurred_at,
+            envelope: serde_json::to_string(&envelope).unwrap_or_default(),
+        }
+    }
+
+    /// Parses a `SAFETY_STOCK_SET` envelope.
+    pub fn parse(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let e: ConfigEnvelope<Self> = serde_json::from_slice(bytes)?;
+        if e.event_type != SAFETY_STOCK_SET_TYPE || e.data.event_type != Self::EVENT_TYPE {
+            return Err(EnvelopeError::Mismatch("not a SAFETY_STOCK_SET event"));
+        }
+        if e.id != e.data.event_id || e.partitionkey != e.data.product_sku.as_str() {
+            return Err(EnvelopeError::Mismatch("attributes do not match the data"));
+        }
+        if e.data.safety_stock.is_some_and(|n| n < 0) {
+            return Err(EnvelopeError::Mismatch("safety_stock must not be negative"));
+        }
+        Ok(e.data)
+    }
+}
+
 /// A CloudEvents 1.0 envelope in structured JSON mode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloudEvent {

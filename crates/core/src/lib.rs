@@ -9,7 +9,10 @@
 //! - [`reservation`]: reservations and their per-line state machine.
 //! - [`command`]: the commands the ledger accepts, with cross-field checks and
 //!   idempotency fingerprints.
-//! - [`event`]: the Inventory Sync Event v1 and its CloudEvents envelope.
+//! - [`channel`]: channels, their validated configuration, safety stock and the pure
+//!   allocation of an order to a channel's locations.
+//! - [`event`]: the Inventory Sync Event v1, the channel configuration events, and
+//!   their CloudEvents envelopes.
 //! - [`error`]: business outcomes that refuse a command.
 #![forbid(unsafe_code)]
 
@@ -23,14 +26,17 @@ pub mod reservation;
 pub mod stock;
 
 pub use command::{
-    record_key, settle_fingerprint, Adjust, AdjustReason, Change, ReleaseReason, RequestError,
-    Reserve, WriteRecord,
+    record_key, settle_fingerprint, Adjust, AdjustReason, Change, Lines, ReleaseReason,
+    RequestError, Reserve, Target, WriteRecord,
 };
 pub use error::{DomainError, ShortLine};
-pub use event::{Cause, CloudEvent, EventType, InventoryEventV1, Reason};
+pub use event::{
+    Cause, ChannelUpdatedV1, CloudEvent, EventType, InventoryEventV1, LogRecord, Reason,
+    SafetyStockSetV1, CHANNEL_UPDATED_TYPE, SAFETY_STOCK_SET_TYPE,
+};
 pub use ids::{
     ChannelId, ExternalRef, IdError, IdempotencyKey, OrderId, Sku, StoreId, MAX_ID_BYTES,
 };
 pub use quantity::{Delta, LineQuantity, OnHandCount, RangeError, TtlSeconds};
-pub use reservation::{ReleaseKind, Reservation, ReservationLine, ReservationStatus};
+pub use reservation::{Allocated, ReleaseKind, Reservation, ReservationLine, ReservationStatus};
 pub use stock::StockLevel;

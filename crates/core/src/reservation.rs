@@ -5,8 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::command::Lines;
 use crate::error::DomainError;
-use crate::ids::{OrderId, Sku, StoreId};
+use crate::ids::{ChannelId, OrderId, Sku, StoreId};
 use crate::quantity::LineQuantity;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,22 +44,28 @@ impl ReservationStatus {
     }
 }
 
-/// One SKU of a reservation: `held = quantity - released - fulfilled`.
+/// Where one line (or part of it) is held: one location, with the same counters as
+/// the line. `held = quantity - released - fulfilled`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReservationLine {
-    pub sku: Sku,
+pub struct Allocated {
+    pub store_id: StoreId,
     pub quantity: i64,
     pub released: i64,
     pub fulfilled: i64,
+    /// Units of this allocation the location no longer has on hand and that could not
+    /// be moved elsewhere (reallocation, channels.md); 0 when fully covered.
+    #[serde(default)]
+    pub short: i64,
 }
 
-impl ReservationLine {
-    pub fn new(sku: Sku, quantity: LineQuantity) -> Self {
+impl Allocated {
+    pub fn new(store_id: StoreId, quantity: i64) -> Self {
         Self {
-            sku,
-            quantity: quantity.get(),
+            store_id,
+            quantity,
             released: 0,
             fulfilled: 0,
+            short: 0,
         }
     }
 
@@ -67,11 +74,62 @@ impl ReservationLine {
     }
 }
 
+/// One SKU of a reservation: `held = quantity - released - fulfilled`. Its counters
+/// are the sums of its allocations': one location for a store-direct reservation, one
+/// or more (in allocation order) for a channel's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationLine {
+    pub sku: Sku,
+    pub quantity: i64,
+    pub released: i64,
+    pub fulfilled: i64,
+    pub allocations: Vec<Allocated>,
+}
+
+impl ReservationLine {
+    /// A new line held at one location.
+    pub fn new(store: StoreId, sku: Sku, quantity: LineQuantity) -> Self {
+        Self::allocated(sku, vec![Allocated::new(store, quantity.get())])
+    }
+
+    /// A line made of its allocations (loaded from storage, or just allocated).
+    pub fn allocated(sku: Sku, allocations: Vec<Allocated>) -> Self {
+        let mut line = Self {
+            sku,
+            quantity: 0,
+            released: 0,
+            fulfilled: 0,
+            allocations,
+        };
+        line.total();
+        line
+    }
+
+    fn total(&mut self) {
+        self.quantity = self.allocations.iter().map(|a| a.quantity).sum();
+        self.released = self.allocations.iter().map(|a| a.released).sum();
+        self.fulfilled = self.allocations.iter().map(|a| a.fulfilled).sum();
+    }
+
+    pub fn held(&self) -> i64 {
+        self.quantity - self.released - self.fulfilled
+    }
+
+    /// Units of the line short at their location (see [`Allocated::short`]).
+    pub fn short(&self) -> i64 {
+        self.allocations.iter().map(|a| a.short).sum()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
     pub reservation_id: Uuid,
     pub order_id: OrderId,
-    pub store_id: StoreId,
+    /// The store a store-direct reservation holds at; `None` for a channel's.
+    pub store_id: Option<StoreId>,
+    /// The channel a channel reservation was allocated through; `None` for a
+    /// store-direct one.
+    pub channel: Option<ChannelId>,
     pub status: ReservationStatus,
     pub lines: Vec<ReservationLine>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -87,22 +145,50 @@ pub enum ReleaseKind {
     Expiry,
 }
 
-/// What a release or fulfilment takes away from each line, in line order.
-pub type Taken = Vec<(Sku, i64)>;
+/// What a release or fulfilment takes away, per (location, sku), in line and then
+/// allocation order.
+pub type Taken = Vec<(StoreId, Sku, i64)>;
+
+/// Which allocation of a line a release or fulfilment without a `store_id` takes
+/// from first (channels.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum From {
+    /// Allocation order: a fulfilment ships from where the order was meant to.
+    First,
+    /// Reverse allocation order: a release gives back the least preferred first.
+    Last,
+}
 
 impl Reservation {
     pub fn held(&self) -> i64 {
         self.lines.iter().map(ReservationLine::held).sum()
     }
 
+    /// Every (location, sku) the reservation has a line at, in (store, sku) order:
+    /// the stock rows a change of it may touch.
+    pub fn rows(&self) -> Vec<(StoreId, Sku)> {
+        let mut rows: Vec<(StoreId, Sku)> = self
+            .lines
+            .iter()
+            .flat_map(|l| {
+                l.allocations
+                    .iter()
+                    .map(|a| (a.store_id.clone(), l.sku.clone()))
+            })
+            .collect();
+        rows.sort();
+        rows.dedup();
+        rows
+    }
+
     /// Releases the given quantities (or everything held when `lines` is `None`).
     /// On error the reservation is unchanged.
     pub fn release(
         &mut self,
-        lines: Option<&[(Sku, LineQuantity)]>,
+        lines: Option<&Lines>,
         kind: ReleaseKind,
     ) -> Result<Taken, DomainError> {
-        let taken = self.take(lines, |line, q| line.released += q)?;
+        let taken = self.take(lines, From::Last, |a, q| a.released += q)?;
         if self.held() == 0 && !taken.is_empty() {
             self.status = self.ended_status(kind);
         }
@@ -111,8 +197,8 @@ impl Reservation {
 
     /// Fulfils the given quantities (or everything held when `lines` is `None`).
     /// On error the reservation is unchanged.
-    pub fn fulfil(&mut self, lines: Option<&[(Sku, LineQuantity)]>) -> Result<Taken, DomainError> {
-        let taken = self.take(lines, |line, q| line.fulfilled += q)?;
+    pub fn fulfil(&mut self, lines: Option<&Lines>) -> Result<Taken, DomainError> {
+        let taken = self.take(lines, From::First, |a, q| a.fulfilled += q)?;
         if self.held() == 0 && !taken.is_empty() {
             self.status = self.ended_status(ReleaseKind::Requested);
         }
@@ -129,51 +215,90 @@ impl Reservation {
         }
     }
 
-    /// Works out what to take from which line, checks it all, then applies it, so a
-    /// refused request leaves every line as it was. A reservation that holds nothing
-    /// takes nothing and is not an error: that is what makes release and fulfil safe to
-    /// retry.
+    /// Works out what to take from which allocation, checks it all, then applies it,
+    /// so a refused request leaves every line as it was. A reservation that holds
+    /// nothing takes nothing and is not an error: that is what makes release and
+    /// fulfil safe to retry.
     fn take(
         &mut self,
-        lines: Option<&[(Sku, LineQuantity)]>,
-        apply: impl Fn(&mut ReservationLine, i64),
+        lines: Option<&Lines>,
+        from: From,
+        apply: impl Fn(&mut Allocated, i64),
     ) -> Result<Taken, DomainError> {
         if self.held() == 0 {
             return Ok(Vec::new());
         }
-        let plan: Vec<(usize, i64)> = match lines {
-            None => self
-                .lines
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| l.held() > 0)
-                .map(|(i, l)| (i, l.held()))
-                .collect(),
+        // (line, allocation, quantity)
+        let mut plan: Vec<(usize, usize, i64)> = Vec::new();
+        match lines {
+            None => {
+                for (i, line) in self.lines.iter().enumerate() {
+                    for (j, a) in line.allocations.iter().enumerate() {
+                        if a.held() > 0 {
+                            plan.push((i, j, a.held()));
+                        }
+                    }
+                }
+            }
             Some(requested) => {
-                let mut plan = Vec::with_capacity(requested.len());
-                for (sku, quantity) in requested {
-                    let Some(index) = self.lines.iter().position(|l| &l.sku == sku) else {
+                for (k, (sku, quantity)) in requested.iter().enumerate() {
+                    let Some(i) = self.lines.iter().position(|l| &l.sku == sku) else {
                         return Err(DomainError::invalid_state(format!(
                             "the reservation has no line for sku {sku}"
                         )));
                     };
-                    let held = self.lines[index].held();
-                    if quantity.get() > held {
-                        return Err(DomainError::invalid_state(format!(
-                            "sku {sku}: {} requested but only {held} held",
-                            quantity.get()
-                        )));
+                    let line = &self.lines[i];
+                    let wanted = quantity.get();
+                    match requested.store(k) {
+                        Some(store) => {
+                            let Some(j) =
+                                line.allocations.iter().position(|a| &a.store_id == store)
+                            else {
+                                return Err(DomainError::invalid_state(format!(
+                                    "sku {sku} is not allocated to store {store}"
+                                )));
+                            };
+                            let held = line.allocations[j].held();
+                            if wanted > held {
+                                return Err(DomainError::invalid_state(format!(
+                                    "sku {sku}: {wanted} requested but only {held} held at store {store}"
+                                )));
+                            }
+                            plan.push((i, j, wanted));
+                        }
+                        None => {
+                            let held = line.held();
+                            if wanted > held {
+                                return Err(DomainError::invalid_state(format!(
+                                    "sku {sku}: {wanted} requested but only {held} held"
+                                )));
+                            }
+                            let mut order: Vec<usize> = (0..line.allocations.len()).collect();
+                            if from == From::Last {
+                                order.reverse();
+                            }
+                            let mut left = wanted;
+                            for j in order {
+                                let take = line.allocations[j].held().min(left);
+                                if take > 0 {
+                                    plan.push((i, j, take));
+                                    left -= take;
+                                }
+                            }
+                        }
                     }
-                    plan.push((index, quantity.get()));
                 }
-                plan
             }
-        };
+        }
         let mut taken = Vec::with_capacity(plan.len());
-        for (index, quantity) in plan {
-            let line = &mut self.lines[index];
-            apply(line, quantity);
-            taken.push((line.sku.clone(), quantity));
+        for (i, j, quantity) in plan {
+            let line = &mut self.lines[i];
+            let a = &mut line.allocations[j];
+            apply(a, quantity);
+            // What is no longer held cannot be short.
+            a.short = a.short.min(a.held());
+            taken.push((a.store_id.clone(), line.sku.clone(), quantity));
+            line.total();
         }
         Ok(taken)
     }
@@ -191,15 +316,28 @@ mod tests {
         LineQuantity::new(n).unwrap()
     }
 
+    fn store(s: &str) -> StoreId {
+        StoreId::parse(s).unwrap()
+    }
+
+    fn lines(picks: &[(&str, i64)]) -> Lines {
+        Lines::new(
+            picks.iter().map(|(s, n)| (sku(s), q(*n))).collect(),
+            "lines",
+        )
+        .unwrap()
+    }
+
     fn reservation() -> Reservation {
         Reservation {
             reservation_id: Uuid::nil(),
             order_id: OrderId::parse("O-1").unwrap(),
-            store_id: StoreId::parse("S1").unwrap(),
+            store_id: Some(store("S1")),
+            channel: None,
             status: ReservationStatus::Active,
             lines: vec![
-                ReservationLine::new(sku("A"), q(3)),
-                ReservationLine::new(sku("B"), q(1)),
+                ReservationLine::new(store("S1"), sku("A"), q(3)),
+                ReservationLine::new(store("S1"), sku("B"), q(1)),
             ],
             expires_at: None,
             created_at: DateTime::UNIX_EPOCH,
@@ -210,9 +348,9 @@ mod tests {
     fn a_partial_release_keeps_the_reservation_active() {
         let mut r = reservation();
         let taken = r
-            .release(Some(&[(sku("A"), q(2))]), ReleaseKind::Requested)
+            .release(Some(&lines(&[("A", 2)])), ReleaseKind::Requested)
             .unwrap();
-        assert_eq!(taken, vec![(sku("A"), 2)]);
+        assert_eq!(taken, vec![(store("S1"), sku("A"), 2)]);
         assert_eq!(r.status, ReservationStatus::Active);
         assert_eq!(r.held(), 2);
     }
@@ -231,22 +369,19 @@ mod tests {
         let mut r = reservation();
         let before = r.clone();
         let err = r
-            .release(
-                Some(&[(sku("B"), q(1)), (sku("A"), q(4))]),
-                ReleaseKind::Requested,
-            )
+            .release(Some(&lines(&[("B", 1), ("A", 4)])), ReleaseKind::Requested)
             .unwrap_err();
         assert!(matches!(err, DomainError::InvalidState(_)));
         assert_eq!(r, before);
         assert!(r
-            .release(Some(&[(sku("Z"), q(1))]), ReleaseKind::Requested)
+            .release(Some(&lines(&[("Z", 1)])), ReleaseKind::Requested)
             .is_err());
     }
 
     #[test]
     fn fulfilling_part_then_releasing_the_rest_is_fulfilled() {
         let mut r = reservation();
-        r.fulfil(Some(&[(sku("A"), q(3))])).unwrap();
+        r.fulfil(Some(&lines(&[("A", 3)]))).unwrap();
         r.release(None, ReleaseKind::Requested).unwrap();
         assert_eq!(r.status, ReservationStatus::Fulfilled);
     }
@@ -256,5 +391,63 @@ mod tests {
         let mut r = reservation();
         r.release(None, ReleaseKind::Expiry).unwrap();
         assert_eq!(r.status, ReservationStatus::Expired);
+    }
+
+    /// A channel reservation of 5 × A: 3 at WH1 (first in allocation order), 2 at S1.
+    fn split() -> Reservation {
+        Reservation {
+            store_id: None,
+            channel: Some(ChannelId::parse("online").unwrap()),
+            lines: vec![ReservationLine::allocated(
+                sku("A"),
+                vec![
+                    Allocated::new(store("WH1"), 3),
+                    Allocated::new(store("S1"), 2),
+                ],
+            )],
+            ..reservation()
+        }
+    }
+
+    #[test]
+    fn a_release_gives_back_the_last_allocation_first_and_a_fulfilment_ships_the_first() {
+        let mut r = split();
+        let taken = r
+            .release(Some(&lines(&[("A", 3)])), ReleaseKind::Requested)
+            .unwrap();
+        assert_eq!(
+            taken,
+            vec![(store("S1"), sku("A"), 2), (store("WH1"), sku("A"), 1)]
+        );
+        assert_eq!((r.lines[0].released, r.lines[0].held()), (3, 2));
+
+        let mut r = split();
+        let taken = r.fulfil(Some(&lines(&[("A", 4)]))).unwrap();
+        assert_eq!(
+            taken,
+            vec![(store("WH1"), sku("A"), 3), (store("S1"), sku("A"), 1)]
+        );
+        assert_eq!(r.lines[0].fulfilled, 4);
+        assert_eq!(r.status, ReservationStatus::Active);
+    }
+
+    #[test]
+    fn a_line_naming_a_store_takes_from_that_allocation_only() {
+        let at = |s: &str, n: i64, st: &str| {
+            Lines::at_stores(vec![(sku(s), q(n))], vec![Some(store(st))], "lines").unwrap()
+        };
+        let mut r = split();
+        let taken = r.fulfil(Some(&at("A", 2, "S1"))).unwrap();
+        assert_eq!(taken, vec![(store("S1"), sku("A"), 2)]);
+        assert_eq!(r.lines[0].allocations[1].fulfilled, 2);
+        // S1 holds nothing more; WH1 still holds 3.
+        let before = r.clone();
+        assert!(r.fulfil(Some(&at("A", 1, "S1"))).is_err());
+        assert!(r.fulfil(Some(&at("A", 1, "S9"))).is_err());
+        assert_eq!(r, before);
+        assert_eq!(
+            r.rows(),
+            vec![(store("S1"), sku("A")), (store("WH1"), sku("A"))]
+        );
     }
 }

@@ -8,11 +8,15 @@
 //! written nothing. The SQLite writer relies on this to run a batch of commands
 //! without a savepoint each.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
+use invsync_core::channel::{allocate, Channel, ChannelConfig, SafetyOverride, Shelf};
 use invsync_core::{
-    settle_fingerprint, Adjust, Cause, Change, DomainError, EventType, InventoryEventV1,
-    LineQuantity, Reason, ReleaseKind, Reservation, ReservationLine, ReservationStatus, Reserve,
-    ShortLine, Sku, StockLevel, StoreId, WriteRecord,
+    settle_fingerprint, Adjust, Allocated, Cause, Change, ChannelId, ChannelUpdatedV1, DomainError,
+    EventType, InventoryEventV1, Lines, LogRecord, Reason, ReleaseKind, Reservation,
+    ReservationLine, ReservationStatus, Reserve, SafetyStockSetV1, ShortLine, Sku, StockLevel,
+    StoreId, Target, WriteRecord,
 };
 use uuid::Uuid;
 
@@ -30,8 +34,30 @@ pub(crate) trait Tx {
         level: StockLevel,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError>;
-    /// Appends an event to the log/outbox in this transaction.
-    fn append_event(&mut self, event: &InventoryEventV1) -> Result<(), LedgerError>;
+    /// Appends an entry to the log/outbox in this transaction.
+    fn append(&mut self, record: LogRecord) -> Result<(), LedgerError>;
+    /// The CloudEvents `source` of this deployment.
+    fn source(&self) -> &str;
+    /// Reads a channel (on PostgreSQL, locked against a concurrent change until the
+    /// transaction ends).
+    fn channel(&mut self, id: &ChannelId) -> Result<Option<Channel>, LedgerError>;
+    /// Stores a channel's configuration at its version.
+    fn put_channel(&mut self, channel: &Channel, now: DateTime<Utc>) -> Result<(), LedgerError>;
+    /// The per-SKU safety-stock overrides of a channel for these SKUs: (store, sku) →
+    /// (the override, or `None` where one was removed; its version).
+    fn safety_overrides(
+        &mut self,
+        channel: &ChannelId,
+        skus: &[Sku],
+    ) -> Result<Overrides, LedgerError>;
+    /// Stores one override at its version (`safety_stock: None` removes it).
+    fn put_safety_override(
+        &mut self,
+        channel: &ChannelId,
+        item: &SafetyOverride,
+        version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError>;
     /// The reservation stored under an idempotency key, with its request fingerprint.
     fn reservation_by_key(
         &mut self,
@@ -82,6 +108,13 @@ pub(crate) trait Tx {
     }
 }
 
+/// Safety-stock overrides by (store, sku): the value (`None`: removed) and its version.
+pub(crate) type Overrides = HashMap<(StoreId, Sku), (Option<i64>, i64)>;
+
+/// One part of a new reservation: a (location, sku), its quantity and the level it
+/// leaves the row at.
+type Part = (StoreId, Sku, i64, StockLevel);
+
 /// One command's worth of decisions, at one instant.
 pub(crate) struct Engine<'a, T: Tx> {
     pub(crate) tx: &'a mut T,
@@ -106,7 +139,8 @@ impl<T: Tx> Engine<'_, T> {
             cause,
             after,
         );
-        self.tx.append_event(&event)?;
+        let record = event.record(self.tx.source());
+        self.tx.append(record)?;
         Ok(event)
     }
 
@@ -122,19 +156,61 @@ impl<T: Tx> Engine<'_, T> {
                 created: false,
             });
         }
+        let (lines, mut parts) = match cmd.target() {
+            Target::Store(store) => self.at_store(store, cmd)?,
+            Target::Channel(channel) => self.in_channel(channel, cmd)?,
+        };
+        let reservation = Reservation {
+            reservation_id: Uuid::now_v7(),
+            order_id: cmd.order_id().clone(),
+            store_id: cmd.store_id().cloned(),
+            channel: cmd.channel().cloned(),
+            status: ReservationStatus::Active,
+            lines,
+            expires_at: cmd
+                .ttl()
+                .map(|ttl| self.now + chrono::TimeDelta::seconds(ttl.get())),
+            created_at: self.now,
+        };
+        // Written in (store, sku) order, as the rows were read.
+        parts.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        for (store, sku, quantity, after) in parts {
+            let cause = Cause {
+                event_type: EventType::Reserved,
+                reason: Reason::OrderPlaced,
+                quantity,
+                order_id: Some(reservation.order_id.clone()),
+                reservation_id: Some(reservation.reservation_id),
+                external_ref: None,
+                channel: reservation.channel.clone(),
+            };
+            self.change(&store, &sku, after, cause)?;
+        }
+        self.tx
+            .insert_reservation(&reservation, &key, &fingerprint)?;
+        Ok(ReserveOutcome {
+            reservation,
+            created: true,
+        })
+    }
 
-        // Rows are visited in (store, sku) order: on a back end with row locks, two
-        // orders over the same SKUs then lock in the same order and cannot deadlock.
+    /// The lines of a store-direct reservation, every one at `store`, or the short
+    /// lines. Rows are visited in (store, sku) order: on a back end with row locks,
+    /// two orders over the same SKUs then lock in the same order and cannot deadlock.
+    fn at_store(
+        &mut self,
+        store: &StoreId,
+        cmd: &Reserve,
+    ) -> Result<(Vec<ReservationLine>, Vec<Part>), LedgerError> {
         let mut order: Vec<usize> = (0..cmd.lines().len()).collect();
         order.sort_by(|&a, &b| cmd.lines()[a].0.cmp(&cmd.lines()[b].0));
-        let store = cmd.store_id();
-        let mut levels = Vec::with_capacity(order.len());
+        let mut parts = Vec::with_capacity(order.len());
         let mut short = Vec::new();
         for &i in &order {
             let (sku, quantity) = &cmd.lines()[i];
             let level = self.tx.stock(store, sku)?.unwrap_or_default();
             match level.reserve(quantity.get()) {
-                Ok(after) => levels.push((i, after)),
+                Ok(after) => parts.push((store.clone(), sku.clone(), quantity.get(), after)),
                 Err(available) => short.push(ShortLine {
                     sku: sku.clone(),
                     requested: quantity.get(),
@@ -145,41 +221,173 @@ impl<T: Tx> Engine<'_, T> {
         if !short.is_empty() {
             return Err(DomainError::InsufficientStock { lines: short }.into());
         }
+        let lines = cmd
+            .lines()
+            .iter()
+            .map(|(sku, q)| ReservationLine::new(store.clone(), sku.clone(), *q))
+            .collect();
+        Ok((lines, parts))
+    }
 
-        let reservation = Reservation {
-            reservation_id: Uuid::now_v7(),
-            order_id: cmd.order_id().clone(),
-            store_id: store.clone(),
-            status: ReservationStatus::Active,
-            lines: cmd
-                .lines()
-                .iter()
-                .map(|(sku, q)| ReservationLine::new(sku.clone(), *q))
-                .collect(),
-            expires_at: cmd
-                .ttl()
-                .map(|ttl| self.now + chrono::TimeDelta::seconds(ttl.get())),
-            created_at: self.now,
+    /// The lines of a channel reservation, allocated to the channel's locations by its
+    /// rules and never into safety stock, or the short lines with the channel's
+    /// availability. Every candidate row is read (and locked) in (store, sku) order.
+    fn in_channel(
+        &mut self,
+        id: &ChannelId,
+        cmd: &Reserve,
+    ) -> Result<(Vec<ReservationLine>, Vec<Part>), LedgerError> {
+        let channel = self
+            .tx
+            .channel(id)?
+            .ok_or(DomainError::NotFound("channel"))?;
+        let skus: Vec<Sku> = cmd.lines().iter().map(|(sku, _)| sku.clone()).collect();
+        let shelves = self.shelves(&channel, &skus)?;
+        let shelf = |store: &StoreId, sku: &Sku| {
+            shelves
+                .get(&(store.clone(), sku.clone()))
+                .copied()
+                .unwrap_or(Shelf {
+                    level: None,
+                    safety_stock: 0,
+                })
         };
-        for (i, after) in levels {
-            let (sku, quantity) = &cmd.lines()[i];
-            let cause = Cause {
-                event_type: EventType::Reserved,
-                reason: Reason::OrderPlaced,
-                quantity: quantity.get(),
-                order_id: Some(reservation.order_id.clone()),
-                reservation_id: Some(reservation.reservation_id),
-                external_ref: None,
-                channel: None,
-            };
-            self.change(store, sku, after, cause)?;
+        let allocation = allocate(&channel.config, cmd.lines(), shelf)
+            .map_err(|lines| DomainError::InsufficientStock { lines })?;
+        let mut parts = Vec::new();
+        let mut lines = Vec::with_capacity(allocation.len());
+        for ((sku, _), taken) in cmd.lines().iter().zip(allocation) {
+            let mut allocations = Vec::with_capacity(taken.len());
+            for (store, quantity) in taken {
+                let level = shelf(&store, sku).level.unwrap_or_default();
+                // `allocate` only hands out channel-available units, so this holds;
+                // checked all the same rather than trusted.
+                let after = level
+                    .reserve(quantity)
+                    .map_err(|_| LedgerError::Internal("allocation over availability".into()))?;
+                parts.push((store.clone(), sku.clone(), quantity, after));
+                allocations.push(Allocated::new(store, quantity));
+            }
+            lines.push(ReservationLine::allocated(sku.clone(), allocations));
         }
-        self.tx
-            .insert_reservation(&reservation, &key, &fingerprint)?;
-        Ok(ReserveOutcome {
-            reservation,
-            created: true,
-        })
+        Ok((lines, parts))
+    }
+
+    /// What the channel sees of each of its locations for `skus`: the level and the
+    /// safety stock there (the per-SKU override, else the location's). Rows are read
+    /// in (store, sku) order.
+    fn shelves(
+        &mut self,
+        channel: &Channel,
+        skus: &[Sku],
+    ) -> Result<HashMap<(StoreId, Sku), Shelf>, LedgerError> {
+        let overrides = self.tx.safety_overrides(&channel.channel_id, skus)?;
+        let mut rows: Vec<(StoreId, Sku, i64)> = channel
+            .config
+            .locations()
+            .iter()
+            .flat_map(|l| {
+                skus.iter()
+                    .map(move |sku| (l.store_id.clone(), sku.clone(), l.safety_stock))
+            })
+            .collect();
+        rows.sort();
+        let mut shelves = HashMap::with_capacity(rows.len());
+        for (store, sku, default) in rows {
+            let level = self.tx.stock(&store, &sku)?;
+            let key = (store, sku);
+            let safety_stock = match overrides.get(&key) {
+                Some((Some(n), _)) => *n,
+                _ => default,
+            };
+            shelves.insert(
+                key,
+                Shelf {
+                    level,
+                    safety_stock,
+                },
+            );
+        }
+        Ok(shelves)
+    }
+
+    /// Creates or replaces a channel: compare-and-set on `if_version` (0 for "must
+    /// not exist yet"), a new version and one `CHANNEL_UPDATED` event. A PUT of the
+    /// configuration the channel already has changes nothing and records nothing.
+    pub(crate) fn put_channel(
+        &mut self,
+        id: &ChannelId,
+        config: ChannelConfig,
+        if_version: Option<i64>,
+    ) -> Result<Channel, LedgerError> {
+        let current = self.tx.channel(id)?;
+        let version = current.as_ref().map_or(0, |c| c.version);
+        if let Some(expected) = if_version {
+            if expected != version {
+                return Err(DomainError::VersionConflict {
+                    expected,
+                    actual: version,
+                }
+                .into());
+            }
+        }
+        if let Some(current) = current {
+            if current.config == config {
+                return Ok(current);
+            }
+        }
+        let channel = Channel {
+            channel_id: id.clone(),
+            version: version + 1,
+            config,
+        };
+        self.tx.put_channel(&channel, self.now)?;
+        let event = ChannelUpdatedV1::new(Uuid::now_v7(), self.now, channel.clone());
+        let record = event.record(self.tx.source());
+        self.tx.append(record)?;
+        Ok(channel)
+    }
+
+    /// Sets (or removes) per-SKU safety-stock overrides of a channel, one
+    /// `SAFETY_STOCK_SET` event each; an item that changes nothing records nothing.
+    /// Returns how many changed.
+    pub(crate) fn set_safety_stock(
+        &mut self,
+        id: &ChannelId,
+        items: &[SafetyOverride],
+    ) -> Result<usize, LedgerError> {
+        if self.tx.channel(id)?.is_none() {
+            return Err(DomainError::NotFound("channel").into());
+        }
+        let mut skus: Vec<Sku> = items.iter().map(|i| i.sku.clone()).collect();
+        skus.sort();
+        skus.dedup();
+        let current = self.tx.safety_overrides(id, &skus)?;
+        let mut applied = 0;
+        for item in items {
+            let key = (item.store_id.clone(), item.sku.clone());
+            let (value, version) = current.get(&key).copied().unwrap_or((None, 0));
+            if value == item.safety_stock {
+                continue;
+            }
+            self.tx
+                .put_safety_override(id, item, version + 1, self.now)?;
+            let event = SafetyStockSetV1 {
+                schema_version: 1,
+                event_id: Uuid::now_v7(),
+                event_type: SafetyStockSetV1::EVENT_TYPE.to_owned(),
+                channel_id: id.clone(),
+                store_id: item.store_id.clone(),
+                product_sku: item.sku.clone(),
+                safety_stock: item.safety_stock,
+                version: version + 1,
+                occurred_at: self.now,
+            };
+            let record = event.record(self.tx.source());
+            self.tx.append(record)?;
+            applied += 1;
+        }
+        Ok(applied)
     }
 
     /// The outcome a write was recorded with under one of `records`, if it was: the
@@ -216,7 +424,7 @@ impl<T: Tx> Engine<'_, T> {
     pub(crate) fn client_release(
         &mut self,
         id: Uuid,
-        lines: Option<&[(Sku, LineQuantity)]>,
+        lines: Option<&Lines>,
         reason: invsync_core::ReleaseReason,
         key: Option<&str>,
     ) -> Result<Reservation, LedgerError> {
@@ -230,7 +438,7 @@ impl<T: Tx> Engine<'_, T> {
     pub(crate) fn client_fulfil(
         &mut self,
         id: Uuid,
-        lines: Option<&[(Sku, LineQuantity)]>,
+        lines: Option<&Lines>,
         key: Option<&str>,
     ) -> Result<Reservation, LedgerError> {
         let fingerprint = settle_fingerprint("fulfil", id, lines, None);
@@ -260,7 +468,7 @@ impl<T: Tx> Engine<'_, T> {
     pub(crate) fn release(
         &mut self,
         id: Uuid,
-        lines: Option<&[(Sku, LineQuantity)]>,
+        lines: Option<&Lines>,
         reason: Reason,
         kind: ReleaseKind,
     ) -> Result<Reservation, LedgerError> {
@@ -279,7 +487,7 @@ impl<T: Tx> Engine<'_, T> {
     pub(crate) fn fulfil(
         &mut self,
         id: Uuid,
-        lines: Option<&[(Sku, LineQuantity)]>,
+        lines: Option<&Lines>,
     ) -> Result<Reservation, LedgerError> {
         let mut reservation = self.load(id)?;
         let taken = reservation.fulfil(lines)?;
@@ -300,12 +508,13 @@ impl<T: Tx> Engine<'_, T> {
     }
 
     /// Applies what a release or fulfilment took from the reservation to the stock
-    /// rows (in key order), with one event per row, then stores the reservation. Both
-    /// lower a count by what was taken, so each event's `quantity` is negative.
+    /// rows (in (store, sku) order), with one event per row, then stores the
+    /// reservation. Both lower a count by what was taken, so each event's `quantity`
+    /// is negative.
     fn settle(
         &mut self,
         reservation: &Reservation,
-        taken: &[(Sku, i64)],
+        taken: &[(StoreId, Sku, i64)],
         step: impl Fn(&StockLevel, i64) -> Result<StockLevel, DomainError>,
         event_type: EventType,
         reason: Reason,
@@ -314,13 +523,12 @@ impl<T: Tx> Engine<'_, T> {
             return Ok(());
         }
         let mut taken = taken.to_vec();
-        taken.sort_by(|a, b| a.0.cmp(&b.0));
-        let store = &reservation.store_id;
-        // Every row is checked before any is written (a reservation never holds one SKU
-        // twice), so a refusal — a shortage left fewer units on hand than a line ships —
-        // leaves nothing behind for the back end to undo.
+        taken.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        // Every row is checked before any is written (a reservation holds one (store,
+        // sku) at most once), so a refusal — a shortage left fewer units on hand than
+        // a line ships — leaves nothing behind for the back end to undo.
         let mut afters = Vec::with_capacity(taken.len());
-        for (sku, quantity) in &taken {
+        for (store, sku, quantity) in &taken {
             let level = self.tx.stock(store, sku)?.ok_or_else(|| {
                 LedgerError::Internal(format!(
                     "reservation holds {sku} in {store} but the row is gone"
@@ -328,7 +536,7 @@ impl<T: Tx> Engine<'_, T> {
             })?;
             afters.push(step(&level, *quantity)?);
         }
-        for ((sku, quantity), after) in taken.iter().zip(afters) {
+        for ((store, sku, quantity), after) in taken.iter().zip(afters) {
             let cause = Cause {
                 event_type,
                 reason,
@@ -336,7 +544,7 @@ impl<T: Tx> Engine<'_, T> {
                 order_id: Some(reservation.order_id.clone()),
                 reservation_id: Some(reservation.reservation_id),
                 external_ref: None,
-                channel: None,
+                channel: reservation.channel.clone(),
             };
             self.change(store, sku, after, cause)?;
         }

@@ -20,11 +20,13 @@ pub mod clock;
 mod engine;
 pub mod error;
 pub mod model;
+mod parts;
 pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use invsync_core::{Adjust, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId};
+use invsync_core::channel::{Channel, ChannelConfig, SafetyOverride};
+use invsync_core::{Adjust, ChannelId, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId};
 use uuid::Uuid;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -71,7 +73,7 @@ fn cursor_key(name: &str) -> String {
 
 /// Lines of a partial release or fulfilment (validated: no SKU twice); `None` means
 /// everything still held.
-pub type ReleaseLines = Option<invsync_core::command::Lines>;
+pub type ReleaseLines = Option<invsync_core::Lines>;
 
 /// What consumers read of the ledger: the log, snapshots and the head. Read-only: a
 /// consumer never writes to the ledger (ARCHITECTURE.md).
@@ -142,6 +144,29 @@ pub trait Ledger: LogCursors {
     async fn adjust_many(&self, cmds: Vec<Adjust>) -> Vec<Result<AdjustmentOutcome, LedgerError>>;
     /// Releases every active reservation whose TTL has run out; returns how many.
     async fn expire_due(&self) -> Result<usize, LedgerError>;
+
+    /// Creates or replaces a channel (compare-and-set on `if_version`; 0 means it must
+    /// not exist yet) and records `CHANNEL_UPDATED`; the same configuration again
+    /// answers the channel unchanged.
+    async fn put_channel(
+        &self,
+        id: ChannelId,
+        config: ChannelConfig,
+        if_version: Option<i64>,
+    ) -> Result<Channel, LedgerError>;
+    /// Sets or removes per-SKU safety-stock overrides of a channel, one
+    /// `SAFETY_STOCK_SET` each; returns how many changed.
+    async fn set_safety_stock(
+        &self,
+        id: ChannelId,
+        items: Vec<SafetyOverride>,
+    ) -> Result<usize, LedgerError>;
+    async fn channel(&self, id: ChannelId) -> Result<Option<Channel>, LedgerError>;
+    /// Every channel, by id.
+    async fn channels(&self) -> Result<Vec<Channel>, LedgerError>;
+    /// A channel's per-SKU overrides in force (removed ones are left out), by (sku,
+    /// store).
+    async fn safety_overrides(&self, id: ChannelId) -> Result<Vec<SafetyOverride>, LedgerError>;
 
     async fn stock(&self, store: StoreId, sku: Sku) -> Result<Option<StockRow>, LedgerError>;
     async fn stock_by_sku(&self, sku: Sku) -> Result<Vec<StockRow>, LedgerError>;

@@ -349,9 +349,11 @@ async fn run(f: Fixture, ops: Vec<Op>) {
             .unwrap()
         {
             for line in &r.lines {
-                *held
-                    .entry((r.store_id.clone(), line.sku.clone()))
-                    .or_default() += line.held();
+                for a in &line.allocations {
+                    *held
+                        .entry((a.store_id.clone(), line.sku.clone()))
+                        .or_default() += a.held();
+                }
             }
             assert_eq!(r.status == ReservationStatus::Active, r.held() > 0);
         }

@@ -1,6 +1,7 @@
 //! The v1 routes, one module per area of `api.md`.
 
 pub(crate) mod adjustments;
+pub(crate) mod channels;
 pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod pipeline;

@@ -3,14 +3,16 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use invsync_core::{record_key, OrderId, ReleaseReason, Reserve};
+use invsync_core::{record_key, OrderId, ReleaseReason, Reserve, Target};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::auth::{Auth, ReadScope, ReserveScope};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{field, ApiJson, ApiPath, ApiQuery, IdemKey, OptionalJson};
-use crate::wire::{lines, FulfilBody, ReleaseBody, ReservationList, ReservationView, ReserveBody};
+use crate::wire::{
+    lines, settle_lines, FulfilBody, ReleaseBody, ReservationList, ReservationView, ReserveBody,
+};
 use crate::AppState;
 
 /// Reserves every line or none. A repeat (same `Idempotency-Key`, or same order and
@@ -18,16 +20,33 @@ use crate::AppState;
 #[utoipa::path(post, path = "/v1/reservations", tag = "reservations", operation_id = "reserve", request_body = ReserveBody,
     params(("Idempotency-Key" = Option<crate::openapi::Identifier>, Header)),
     responses((status = 201, body = ReservationView), (status = 200, description = "a repeat", body = ReservationView),
-        (status = 409, description = "insufficient_stock (with `lines`), idempotency_conflict", body = crate::error::Problem)))]
+        (status = 404, description = "not_found: the channel is not configured", body = crate::error::Problem),
+        (status = 409, description = "insufficient_stock (with `lines`; through a channel, `available` is the channel's availability), idempotency_conflict", body = crate::error::Problem)))]
 pub(crate) async fn create(
     _: Auth<ReserveScope>,
     State(state): State<AppState>,
     IdemKey(key): IdemKey,
     ApiJson(body): ApiJson<ReserveBody>,
 ) -> ApiResult<(StatusCode, Json<ReservationView>)> {
+    let target: Target = match (body.store_id, body.channel) {
+        (Some(store), None) => store.into(),
+        (None, Some(channel)) => channel.into(),
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "store_id",
+                "give exactly one of store_id and channel",
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "channel",
+                "give exactly one of store_id and channel, not both",
+            ))
+        }
+    };
     let cmd = Reserve::new(
         body.order_id,
-        body.store_id,
+        target,
         lines(body.lines),
         body.ttl_seconds,
         key,
@@ -98,16 +117,6 @@ pub(crate) async fn list(
     }))
 }
 
-/// A body's lines as the validated domain type (a SKU named twice is a 400 naming
-/// the line, before anything is written).
-fn checked(
-    body: Option<Vec<crate::wire::LineBody>>,
-) -> ApiResult<Option<invsync_core::command::Lines>> {
-    Ok(body
-        .map(|l| invsync_core::command::Lines::new(lines(l), "lines"))
-        .transpose()?)
-}
-
 /// Releases the given lines, or everything still held. Releasing a reservation that
 /// holds nothing answers 200 with no event, so retries are safe.
 #[utoipa::path(post, path = "/v1/reservations/{reservation_id}/release", tag = "reservations", operation_id = "release",
@@ -123,7 +132,7 @@ pub(crate) async fn release(
 ) -> ApiResult<Json<ReservationView>> {
     let id = reservation_id(&id)?;
     let body = body.unwrap_or_default();
-    let lines = checked(body.lines)?;
+    let lines = settle_lines(body.lines)?;
     let reason = body.reason.unwrap_or(ReleaseReason::OrderCancelled);
     Ok(Json(
         state
@@ -148,7 +157,7 @@ pub(crate) async fn fulfil(
     OptionalJson(body): OptionalJson<FulfilBody>,
 ) -> ApiResult<Json<ReservationView>> {
     let id = reservation_id(&id)?;
-    let lines = checked(body.unwrap_or_default().lines)?;
+    let lines = settle_lines(body.unwrap_or_default().lines)?;
     let key = key.map(|k| record_key("fulfil", &k));
     Ok(Json(state.ledger().fulfil(id, lines, key).await?.into()))
 }

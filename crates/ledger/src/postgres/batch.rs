@@ -13,12 +13,13 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use invsync_core::{InventoryEventV1, Reservation, Sku, StockLevel, StoreId};
+use invsync_core::channel::{Channel, SafetyOverride};
+use invsync_core::{ChannelId, LogRecord, Reservation, Sku, StockLevel, StoreId};
 use postgres::{Row as PgRow, Transaction};
 use uuid::Uuid;
 
 use super::rows::{load_reservation, load_reservations, prepared, Statements};
-use crate::engine::Tx;
+use crate::engine::{Overrides, Tx};
 use crate::error::LedgerError;
 
 type Key = (String, String);
@@ -49,8 +50,13 @@ pub(crate) struct State {
     adjustments: Vec<(String, String, String, DateTime<Utc>)>,
     /// Writes recorded in this batch, by key: (fingerprint, outcome JSON).
     adjustments_by_ref: HashMap<String, (String, String)>,
-    events: Vec<(InventoryEventV1, String)>,
+    events: Vec<LogRecord>,
     now: Option<DateTime<Utc>>,
+    /// Channels read by the prefetch (or locked by an admin write), `None` when
+    /// missing: a reservation allocates with the configuration it read once.
+    channels: HashMap<ChannelId, Option<Channel>>,
+    /// Safety-stock overrides read by the prefetch, per channel, for its SKUs.
+    overrides: HashMap<ChannelId, (HashSet<Sku>, Overrides)>,
     /// Idempotency keys known (by the prefetch) to have no stored reservation.
     unused_keys: HashSet<String>,
 }
@@ -176,12 +182,96 @@ impl Tx for BufferedTx<'_, '_> {
         Ok(())
     }
 
-    fn append_event(&mut self, event: &InventoryEventV1) -> Result<(), LedgerError> {
-        let envelope = event.to_envelope(self.source).to_json();
-        self.state.events.push((event.clone(), envelope));
+    fn append(&mut self, record: LogRecord) -> Result<(), LedgerError> {
+        self.state.events.push(record);
         let len = self.state.events.len() - 1;
         self.undo
             .push(Box::new(move |s: &mut State| s.events.truncate(len)));
+        Ok(())
+    }
+
+    fn source(&self) -> &str {
+        self.source
+    }
+
+    fn channel(&mut self, id: &ChannelId) -> Result<Option<Channel>, LedgerError> {
+        if let Some(found) = self.state.channels.get(id) {
+            return Ok(found.clone());
+        }
+        // Not read by a prefetch: an admin write, which locks the channel so that two
+        // changes of it serialize (reservations never lock it: they allocate with the
+        // configuration the prefetch read, as if ordered before a change committing
+        // meanwhile).
+        let found = query_opt(
+            self.pg,
+            self.statements,
+            "SELECT version, config FROM channels WHERE channel_id = $1 FOR UPDATE",
+            &[&id.as_str()],
+        )?
+        .map(|r| crate::parts::channel(id.as_str(), r.try_get(0)?, r.try_get::<_, &str>(1)?))
+        .transpose()?;
+        self.state.channels.insert(id.clone(), found.clone());
+        Ok(found)
+    }
+
+    fn put_channel(&mut self, channel: &Channel, now: DateTime<Utc>) -> Result<(), LedgerError> {
+        // Written at once: an admin write runs alone in its transaction.
+        execute(
+            self.pg,
+            self.statements,
+            "INSERT INTO channels (channel_id, version, config, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (channel_id) DO UPDATE SET version = EXCLUDED.version,
+                 config = EXCLUDED.config, updated_at = EXCLUDED.updated_at",
+            &[
+                &channel.channel_id.as_str(),
+                &channel.version,
+                &crate::parts::config_json(&channel.config)?,
+                &now,
+            ],
+        )?;
+        self.state
+            .channels
+            .insert(channel.channel_id.clone(), Some(channel.clone()));
+        Ok(())
+    }
+
+    fn safety_overrides(
+        &mut self,
+        channel: &ChannelId,
+        skus: &[Sku],
+    ) -> Result<Overrides, LedgerError> {
+        if let Some((known, overrides)) = self.state.overrides.get(channel) {
+            if skus.iter().all(|s| known.contains(s)) {
+                return Ok(overrides.clone());
+            }
+        }
+        load_overrides(self.pg, self.statements, channel, skus)
+    }
+
+    fn put_safety_override(
+        &mut self,
+        channel: &ChannelId,
+        item: &SafetyOverride,
+        version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        execute(
+            self.pg,
+            self.statements,
+            "INSERT INTO safety_stock (channel_id, sku, store_id, safety_stock, version, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (channel_id, sku, store_id) DO UPDATE SET
+                 safety_stock = EXCLUDED.safety_stock, version = EXCLUDED.version,
+                 updated_at = EXCLUDED.updated_at",
+            &[
+                &channel.as_str(),
+                &item.sku.as_str(),
+                &item.store_id.as_str(),
+                &item.safety_stock,
+                &version,
+                &now,
+            ],
+        )?;
         Ok(())
     }
 
@@ -391,6 +481,9 @@ pub(crate) struct Prefetch {
     /// hold are locked up front.
     pub(crate) reservations: Vec<uuid::Uuid>,
     pub(crate) rows: Vec<(String, String)>,
+    /// A channel reservation: its channel and SKUs. The prefetch reads the channel
+    /// and its overrides and locks every candidate row (each location × SKU).
+    pub(crate) channel: Option<(ChannelId, Vec<Sku>)>,
 }
 
 impl Prefetch {
@@ -444,8 +537,81 @@ pub(crate) fn prefetch(
         .collect();
     let mut rows: Vec<(String, String)> =
         wanted.iter().flat_map(|p| p.rows.iter().cloned()).collect();
+    for (channel, skus) in wanted.iter().filter_map(|p| p.channel.as_ref()) {
+        rows.extend(channel_rows(pg, statements, state, channel, skus)?);
+    }
     rows.extend(lock_reservations(pg, state, ids)?);
     lock_rows(pg, statements, state, rows)
+}
+
+/// Reads a channel (without locking it) and its overrides for `skus` into the batch's
+/// state, and returns its candidate rows: every location × SKU.
+fn channel_rows(
+    pg: &mut Transaction<'_>,
+    statements: &mut Statements,
+    state: &mut State,
+    channel: &ChannelId,
+    skus: &[Sku],
+) -> Result<Vec<(String, String)>, LedgerError> {
+    if !state.channels.contains_key(channel) {
+        let found = query_opt(
+            pg,
+            statements,
+            "SELECT version, config FROM channels WHERE channel_id = $1",
+            &[&channel.as_str()],
+        )?
+        .map(|r| crate::parts::channel(channel.as_str(), r.try_get(0)?, r.try_get::<_, &str>(1)?))
+        .transpose()?;
+        state.channels.insert(channel.clone(), found);
+    }
+    let (known, overrides) = state.overrides.entry(channel.clone()).or_default();
+    let missing: Vec<Sku> = skus
+        .iter()
+        .filter(|s| !known.contains(*s))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        overrides.extend(load_overrides(pg, statements, channel, &missing)?);
+        known.extend(missing);
+    }
+    let Some(Some(found)) = state.channels.get(channel) else {
+        return Ok(Vec::new());
+    };
+    Ok(found
+        .config
+        .locations()
+        .iter()
+        .flat_map(|l| skus.iter().map(|s| (l.store_id.to_string(), s.to_string())))
+        .collect())
+}
+
+/// A channel's overrides for `skus`, in one query.
+fn load_overrides(
+    pg: &mut Transaction<'_>,
+    statements: &mut Statements,
+    channel: &ChannelId,
+    skus: &[Sku],
+) -> Result<Overrides, LedgerError> {
+    let names: Vec<&str> = skus.iter().map(Sku::as_str).collect();
+    let mut out = Overrides::new();
+    for r in query(
+        pg,
+        statements,
+        "SELECT store_id, sku, safety_stock, version FROM safety_stock
+         WHERE channel_id = $1 AND sku = ANY($2)",
+        &[&channel.as_str(), &names],
+    )? {
+        let corrupt =
+            |e: invsync_core::IdError| LedgerError::Internal(format!("stored override: {e}"));
+        out.insert(
+            (
+                StoreId::parse(r.try_get::<_, String>(0)?).map_err(corrupt)?,
+                Sku::parse(r.try_get::<_, String>(1)?).map_err(corrupt)?,
+            ),
+            (r.try_get(2)?, r.try_get(3)?),
+        );
+    }
+    Ok(out)
 }
 
 /// Locks and loads the reservations the batch will change (in id order, two queries
@@ -464,9 +630,9 @@ fn lock_reservations(
     let mut rows = Vec::new();
     for r in load_reservations(pg, &ids, true)? {
         rows.extend(
-            r.lines
-                .iter()
-                .map(|l| (r.store_id.to_string(), l.sku.to_string())),
+            r.rows()
+                .into_iter()
+                .map(|(store, sku)| (store.to_string(), sku.to_string())),
         );
         state.reservations.insert(r.reservation_id, r);
     }
@@ -577,19 +743,21 @@ pub(crate) fn flush(
     new.sort_by_key(|(_, key, _)| *key);
     if !new.is_empty() {
         execute(pg, statements, "INSERT INTO reservations
-                 (id, order_id, store_id, idem_key, fingerprint, status, expires_at, created_at, updated_at)
-             SELECT id, o, s, k, f, st, e, c, $9 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
-                 $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[]) AS u(id, o, s, k, f, st, e, c)",
+                 (id, order_id, store_id, idem_key, fingerprint, status, expires_at, created_at, updated_at, channel)
+             SELECT id, o, s, k, f, st, e, c, $9, ch FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
+                 $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[], $10::text[])
+                 AS u(id, o, s, k, f, st, e, c, ch)",
             &[
                 &new.iter().map(|(r, _, _)| r.reservation_id).collect::<Vec<_>>(),
                 &new.iter().map(|(r, _, _)| r.order_id.as_str()).collect::<Vec<_>>(),
-                &new.iter().map(|(r, _, _)| r.store_id.as_str()).collect::<Vec<_>>(),
+                &new.iter().map(|(r, _, _)| r.store_id.as_ref().map_or("", StoreId::as_str)).collect::<Vec<_>>(),
                 &new.iter().map(|(_, k, _)| *k).collect::<Vec<_>>(),
                 &new.iter().map(|(_, _, f)| *f).collect::<Vec<_>>(),
                 &new.iter().map(|(r, _, _)| r.status.as_str()).collect::<Vec<_>>(),
                 &new.iter().map(|(r, _, _)| r.expires_at).collect::<Vec<_>>(),
                 &new.iter().map(|(r, _, _)| r.created_at).collect::<Vec<_>>(),
                 &now,
+                &new.iter().map(|(r, _, _)| r.channel.as_ref().map(ChannelId::as_str)).collect::<Vec<_>>(),
             ],
         )?;
         write_lines(pg, statements, new.iter().map(|(r, _, _)| *r), true)?;
@@ -643,26 +811,30 @@ pub(crate) fn flush(
              SELECT i, s, k, v, t, env FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[],
                  $5::timestamptz[], $6::text[]) WITH ORDINALITY AS u(i, s, k, v, t, env, n) ORDER BY n",
             &[
-                &e.iter().map(|(x, _)| x.event_id).collect::<Vec<_>>(),
-                &e.iter().map(|(x, _)| x.store_id.as_str()).collect::<Vec<_>>(),
-                &e.iter().map(|(x, _)| x.product_sku.as_str()).collect::<Vec<_>>(),
-                &e.iter().map(|(x, _)| x.version).collect::<Vec<_>>(),
-                &e.iter().map(|(x, _)| x.occurred_at).collect::<Vec<_>>(),
-                &e.iter().map(|(_, env)| env.as_str()).collect::<Vec<_>>(),
+                &e.iter().map(|x| x.event_id).collect::<Vec<_>>(),
+                &e.iter().map(|x| x.store_id.as_str()).collect::<Vec<_>>(),
+                &e.iter().map(|x| x.key.as_str()).collect::<Vec<_>>(),
+                &e.iter().map(|x| x.version).collect::<Vec<_>>(),
+                &e.iter().map(|x| x.occurred_at).collect::<Vec<_>>(),
+                &e.iter().map(|x| x.envelope.as_str()).collect::<Vec<_>>(),
             ],
         )?;
     }
     Ok(())
 }
 
-/// Inserts (new reservations) or updates (changed ones) every line of `reservations`.
+/// Inserts (new reservations) or updates (changed ones) every allocation row of
+/// `reservations`. A changed reservation may have gained an allocation
+/// (reallocation), so an update is an upsert.
 fn write_lines<'r>(
     pg: &mut Transaction<'_>,
     statements: &mut Statements,
     reservations: impl Iterator<Item = &'r Reservation>,
     insert: bool,
 ) -> Result<(), LedgerError> {
-    let (mut ids, mut nos, mut skus, mut qty, mut rel, mut ful) = (
+    let (mut ids, mut nos, mut skus, mut stores, mut qty, mut rel, mut ful, mut short) = (
+        Vec::new(),
+        Vec::new(),
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -671,29 +843,32 @@ fn write_lines<'r>(
         Vec::new(),
     );
     for r in reservations {
-        for (no, line) in r.lines.iter().enumerate() {
+        for (no, part) in crate::parts::rows(r).into_iter().enumerate() {
             ids.push(r.reservation_id);
             nos.push(no as i32);
-            skus.push(line.sku.as_str());
-            qty.push(line.quantity);
-            rel.push(line.released);
-            ful.push(line.fulfilled);
+            skus.push(part.sku);
+            stores.push(part.store_id);
+            qty.push(part.quantity);
+            rel.push(part.released);
+            ful.push(part.fulfilled);
+            short.push(part.short);
         }
     }
-    if insert {
-        execute(pg, statements, "INSERT INTO reservation_lines (reservation_id, line_no, sku, quantity, released, fulfilled)
-             SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])",
-            &[&ids, &nos, &skus, &qty, &rel, &ful],
-        )?;
+    let sql = if insert {
+        "INSERT INTO reservation_lines (reservation_id, line_no, sku, store_id, quantity, released, fulfilled, short)
+         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])"
     } else {
-        execute(
-            pg,
-            statements,
-            "UPDATE reservation_lines SET released = u.rel, fulfilled = u.ful
-             FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[]) AS u(id, no, rel, ful)
-             WHERE reservation_id = u.id AND line_no = u.no",
-            &[&ids, &nos, &rel, &ful],
-        )?;
-    }
+        "INSERT INTO reservation_lines (reservation_id, line_no, sku, store_id, quantity, released, fulfilled, short)
+         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+         ON CONFLICT (reservation_id, line_no) DO UPDATE SET sku = EXCLUDED.sku,
+             store_id = EXCLUDED.store_id, quantity = EXCLUDED.quantity,
+             released = EXCLUDED.released, fulfilled = EXCLUDED.fulfilled, short = EXCLUDED.short"
+    };
+    execute(
+        pg,
+        statements,
+        sql,
+        &[&ids, &nos, &skus, &stores, &qty, &rel, &ful, &short],
+    )?;
     Ok(())
 }

@@ -29,7 +29,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use invsync_core::{Adjust, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId};
+use invsync_core::channel::{Channel, ChannelConfig, SafetyOverride};
+use invsync_core::{
+    Adjust, ChannelId, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId, Target,
+};
 use postgres::{Client, IsolationLevel, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 use tokio::sync::watch;
@@ -236,9 +239,10 @@ impl PgLedger {
     async fn lane_of_reservation(&self, id: Uuid) -> Result<(String, Option<String>), LedgerError> {
         self.read(move |c| {
             let row = c.query_opt(
-                "SELECT r.store_id, min(l.sku) FROM reservations r
-                 JOIN reservation_lines l ON l.reservation_id = r.id
-                 WHERE r.id = $1 GROUP BY r.store_id",
+                "SELECT CASE WHEN r.channel IS NULL THEN r.store_id ELSE chr(1) || r.channel END,
+                        min(l.sku)
+                 FROM reservations r JOIN reservation_lines l ON l.reservation_id = r.id
+                 WHERE r.id = $1 GROUP BY r.store_id, r.channel",
                 &[&id],
             )?;
             Ok(match row {
@@ -272,6 +276,16 @@ impl Drop for PgLedger {
         let _ = std::thread::Builder::new()
             .name("ledger-pool-close".into())
             .spawn(move || drop((pool, lanes)));
+    }
+}
+
+/// The first half of a reservation's lane key: its store, or its channel marked by a
+/// `\u{1}` (which no identifier contains) so that the two never share a lane by
+/// accident. `lane_of_reservation` computes the same in SQL.
+fn lane_place(target: &Target) -> String {
+    match target {
+        Target::Store(store) => store.to_string(),
+        Target::Channel(channel) => format!("\u{1}{channel}"),
     }
 }
 
@@ -457,18 +471,24 @@ fn relay_batch(
 
 #[async_trait]
 impl Ledger for PgLedger {
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(order.id = %cmd.order_id(), store.id = %cmd.store_id()))]
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(order.id = %cmd.order_id(), store.id = cmd.store_id().map(StoreId::as_str), channel.id = cmd.channel().map(ChannelId::as_str)))]
     async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError> {
         let first = cmd.lines().iter().map(|(sku, _)| sku.to_string()).min();
-        let key = (cmd.store_id().to_string(), first);
-        let prefetch = batch::Prefetch {
-            idempotency_key: Some(cmd.idempotency_key()),
-            reservations: Vec::new(),
-            rows: cmd
-                .lines()
-                .iter()
-                .map(|(sku, _)| (cmd.store_id().to_string(), sku.to_string()))
-                .collect(),
+        let key = (lane_place(cmd.target()), first);
+        let skus = cmd.lines().iter().map(|(sku, _)| sku.clone());
+        let prefetch = match cmd.target() {
+            Target::Store(store) => batch::Prefetch {
+                idempotency_key: Some(cmd.idempotency_key()),
+                rows: skus
+                    .map(|sku| (store.to_string(), sku.to_string()))
+                    .collect(),
+                ..batch::Prefetch::default()
+            },
+            Target::Channel(channel) => batch::Prefetch {
+                idempotency_key: Some(cmd.idempotency_key()),
+                channel: Some((channel.clone(), skus.collect())),
+                ..batch::Prefetch::default()
+            },
         };
         self.coalesced(key, prefetch, move |e| e.reserve(&cmd))
             .await
@@ -484,7 +504,7 @@ impl Ledger for PgLedger {
     ) -> Result<Reservation, LedgerError> {
         let lane = self.lane_of_reservation(id).await?;
         self.coalesced(lane, batch::Prefetch::holding(id), move |e| {
-            e.client_release(id, lines.as_deref(), reason, key.as_deref())
+            e.client_release(id, lines.as_ref(), reason, key.as_deref())
         })
         .await
     }
@@ -498,7 +518,7 @@ impl Ledger for PgLedger {
     ) -> Result<Reservation, LedgerError> {
         let lane = self.lane_of_reservation(id).await?;
         self.coalesced(lane, batch::Prefetch::holding(id), move |e| {
-            e.client_fulfil(id, lines.as_deref(), key.as_deref())
+            e.client_fulfil(id, lines.as_ref(), key.as_deref())
         })
         .await
     }
@@ -523,6 +543,71 @@ impl Ledger for PgLedger {
     async fn expire_due(&self) -> Result<usize, LedgerError> {
         crate::in_chunks(crate::EXPIRY_CHUNK, || {
             self.write(|e| e.expire_due(crate::EXPIRY_CHUNK))
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(channel.id = %id))]
+    async fn put_channel(
+        &self,
+        id: ChannelId,
+        config: ChannelConfig,
+        if_version: Option<i64>,
+    ) -> Result<Channel, LedgerError> {
+        self.write(move |e| e.put_channel(&id, config.clone(), if_version))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(channel.id = %id))]
+    async fn set_safety_stock(
+        &self,
+        id: ChannelId,
+        items: Vec<SafetyOverride>,
+    ) -> Result<usize, LedgerError> {
+        self.write(move |e| e.set_safety_stock(&id, &items)).await
+    }
+
+    async fn channel(&self, id: ChannelId) -> Result<Option<Channel>, LedgerError> {
+        self.read(move |c| {
+            c.query_opt(
+                "SELECT version, config FROM channels WHERE channel_id = $1",
+                &[&id.as_str()],
+            )?
+            .map(|r| crate::parts::channel(id.as_str(), r.try_get(0)?, r.try_get::<_, &str>(1)?))
+            .transpose()
+        })
+        .await
+    }
+
+    async fn channels(&self) -> Result<Vec<Channel>, LedgerError> {
+        self.read(|c| {
+            c.query(
+                "SELECT channel_id, version, config FROM channels ORDER BY channel_id",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                crate::parts::channel(
+                    r.try_get::<_, &str>(0)?,
+                    r.try_get(1)?,
+                    r.try_get::<_, &str>(2)?,
+                )
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn safety_overrides(&self, id: ChannelId) -> Result<Vec<SafetyOverride>, LedgerError> {
+        self.read(move |c| {
+            c.query(
+                "SELECT store_id, sku, safety_stock FROM safety_stock
+                 WHERE channel_id = $1 AND safety_stock IS NOT NULL ORDER BY sku, store_id",
+                &[&id.as_str()],
+            )?
+            .iter()
+            .map(|r| crate::parts::safety_override(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
+            .collect()
         })
         .await
     }

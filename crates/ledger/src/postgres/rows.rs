@@ -4,14 +4,13 @@
 
 use std::collections::HashMap;
 
-use invsync_core::{
-    OrderId, Reservation, ReservationLine, ReservationStatus, Sku, StockLevel, StoreId,
-};
+use invsync_core::{ChannelId, OrderId, Reservation, ReservationStatus, Sku, StockLevel, StoreId};
 use postgres::{GenericClient, Row, Statement, Transaction};
 use uuid::Uuid;
 
 use crate::error::LedgerError;
 use crate::model::StockRow;
+use crate::parts::PartRow;
 
 fn corrupt(what: &str, err: impl std::fmt::Display) -> LedgerError {
     LedgerError::Internal(format!("stored {what} is invalid: {err}"))
@@ -45,10 +44,10 @@ pub(crate) fn load_reservations(
 ) -> Result<Vec<Reservation>, LedgerError> {
     let heads = c.query(
         if lock {
-            "SELECT id, order_id, store_id, status, expires_at, created_at FROM reservations
+            "SELECT id, order_id, store_id, status, expires_at, created_at, channel FROM reservations
              WHERE id = ANY($1) ORDER BY id FOR UPDATE"
         } else {
-            "SELECT id, order_id, store_id, status, expires_at, created_at FROM reservations
+            "SELECT id, order_id, store_id, status, expires_at, created_at, channel FROM reservations
              WHERE id = ANY($1) ORDER BY id"
         },
         &[&ids],
@@ -56,36 +55,51 @@ pub(crate) fn load_reservations(
     if heads.is_empty() {
         return Ok(Vec::new());
     }
-    let mut lines: HashMap<Uuid, Vec<ReservationLine>> = HashMap::new();
+    let mut parts: HashMap<Uuid, Vec<PartRow>> = HashMap::new();
     for row in c.query(
-        "SELECT reservation_id, sku, quantity, released, fulfilled FROM reservation_lines
-         WHERE reservation_id = ANY($1) ORDER BY reservation_id, line_no",
+        "SELECT reservation_id, sku, store_id, quantity, released, fulfilled, short
+         FROM reservation_lines WHERE reservation_id = ANY($1) ORDER BY reservation_id, line_no",
         &[&ids],
     )? {
-        lines
-            .entry(row.try_get(0)?)
-            .or_default()
-            .push(ReservationLine {
-                sku: Sku::parse(row.try_get::<_, String>(1)?).map_err(|e| corrupt("sku", e))?,
-                quantity: row.try_get(2)?,
-                released: row.try_get(3)?,
-                fulfilled: row.try_get(4)?,
-            });
+        parts.entry(row.try_get(0)?).or_default().push(PartRow {
+            sku: row.try_get(1)?,
+            store_id: row.try_get(2)?,
+            quantity: row.try_get(3)?,
+            released: row.try_get(4)?,
+            fulfilled: row.try_get(5)?,
+            short: row.try_get(6)?,
+        });
     }
     heads
         .iter()
         .map(|head| {
             let id: Uuid = head.try_get(0)?;
             let status: String = head.try_get(3)?;
+            let (store_id, channel) = match head.try_get::<_, Option<String>>(6)? {
+                Some(c) => (
+                    None,
+                    Some(ChannelId::parse(c).map_err(|e| corrupt("channel", e))?),
+                ),
+                None => (
+                    Some(
+                        StoreId::parse(head.try_get::<_, String>(2)?)
+                            .map_err(|e| corrupt("store_id", e))?,
+                    ),
+                    None,
+                ),
+            };
             Ok(Reservation {
                 reservation_id: id,
                 order_id: OrderId::parse(head.try_get::<_, String>(1)?)
                     .map_err(|e| corrupt("order_id", e))?,
-                store_id: StoreId::parse(head.try_get::<_, String>(2)?)
-                    .map_err(|e| corrupt("store_id", e))?,
                 status: ReservationStatus::parse(&status)
                     .ok_or_else(|| corrupt("status", &status))?,
-                lines: lines.remove(&id).unwrap_or_default(),
+                lines: crate::parts::lines(
+                    store_id.as_ref(),
+                    parts.remove(&id).unwrap_or_default(),
+                )?,
+                store_id,
+                channel,
                 expires_at: head.try_get(4)?,
                 created_at: head.try_get(5)?,
             })

@@ -6,7 +6,8 @@ use postgres::Client;
 
 use crate::error::LedgerError;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   text PRIMARY KEY,
     value bigint NOT NULL
@@ -81,7 +82,37 @@ CREATE TABLE events (
     envelope    text NOT NULL
 );
 CREATE INDEX events_by_time ON events (occurred_at);
-"#];
+"#,
+    r#"
+-- Channels (channels.md). A channel reservation keeps '' in store_id and its channel
+-- here; each of its lines has one row per allocation, with the location in
+-- reservation_lines.store_id (NULL: the reservation's own store).
+ALTER TABLE reservations ADD COLUMN channel text;
+ALTER TABLE reservation_lines ADD COLUMN store_id text;
+ALTER TABLE reservation_lines ADD COLUMN short bigint NOT NULL DEFAULT 0 CHECK (short >= 0);
+-- Channel reservations holding at a (store, sku), for reallocation.
+CREATE INDEX reservation_lines_by_row ON reservation_lines (store_id, sku)
+    WHERE store_id IS NOT NULL;
+
+CREATE TABLE channels (
+    channel_id text PRIMARY KEY,
+    version    bigint NOT NULL CHECK (version > 0),
+    config     text NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+
+-- Per-SKU overrides; a removed one keeps its row (safety_stock NULL) and version.
+CREATE TABLE safety_stock (
+    channel_id   text NOT NULL,
+    sku          text NOT NULL,
+    store_id     text NOT NULL,
+    safety_stock bigint CHECK (safety_stock >= 0),
+    version      bigint NOT NULL CHECK (version > 0),
+    updated_at   timestamptz NOT NULL,
+    PRIMARY KEY (channel_id, sku, store_id)
+);
+"#,
+];
 
 pub(crate) fn migrate(client: &mut Client) -> Result<(), LedgerError> {
     // Instances starting together queue on this lock: even `CREATE TABLE IF NOT

@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use invsync_core::{Adjust, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId};
+use invsync_core::channel::{Channel, ChannelConfig, SafetyOverride};
+use invsync_core::{Adjust, ChannelId, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId};
 use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -425,7 +426,7 @@ fn in_snapshot<T>(
 
 #[async_trait]
 impl Ledger for SqliteLedger {
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(order.id = %cmd.order_id(), store.id = %cmd.store_id()))]
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(order.id = %cmd.order_id(), store.id = cmd.store_id().map(StoreId::as_str), channel.id = cmd.channel().map(ChannelId::as_str)))]
     async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError> {
         self.write(move |e| e.reserve(&cmd)).await
     }
@@ -438,7 +439,7 @@ impl Ledger for SqliteLedger {
         reason: ReleaseReason,
         key: Option<String>,
     ) -> Result<Reservation, LedgerError> {
-        self.write(move |e| e.client_release(id, lines.as_deref(), reason, key.as_deref()))
+        self.write(move |e| e.client_release(id, lines.as_ref(), reason, key.as_deref()))
             .await
     }
 
@@ -449,7 +450,7 @@ impl Ledger for SqliteLedger {
         lines: ReleaseLines,
         key: Option<String>,
     ) -> Result<Reservation, LedgerError> {
-        self.write(move |e| e.client_fulfil(id, lines.as_deref(), key.as_deref()))
+        self.write(move |e| e.client_fulfil(id, lines.as_ref(), key.as_deref()))
             .await
     }
 
@@ -480,6 +481,69 @@ impl Ledger for SqliteLedger {
     async fn expire_due(&self) -> Result<usize, LedgerError> {
         crate::in_chunks(crate::EXPIRY_CHUNK, || {
             self.write(|e| e.expire_due(crate::EXPIRY_CHUNK))
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(channel.id = %id))]
+    async fn put_channel(
+        &self,
+        id: ChannelId,
+        config: ChannelConfig,
+        if_version: Option<i64>,
+    ) -> Result<Channel, LedgerError> {
+        self.write(move |e| e.put_channel(&id, config, if_version))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(channel.id = %id))]
+    async fn set_safety_stock(
+        &self,
+        id: ChannelId,
+        items: Vec<SafetyOverride>,
+    ) -> Result<usize, LedgerError> {
+        self.write(move |e| e.set_safety_stock(&id, &items)).await
+    }
+
+    async fn channel(&self, id: ChannelId) -> Result<Option<Channel>, LedgerError> {
+        self.read(move |c| rows::load_channel(c, &id)).await
+    }
+
+    async fn channels(&self) -> Result<Vec<Channel>, LedgerError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT channel_id, version, config FROM channels ORDER BY channel_id",
+            )?;
+            let mut found = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = found.next()? {
+                out.push(crate::parts::channel(
+                    &row.get::<_, String>(0)?,
+                    row.get(1)?,
+                    &row.get::<_, String>(2)?,
+                )?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn safety_overrides(&self, id: ChannelId) -> Result<Vec<SafetyOverride>, LedgerError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT store_id, sku, safety_stock FROM safety_stock
+                 WHERE channel_id = ?1 AND safety_stock IS NOT NULL ORDER BY sku, store_id",
+            )?;
+            let mut found = stmt.query([id.as_str()])?;
+            let mut out = Vec::new();
+            while let Some(row) = found.next()? {
+                out.push(crate::parts::safety_override(
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get(2)?,
+                )?);
+            }
+            Ok(out)
         })
         .await
     }

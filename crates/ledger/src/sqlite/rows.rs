@@ -2,14 +2,14 @@
 //! transaction and the read-only connections.
 
 use chrono::{DateTime, Utc};
-use invsync_core::{
-    OrderId, Reservation, ReservationLine, ReservationStatus, Sku, StockLevel, StoreId,
-};
+use invsync_core::channel::Channel;
+use invsync_core::{ChannelId, OrderId, Reservation, ReservationStatus, Sku, StockLevel, StoreId};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
 use crate::error::LedgerError;
 use crate::model::StockRow;
+use crate::parts::PartRow;
 
 pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -61,44 +61,74 @@ pub(crate) fn load_reservation(
 ) -> Result<Option<Reservation>, LedgerError> {
     let head = conn
         .prepare_cached(
-            "SELECT order_id, store_id, status, expires_at, created_at FROM reservations WHERE id = ?1",
+            "SELECT order_id, store_id, channel, status, expires_at, created_at
+             FROM reservations WHERE id = ?1",
         )?
         .query_row([id.as_bytes()], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, i64>(4)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, i64>(5)?,
             ))
         })
         .optional()?;
-    let Some((order_id, store_id, status, expires_at, created_at)) = head else {
+    let Some((order_id, store_id, channel, status, expires_at, created_at)) = head else {
         return Ok(None);
     };
+    let (store_id, channel) = match channel {
+        Some(c) => (
+            None,
+            Some(ChannelId::parse(c).map_err(|e| corrupt("channel", e))?),
+        ),
+        None => (
+            Some(StoreId::parse(store_id).map_err(|e| corrupt("store_id", e))?),
+            None,
+        ),
+    };
     let mut stmt = conn.prepare_cached(
-        "SELECT sku, quantity, released, fulfilled FROM reservation_lines
+        "SELECT sku, store_id, quantity, released, fulfilled, short FROM reservation_lines
          WHERE reservation_id = ?1 ORDER BY line_no",
     )?;
     let mut rows = stmt.query([id.as_bytes()])?;
-    let mut lines = Vec::new();
+    let mut parts = Vec::new();
     while let Some(row) = rows.next()? {
-        lines.push(ReservationLine {
-            sku: Sku::parse(row.get::<_, String>(0)?).map_err(|e| corrupt("sku", e))?,
-            quantity: row.get(1)?,
-            released: row.get(2)?,
-            fulfilled: row.get(3)?,
+        parts.push(PartRow {
+            sku: row.get(0)?,
+            store_id: row.get(1)?,
+            quantity: row.get(2)?,
+            released: row.get(3)?,
+            fulfilled: row.get(4)?,
+            short: row.get(5)?,
         });
     }
     Ok(Some(Reservation {
         reservation_id: id,
         order_id: OrderId::parse(order_id).map_err(|e| corrupt("order_id", e))?,
-        store_id: StoreId::parse(store_id).map_err(|e| corrupt("store_id", e))?,
+        lines: crate::parts::lines(store_id.as_ref(), parts)?,
+        store_id,
+        channel,
         status: ReservationStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
-        lines,
         expires_at: expires_at.map(time).transpose()?,
         created_at: time(created_at)?,
     }))
+}
+
+pub(crate) fn load_channel(
+    conn: &Connection,
+    id: &ChannelId,
+) -> Result<Option<Channel>, LedgerError> {
+    let found = conn
+        .prepare_cached("SELECT version, config FROM channels WHERE channel_id = ?1")?
+        .query_row([id.as_str()], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .optional()?;
+    found
+        .map(|(version, config)| crate::parts::channel(id.as_str(), version, &config))
+        .transpose()
 }
 
 pub(crate) fn reservation_ids(

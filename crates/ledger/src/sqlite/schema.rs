@@ -6,7 +6,8 @@ use crate::error::LedgerError;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`. Append only: a
 /// migration that has shipped is never edited.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -70,7 +71,37 @@ CREATE TABLE events (
     envelope    TEXT NOT NULL
 );
 CREATE INDEX events_by_time ON events (occurred_at);
-"#];
+"#,
+    r#"
+-- Channels (channels.md). A channel reservation keeps '' in store_id and its channel
+-- here; each of its lines has one row per allocation, with the location in
+-- reservation_lines.store_id (NULL: the reservation's own store).
+ALTER TABLE reservations ADD COLUMN channel TEXT;
+ALTER TABLE reservation_lines ADD COLUMN store_id TEXT;
+ALTER TABLE reservation_lines ADD COLUMN short INTEGER NOT NULL DEFAULT 0 CHECK (short >= 0);
+-- Channel reservations holding at a (store, sku), for reallocation.
+CREATE INDEX reservation_lines_by_row ON reservation_lines (store_id, sku)
+    WHERE store_id IS NOT NULL;
+
+CREATE TABLE channels (
+    channel_id TEXT PRIMARY KEY,
+    version    INTEGER NOT NULL CHECK (version > 0),
+    config     TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Per-SKU overrides; a removed one keeps its row (safety_stock NULL) and version.
+CREATE TABLE safety_stock (
+    channel_id   TEXT NOT NULL,
+    sku          TEXT NOT NULL,
+    store_id     TEXT NOT NULL,
+    safety_stock INTEGER CHECK (safety_stock >= 0),
+    version      INTEGER NOT NULL CHECK (version > 0),
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (channel_id, sku, store_id)
+) WITHOUT ROWID;
+"#,
+];
 
 /// Brings the database to the newest schema; refuses a database written by a newer
 /// invsync instead of guessing.

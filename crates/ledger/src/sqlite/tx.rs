@@ -1,12 +1,13 @@
 //! The writer's side of a SQLite transaction: [`Tx`] for the engine.
 
 use chrono::{DateTime, Utc};
-use invsync_core::{InventoryEventV1, Reservation, Sku, StockLevel, StoreId};
+use invsync_core::channel::{Channel, SafetyOverride};
+use invsync_core::{ChannelId, LogRecord, Reservation, Sku, StockLevel, StoreId};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::rows::{self, micros};
-use crate::engine::Tx;
+use crate::engine::{Overrides, Tx};
 use crate::error::LedgerError;
 
 pub(crate) struct SqliteTx<'a> {
@@ -15,6 +16,34 @@ pub(crate) struct SqliteTx<'a> {
     pub(crate) last_offset: &'a mut i64,
     /// The CloudEvents `source` of this deployment.
     pub(crate) source: &'a str,
+}
+
+impl SqliteTx<'_> {
+    /// Writes every allocation row of `r` (new rows are inserted, stored ones updated).
+    fn write_parts(&mut self, r: &Reservation) -> Result<(), LedgerError> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO reservation_lines
+                 (reservation_id, line_no, sku, store_id, quantity, released, fulfilled, short)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (reservation_id, line_no) DO UPDATE SET sku = excluded.sku,
+                 store_id = excluded.store_id, quantity = excluded.quantity,
+                 released = excluded.released, fulfilled = excluded.fulfilled,
+                 short = excluded.short",
+        )?;
+        for (no, part) in crate::parts::rows(r).iter().enumerate() {
+            stmt.execute(params![
+                r.reservation_id.as_bytes(),
+                no as i64,
+                part.sku,
+                part.store_id,
+                part.quantity,
+                part.released,
+                part.fulfilled,
+                part.short
+            ])?;
+        }
+        Ok(())
+    }
 }
 
 impl Tx for SqliteTx<'_> {
@@ -62,7 +91,7 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn append_event(&mut self, event: &InventoryEventV1) -> Result<(), LedgerError> {
+    fn append(&mut self, record: LogRecord) -> Result<(), LedgerError> {
         let offset = *self.last_offset + 1;
         self.conn
             .prepare_cached(
@@ -71,14 +100,85 @@ impl Tx for SqliteTx<'_> {
             )?
             .execute(params![
                 offset,
-                event.event_id.as_bytes(),
-                event.store_id.as_str(),
-                event.product_sku.as_str(),
-                event.version,
-                micros(event.occurred_at),
-                event.to_envelope(self.source).to_json()
+                record.event_id.as_bytes(),
+                record.store_id,
+                record.key,
+                record.version,
+                micros(record.occurred_at),
+                record.envelope
             ])?;
         *self.last_offset = offset;
+        Ok(())
+    }
+
+    fn source(&self) -> &str {
+        self.source
+    }
+
+    fn channel(&mut self, id: &ChannelId) -> Result<Option<Channel>, LedgerError> {
+        rows::load_channel(self.conn, id)
+    }
+
+    fn put_channel(&mut self, channel: &Channel, now: DateTime<Utc>) -> Result<(), LedgerError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO channels (channel_id, version, config, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (channel_id) DO UPDATE SET version = excluded.version,
+                     config = excluded.config, updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                channel.channel_id.as_str(),
+                channel.version,
+                crate::parts::config_json(&channel.config)?,
+                micros(now)
+            ])?;
+        Ok(())
+    }
+
+    fn safety_overrides(
+        &mut self,
+        channel: &ChannelId,
+        skus: &[Sku],
+    ) -> Result<Overrides, LedgerError> {
+        let mut out = Overrides::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT store_id, safety_stock, version FROM safety_stock
+             WHERE channel_id = ?1 AND sku = ?2",
+        )?;
+        for sku in skus {
+            let mut found = stmt.query(params![channel.as_str(), sku.as_str()])?;
+            while let Some(row) = found.next()? {
+                let store = StoreId::parse(row.get::<_, String>(0)?)
+                    .map_err(|e| LedgerError::Internal(format!("stored store_id: {e}")))?;
+                out.insert((store, sku.clone()), (row.get(1)?, row.get(2)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_safety_override(
+        &mut self,
+        channel: &ChannelId,
+        item: &SafetyOverride,
+        version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO safety_stock (channel_id, sku, store_id, safety_stock, version, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (channel_id, sku, store_id) DO UPDATE SET
+                     safety_stock = excluded.safety_stock, version = excluded.version,
+                     updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                channel.as_str(),
+                item.sku.as_str(),
+                item.store_id.as_str(),
+                item.safety_stock,
+                version,
+                micros(now)
+            ])?;
         Ok(())
     }
 
@@ -115,34 +215,21 @@ impl Tx for SqliteTx<'_> {
         self.conn
             .prepare_cached(
                 "INSERT INTO reservations
-                 (id, order_id, store_id, idem_key, fingerprint, status, expires_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                 (id, order_id, store_id, channel, idem_key, fingerprint, status, expires_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
             )?
             .execute(params![
                 r.reservation_id.as_bytes(),
                 r.order_id.as_str(),
-                r.store_id.as_str(),
+                r.store_id.as_ref().map_or("", StoreId::as_str),
+                r.channel.as_ref().map(ChannelId::as_str),
                 key,
                 fingerprint,
                 r.status.as_str(),
                 r.expires_at.map(micros),
                 micros(r.created_at)
             ])?;
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO reservation_lines (reservation_id, line_no, sku, quantity, released, fulfilled)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        for (no, line) in r.lines.iter().enumerate() {
-            stmt.execute(params![
-                r.reservation_id.as_bytes(),
-                no as i64,
-                line.sku.as_str(),
-                line.quantity,
-                line.released,
-                line.fulfilled
-            ])?;
-        }
-        Ok(())
+        self.write_parts(r)
     }
 
     fn update_reservation(
@@ -157,19 +244,7 @@ impl Tx for SqliteTx<'_> {
                 r.status.as_str(),
                 micros(now)
             ])?;
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE reservation_lines SET released = ?3, fulfilled = ?4
-             WHERE reservation_id = ?1 AND line_no = ?2",
-        )?;
-        for (no, line) in r.lines.iter().enumerate() {
-            stmt.execute(params![
-                r.reservation_id.as_bytes(),
-                no as i64,
-                line.released,
-                line.fulfilled
-            ])?;
-        }
-        Ok(())
+        self.write_parts(r)
     }
 
     fn recorded(&mut self, key: &str) -> Result<Option<(String, String)>, LedgerError> {

@@ -1,0 +1,160 @@
+//! A reservation's lines as both back ends store them: one `reservation_lines` row per
+//! allocation, numbered across the reservation (`line_no`), with the location in
+//! `store_id`. A store-direct reservation's rows leave `store_id` NULL (its location
+//! is the reservation's), exactly as rows written before channels existed.
+
+use invsync_core::{Allocated, Reservation, ReservationLine, Sku, StoreId};
+
+use crate::error::LedgerError;
+
+/// One stored allocation row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PartRow {
+    pub(crate) sku: String,
+    /// `None`: the reservation's own store (store-direct).
+    pub(crate) store_id: Option<String>,
+    pub(crate) quantity: i64,
+    pub(crate) released: i64,
+    pub(crate) fulfilled: i64,
+    pub(crate) short: i64,
+}
+
+/// The rows of a reservation, in `line_no` order.
+pub(crate) fn rows(r: &Reservation) -> Vec<PartRow> {
+    let direct = r.channel.is_none();
+    r.lines
+        .iter()
+        .flat_map(|line| {
+            line.allocations.iter().map(move |a| PartRow {
+                sku: line.sku.to_string(),
+                store_id: (!direct).then(|| a.store_id.to_string()),
+                quantity: a.quantity,
+                released: a.released,
+                fulfilled: a.fulfilled,
+                short: a.short,
+            })
+        })
+        .collect()
+}
+
+/// A channel's configuration as stored (JSON text).
+pub(crate) fn config_json(
+    config: &invsync_core::channel::ChannelConfig,
+) -> Result<String, LedgerError> {
+    serde_json::to_string(config)
+        .map_err(|e| LedgerError::Internal(format!("encoding a channel: {e}")))
+}
+
+/// A stored channel, read back through the configuration's checks.
+pub(crate) fn channel(
+    id: &str,
+    version: i64,
+    config: &str,
+) -> Result<invsync_core::channel::Channel, LedgerError> {
+    Ok(invsync_core::channel::Channel {
+        channel_id: invsync_core::ChannelId::parse(id).map_err(|e| corrupt("channel_id", e))?,
+        version,
+        config: serde_json::from_str(config).map_err(|e| corrupt("channel configuration", e))?,
+    })
+}
+
+/// A stored per-SKU override in force.
+pub(crate) fn safety_override(
+    store: String,
+    sku: String,
+    safety_stock: i64,
+) -> Result<invsync_core::channel::SafetyOverride, LedgerError> {
+    Ok(invsync_core::channel::SafetyOverride {
+        store_id: StoreId::parse(store).map_err(|e| corrupt("store_id", e))?,
+        sku: Sku::parse(sku).map_err(|e| corrupt("sku", e))?,
+        safety_stock: Some(safety_stock),
+    })
+}
+
+fn corrupt(what: &str, err: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Internal(format!("stored {what} is invalid: {err}"))
+}
+
+/// The lines made of stored rows (in `line_no` order): consecutive rows of one SKU
+/// are one line's allocations. `store`: the reservation's store, for rows without one.
+pub(crate) fn lines(
+    store: Option<&StoreId>,
+    rows: Vec<PartRow>,
+) -> Result<Vec<ReservationLine>, LedgerError> {
+    let mut lines: Vec<(Sku, Vec<Allocated>)> = Vec::new();
+    for row in rows {
+        let at = match (&row.store_id, store) {
+            (Some(s), _) => StoreId::parse(s.as_str()).map_err(|e| corrupt("store_id", e))?,
+            (None, Some(s)) => s.clone(),
+            (None, None) => return Err(corrupt("reservation line", "no store")),
+        };
+        let part = Allocated {
+            store_id: at,
+            quantity: row.quantity,
+            released: row.released,
+            fulfilled: row.fulfilled,
+            short: row.short,
+        };
+        match lines.last_mut() {
+            Some((sku, parts)) if sku.as_str() == row.sku => parts.push(part),
+            _ => {
+                let sku = Sku::parse(row.sku).map_err(|e| corrupt("sku", e))?;
+                lines.push((sku, vec![part]));
+            }
+        }
+    }
+    Ok(lines
+        .into_iter()
+        .map(|(sku, parts)| ReservationLine::allocated(sku, parts))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use invsync_core::{ChannelId, LineQuantity, OrderId, ReservationStatus};
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn id(s: &str) -> StoreId {
+        StoreId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn lines_round_trip_through_rows_for_both_kinds_of_reservation() {
+        let sku = |s: &str| Sku::parse(s).unwrap();
+        let direct = Reservation {
+            reservation_id: Uuid::nil(),
+            order_id: OrderId::parse("O-1").unwrap(),
+            store_id: Some(id("S1")),
+            channel: None,
+            status: ReservationStatus::Active,
+            lines: vec![
+                ReservationLine::new(id("S1"), sku("A"), LineQuantity::new(2).unwrap()),
+                ReservationLine::new(id("S1"), sku("B"), LineQuantity::new(1).unwrap()),
+            ],
+            expires_at: None,
+            created_at: DateTime::UNIX_EPOCH,
+        };
+        let stored = rows(&direct);
+        assert!(stored.iter().all(|r| r.store_id.is_none()));
+        assert_eq!(lines(Some(&id("S1")), stored).unwrap(), direct.lines);
+
+        let channel = Reservation {
+            store_id: None,
+            channel: Some(ChannelId::parse("online").unwrap()),
+            lines: vec![
+                ReservationLine::allocated(
+                    sku("A"),
+                    vec![Allocated::new(id("WH1"), 3), Allocated::new(id("S1"), 2)],
+                ),
+                ReservationLine::allocated(sku("B"), vec![Allocated::new(id("S1"), 1)]),
+            ],
+            ..direct
+        };
+        let stored = rows(&channel);
+        assert_eq!(stored.len(), 3);
+        assert_eq!(lines(None, stored).unwrap(), channel.lines);
+    }
+}
