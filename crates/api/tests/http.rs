@@ -403,6 +403,187 @@ async fn a_till_sale_is_an_adjustment_that_carries_its_channel(backend: Backend)
     );
 }
 
+async fn put(app: &App, path: &str, body: Value) -> common::Answer {
+    app.send(
+        app.request(reqwest::Method::PUT, path)
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+    )
+    .await
+}
+
+async fn channels_are_configured_and_reserved_through_over_http(backend: Backend) {
+    let Some(app) = spawn_on(backend).await else {
+        return;
+    };
+    let online = json!({"name": "Online shop", "allocation": "priority", "split": "by_unit",
+        "locations": [{"store_id": "WH1", "priority": 1, "safety_stock": 0},
+                      {"store_id": "Store #1", "priority": 2, "safety_stock": 2}]});
+    // Each bad configuration is a 400 naming the field, and writes nothing.
+    for (body, field) in [
+        (
+            json!({"allocation": "priority", "split": "none", "locations": []}),
+            "locations",
+        ),
+        (
+            json!({"allocation": "priority", "split": "none",
+                "locations": [{"store_id": "S1"}, {"store_id": "S1"}]}),
+            "locations[1].store_id",
+        ),
+        (
+            json!({"allocation": "priority", "split": "none",
+                "locations": [{"store_id": "S1", "safety_stock": -1}]}),
+            "locations[0].safety_stock",
+        ),
+        (
+            json!({"allocation": "nearest", "split": "none", "locations": [{"store_id": "S1"}]}),
+            "allocation",
+        ),
+        (
+            json!({"allocation": "priority", "split": "halves", "locations": [{"store_id": "S1"}]}),
+            "split",
+        ),
+    ] {
+        let answer = put(&app, "/v1/channels/online", body).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+        assert_eq!(answer.body["field"], field, "{}", answer.body);
+    }
+    assert_eq!(
+        app.get("/v1/channels/online").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let created = put(&app, "/v1/channels/online", online.clone()).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    assert_eq!(created.body["version"], 1);
+    assert_eq!(created.body["locations"][1]["store_id"], "Store #1");
+    let mut stale = online.clone();
+    stale["if_version"] = json!(0);
+    let refused = put(&app, "/v1/channels/online", stale).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    assert_eq!(refused.body["code"], "version_conflict");
+    assert_eq!(
+        app.get("/v1/channels").await.body["items"][0]["channel_id"],
+        "online"
+    );
+
+    app.adjust("WH1", "TSHIRT RED/XL", 1).await;
+    app.adjust("Store #1", "TSHIRT RED/XL", 4).await;
+    // Exactly one of store_id and channel.
+    for (body, field) in [
+        (
+            json!({"order_id": "O-1", "lines": [{"sku": "A", "quantity": 1}]}),
+            "store_id",
+        ),
+        (
+            json!({"order_id": "O-1", "store_id": "S1", "channel": "online",
+                "lines": [{"sku": "A", "quantity": 1}]}),
+            "channel",
+        ),
+    ] {
+        let answer = app.post("/v1/reservations", body).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+        assert_eq!(answer.body["field"], field, "{}", answer.body);
+    }
+    let order = json!({"order_id": "gid://shopify/Order/1001", "channel": "online",
+        "lines": [{"sku": "TSHIRT RED/XL", "quantity": 3}]});
+    let reserved = app.post("/v1/reservations", order.clone()).await;
+    assert_eq!(reserved.status, StatusCode::CREATED, "{}", reserved.body);
+    assert_eq!(reserved.body["channel"], "online");
+    assert!(reserved.body.get("store_id").is_none(), "{}", reserved.body);
+    let allocations = &reserved.body["lines"][0]["allocations"];
+    assert_eq!(
+        (
+            allocations[0]["store_id"].as_str(),
+            allocations[0]["quantity"].as_i64()
+        ),
+        (Some("WH1"), Some(1))
+    );
+    assert_eq!(
+        (
+            allocations[1]["store_id"].as_str(),
+            allocations[1]["quantity"].as_i64()
+        ),
+        (Some("Store #1"), Some(2))
+    );
+    assert_eq!(
+        app.post("/v1/reservations", order).await.status,
+        StatusCode::OK
+    );
+    // Store #1 keeps its 2 for walk-in customers: one more is short.
+    let short = app
+        .post(
+            "/v1/reservations",
+            json!({"order_id": "O-2", "channel": "online",
+                "lines": [{"sku": "TSHIRT RED/XL", "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(short.status, StatusCode::CONFLICT, "{}", short.body);
+    assert_eq!(short.body["lines"][0]["available"], 0);
+    let unknown = app
+        .post(
+            "/v1/reservations",
+            json!({"order_id": "O-3", "channel": "nope", "lines": [{"sku": "A", "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.body);
+
+    // Fulfil from the location that shipped.
+    let id = reserved.body["reservation_id"].as_str().unwrap().to_owned();
+    let shipped = app
+        .post(
+            &format!("/v1/reservations/{id}/fulfil"),
+            json!({"lines": [{"sku": "TSHIRT RED/XL", "quantity": 2, "store_id": "Store #1"}]}),
+        )
+        .await;
+    assert_eq!(shipped.status, StatusCode::OK, "{}", shipped.body);
+    assert_eq!(shipped.body["lines"][0]["allocations"][1]["fulfilled"], 2);
+    let wrong = app
+        .post(
+            &format!("/v1/reservations/{id}/release"),
+            json!({"lines": [{"sku": "TSHIRT RED/XL", "quantity": 1, "store_id": "S9"}]}),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::CONFLICT, "{}", wrong.body);
+
+    // Overrides: validated, counted, removable.
+    let path = "/v1/channels/online/safety-stock";
+    let bad = put(
+        &app,
+        path,
+        json!({"items": [{"store_id": "S1", "sku": "A", "safety_stock": -2}]}),
+    )
+    .await;
+    assert_eq!(bad.body["field"], "items[0].safety_stock", "{}", bad.body);
+    let set =
+        json!({"items": [{"store_id": "Store #1", "sku": "TSHIRT RED/XL", "safety_stock": 0}]});
+    assert_eq!(put(&app, path, set.clone()).await.body["applied"], 1);
+    assert_eq!(put(&app, path, set).await.body["applied"], 0);
+    assert_eq!(
+        put(
+            &app,
+            "/v1/channels/nope/safety-stock",
+            json!({"items": [{"store_id": "S1", "sku": "A", "safety_stock": 1}]})
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    let events = app.all_events().await;
+    let types: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(
+        types.contains(&"com.invsync.channel.updated.v1"),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&"com.invsync.channel.safety_stock_set.v1"),
+        "{types:?}"
+    );
+}
+
 async fn stock_is_listed_by_sku_by_store_with_cursors_and_as_a_snapshot(backend: Backend) {
     let Some(app) = spawn_on(backend).await else {
         return;
@@ -1554,6 +1735,7 @@ on_every_backend!(
     a_reservation_lives_through_partial_release_and_fulfilment,
     adjustments_counts_shortages_and_batches,
     a_till_sale_is_an_adjustment_that_carries_its_channel,
+    channels_are_configured_and_reserved_through_over_http,
     stock_is_listed_by_sku_by_store_with_cursors_and_as_a_snapshot,
     every_error_code_is_produced_as_problem_json,
     malformed_requests_get_a_4xx_naming_the_problem_and_change_nothing,
