@@ -570,10 +570,7 @@ async fn channels_are_configured_and_reserved_through_over_http(backend: Backend
         StatusCode::NOT_FOUND
     );
     let events = app.all_events().await;
-    let types: Vec<&str> = events
-        .iter()
-        .filter_map(|e| e["type"].as_str())
-        .collect();
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
     assert!(
         types.contains(&"com.invsync.channel.updated.v1"),
         "{types:?}"

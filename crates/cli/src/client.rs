@@ -215,13 +215,34 @@ pub fn parse_line(text: &str) -> Result<(String, i64), String> {
     Ok((sku.to_owned(), qty))
 }
 
-pub fn lines_json(lines: &[(String, i64)]) -> Value {
+/// SKU=QUANTITY lines as the API's `lines`, each naming `store` when given (release
+/// or fulfil from one allocation).
+pub fn lines_json(lines: &[(String, i64)], store: Option<&str>) -> Value {
     Value::Array(
         lines
             .iter()
-            .map(|(sku, q)| json!({"sku": sku, "quantity": q}))
+            .map(|(sku, q)| {
+                let mut line = json!({"sku": sku, "quantity": q});
+                if let Some(store) = store {
+                    line["store_id"] = json!(store);
+                }
+                line
+            })
             .collect(),
     )
+}
+
+/// A channel's configuration file as the body of `PUT /v1/channels/{id}`: JSON when
+/// the name ends in `.json`, TOML otherwise. The server validates it.
+pub fn channel_file(path: &std::path::Path) -> Result<Value, ClientError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let parsed = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    } else {
+        toml::from_str::<Value>(&text).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))
 }
 
 /// Human-readable summaries of the API's answers.
@@ -241,11 +262,14 @@ pub mod show {
     }
 
     pub fn reservation(v: &Value) -> String {
+        let place = match v["channel"].as_str() {
+            Some(channel) => format!("channel {channel}"),
+            None => format!("store {}", v["store_id"].as_str().unwrap_or("?")),
+        };
         let mut out = format!(
-            "reservation {} order {} store {}: {}",
+            "reservation {} order {} {place}: {}",
             v["reservation_id"].as_str().unwrap_or("?"),
             v["order_id"].as_str().unwrap_or("?"),
-            v["store_id"].as_str().unwrap_or("?"),
             v["status"].as_str().unwrap_or("?")
         );
         if let Some(expires) = v["expires_at"].as_str() {
@@ -258,6 +282,43 @@ pub mod show {
                 line["quantity"],
                 line["released"],
                 line["fulfilled"]
+            ));
+            if v["channel"].is_string() {
+                for a in line["allocations"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n    at {}: {} reserved, {} released, {} fulfilled{}",
+                        a["store_id"].as_str().unwrap_or("?"),
+                        a["quantity"],
+                        a["released"],
+                        a["fulfilled"],
+                        match a["short"].as_i64() {
+                            Some(n) if n > 0 => format!(", {n} short"),
+                            _ => String::new(),
+                        }
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn channel(v: &Value) -> String {
+        let mut out = format!(
+            "channel {} (version {}): {}, split {}",
+            v["channel_id"].as_str().unwrap_or("?"),
+            v["version"],
+            v["allocation"].as_str().unwrap_or("?"),
+            v["split"].as_str().unwrap_or("?")
+        );
+        if let Some(name) = v["name"].as_str() {
+            out.push_str(&format!(" — {name}"));
+        }
+        for l in v["locations"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\n  {} priority {} safety stock {}",
+                l["store_id"].as_str().unwrap_or("?"),
+                l["priority"],
+                l["safety_stock"]
             ));
         }
         out

@@ -26,7 +26,7 @@ use clap::{Parser, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::client::{lines_json, parse_line, show, Client, ClientArgs, ClientError};
+use crate::client::{channel_file, lines_json, parse_line, show, Client, ClientArgs, ClientError};
 use crate::config::{Config, LogFormat, ServeArgs};
 
 #[derive(Debug, Parser)]
@@ -117,9 +117,13 @@ enum Command {
         /// The order's id in the Order domain.
         #[arg(long)]
         order: String,
-        /// The store to reserve in.
+        /// The store to reserve in (or --channel).
+        #[arg(long, required_unless_present = "channel", conflicts_with = "channel")]
+        store: Option<String>,
+        /// Reserve through this channel: the ledger allocates every line to its
+        /// locations (or --store).
         #[arg(long)]
-        store: String,
+        channel: Option<String>,
         /// SKU=QUANTITY, repeatable.
         #[arg(long = "line", required = true, value_parser = parse_line)]
         lines: Vec<(String, i64)>,
@@ -144,6 +148,9 @@ enum Command {
         /// or other.
         #[arg(long)]
         reason: Option<String>,
+        /// Release each --line from its allocation at this location only.
+        #[arg(long, requires = "lines")]
+        store: Option<String>,
         /// Makes a retry of this command release once.
         #[arg(long)]
         idempotency_key: Option<String>,
@@ -158,6 +165,10 @@ enum Command {
         /// SKU=QUANTITY to fulfil, repeatable (default: everything held).
         #[arg(long = "line", value_parser = parse_line)]
         lines: Vec<(String, i64)>,
+        /// Fulfil each --line from its allocation at this location (the one that
+        /// shipped).
+        #[arg(long, requires = "lines")]
+        store: Option<String>,
         /// Makes a retry of this command fulfil once.
         #[arg(long)]
         idempotency_key: Option<String>,
@@ -174,6 +185,18 @@ enum Command {
         order: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Show and configure channels: `channels list`, `channels show ID`, `channels
+    /// set ID --file online.toml`.
+    Channels {
+        #[command(subcommand)]
+        command: ChannelsCommand,
+    },
+    /// Per-SKU safety stock of a channel: `safety-stock set --channel online --store
+    /// S1 --sku SKU-1 --units 5` (or --remove).
+    SafetyStock {
+        #[command(subcommand)]
+        command: SafetyStockCommand,
     },
     /// Read the event log.
     Events {
@@ -247,6 +270,55 @@ enum EventsCommand {
         /// disconnects and, with a warning, past events purged by retention.
         #[arg(long, short)]
         follow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ChannelsCommand {
+    /// Every channel.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One channel.
+    Show {
+        channel: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Create or replace a channel from a TOML or JSON file (the body of `PUT
+    /// /v1/channels/{id}`: allocation, split, locations, optional name).
+    Set {
+        channel: String,
+        /// The configuration: `.json` is read as JSON, anything else as TOML.
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Apply only if the channel is at this version (0: only if it is new).
+        #[arg(long)]
+        if_version: Option<i64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SafetyStockCommand {
+    /// Set (or remove) one per-SKU safety stock of a channel at a location.
+    Set {
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        sku: String,
+        /// The units the channel may not reserve there.
+        #[arg(long, required_unless_present = "remove", conflicts_with = "remove")]
+        units: Option<i64>,
+        /// Remove the override: the location's default applies again.
+        #[arg(long)]
+        remove: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -360,6 +432,15 @@ fn command_wants_json(command: &Command) -> bool {
         | Command::Replay { client, .. }
         | Command::DeadLetters { client, .. }
         | Command::Check { client, .. }
+        | Command::Channels {
+            command:
+                ChannelsCommand::List { client }
+                | ChannelsCommand::Show { client, .. }
+                | ChannelsCommand::Set { client, .. },
+        }
+        | Command::SafetyStock {
+            command: SafetyStockCommand::Set { client, .. },
+        }
         | Command::Events {
             command: EventsCommand::Tail { client, .. },
         } => client.json,
@@ -525,14 +606,23 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
         Command::Reserve {
             order,
             store,
+            channel,
             lines,
             ttl,
             idempotency_key,
             client,
         } => {
             let c = Client::new(client);
-            let mut body =
-                json!({"order_id": order, "store_id": store, "lines": lines_json(&lines)});
+            let mut body = json!({"order_id": order, "lines": lines_json(&lines, None)});
+            match (store, channel) {
+                (Some(store), None) => body["store_id"] = json!(store),
+                (None, Some(channel)) => body["channel"] = json!(channel),
+                _ => {
+                    return Err(ClientError::Usage(
+                        "give exactly one of --store and --channel".into(),
+                    ))
+                }
+            }
             if let Some(ttl) = ttl {
                 body["ttl_seconds"] = json!(ttl);
             }
@@ -550,13 +640,14 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             reservation_id,
             lines,
             reason,
+            store,
             idempotency_key,
             client,
         } => {
             let c = Client::new(client);
             let mut body = json!({});
             if !lines.is_empty() {
-                body["lines"] = lines_json(&lines);
+                body["lines"] = lines_json(&lines, store.as_deref());
             }
             if let Some(reason) = reason {
                 body["reason"] = json!(reason);
@@ -570,6 +661,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
         Command::Fulfil {
             reservation_id,
             lines,
+            store,
             idempotency_key,
             client,
         } => {
@@ -577,7 +669,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             let body = if lines.is_empty() {
                 json!({})
             } else {
-                json!({"lines": lines_json(&lines)})
+                json!({"lines": lines_json(&lines, store.as_deref())})
             };
             let path = format!("/v1/reservations/{}/fulfil", enc(&reservation_id));
             let (_, v) = c
@@ -630,6 +722,52 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             if following {
                 return follow(c, last).await;
             }
+        }
+        Command::Channels { command } => match command {
+            ChannelsCommand::List { client } => {
+                let c = Client::new(client);
+                let (_, v) = c.call(Method::GET, "/v1/channels", None).await?;
+                print(&c, &v, |v| list(v, show::channel));
+            }
+            ChannelsCommand::Show { channel, client } => {
+                let c = Client::new(client);
+                let path = format!("/v1/channels/{}", enc(&channel));
+                let (_, v) = c.call(Method::GET, &path, None).await?;
+                print(&c, &v, show::channel);
+            }
+            ChannelsCommand::Set {
+                channel,
+                file,
+                if_version,
+                client,
+            } => {
+                let mut body = channel_file(&file)?;
+                if let Some(v) = if_version {
+                    body["if_version"] = json!(v);
+                }
+                let c = Client::new(client);
+                let path = format!("/v1/channels/{}", enc(&channel));
+                let (_, v) = c.call(Method::PUT, &path, Some(body)).await?;
+                print(&c, &v, show::channel);
+            }
+        },
+        Command::SafetyStock {
+            command:
+                SafetyStockCommand::Set {
+                    channel,
+                    store,
+                    sku,
+                    units,
+                    remove,
+                    client,
+                },
+        } => {
+            let units = if remove { None } else { units };
+            let body = json!({"items": [{"store_id": store, "sku": sku, "safety_stock": units}]});
+            let c = Client::new(client);
+            let path = format!("/v1/channels/{}/safety-stock", enc(&channel));
+            let (_, v) = c.call(Method::PUT, &path, Some(body)).await?;
+            print(&c, &v, |v| format!("{} override(s) changed", v["applied"]));
         }
         Command::Consumers { client } => {
             let c = Client::new(client);

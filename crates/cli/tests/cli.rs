@@ -682,3 +682,200 @@ async fn tail_follows_on_past_events_purged_by_retention() {
     let _ = tail.kill();
     let _ = tail.wait();
 }
+
+#[test]
+fn channels_are_set_from_toml_and_json_files_and_reserved_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let url = ["--url", server.url.as_str()];
+    let ok = |args: &[&str]| {
+        let out = run(&[args, &url].concat());
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let toml_file = dir.path().join("online.toml");
+    std::fs::write(
+        &toml_file,
+        r#"name = "Online shop"
+allocation = "priority"
+split = "by_unit"
+locations = [
+  { store_id = "WH1", priority = 1 },
+  { store_id = "Store #1", priority = 2, safety_stock = 2 },
+]
+"#,
+    )
+    .unwrap();
+    let file = toml_file.to_str().unwrap();
+    let set = ok(&[
+        "channels",
+        "set",
+        "online",
+        "--file",
+        file,
+        "--if-version",
+        "0",
+    ]);
+    assert!(
+        set.contains("channel online (version 1): priority, split by_unit"),
+        "{set}"
+    );
+    assert!(set.contains("Store #1 priority 2 safety stock 2"), "{set}");
+    // Compare-and-set: version 0 again is refused, exit 1 naming the conflict.
+    let stale = run(&[
+        &[
+            "channels",
+            "set",
+            "online",
+            "--file",
+            file,
+            "--if-version",
+            "0",
+        ][..],
+        &url,
+    ]
+    .concat());
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&stale.stderr).contains("version"));
+    let json_file = dir.path().join("pos.json");
+    std::fs::write(
+        &json_file,
+        r#"{"allocation": "priority", "split": "none", "locations": [{"store_id": "Store #1"}]}"#,
+    )
+    .unwrap();
+    ok(&[
+        "channels",
+        "set",
+        "pos-S1",
+        "--file",
+        json_file.to_str().unwrap(),
+    ]);
+    let listed = ok(&["channels", "list"]);
+    assert!(
+        listed.contains("channel online") && listed.contains("channel pos-S1"),
+        "{listed}"
+    );
+    // A bad file is refused by the server, naming the field; nothing changes.
+    std::fs::write(
+        &json_file,
+        r#"{"allocation": "priority", "split": "none", "locations": []}"#,
+    )
+    .unwrap();
+    let bad = run(&[
+        &[
+            "channels",
+            "set",
+            "pos-S1",
+            "--file",
+            json_file.to_str().unwrap(),
+        ][..],
+        &url,
+    ]
+    .concat());
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("locations"));
+
+    ok(&[
+        "adjust", "--store", "WH1", "--sku", "A", "--delta", "1", "--reason", "stock_in",
+    ]);
+    ok(&[
+        "adjust", "--store", "Store #1", "--sku", "A", "--delta", "4", "--reason", "stock_in",
+    ]);
+    let placed = ok(&[
+        "reserve",
+        "--order",
+        "O-1",
+        "--channel",
+        "online",
+        "--line",
+        "A=3",
+    ]);
+    assert!(placed.contains("channel online"), "{placed}");
+    assert!(
+        placed.contains("at WH1: 1 reserved") && placed.contains("at Store #1: 2 reserved"),
+        "{placed}"
+    );
+    let short = run(&[
+        &[
+            "reserve",
+            "--order",
+            "O-2",
+            "--channel",
+            "online",
+            "--line",
+            "A=1",
+        ][..],
+        &url,
+    ]
+    .concat());
+    assert_eq!(
+        short.status.code(),
+        Some(1),
+        "the shelf keeps its safety stock"
+    );
+    let changed = ok(&[
+        "safety-stock",
+        "set",
+        "--channel",
+        "online",
+        "--store",
+        "Store #1",
+        "--sku",
+        "A",
+        "--units",
+        "0",
+    ]);
+    assert!(changed.contains("1 override(s) changed"), "{changed}");
+    let second: Value = serde_json::from_str(&ok(&[
+        "reserve",
+        "--order",
+        "O-2",
+        "--channel",
+        "online",
+        "--line",
+        "A=1",
+        "--json",
+    ]))
+    .unwrap();
+    let id = second["reservation_id"].as_str().unwrap();
+    let shipped = ok(&["fulfil", id, "--line", "A=1", "--store", "Store #1"]);
+    assert!(
+        shipped.contains("at Store #1: 1 reserved, 0 released, 1 fulfilled"),
+        "{shipped}"
+    );
+    ok(&[
+        "safety-stock",
+        "set",
+        "--channel",
+        "online",
+        "--store",
+        "Store #1",
+        "--sku",
+        "A",
+        "--remove",
+    ]);
+    let both = run(&[
+        &[
+            "reserve",
+            "--order",
+            "O-3",
+            "--store",
+            "S1",
+            "--channel",
+            "online",
+            "--line",
+            "A=1",
+        ][..],
+        &url,
+    ]
+    .concat());
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "--store and --channel exclude each other"
+    );
+}
