@@ -192,6 +192,10 @@ fn pipeline_routes() -> Router<AppState> {
     use routes::{health, pipeline};
     Router::new()
         .route(
+            "/v1/storefront/availability",
+            get(pipeline::availability_list),
+        )
+        .route(
             "/v1/storefront/availability/{sku}",
             get(pipeline::availability),
         )

@@ -1741,3 +1741,145 @@ on_every_backend!(
     the_implicit_key_conflict_names_order_and_store,
     every_write_applies_once_per_idempotency_key,
 );
+
+/// The storefront's channel availability, per SKU and for a listing, equals the
+/// formula computed from the ledger (sum over the channel's locations of
+/// max(0, available − safety stock)), live and after a rebuild from a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storefront_answers_channel_availability_net_of_safety_stock() {
+    let app = spawn_with_storefront().await;
+    let online = json!({"allocation": "priority", "split": "by_unit",
+        "locations": [{"store_id": "WH1", "priority": 1},
+                      {"store_id": "S1", "priority": 2, "safety_stock": 2},
+                      {"store_id": "S9", "priority": 3}]});
+    assert_eq!(
+        put(&app, "/v1/channels/online", online).await.status,
+        StatusCode::OK
+    );
+    app.adjust("WH1", "A", 4).await;
+    app.adjust("S1", "A", 3).await;
+    app.adjust("S1", "B", 7).await;
+    app.adjust("S2", "B", 5).await; // not a location of the channel
+    let set = json!({"items": [{"store_id": "S1", "sku": "B", "safety_stock": 4}]});
+    assert_eq!(
+        put(&app, "/v1/channels/online/safety-stock", set)
+            .await
+            .body["applied"],
+        1
+    );
+    let placed = app
+        .post(
+            "/v1/reservations",
+            json!({"order_id": "O-1", "channel": "online", "lines": [{"sku": "A", "quantity": 3}]}),
+        )
+        .await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{}", placed.body);
+
+    // The formula, from the ledger's own levels and the configuration.
+    async fn expected(app: &App, sku: &str, buffers: &[(&str, i64)]) -> (i64, Vec<(String, i64)>) {
+        let mut total = 0;
+        let mut stores = Vec::new();
+        for (store, buffer) in buffers {
+            let row = app.get(&format!("/v1/stock/{store}/{sku}")).await;
+            let available = row.body["available"].as_i64().unwrap_or(0);
+            let net = (available - buffer).max(0);
+            total += net;
+            stores.push(((*store).to_owned(), net));
+        }
+        (total, stores)
+    }
+    fn shown(v: &Value) -> (i64, Vec<(String, i64)>) {
+        let stores = v["stores"].as_array().into_iter().flatten();
+        let stores = stores.map(|s| {
+            let id = s["store_id"].as_str().unwrap_or("").to_owned();
+            (id, s["available"].as_i64().unwrap_or(-1))
+        });
+        (v["available"].as_i64().unwrap_or(-1), stores.collect())
+    }
+    let buffers_a = [("WH1", 0), ("S1", 2), ("S9", 0)];
+    let buffers_b = [("WH1", 0), ("S1", 4), ("S9", 0)];
+    let want_a = expected(&app, "A", &buffers_a).await;
+    let want_b = expected(&app, "B", &buffers_b).await;
+    assert_eq!(
+        want_a,
+        (
+            2,
+            vec![("WH1".into(), 1), ("S1".into(), 1), ("S9".into(), 0)]
+        ),
+        "WH1 gave 3 of 4; S1 keeps 2 of 3 for walk-ins"
+    );
+    assert_eq!(want_b.0, 3);
+    async fn wait_for(app: &App, path: &str, want: &(i64, Vec<(String, i64)>)) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let v = app.get(path).await.body;
+            if v.get("stores").is_some() && &shown(&v) == want {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{path} converges to {want:?}: {v}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    let a = wait_for(
+        &app,
+        "/v1/storefront/availability/A?channel=online",
+        &want_a,
+    )
+    .await;
+    assert_eq!(a["channel"], "online");
+    wait_for(
+        &app,
+        "/v1/storefront/availability/B?channel=online",
+        &want_b,
+    )
+    .await;
+    // Without a channel: every store, no buffer (S2 included).
+    let all_b = app.get("/v1/storefront/availability/B").await.body;
+    assert_eq!(all_b["available"], 12, "{all_b}");
+
+    let listing = app
+        .get("/v1/storefront/availability?skus=A,B,Z&channel=online")
+        .await;
+    assert_eq!(listing.status, StatusCode::OK, "{}", listing.body);
+    let items = listing.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(shown(&items[0]), want_a);
+    assert_eq!(shown(&items[1]), want_b);
+    assert_eq!(items[2]["available"], 0, "a SKU never stocked");
+    assert_eq!(
+        app.get("/v1/storefront/availability/A?channel=nope")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let many: Vec<String> = (0..101).map(|i| format!("S{i}")).collect();
+    let too_many = app
+        .get(&format!(
+            "/v1/storefront/availability?skus={}",
+            many.join(",")
+        ))
+        .await;
+    assert_eq!(too_many.body["field"], "skus", "{}", too_many.body);
+
+    // A rebuild from a snapshot keeps the channels and overrides.
+    let replay = app
+        .post("/v1/consumers/storefront/replay", json!({"from_offset": 1}))
+        .await;
+    assert_eq!(replay.status, 202, "{}", replay.body);
+    let after = app
+        .get("/v1/storefront/availability?skus=A,B&channel=online")
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut after = after;
+    while after.status != StatusCode::OK || shown(&after.body["items"][1]) != want_b {
+        assert!(std::time::Instant::now() < deadline, "{}", after.body);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        after = app
+            .get("/v1/storefront/availability?skus=A,B&channel=online")
+            .await;
+    }
+    assert_eq!(shown(&after.body["items"][0]), want_a);
+}

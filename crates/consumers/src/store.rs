@@ -6,8 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use invsync_core::InventoryEventV1;
-use invsync_ledger::StockRow;
+use invsync_core::channel::{Channel, ChannelConfig};
+use invsync_core::event::EnvelopeError;
+use invsync_core::{
+    ChannelUpdatedV1, InventoryEventV1, SafetyStockSetV1, CHANNEL_UPDATED_TYPE,
+    SAFETY_STOCK_SET_TYPE,
+};
+use invsync_ledger::{ChannelSnapshot, StockRow};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::Serialize;
 use uuid::Uuid;
@@ -25,6 +30,21 @@ CREATE TABLE IF NOT EXISTS availability (
     version     INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL,
     PRIMARY KEY (sku, store_id)
+) WITHOUT ROWID;
+-- Channels and per-SKU safety stock, from CHANNEL_UPDATED / SAFETY_STOCK_SET (or a
+-- snapshot): channel availability is computed from them and the rows above.
+CREATE TABLE IF NOT EXISTS view_channels (
+    channel_id TEXT PRIMARY KEY,
+    version    INTEGER NOT NULL,
+    config     TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS view_safety (
+    channel_id   TEXT NOT NULL,
+    sku          TEXT NOT NULL,
+    store_id     TEXT NOT NULL,
+    safety_stock INTEGER,
+    version      INTEGER NOT NULL,
+    PRIMARY KEY (channel_id, sku, store_id)
 ) WITHOUT ROWID;
 "#;
 
@@ -443,6 +463,101 @@ fn view_upsert(
     Ok(())
 }
 
+/// A configuration event a view applies (channels.md).
+#[derive(Debug, Clone)]
+pub(crate) enum ConfigEvent {
+    Channel(ChannelUpdatedV1),
+    Safety(SafetyStockSetV1),
+}
+
+impl ConfigEvent {
+    /// Parses a configuration event of CloudEvents type `kind`; `None` for a type
+    /// that is not one.
+    pub(crate) fn parse(kind: &str, bytes: &[u8]) -> Option<Result<Self, EnvelopeError>> {
+        match kind {
+            CHANNEL_UPDATED_TYPE => Some(ChannelUpdatedV1::parse(bytes).map(Self::Channel)),
+            SAFETY_STOCK_SET_TYPE => Some(SafetyStockSetV1::parse(bytes).map(Self::Safety)),
+            _ => None,
+        }
+    }
+}
+
+/// Applies a configuration event unless the view holds that version or a newer one.
+pub(crate) fn config_apply(tx: &Transaction<'_>, event: &ConfigEvent) -> rusqlite::Result<()> {
+    match event {
+        ConfigEvent::Channel(e) => channel_upsert(tx, &e.channel),
+        ConfigEvent::Safety(e) => safety_upsert(
+            tx,
+            e.channel_id.as_str(),
+            e.store_id.as_str(),
+            e.product_sku.as_str(),
+            e.safety_stock,
+            e.version,
+        ),
+    }
+}
+
+fn channel_upsert(tx: &Transaction<'_>, c: &Channel) -> rusqlite::Result<()> {
+    let config = serde_json::to_string(&c.config).unwrap_or_default();
+    tx.prepare_cached(
+        "INSERT INTO view_channels (channel_id, version, config) VALUES (?1, ?2, ?3)
+         ON CONFLICT (channel_id) DO UPDATE SET version = excluded.version, config = excluded.config
+         WHERE excluded.version > view_channels.version",
+    )?
+    .execute(params![c.channel_id.as_str(), c.version, config])?;
+    Ok(())
+}
+
+fn safety_upsert(
+    tx: &Transaction<'_>,
+    channel: &str,
+    store: &str,
+    sku: &str,
+    safety_stock: Option<i64>,
+    version: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO view_safety (channel_id, sku, store_id, safety_stock, version)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (channel_id, sku, store_id) DO UPDATE SET
+             safety_stock = excluded.safety_stock, version = excluded.version
+         WHERE excluded.version > view_safety.version",
+    )?
+    .execute(params![channel, sku, store, safety_stock, version])?;
+    Ok(())
+}
+
+/// Replaces the view's channels with a ledger's (a rebuild).
+pub(crate) fn config_load(
+    tx: &Transaction<'_>,
+    snapshot: &ChannelSnapshot,
+) -> rusqlite::Result<()> {
+    tx.execute_batch("DELETE FROM view_channels; DELETE FROM view_safety;")?;
+    for c in &snapshot.channels {
+        channel_upsert(tx, c)?;
+    }
+    for o in &snapshot.overrides {
+        safety_upsert(
+            tx,
+            o.channel_id.as_str(),
+            o.store_id.as_str(),
+            o.sku.as_str(),
+            o.safety_stock,
+            o.version,
+        )?;
+    }
+    Ok(())
+}
+
+/// A SKU's availability through a channel: per location net of the channel's safety
+/// stock there, and the sum (channels.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelAvailability {
+    pub sku: String,
+    pub available: i64,
+    pub stores: Vec<StoreAvailability>,
+}
+
 /// One store's availability of a SKU in the view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoreAvailability {
@@ -539,6 +654,67 @@ impl StoreReader {
     }
 
     /// A page of the whole view in (store, sku) order, after the cursor.
+    /// Channel availability of each SKU, computed from the view (`None` when the view
+    /// knows no such channel).
+    pub async fn channel_availability(
+        &self,
+        channel: String,
+        skus: Vec<String>,
+    ) -> Result<Option<Vec<ChannelAvailability>>, ConsumerError> {
+        self.read(move |c| {
+            let Some(config) = c
+                .prepare_cached("SELECT config FROM view_channels WHERE channel_id = ?1")?
+                .query_row([&channel], |r| r.get::<_, String>(0))
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            // Written by this consumer from a checked event; unreadable only if the
+            // file was altered.
+            let Ok(config) = serde_json::from_str::<ChannelConfig>(&config) else {
+                return Err(rusqlite::Error::InvalidColumnType(
+                    0,
+                    "config".into(),
+                    rusqlite::types::Type::Text,
+                ));
+            };
+            let mut level = c.prepare_cached(
+                "SELECT available, version FROM availability WHERE sku = ?1 AND store_id = ?2",
+            )?;
+            let mut buffer = c.prepare_cached(
+                "SELECT safety_stock FROM view_safety
+                 WHERE channel_id = ?1 AND sku = ?2 AND store_id = ?3",
+            )?;
+            let mut out = Vec::with_capacity(skus.len());
+            for sku in skus {
+                let mut stores = Vec::with_capacity(config.locations().len());
+                for l in config.locations() {
+                    let store = l.store_id.as_str();
+                    let (available, version) = level
+                        .query_row(params![sku, store], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?
+                        .unwrap_or((0_i64, 0_i64));
+                    let safety: Option<i64> = buffer
+                        .query_row(params![channel, sku, store], |r| r.get(0))
+                        .optional()?
+                        .flatten();
+                    stores.push(StoreAvailability {
+                        store_id: store.to_owned(),
+                        available: (available - safety.unwrap_or(l.safety_stock)).max(0),
+                        version,
+                    });
+                }
+                out.push(ChannelAvailability {
+                    available: stores.iter().map(|s| s.available).sum(),
+                    sku,
+                    stores,
+                });
+            }
+            Ok(Some(out))
+        })
+        .await
+    }
+
     pub async fn view_rows(
         &self,
         after: Option<(String, String)>,

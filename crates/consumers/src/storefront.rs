@@ -3,7 +3,7 @@
 //! view's table and SQL are the store's ([`crate::store`]).
 
 use crate::store::StoreReader;
-pub use crate::store::{StoreAvailability, ViewRow};
+pub use crate::store::{ChannelAvailability, StoreAvailability, ViewRow};
 use crate::{ConsumerError, Sink};
 
 /// The storefront consumer: keeps the availability view, no external effect.
@@ -28,6 +28,15 @@ impl StorefrontReader {
 
     pub async fn availability(&self, sku: String) -> Result<Vec<StoreAvailability>, ConsumerError> {
         self.store.availability(sku).await
+    }
+
+    /// Channel availability of up to 100 SKUs; `None` when the channel is unknown.
+    pub async fn channel_availability(
+        &self,
+        channel: String,
+        skus: Vec<String>,
+    ) -> Result<Option<Vec<ChannelAvailability>>, ConsumerError> {
+        self.store.channel_availability(channel, skus).await
     }
 
     /// A page of the whole view in (store, sku) order, after the cursor.

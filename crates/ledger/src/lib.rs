@@ -32,7 +32,8 @@ use uuid::Uuid;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::LedgerError;
 pub use model::{
-    AdjustmentOutcome, EventPage, LoggedEvent, ReserveOutcome, SnapshotPage, StockRow,
+    AdjustmentOutcome, ChannelSnapshot, EventPage, LoggedEvent, OverrideRow, ReserveOutcome,
+    SnapshotPage, StockRow,
 };
 pub use postgres::{PgConfig, PgLedger};
 pub use sqlite::{SqliteConfig, SqliteLedger};
@@ -94,6 +95,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// The last committed offset, updated after every commit: consumers wait on it
     /// instead of polling.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<i64>;
+    /// Every channel and override as they are now, to rebuild a projection with
+    /// (none for a log that records no channels).
+    async fn channel_snapshot(&self) -> Result<ChannelSnapshot, LedgerError> {
+        Ok(ChannelSnapshot::default())
+    }
 }
 
 /// What the relay to an external bus, and a connector shared by several instances,

@@ -75,3 +75,22 @@ impl EventPage {
         after < self.oldest_offset.saturating_sub(1)
     }
 }
+
+/// Every channel and every per-SKU safety-stock override (removed ones too, with
+/// their versions): what a projection rebuilt from a snapshot needs beside the stock
+/// rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelSnapshot {
+    pub channels: Vec<invsync_core::channel::Channel>,
+    pub overrides: Vec<OverrideRow>,
+}
+
+/// One stored override: `safety_stock: None` where it was removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverrideRow {
+    pub channel_id: invsync_core::ChannelId,
+    pub store_id: StoreId,
+    pub sku: Sku,
+    pub safety_stock: Option<i64>,
+    pub version: i64,
+}

@@ -71,6 +71,24 @@ pub(crate) fn safety_override(
     })
 }
 
+/// A stored override row, removed ones included.
+pub(crate) fn override_row(
+    channel: &str,
+    store: &str,
+    sku: &str,
+    safety_stock: Option<i64>,
+    version: i64,
+) -> Result<crate::model::OverrideRow, LedgerError> {
+    Ok(crate::model::OverrideRow {
+        channel_id: invsync_core::ChannelId::parse(channel)
+            .map_err(|e| corrupt("channel_id", e))?,
+        store_id: StoreId::parse(store).map_err(|e| corrupt("store_id", e))?,
+        sku: Sku::parse(sku).map_err(|e| corrupt("sku", e))?,
+        safety_stock,
+        version,
+    })
+}
+
 fn corrupt(what: &str, err: impl std::fmt::Display) -> LedgerError {
     LedgerError::Internal(format!("stored {what} is invalid: {err}"))
 }

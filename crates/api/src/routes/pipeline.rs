@@ -38,9 +38,14 @@ pub(crate) struct StoreAvailabilityView {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AvailabilityView {
     sku: String,
+    /// The channel asked about (absent: every store, as without channels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<String>,
     /// The sum of the stores' availability.
     #[schema(minimum = 0)]
     available: i64,
+    /// Every store holding the SKU; with `channel`, the channel's locations, each
+    /// net of the channel's safety stock there.
     stores: Vec<StoreAvailabilityView>,
     /// The projection is current up to events that occurred at this time.
     as_of: Option<DateTime<Utc>>,
@@ -48,43 +53,144 @@ pub(crate) struct AvailabilityView {
     lag_ms: i64,
 }
 
-/// Availability of a SKU as the storefront sees it: from the projection's own store,
-/// eventually consistent, and answering while the ledger is down. A SKU the
-/// projection has never seen has no stores and `available` 0.
-#[utoipa::path(get, path = "/v1/storefront/availability/{sku}", tag = "storefront", operation_id = "storefront_availability",
-    params(("sku" = crate::openapi::Identifier, Path)), responses((status = 200, body = AvailabilityView)))]
-pub(crate) async fn availability(
-    _: Auth<ReadScope>,
-    State(state): State<AppState>,
-    ApiPath(sku): ApiPath<String>,
-) -> ApiResult<Json<AvailabilityView>> {
-    let sku = field("sku", Sku::parse(sku))?;
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChannelQuery {
+    /// Availability through this channel: its locations only, net of its safety
+    /// stock.
+    #[param(value_type = Option<crate::openapi::Identifier>)]
+    channel: Option<String>,
+}
+
+/// Most SKUs one listing request may ask about.
+const MAX_LISTED_SKUS: usize = 100;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListingQuery {
+    /// 1 to 100 SKUs, comma-separated (a SKU holding a comma is asked for on its own
+    /// route).
+    #[param(required = true)]
+    skus: Option<String>,
+    /// Availability through this channel.
+    #[param(value_type = Option<crate::openapi::Identifier>)]
+    channel: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AvailabilityList {
+    items: Vec<AvailabilityView>,
+}
+
+/// The availability of `skus` (all or, with `channel`, through that channel) from the
+/// projection's store.
+async fn availability_of(
+    state: &AppState,
+    skus: Vec<Sku>,
+    channel: Option<String>,
+) -> ApiResult<Vec<AvailabilityView>> {
     let (reader, consumer) = state.storefront().ok_or_else(|| {
         ApiError::new(
             ErrorCode::Unavailable,
             "the storefront projection is not running",
         )
     })?;
-    let stores = reader
-        .availability(sku.to_string())
-        .await
-        .map_err(|e| unavailable("storefront projection", e))?;
     let status = consumer.status();
-    let stores: Vec<StoreAvailabilityView> = stores
-        .into_iter()
-        .map(|s| StoreAvailabilityView {
-            store_id: s.store_id,
-            available: s.available.max(0),
-            version: s.version,
-        })
-        .collect();
-    Ok(Json(AvailabilityView {
-        sku: sku.into(),
-        available: stores.iter().map(|s| s.available).sum(),
-        stores,
-        as_of: status.as_of,
-        lag_ms: (status.lag_seconds * 1000.0).round() as i64,
-    }))
+    let view = |sku: String,
+                channel: Option<String>,
+                stores: Vec<invsync_consumers::storefront::StoreAvailability>| {
+        let stores: Vec<StoreAvailabilityView> = stores
+            .into_iter()
+            .map(|s| StoreAvailabilityView {
+                store_id: s.store_id,
+                available: s.available.max(0),
+                version: s.version,
+            })
+            .collect();
+        AvailabilityView {
+            sku,
+            channel,
+            available: stores.iter().map(|s| s.available).sum(),
+            stores,
+            as_of: status.as_of,
+            lag_ms: (status.lag_seconds * 1000.0).round() as i64,
+        }
+    };
+    let mut out = Vec::with_capacity(skus.len());
+    match channel {
+        Some(channel) => {
+            let channel = field("channel", invsync_core::ChannelId::parse(channel))?;
+            let found = reader
+                .channel_availability(
+                    channel.to_string(),
+                    skus.into_iter().map(Into::into).collect(),
+                )
+                .await
+                .map_err(|e| unavailable("storefront projection", e))?
+                .ok_or_else(|| ApiError::not_found("channel"))?;
+            for a in found {
+                out.push(view(a.sku, Some(channel.to_string()), a.stores));
+            }
+        }
+        None => {
+            for sku in skus {
+                let stores = reader
+                    .availability(sku.to_string())
+                    .await
+                    .map_err(|e| unavailable("storefront projection", e))?;
+                out.push(view(sku.into(), None, stores));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Availability of a SKU as the storefront sees it: from the projection's own store,
+/// eventually consistent, and answering while the ledger is down. A SKU the
+/// projection has never seen has no stores and `available` 0. With `channel`, only
+/// the channel's locations, each net of its safety stock (404 for an unknown channel).
+#[utoipa::path(get, path = "/v1/storefront/availability/{sku}", tag = "storefront", operation_id = "storefront_availability",
+    params(("sku" = crate::openapi::Identifier, Path), ChannelQuery), responses((status = 200, body = AvailabilityView)))]
+pub(crate) async fn availability(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    ApiPath(sku): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ChannelQuery>,
+) -> ApiResult<Json<AvailabilityView>> {
+    let sku = field("sku", Sku::parse(sku))?;
+    let mut found = availability_of(&state, vec![sku], q.channel).await?;
+    found
+        .pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("sku"))
+}
+
+/// Availability of up to 100 SKUs at once (a product listing page), as the route per
+/// SKU answers each, in the order asked.
+#[utoipa::path(get, path = "/v1/storefront/availability", tag = "storefront", operation_id = "storefront_availability_list",
+    params(ListingQuery), responses((status = 200, body = AvailabilityList)))]
+pub(crate) async fn availability_list(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListingQuery>,
+) -> ApiResult<Json<AvailabilityList>> {
+    let raw = q
+        .skus
+        .ok_or_else(|| ApiError::invalid("skus", "is required"))?;
+    let skus = raw
+        .split(',')
+        .map(|s| field("skus", Sku::parse(s)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if skus.len() > MAX_LISTED_SKUS {
+        return Err(ApiError::invalid(
+            "skus",
+            format!("at most {MAX_LISTED_SKUS} SKUs per request"),
+        ));
+    }
+    let items = availability_of(&state, skus, q.channel).await?;
+    Ok(Json(AvailabilityList { items }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

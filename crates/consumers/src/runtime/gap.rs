@@ -150,6 +150,13 @@ impl Runner {
             }
         }
         let position = log_offset.unwrap_or(0);
+        // Read after the stock pages: configuration only ever moves forward, and events
+        // of it after `position` carry versions that the view then skips as stale.
+        let channels = self
+            .ledger
+            .channel_snapshot()
+            .await
+            .map_err(|e| StepError::Retry(e.into()))?;
         self.db(move |store| {
             let tx = store.transaction()?;
             store::view_reset(&tx)?;
@@ -157,6 +164,7 @@ impl Runner {
             for row in &rows {
                 store::view_load(&tx, row)?;
             }
+            store::config_load(&tx, &channels)?;
             store::set_position(&tx, position, None)?;
             tx.commit()
         })

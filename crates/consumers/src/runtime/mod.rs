@@ -514,8 +514,10 @@ impl Runner {
         // applied, so it goes straight to the dead letters. An event of a type this
         // runtime does not handle (a channel's configuration, a later version) is
         // passed over: the position moves past it.
+        // A view-keeping consumer applies channel configuration events to its view.
         let mut incoming = Vec::with_capacity(events.len());
         let mut invalid = Vec::new();
+        let mut configs = Vec::new();
         for logged in events {
             match CloudEvent::parse(logged.envelope.as_bytes()) {
                 Ok(envelope) => incoming.push(Incoming {
@@ -525,7 +527,20 @@ impl Runner {
                 }),
                 Err(e) => match CloudEvent::type_of(logged.envelope.as_bytes()) {
                     Some(t) if !CloudEvent::is_stock_event(&t) => {
-                        tracing::debug!(consumer.name = %self.config.name, log.offset = logged.offset, event.type = %t, "an event type this consumer does not handle; passed over");
+                        let config = self
+                            .sink
+                            .keeps_view()
+                            .then(|| store::ConfigEvent::parse(&t, logged.envelope.as_bytes()))
+                            .flatten();
+                        match config {
+                            Some(Ok(config)) => configs.push(config),
+                            Some(Err(e)) => {
+                                invalid.push((logged.offset, logged.envelope, e.to_string()))
+                            }
+                            None => {
+                                tracing::debug!(consumer.name = %self.config.name, log.offset = logged.offset, event.type = %t, "an event type this consumer does not handle; passed over");
+                            }
+                        }
                     }
                     _ => invalid.push((logged.offset, logged.envelope, e.to_string())),
                 },
@@ -547,6 +562,7 @@ impl Runner {
         let keep_marks_from = last - 10 * self.config.batch as i64;
         let batch = Batch {
             settled: fresh.into_iter().zip(outcomes).collect(),
+            configs,
             invalid,
             last,
             as_of,
@@ -721,6 +737,8 @@ fn filter_fresh(store: &Store, incoming: Vec<Incoming>) -> rusqlite::Result<Vec<
 struct Batch {
     /// Each event not applied before, with what delivery made of it.
     settled: Vec<(Incoming, Outcome)>,
+    /// Channel configuration events, for a view-keeping consumer.
+    configs: Vec<store::ConfigEvent>,
     /// Events that are not valid v1 envelopes: (offset, stored text, why).
     invalid: Vec<(i64, String, String)>,
     /// The checkpoint after this batch: the last offset read.
@@ -739,6 +757,9 @@ fn commit(store: &mut Store, sink: &dyn Sink, batch: &mut Batch) -> rusqlite::Re
     let tx = store.transaction()?;
     let now = Utc::now();
     let mut dead = 0;
+    for config in &batch.configs {
+        store::config_apply(&tx, config)?;
+    }
     let mut parked: HashMap<&str, usize> = HashMap::new();
     for (event, outcome) in &batch.settled {
         match outcome {
@@ -851,6 +872,7 @@ mod tests {
         let applied = fresh.len();
         let mut batch = Batch {
             settled: fresh.into_iter().map(|e| (e, Outcome::Delivered)).collect(),
+            configs: Vec::new(),
             invalid: Vec::new(),
             last,
             as_of: None,

@@ -809,6 +809,34 @@ impl EventLog for PgLedger {
         .await
     }
 
+    async fn channel_snapshot(&self) -> Result<crate::ChannelSnapshot, LedgerError> {
+        let channels = self.channels().await?;
+        let overrides = self
+            .read(|c| {
+                c.query(
+                    "SELECT channel_id, store_id, sku, safety_stock, version FROM safety_stock
+                     ORDER BY channel_id, sku, store_id",
+                    &[],
+                )?
+                .iter()
+                .map(|r| {
+                    crate::parts::override_row(
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                    )
+                })
+                .collect()
+            })
+            .await?;
+        Ok(crate::ChannelSnapshot {
+            channels,
+            overrides,
+        })
+    }
+
     fn subscribe(&self) -> watch::Receiver<i64> {
         self.head.clone()
     }

@@ -726,6 +726,34 @@ impl EventLog for SqliteLedger {
         .await
     }
 
+    async fn channel_snapshot(&self) -> Result<crate::ChannelSnapshot, LedgerError> {
+        let channels = self.channels().await?;
+        let overrides = self
+            .read(|c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT channel_id, store_id, sku, safety_stock, version FROM safety_stock
+                     ORDER BY channel_id, sku, store_id",
+                )?;
+                let mut found = stmt.query([])?;
+                let mut out = Vec::new();
+                while let Some(r) = found.next()? {
+                    out.push(crate::parts::override_row(
+                        &r.get::<_, String>(0)?,
+                        &r.get::<_, String>(1)?,
+                        &r.get::<_, String>(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                    )?);
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(crate::ChannelSnapshot {
+            channels,
+            overrides,
+        })
+    }
+
     fn subscribe(&self) -> watch::Receiver<i64> {
         self.head.clone()
     }
