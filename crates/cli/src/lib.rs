@@ -284,6 +284,7 @@ enum ChannelsCommand {
     },
     /// One channel.
     Show {
+        /// The channel's id.
         channel: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -291,6 +292,7 @@ enum ChannelsCommand {
     /// Create or replace a channel from a TOML or JSON file (the body of `PUT
     /// /v1/channels/{id}`: allocation, split, locations, optional name).
     Set {
+        /// The channel's id.
         channel: String,
         /// The configuration: `.json` is read as JSON, anything else as TOML.
         #[arg(long)]
@@ -307,10 +309,13 @@ enum ChannelsCommand {
 enum SafetyStockCommand {
     /// Set (or remove) one per-SKU safety stock of a channel at a location.
     Set {
+        /// The channel.
         #[arg(long)]
         channel: String,
+        /// The location (store) of the override.
         #[arg(long)]
         store: String,
+        /// The SKU of the override.
         #[arg(long)]
         sku: String,
         /// The units the channel may not reserve there.
