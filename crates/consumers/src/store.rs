@@ -637,18 +637,31 @@ impl StoreReader {
 
     /// A SKU's availability per store in the view.
     pub async fn availability(&self, sku: String) -> Result<Vec<StoreAvailability>, ConsumerError> {
+        let mut found = self.availability_of(vec![sku]).await?;
+        Ok(found.pop().unwrap_or_default())
+    }
+
+    /// Every store's availability of each SKU, in the order asked, in one read.
+    pub async fn availability_of(
+        &self,
+        skus: Vec<String>,
+    ) -> Result<Vec<Vec<StoreAvailability>>, ConsumerError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT store_id, available, version FROM availability WHERE sku = ?1 ORDER BY store_id",
             )?;
-            let rows = stmt.query_map([sku], |r| {
-                Ok(StoreAvailability {
-                    store_id: r.get(0)?,
-                    available: r.get(1)?,
-                    version: r.get(2)?,
-                })
-            })?;
-            rows.collect()
+            let mut out = Vec::with_capacity(skus.len());
+            for sku in skus {
+                let rows = stmt.query_map([sku], |r| {
+                    Ok(StoreAvailability {
+                        store_id: r.get(0)?,
+                        available: r.get(1)?,
+                        version: r.get(2)?,
+                    })
+                })?;
+                out.push(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+            }
+            Ok(out)
         })
         .await
     }

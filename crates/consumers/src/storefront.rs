@@ -30,6 +30,14 @@ impl StorefrontReader {
         self.store.availability(sku).await
     }
 
+    /// Every store's availability of each SKU, in the order asked, in one read.
+    pub async fn availability_of(
+        &self,
+        skus: Vec<String>,
+    ) -> Result<Vec<Vec<StoreAvailability>>, ConsumerError> {
+        self.store.availability_of(skus).await
+    }
+
     /// Channel availability of up to 100 SKUs; `None` when the channel is unknown.
     pub async fn channel_availability(
         &self,

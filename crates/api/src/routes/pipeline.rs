@@ -135,11 +135,12 @@ async fn availability_of(
             }
         }
         None => {
-            for sku in skus {
-                let stores = reader
-                    .availability(sku.to_string())
-                    .await
-                    .map_err(|e| unavailable("storefront projection", e))?;
+            let names: Vec<String> = skus.iter().map(ToString::to_string).collect();
+            let found = reader
+                .availability_of(names)
+                .await
+                .map_err(|e| unavailable("storefront projection", e))?;
+            for (sku, stores) in skus.into_iter().zip(found) {
                 out.push(view(sku.into(), None, stores));
             }
         }
