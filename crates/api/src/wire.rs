@@ -319,10 +319,10 @@ impl From<Reservation> for ReservationView {
                 .lines
                 .into_iter()
                 .map(|l| ReservationLineView {
+                    quantity: l.quantity(),
+                    released: l.released(),
+                    fulfilled: l.fulfilled(),
                     sku: l.sku.into(),
-                    quantity: l.quantity,
-                    released: l.released,
-                    fulfilled: l.fulfilled,
                     allocations: l
                         .allocations
                         .into_iter()

@@ -121,10 +121,15 @@ pub struct SafetyOverride {
     pub safety_stock: Option<i64>,
 }
 
-impl SafetyOverride {
-    /// Checks a request's items: 1..=1,000 of them, each buffer 0..=1e9, no (store,
-    /// sku) twice; an error names `items[i]…`.
-    pub fn check_all(items: &[SafetyOverride]) -> Result<(), RequestError> {
+/// The items of one safety-stock request, validated: 1 to 1,000 of them, each buffer
+/// 0..=1e9 or `None`, no (store, sku) twice. Only [`SafetyOverrides::new`] makes one,
+/// so the ledger never sees two values for one override in one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafetyOverrides(Vec<SafetyOverride>);
+
+impl SafetyOverrides {
+    /// Checks the items; an error names `items` or `items[i]…`.
+    pub fn new(items: Vec<SafetyOverride>) -> Result<Self, RequestError> {
         if items.is_empty() || items.len() > MAX_SAFETY_ITEMS {
             return Err(RequestError::new(
                 "items",
@@ -151,7 +156,15 @@ impl SafetyOverride {
                 ));
             }
         }
-        Ok(())
+        Ok(Self(items))
+    }
+}
+
+impl std::ops::Deref for SafetyOverrides {
+    type Target = [SafetyOverride];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
@@ -222,19 +235,6 @@ impl ChannelConfig {
 
     pub fn locations(&self) -> &[ChannelLocation] {
         &self.locations
-    }
-
-    /// Whether the channel sells from `store`.
-    pub fn sells_from(&self, store: &StoreId) -> bool {
-        self.locations.iter().any(|l| &l.store_id == store)
-    }
-
-    /// The location's default safety stock, if the channel sells from it.
-    pub fn safety_stock_at(&self, store: &StoreId) -> Option<i64> {
-        self.locations
-            .iter()
-            .find(|l| &l.store_id == store)
-            .map(|l| l.safety_stock)
     }
 }
 

@@ -254,6 +254,65 @@ pub struct ConfigEnvelope<T> {
     pub data: T,
 }
 
+impl<T: Serialize> ConfigEnvelope<T> {
+    /// `data` in its envelope, as a log entry about `(store_id, key)` at `version`.
+    fn record(self, store_id: String, version: i64) -> LogRecord {
+        LogRecord {
+            event_id: self.id,
+            store_id,
+            key: self.partitionkey.clone(),
+            version,
+            occurred_at: self.time,
+            // Strings, numbers and validated ids: serializing cannot fail.
+            envelope: serde_json::to_string(&self).unwrap_or_default(),
+        }
+    }
+}
+
+impl<T: serde::de::DeserializeOwned> ConfigEnvelope<T> {
+    /// Parses an envelope of CloudEvents type `kind` whose id is `data`'s event id.
+    fn parse(
+        bytes: &[u8],
+        kind: &'static str,
+        event_id: impl Fn(&T) -> Uuid,
+    ) -> Result<Self, EnvelopeError> {
+        let e: Self = serde_json::from_slice(bytes)?;
+        if e.specversion != "1.0" {
+            return Err(EnvelopeError::Mismatch("specversion must be 1.0"));
+        }
+        if e.event_type != kind {
+            return Err(EnvelopeError::Mismatch("not the event type expected"));
+        }
+        if e.id != event_id(&e.data) {
+            return Err(EnvelopeError::Mismatch("id does not match data.event_id"));
+        }
+        Ok(e)
+    }
+}
+
+/// The envelope of a configuration event: the attributes every one shares.
+fn config_envelope<T>(
+    data: T,
+    event_id: Uuid,
+    occurred_at: DateTime<Utc>,
+    kind: &str,
+    subject: String,
+    partitionkey: String,
+    source: &str,
+) -> ConfigEnvelope<T> {
+    ConfigEnvelope {
+        specversion: "1.0".to_owned(),
+        id: event_id,
+        source: source.to_owned(),
+        event_type: kind.to_owned(),
+        subject,
+        time: occurred_at,
+        datacontenttype: "application/json".to_owned(),
+        partitionkey,
+        data,
+    }
+}
+
 impl ChannelUpdatedV1 {
     pub const EVENT_TYPE: &'static str = "CHANNEL_UPDATED";
 
@@ -277,36 +336,31 @@ impl ChannelUpdatedV1 {
     }
 
     pub fn record(&self, source: &str) -> LogRecord {
-        let key = Self::partition_key(&self.channel.channel_id);
-        let envelope = ConfigEnvelope {
-            specversion: "1.0".to_owned(),
-            id: self.event_id,
-            source: source.to_owned(),
-            event_type: CHANNEL_UPDATED_TYPE.to_owned(),
-            subject: self.channel.channel_id.to_string(),
-            time: self.occurred_at,
-            datacontenttype: "application/json".to_owned(),
-            partitionkey: key.clone(),
-            data: self,
-        };
-        LogRecord {
-            event_id: self.event_id,
-            store_id: String::new(),
-            key,
-            version: self.channel.version,
-            occurred_at: self.occurred_at,
-            envelope: serde_json::to_string(&envelope).unwrap_or_default(),
-        }
+        let id = &self.channel.channel_id;
+        config_envelope(
+            self,
+            self.event_id,
+            self.occurred_at,
+            CHANNEL_UPDATED_TYPE,
+            id.to_string(),
+            Self::partition_key(id),
+            source,
+        )
+        .record(String::new(), self.channel.version)
     }
 
     /// Parses a `CHANNEL_UPDATED` envelope, configuration checks included.
     pub fn parse(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        let e: ConfigEnvelope<Self> = serde_json::from_slice(bytes)?;
-        if e.event_type != CHANNEL_UPDATED_TYPE || e.data.event_type != Self::EVENT_TYPE {
-            return Err(EnvelopeError::Mismatch("not a CHANNEL_UPDATED event"));
+        let e = ConfigEnvelope::<Self>::parse(bytes, CHANNEL_UPDATED_TYPE, |d| d.event_id)?;
+        if e.data.event_type != Self::EVENT_TYPE {
+            return Err(EnvelopeError::Mismatch(
+                "data.event_type must be CHANNEL_UPDATED",
+            ));
         }
-        if e.id != e.data.event_id {
-            return Err(EnvelopeError::Mismatch("id does not match data.event_id"));
+        if e.partitionkey != Self::partition_key(&e.data.channel.channel_id) {
+            return Err(EnvelopeError::Mismatch(
+                "partitionkey must be channel:<channel_id>",
+            ));
         }
         Ok(e.data)
     }
@@ -316,35 +370,30 @@ impl SafetyStockSetV1 {
     pub const EVENT_TYPE: &'static str = "SAFETY_STOCK_SET";
 
     pub fn record(&self, source: &str) -> LogRecord {
-        let envelope = ConfigEnvelope {
-            specversion: "1.0".to_owned(),
-            id: self.event_id,
-            source: source.to_owned(),
-            event_type: SAFETY_STOCK_SET_TYPE.to_owned(),
-            subject: self.product_sku.to_string(),
-            time: self.occurred_at,
-            datacontenttype: "application/json".to_owned(),
-            partitionkey: self.product_sku.to_string(),
-            data: self,
-        };
-        LogRecord {
-            event_id: self.event_id,
-            store_id: self.store_id.to_string(),
-            key: self.product_sku.to_string(),
-            version: self.version,
-            occurred_at: self.occurred_at,
-            envelope: serde_json::to_string(&envelope).unwrap_or_default(),
-        }
+        config_envelope(
+            self,
+            self.event_id,
+            self.occurred_at,
+            SAFETY_STOCK_SET_TYPE,
+            self.product_sku.to_string(),
+            self.product_sku.to_string(),
+            source,
+        )
+        .record(self.store_id.to_string(), self.version)
     }
 
     /// Parses a `SAFETY_STOCK_SET` envelope.
     pub fn parse(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        let e: ConfigEnvelope<Self> = serde_json::from_slice(bytes)?;
-        if e.event_type != SAFETY_STOCK_SET_TYPE || e.data.event_type != Self::EVENT_TYPE {
-            return Err(EnvelopeError::Mismatch("not a SAFETY_STOCK_SET event"));
+        let e = ConfigEnvelope::<Self>::parse(bytes, SAFETY_STOCK_SET_TYPE, |d| d.event_id)?;
+        if e.data.event_type != Self::EVENT_TYPE {
+            return Err(EnvelopeError::Mismatch(
+                "data.event_type must be SAFETY_STOCK_SET",
+            ));
         }
-        if e.id != e.data.event_id || e.partitionkey != e.data.product_sku.as_str() {
-            return Err(EnvelopeError::Mismatch("attributes do not match the data"));
+        if e.partitionkey != e.data.product_sku.as_str() {
+            return Err(EnvelopeError::Mismatch(
+                "partitionkey must be the product_sku",
+            ));
         }
         if e.data.safety_stock.is_some_and(|n| n < 0) {
             return Err(EnvelopeError::Mismatch("safety_stock must not be negative"));
@@ -491,5 +540,62 @@ mod tests {
         let mut envelope = sample().to_envelope("invsync://test");
         envelope.data.available = 99;
         assert!(CloudEvent::parse(envelope.to_json().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn configuration_events_round_trip_and_refuse_a_tampered_envelope() {
+        use crate::channel::{Allocation, Channel, ChannelConfig, ChannelLocation, Split};
+        let config = ChannelConfig::new(
+            None,
+            Allocation::Priority,
+            Split::ByUnit,
+            vec![ChannelLocation {
+                store_id: StoreId::parse("WH1").unwrap(),
+                priority: 1,
+                safety_stock: 2,
+            }],
+        )
+        .unwrap();
+        let channel = Channel {
+            channel_id: ChannelId::parse("online").unwrap(),
+            version: 3,
+            config,
+        };
+        let updated = ChannelUpdatedV1::new(Uuid::now_v7(), Utc::now(), channel);
+        let record = updated.record("invsync://test");
+        assert_eq!((record.key.as_str(), record.version), ("channel:online", 3));
+        assert_eq!(
+            ChannelUpdatedV1::parse(record.envelope.as_bytes()).unwrap(),
+            updated
+        );
+        let moved = record.envelope.replace("channel:online", "channel:other");
+        assert!(ChannelUpdatedV1::parse(moved.as_bytes()).is_err());
+        assert!(SafetyStockSetV1::parse(record.envelope.as_bytes()).is_err());
+
+        let set = SafetyStockSetV1 {
+            schema_version: 1,
+            event_id: Uuid::now_v7(),
+            event_type: SafetyStockSetV1::EVENT_TYPE.to_owned(),
+            channel_id: ChannelId::parse("online").unwrap(),
+            store_id: StoreId::parse("S1").unwrap(),
+            product_sku: Sku::parse("SKU-1").unwrap(),
+            safety_stock: Some(5),
+            version: 2,
+            occurred_at: Utc::now(),
+        };
+        let record = set.record("invsync://test");
+        assert_eq!(
+            (record.store_id.as_str(), record.key.as_str()),
+            ("S1", "SKU-1")
+        );
+        assert_eq!(
+            SafetyStockSetV1::parse(record.envelope.as_bytes()).unwrap(),
+            set
+        );
+        let negative = record
+            .envelope
+            .replace("\"safety_stock\":5", "\"safety_stock\":-5");
+        assert_ne!(negative, record.envelope);
+        assert!(SafetyStockSetV1::parse(negative.as_bytes()).is_err());
     }
 }

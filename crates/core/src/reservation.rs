@@ -46,7 +46,7 @@ impl ReservationStatus {
 
 /// Where one line (or part of it) is held: one location, with the same counters as
 /// the line. `held = quantity - released - fulfilled`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocated {
     pub store_id: StoreId,
     pub quantity: i64,
@@ -54,7 +54,6 @@ pub struct Allocated {
     pub fulfilled: i64,
     /// Units of this allocation the location no longer has on hand and that could not
     /// be moved elsewhere (reallocation, channels.md); 0 when fully covered.
-    #[serde(default)]
     pub short: i64,
 }
 
@@ -74,15 +73,12 @@ impl Allocated {
     }
 }
 
-/// One SKU of a reservation: `held = quantity - released - fulfilled`. Its counters
-/// are the sums of its allocations': one location for a store-direct reservation, one
-/// or more (in allocation order) for a channel's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One SKU of a reservation: where it is held, one allocation per location (one for
+/// a store-direct reservation; one or more, in allocation order, for a channel's).
+/// The line's counters are the sums of its allocations'.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservationLine {
     pub sku: Sku,
-    pub quantity: i64,
-    pub released: i64,
-    pub fulfilled: i64,
     pub allocations: Vec<Allocated>,
 }
 
@@ -94,34 +90,76 @@ impl ReservationLine {
 
     /// A line made of its allocations (loaded from storage, or just allocated).
     pub fn allocated(sku: Sku, allocations: Vec<Allocated>) -> Self {
-        let mut line = Self {
-            sku,
-            quantity: 0,
-            released: 0,
-            fulfilled: 0,
-            allocations,
-        };
-        line.total();
-        line
+        Self { sku, allocations }
     }
 
-    fn total(&mut self) {
-        self.quantity = self.allocations.iter().map(|a| a.quantity).sum();
-        self.released = self.allocations.iter().map(|a| a.released).sum();
-        self.fulfilled = self.allocations.iter().map(|a| a.fulfilled).sum();
+    fn sum(&self, count: impl Fn(&Allocated) -> i64) -> i64 {
+        self.allocations.iter().map(count).sum()
+    }
+
+    pub fn quantity(&self) -> i64 {
+        self.sum(|a| a.quantity)
+    }
+
+    pub fn released(&self) -> i64 {
+        self.sum(|a| a.released)
+    }
+
+    pub fn fulfilled(&self) -> i64 {
+        self.sum(|a| a.fulfilled)
     }
 
     pub fn held(&self) -> i64 {
-        self.quantity - self.released - self.fulfilled
+        self.sum(Allocated::held)
     }
 
-    /// Units of the line short at their location (see [`Allocated::short`]).
-    pub fn short(&self) -> i64 {
-        self.allocations.iter().map(|a| a.short).sum()
+    /// Which allocations `wanted` units come from, as (allocation, units): the one at
+    /// `store` when named, else in allocation order from the first or the last.
+    fn pick(
+        &self,
+        wanted: i64,
+        store: Option<&StoreId>,
+        from: From,
+    ) -> Result<Vec<(usize, i64)>, DomainError> {
+        let sku = &self.sku;
+        if let Some(store) = store {
+            let Some(j) = self.allocations.iter().position(|a| &a.store_id == store) else {
+                return Err(DomainError::invalid_state(format!(
+                    "sku {sku} is not allocated to store {store}"
+                )));
+            };
+            let held = self.allocations[j].held();
+            if wanted > held {
+                return Err(DomainError::invalid_state(format!(
+                    "sku {sku}: {wanted} requested but only {held} held at store {store}"
+                )));
+            }
+            return Ok(vec![(j, wanted)]);
+        }
+        let held = self.held();
+        if wanted > held {
+            return Err(DomainError::invalid_state(format!(
+                "sku {sku}: {wanted} requested but only {held} held"
+            )));
+        }
+        let mut order: Vec<usize> = (0..self.allocations.len()).collect();
+        if from == From::Last {
+            order.reverse();
+        }
+        let mut left = wanted;
+        let mut picks = Vec::new();
+        for j in order {
+            let take = self.allocations[j].held().min(left);
+            if take > 0 {
+                picks.push((j, take));
+                left -= take;
+            }
+        }
+        Ok(picks)
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
     pub reservation_id: Uuid,
     pub order_id: OrderId,
@@ -206,7 +244,7 @@ impl Reservation {
     }
 
     fn ended_status(&self, kind: ReleaseKind) -> ReservationStatus {
-        if self.lines.iter().any(|l| l.fulfilled > 0) {
+        if self.lines.iter().any(|l| l.fulfilled() > 0) {
             ReservationStatus::Fulfilled
         } else if kind == ReleaseKind::Expiry {
             ReservationStatus::Expired
@@ -233,11 +271,8 @@ impl Reservation {
         match lines {
             None => {
                 for (i, line) in self.lines.iter().enumerate() {
-                    for (j, a) in line.allocations.iter().enumerate() {
-                        if a.held() > 0 {
-                            plan.push((i, j, a.held()));
-                        }
-                    }
+                    let held = line.allocations.iter().map(Allocated::held).enumerate();
+                    plan.extend(held.filter(|(_, n)| *n > 0).map(|(j, n)| (i, j, n)));
                 }
             }
             Some(requested) => {
@@ -247,46 +282,8 @@ impl Reservation {
                             "the reservation has no line for sku {sku}"
                         )));
                     };
-                    let line = &self.lines[i];
-                    let wanted = quantity.get();
-                    match requested.store(k) {
-                        Some(store) => {
-                            let Some(j) =
-                                line.allocations.iter().position(|a| &a.store_id == store)
-                            else {
-                                return Err(DomainError::invalid_state(format!(
-                                    "sku {sku} is not allocated to store {store}"
-                                )));
-                            };
-                            let held = line.allocations[j].held();
-                            if wanted > held {
-                                return Err(DomainError::invalid_state(format!(
-                                    "sku {sku}: {wanted} requested but only {held} held at store {store}"
-                                )));
-                            }
-                            plan.push((i, j, wanted));
-                        }
-                        None => {
-                            let held = line.held();
-                            if wanted > held {
-                                return Err(DomainError::invalid_state(format!(
-                                    "sku {sku}: {wanted} requested but only {held} held"
-                                )));
-                            }
-                            let mut order: Vec<usize> = (0..line.allocations.len()).collect();
-                            if from == From::Last {
-                                order.reverse();
-                            }
-                            let mut left = wanted;
-                            for j in order {
-                                let take = line.allocations[j].held().min(left);
-                                if take > 0 {
-                                    plan.push((i, j, take));
-                                    left -= take;
-                                }
-                            }
-                        }
-                    }
+                    let picks = self.lines[i].pick(quantity.get(), requested.store(k), from)?;
+                    plan.extend(picks.into_iter().map(|(j, n)| (i, j, n)));
                 }
             }
         }
@@ -298,7 +295,6 @@ impl Reservation {
             // What is no longer held cannot be short.
             a.short = a.short.min(a.held());
             taken.push((a.store_id.clone(), line.sku.clone(), quantity));
-            line.total();
         }
         Ok(taken)
     }
@@ -419,7 +415,7 @@ mod tests {
             taken,
             vec![(store("S1"), sku("A"), 2), (store("WH1"), sku("A"), 1)]
         );
-        assert_eq!((r.lines[0].released, r.lines[0].held()), (3, 2));
+        assert_eq!((r.lines[0].released(), r.lines[0].held()), (3, 2));
 
         let mut r = split();
         let taken = r.fulfil(Some(&lines(&[("A", 4)]))).unwrap();
@@ -427,7 +423,7 @@ mod tests {
             taken,
             vec![(store("WH1"), sku("A"), 3), (store("S1"), sku("A"), 1)]
         );
-        assert_eq!(r.lines[0].fulfilled, 4);
+        assert_eq!(r.lines[0].fulfilled(), 4);
         assert_eq!(r.status, ReservationStatus::Active);
     }
 

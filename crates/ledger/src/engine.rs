@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use invsync_core::channel::{allocate, Channel, ChannelConfig, SafetyOverride, Shelf};
+use invsync_core::channel::{
+    allocate, Channel, ChannelConfig, SafetyOverride, SafetyOverrides, Shelf,
+};
 use invsync_core::{
     settle_fingerprint, Adjust, Allocated, Cause, Change, ChannelId, ChannelUpdatedV1, DomainError,
     EventType, InventoryEventV1, Lines, LogRecord, Reason, ReleaseKind, Reservation,
@@ -38,8 +40,10 @@ pub(crate) trait Tx {
     fn append(&mut self, record: LogRecord) -> Result<(), LedgerError>;
     /// The CloudEvents `source` of this deployment.
     fn source(&self) -> &str;
-    /// Reads a channel (on PostgreSQL, locked against a concurrent change until the
-    /// transaction ends).
+    /// Reads a channel. On PostgreSQL a channel the batch's prefetch read is served
+    /// from memory, unlocked (a reservation allocates with the configuration it read);
+    /// any other read locks the row until the transaction ends, so that two changes of
+    /// one channel serialize.
     fn channel(&mut self, id: &ChannelId) -> Result<Option<Channel>, LedgerError>;
     /// Stores a channel's configuration at its version.
     fn put_channel(&mut self, channel: &Channel, now: DateTime<Utc>) -> Result<(), LedgerError>;
@@ -354,7 +358,7 @@ impl<T: Tx> Engine<'_, T> {
     pub(crate) fn set_safety_stock(
         &mut self,
         id: &ChannelId,
-        items: &[SafetyOverride],
+        items: &SafetyOverrides,
     ) -> Result<usize, LedgerError> {
         if self.tx.channel(id)?.is_none() {
             return Err(DomainError::NotFound("channel").into());
@@ -364,7 +368,7 @@ impl<T: Tx> Engine<'_, T> {
         skus.dedup();
         let current = self.tx.safety_overrides(id, &skus)?;
         let mut applied = 0;
-        for item in items {
+        for item in items.iter() {
             let key = (item.store_id.clone(), item.sku.clone());
             let (value, version) = current.get(&key).copied().unwrap_or((None, 0));
             if value == item.safety_stock {

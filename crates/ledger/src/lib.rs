@@ -25,7 +25,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use invsync_core::channel::{Channel, ChannelConfig, SafetyOverride};
+use invsync_core::channel::{Channel, ChannelConfig, SafetyOverrides};
 use invsync_core::{Adjust, ChannelId, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId};
 use uuid::Uuid;
 
@@ -165,14 +165,11 @@ pub trait Ledger: LogCursors {
     async fn set_safety_stock(
         &self,
         id: ChannelId,
-        items: Vec<SafetyOverride>,
+        items: SafetyOverrides,
     ) -> Result<usize, LedgerError>;
     async fn channel(&self, id: ChannelId) -> Result<Option<Channel>, LedgerError>;
     /// Every channel, by id.
     async fn channels(&self) -> Result<Vec<Channel>, LedgerError>;
-    /// A channel's per-SKU overrides in force (removed ones are left out), by (sku,
-    /// store).
-    async fn safety_overrides(&self, id: ChannelId) -> Result<Vec<SafetyOverride>, LedgerError>;
 
     async fn stock(&self, store: StoreId, sku: Sku) -> Result<Option<StockRow>, LedgerError>;
     async fn stock_by_sku(&self, sku: Sku) -> Result<Vec<StockRow>, LedgerError>;

@@ -3,16 +3,17 @@
 //! `store_id`. A store-direct reservation's rows leave `store_id` NULL (its location
 //! is the reservation's), exactly as rows written before channels existed.
 
-use invsync_core::{Allocated, Reservation, ReservationLine, Sku, StoreId};
+use invsync_core::{Allocated, ChannelId, Reservation, ReservationLine, Sku, StoreId};
 
 use crate::error::LedgerError;
 
-/// One stored allocation row.
+/// One stored allocation row: owned when read, borrowed from the reservation when
+/// written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct PartRow {
-    pub(crate) sku: String,
+pub(crate) struct PartRow<S = String> {
+    pub(crate) sku: S,
     /// `None`: the reservation's own store (store-direct).
-    pub(crate) store_id: Option<String>,
+    pub(crate) store_id: Option<S>,
     pub(crate) quantity: i64,
     pub(crate) released: i64,
     pub(crate) fulfilled: i64,
@@ -20,21 +21,36 @@ pub(crate) struct PartRow {
 }
 
 /// The rows of a reservation, in `line_no` order.
-pub(crate) fn rows(r: &Reservation) -> Vec<PartRow> {
+pub(crate) fn rows(r: &Reservation) -> impl Iterator<Item = PartRow<&str>> {
     let direct = r.channel.is_none();
-    r.lines
-        .iter()
-        .flat_map(|line| {
-            line.allocations.iter().map(move |a| PartRow {
-                sku: line.sku.to_string(),
-                store_id: (!direct).then(|| a.store_id.to_string()),
-                quantity: a.quantity,
-                released: a.released,
-                fulfilled: a.fulfilled,
-                short: a.short,
-            })
+    r.lines.iter().flat_map(move |line| {
+        line.allocations.iter().map(move |a| PartRow {
+            sku: line.sku.as_str(),
+            store_id: (!direct).then(|| a.store_id.as_str()),
+            quantity: a.quantity,
+            released: a.released,
+            fulfilled: a.fulfilled,
+            short: a.short,
         })
-        .collect()
+    })
+}
+
+/// Who a stored reservation is held for: its store, or its channel when it has one
+/// (a channel reservation stores '' as its store).
+pub(crate) fn place(
+    store_id: String,
+    channel: Option<String>,
+) -> Result<(Option<StoreId>, Option<ChannelId>), LedgerError> {
+    Ok(match channel {
+        Some(c) => (
+            None,
+            Some(ChannelId::parse(c).map_err(|e| corrupt("channel", e))?),
+        ),
+        None => (
+            Some(StoreId::parse(store_id).map_err(|e| corrupt("store_id", e))?),
+            None,
+        ),
+    })
 }
 
 /// A channel's configuration as stored (JSON text).
@@ -52,22 +68,9 @@ pub(crate) fn channel(
     config: &str,
 ) -> Result<invsync_core::channel::Channel, LedgerError> {
     Ok(invsync_core::channel::Channel {
-        channel_id: invsync_core::ChannelId::parse(id).map_err(|e| corrupt("channel_id", e))?,
+        channel_id: ChannelId::parse(id).map_err(|e| corrupt("channel_id", e))?,
         version,
         config: serde_json::from_str(config).map_err(|e| corrupt("channel configuration", e))?,
-    })
-}
-
-/// A stored per-SKU override in force.
-pub(crate) fn safety_override(
-    store: String,
-    sku: String,
-    safety_stock: i64,
-) -> Result<invsync_core::channel::SafetyOverride, LedgerError> {
-    Ok(invsync_core::channel::SafetyOverride {
-        store_id: StoreId::parse(store).map_err(|e| corrupt("store_id", e))?,
-        sku: Sku::parse(sku).map_err(|e| corrupt("sku", e))?,
-        safety_stock: Some(safety_stock),
     })
 }
 
@@ -80,8 +83,7 @@ pub(crate) fn override_row(
     version: i64,
 ) -> Result<crate::model::OverrideRow, LedgerError> {
     Ok(crate::model::OverrideRow {
-        channel_id: invsync_core::ChannelId::parse(channel)
-            .map_err(|e| corrupt("channel_id", e))?,
+        channel_id: ChannelId::parse(channel).map_err(|e| corrupt("channel_id", e))?,
         store_id: StoreId::parse(store).map_err(|e| corrupt("store_id", e))?,
         sku: Sku::parse(sku).map_err(|e| corrupt("sku", e))?,
         safety_stock,
@@ -130,13 +132,27 @@ pub(crate) fn lines(
 #[cfg(test)]
 mod tests {
     use chrono::DateTime;
-    use invsync_core::{ChannelId, LineQuantity, OrderId, ReservationStatus};
+    use invsync_core::{LineQuantity, OrderId, ReservationStatus};
     use uuid::Uuid;
 
     use super::*;
 
     fn id(s: &str) -> StoreId {
         StoreId::parse(s).unwrap()
+    }
+
+    /// The rows as written, read back as owned rows.
+    fn owned(r: &Reservation) -> Vec<PartRow> {
+        rows(r)
+            .map(|p| PartRow {
+                sku: p.sku.to_owned(),
+                store_id: p.store_id.map(str::to_owned),
+                quantity: p.quantity,
+                released: p.released,
+                fulfilled: p.fulfilled,
+                short: p.short,
+            })
+            .collect()
     }
 
     #[test]
@@ -155,7 +171,7 @@ mod tests {
             expires_at: None,
             created_at: DateTime::UNIX_EPOCH,
         };
-        let stored = rows(&direct);
+        let stored = owned(&direct);
         assert!(stored.iter().all(|r| r.store_id.is_none()));
         assert_eq!(lines(Some(&id("S1")), stored).unwrap(), direct.lines);
 
@@ -171,7 +187,7 @@ mod tests {
             ],
             ..direct
         };
-        let stored = rows(&channel);
+        let stored = owned(&channel);
         assert_eq!(stored.len(), 3);
         assert_eq!(lines(None, stored).unwrap(), channel.lines);
     }

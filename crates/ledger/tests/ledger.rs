@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{TimeDelta, Utc};
-use invsync_core::channel::{Allocation, ChannelConfig, ChannelLocation, SafetyOverride, Split};
+use invsync_core::channel::{
+    Allocation, ChannelConfig, ChannelLocation, SafetyOverride, SafetyOverrides, Split,
+};
 use invsync_core::ChannelId;
 use invsync_core::{
     Adjust, AdjustReason, Change, CloudEvent, Delta, DomainError, EventType, ExternalRef,
@@ -1053,6 +1055,10 @@ fn channel_config(
     .unwrap()
 }
 
+fn overrides(items: Vec<SafetyOverride>) -> SafetyOverrides {
+    SafetyOverrides::new(items).unwrap()
+}
+
 fn channel(c: &str) -> ChannelId {
     ChannelId::parse(c).unwrap()
 }
@@ -1162,28 +1168,42 @@ async fn a_channel_is_versioned_and_changed_by_compare_and_set(backend: Backend)
         safety_stock: n,
     };
     assert!(matches!(
-        l.set_safety_stock(channel("nope"), vec![item("S1", "A", Some(1))])
+        l.set_safety_stock(channel("nope"), overrides(vec![item("S1", "A", Some(1))]))
             .await,
         Err(LedgerError::Domain(DomainError::NotFound("channel")))
     ));
     let set = vec![item("S1", "A", Some(5)), item("WH1", "A", Some(1))];
     assert_eq!(
-        l.set_safety_stock(channel("online"), set.clone())
+        l.set_safety_stock(channel("online"), overrides(set.clone()))
             .await
             .unwrap(),
         2
     );
-    assert_eq!(l.set_safety_stock(channel("online"), set).await.unwrap(), 0);
     assert_eq!(
-        l.set_safety_stock(channel("online"), vec![item("WH1", "A", None)])
+        l.set_safety_stock(channel("online"), overrides(set))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        l.set_safety_stock(channel("online"), overrides(vec![item("WH1", "A", None)]))
             .await
             .unwrap(),
         1
     );
-    assert_eq!(
-        l.safety_overrides(channel("online")).await.unwrap(),
-        vec![item("S1", "A", Some(5))]
-    );
+    // In force: S1/A only; WH1/A is kept as removed, at its second version.
+    let snapshot = l.channel_snapshot().await.unwrap();
+    let in_force: Vec<SafetyOverride> = snapshot
+        .overrides
+        .iter()
+        .filter(|o| o.safety_stock.is_some())
+        .map(|o| item(o.store_id.as_str(), o.sku.as_str(), o.safety_stock))
+        .collect();
+    assert_eq!(in_force, vec![item("S1", "A", Some(5))]);
+    assert!(snapshot
+        .overrides
+        .iter()
+        .any(|o| o.store_id.as_str() == "WH1" && o.safety_stock.is_none() && o.version == 2));
 
     let types = log_types(l).await;
     let count = |t: &str| types.iter().filter(|x| *x == t).count();
@@ -1270,11 +1290,11 @@ async fn a_channel_reservation_allocates_by_its_rules_and_never_into_safety_stoc
     // An override lowers S1's buffer for A only: now 2 fit there.
     l.set_safety_stock(
         channel("online"),
-        vec![SafetyOverride {
+        overrides(vec![SafetyOverride {
             store_id: store("S1"),
             sku: sku("A"),
             safety_stock: Some(1),
-        }],
+        }]),
     )
     .await
     .unwrap();
@@ -1841,7 +1861,7 @@ async fn postgres_mixed_traffic_from_several_instances_never_deadlocks() {
     for id in &all {
         let r = instances[1].reservation(*id).await.unwrap().unwrap();
         for l in &r.lines {
-            *held.entry(l.sku.to_string()).or_default() += l.quantity - l.released - l.fulfilled;
+            *held.entry(l.sku.to_string()).or_default() += l.held();
         }
     }
     for s in skus {

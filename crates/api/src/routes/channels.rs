@@ -3,7 +3,9 @@
 
 use axum::extract::State;
 use axum::Json;
-use invsync_core::channel::{Channel, ChannelConfig, ChannelLocation, SafetyOverride};
+use invsync_core::channel::{
+    Channel, ChannelConfig, ChannelLocation, SafetyOverride, SafetyOverrides,
+};
 use invsync_core::ChannelId;
 
 use crate::auth::{AdminScope, Auth, ReadScope};
@@ -94,7 +96,7 @@ pub(crate) async fn set_safety_stock(
     ApiJson(body): ApiJson<SafetyStockBody>,
 ) -> ApiResult<Json<SafetyStockView>> {
     let id = channel_id(id)?;
-    let items: Vec<SafetyOverride> = body
+    let items = body
         .items
         .into_iter()
         .map(|i| SafetyOverride {
@@ -103,7 +105,7 @@ pub(crate) async fn set_safety_stock(
             safety_stock: i.safety_stock,
         })
         .collect();
-    SafetyOverride::check_all(&items)?;
+    let items = SafetyOverrides::new(items)?;
     let applied = state.ledger().set_safety_stock(id, items).await?;
     Ok(Json(SafetyStockView { applied }))
 }

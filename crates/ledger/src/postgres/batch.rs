@@ -823,9 +823,8 @@ pub(crate) fn flush(
     Ok(())
 }
 
-/// Inserts (new reservations) or updates (changed ones) every allocation row of
-/// `reservations`. A changed reservation may have gained an allocation
-/// (reallocation), so an update is an upsert.
+/// Inserts (new reservations) or updates the counters of (changed ones) every
+/// allocation row of `reservations`.
 fn write_lines<'r>(
     pg: &mut Transaction<'_>,
     statements: &mut Statements,
@@ -843,7 +842,7 @@ fn write_lines<'r>(
         Vec::new(),
     );
     for r in reservations {
-        for (no, part) in crate::parts::rows(r).into_iter().enumerate() {
+        for (no, part) in crate::parts::rows(r).enumerate() {
             ids.push(r.reservation_id);
             nos.push(no as i32);
             skus.push(part.sku);
@@ -854,21 +853,22 @@ fn write_lines<'r>(
             short.push(part.short);
         }
     }
-    let sql = if insert {
-        "INSERT INTO reservation_lines (reservation_id, line_no, sku, store_id, quantity, released, fulfilled, short)
-         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])"
+    if insert {
+        execute(pg, statements, "INSERT INTO reservation_lines (reservation_id, line_no, sku, store_id, quantity, released, fulfilled, short)
+             SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])",
+            &[&ids, &nos, &skus, &stores, &qty, &rel, &ful, &short],
+        )?;
     } else {
-        "INSERT INTO reservation_lines (reservation_id, line_no, sku, store_id, quantity, released, fulfilled, short)
-         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
-         ON CONFLICT (reservation_id, line_no) DO UPDATE SET sku = EXCLUDED.sku,
-             store_id = EXCLUDED.store_id, quantity = EXCLUDED.quantity,
-             released = EXCLUDED.released, fulfilled = EXCLUDED.fulfilled, short = EXCLUDED.short"
-    };
-    execute(
-        pg,
-        statements,
-        sql,
-        &[&ids, &nos, &skus, &stores, &qty, &rel, &ful, &short],
-    )?;
+        // A release or fulfilment changes counters only: no allocation is added.
+        execute(
+            pg,
+            statements,
+            "UPDATE reservation_lines SET released = u.rel, fulfilled = u.ful, short = u.short
+             FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[])
+                 AS u(id, no, rel, ful, short)
+             WHERE reservation_id = u.id AND line_no = u.no",
+            &[&ids, &nos, &rel, &ful, &short],
+        )?;
+    }
     Ok(())
 }

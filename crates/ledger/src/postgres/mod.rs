@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use invsync_core::channel::{Channel, ChannelConfig, SafetyOverride};
+use invsync_core::channel::{Channel, ChannelConfig, SafetyOverrides};
 use invsync_core::{
     Adjust, ChannelId, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId, Target,
 };
@@ -562,7 +562,7 @@ impl Ledger for PgLedger {
     async fn set_safety_stock(
         &self,
         id: ChannelId,
-        items: Vec<SafetyOverride>,
+        items: SafetyOverrides,
     ) -> Result<usize, LedgerError> {
         self.write(move |e| e.set_safety_stock(&id, &items)).await
     }
@@ -593,20 +593,6 @@ impl Ledger for PgLedger {
                     r.try_get::<_, &str>(2)?,
                 )
             })
-            .collect()
-        })
-        .await
-    }
-
-    async fn safety_overrides(&self, id: ChannelId) -> Result<Vec<SafetyOverride>, LedgerError> {
-        self.read(move |c| {
-            c.query(
-                "SELECT store_id, sku, safety_stock FROM safety_stock
-                 WHERE channel_id = $1 AND safety_stock IS NOT NULL ORDER BY sku, store_id",
-                &[&id.as_str()],
-            )?
-            .iter()
-            .map(|r| crate::parts::safety_override(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
             .collect()
         })
         .await

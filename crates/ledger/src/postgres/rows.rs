@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use invsync_core::{ChannelId, OrderId, Reservation, ReservationStatus, Sku, StockLevel, StoreId};
+use invsync_core::{OrderId, Reservation, ReservationStatus, Sku, StockLevel, StoreId};
 use postgres::{GenericClient, Row, Statement, Transaction};
 use uuid::Uuid;
 
@@ -75,19 +75,7 @@ pub(crate) fn load_reservations(
         .map(|head| {
             let id: Uuid = head.try_get(0)?;
             let status: String = head.try_get(3)?;
-            let (store_id, channel) = match head.try_get::<_, Option<String>>(6)? {
-                Some(c) => (
-                    None,
-                    Some(ChannelId::parse(c).map_err(|e| corrupt("channel", e))?),
-                ),
-                None => (
-                    Some(
-                        StoreId::parse(head.try_get::<_, String>(2)?)
-                            .map_err(|e| corrupt("store_id", e))?,
-                    ),
-                    None,
-                ),
-            };
+            let (store_id, channel) = crate::parts::place(head.try_get(2)?, head.try_get(6)?)?;
             Ok(Reservation {
                 reservation_id: id,
                 order_id: OrderId::parse(head.try_get::<_, String>(1)?)

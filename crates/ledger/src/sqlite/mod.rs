@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use invsync_core::channel::{Channel, ChannelConfig, SafetyOverride};
+use invsync_core::channel::{Channel, ChannelConfig, SafetyOverrides};
 use invsync_core::{Adjust, ChannelId, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId};
 use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -500,7 +500,7 @@ impl Ledger for SqliteLedger {
     async fn set_safety_stock(
         &self,
         id: ChannelId,
-        items: Vec<SafetyOverride>,
+        items: SafetyOverrides,
     ) -> Result<usize, LedgerError> {
         self.write(move |e| e.set_safety_stock(&id, &items)).await
     }
@@ -521,26 +521,6 @@ impl Ledger for SqliteLedger {
                     &row.get::<_, String>(0)?,
                     row.get(1)?,
                     &row.get::<_, String>(2)?,
-                )?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn safety_overrides(&self, id: ChannelId) -> Result<Vec<SafetyOverride>, LedgerError> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT store_id, sku, safety_stock FROM safety_stock
-                 WHERE channel_id = ?1 AND safety_stock IS NOT NULL ORDER BY sku, store_id",
-            )?;
-            let mut found = stmt.query([id.as_str()])?;
-            let mut out = Vec::new();
-            while let Some(row) = found.next()? {
-                out.push(crate::parts::safety_override(
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get(2)?,
                 )?);
             }
             Ok(out)

@@ -78,16 +78,7 @@ pub(crate) fn load_reservation(
     let Some((order_id, store_id, channel, status, expires_at, created_at)) = head else {
         return Ok(None);
     };
-    let (store_id, channel) = match channel {
-        Some(c) => (
-            None,
-            Some(ChannelId::parse(c).map_err(|e| corrupt("channel", e))?),
-        ),
-        None => (
-            Some(StoreId::parse(store_id).map_err(|e| corrupt("store_id", e))?),
-            None,
-        ),
-    };
+    let (store_id, channel) = crate::parts::place(store_id, channel)?;
     let mut stmt = conn.prepare_cached(
         "SELECT sku, store_id, quantity, released, fulfilled, short FROM reservation_lines
          WHERE reservation_id = ?1 ORDER BY line_no",

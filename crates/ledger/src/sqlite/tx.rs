@@ -18,34 +18,6 @@ pub(crate) struct SqliteTx<'a> {
     pub(crate) source: &'a str,
 }
 
-impl SqliteTx<'_> {
-    /// Writes every allocation row of `r` (new rows are inserted, stored ones updated).
-    fn write_parts(&mut self, r: &Reservation) -> Result<(), LedgerError> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO reservation_lines
-                 (reservation_id, line_no, sku, store_id, quantity, released, fulfilled, short)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (reservation_id, line_no) DO UPDATE SET sku = excluded.sku,
-                 store_id = excluded.store_id, quantity = excluded.quantity,
-                 released = excluded.released, fulfilled = excluded.fulfilled,
-                 short = excluded.short",
-        )?;
-        for (no, part) in crate::parts::rows(r).iter().enumerate() {
-            stmt.execute(params![
-                r.reservation_id.as_bytes(),
-                no as i64,
-                part.sku,
-                part.store_id,
-                part.quantity,
-                part.released,
-                part.fulfilled,
-                part.short
-            ])?;
-        }
-        Ok(())
-    }
-}
-
 impl Tx for SqliteTx<'_> {
     fn stock(&mut self, store: &StoreId, sku: &Sku) -> Result<Option<StockLevel>, LedgerError> {
         let row = self
@@ -229,7 +201,24 @@ impl Tx for SqliteTx<'_> {
                 r.expires_at.map(micros),
                 micros(r.created_at)
             ])?;
-        self.write_parts(r)
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO reservation_lines
+                 (reservation_id, line_no, sku, store_id, quantity, released, fulfilled, short)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for (no, part) in crate::parts::rows(r).enumerate() {
+            stmt.execute(params![
+                r.reservation_id.as_bytes(),
+                no as i64,
+                part.sku,
+                part.store_id,
+                part.quantity,
+                part.released,
+                part.fulfilled,
+                part.short
+            ])?;
+        }
+        Ok(())
     }
 
     fn update_reservation(
@@ -244,7 +233,21 @@ impl Tx for SqliteTx<'_> {
                 r.status.as_str(),
                 micros(now)
             ])?;
-        self.write_parts(r)
+        // A release or fulfilment changes counters only: no allocation is added.
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE reservation_lines SET released = ?3, fulfilled = ?4, short = ?5
+             WHERE reservation_id = ?1 AND line_no = ?2",
+        )?;
+        for (no, part) in crate::parts::rows(r).enumerate() {
+            stmt.execute(params![
+                r.reservation_id.as_bytes(),
+                no as i64,
+                part.released,
+                part.fulfilled,
+                part.short
+            ])?;
+        }
+        Ok(())
     }
 
     fn recorded(&mut self, key: &str) -> Result<Option<(String, String)>, LedgerError> {
