@@ -160,17 +160,14 @@ impl InventoryEventV1 {
     /// Wraps the event in its CloudEvents envelope; `source` names the deployment
     /// (`invsync://<deployment-name>`).
     pub fn to_envelope(&self, source: &str) -> CloudEvent {
-        CloudEvent {
-            specversion: "1.0".to_owned(),
-            id: self.event_id,
-            source: source.to_owned(),
-            event_type: self.event_type.cloudevents_type().to_owned(),
-            subject: self.product_sku.to_string(),
-            time: self.occurred_at,
-            datacontenttype: "application/json".to_owned(),
-            partitionkey: self.product_sku.to_string(),
-            data: self.clone(),
-        }
+        Envelope::new(
+            self.clone(),
+            (self.event_id, self.occurred_at),
+            self.event_type.cloudevents_type(),
+            self.product_sku.to_string(),
+            self.product_sku.to_string(),
+            source,
+        )
     }
 }
 
@@ -239,22 +236,7 @@ pub struct SafetyStockSetV1 {
     pub occurred_at: DateTime<Utc>,
 }
 
-/// A CloudEvents 1.0 envelope of a configuration event (structured JSON mode).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConfigEnvelope<T> {
-    pub specversion: String,
-    pub id: Uuid,
-    pub source: String,
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub subject: String,
-    pub time: DateTime<Utc>,
-    pub datacontenttype: String,
-    pub partitionkey: String,
-    pub data: T,
-}
-
-impl<T: Serialize> ConfigEnvelope<T> {
+impl<T: Serialize> Envelope<T> {
     /// `data` in its envelope, as a log entry about `(store_id, key)` at `version`.
     fn record(self, store_id: String, version: i64) -> LogRecord {
         LogRecord {
@@ -269,9 +251,9 @@ impl<T: Serialize> ConfigEnvelope<T> {
     }
 }
 
-impl<T: serde::de::DeserializeOwned> ConfigEnvelope<T> {
+impl<T: serde::de::DeserializeOwned> Envelope<T> {
     /// Parses an envelope of CloudEvents type `kind` whose id is `data`'s event id.
-    fn parse(
+    fn parse_as(
         bytes: &[u8],
         kind: &'static str,
         event_id: impl Fn(&T) -> Uuid,
@@ -290,26 +272,27 @@ impl<T: serde::de::DeserializeOwned> ConfigEnvelope<T> {
     }
 }
 
-/// The envelope of a configuration event: the attributes every one shares.
-fn config_envelope<T>(
-    data: T,
-    event_id: Uuid,
-    occurred_at: DateTime<Utc>,
-    kind: &str,
-    subject: String,
-    partitionkey: String,
-    source: &str,
-) -> ConfigEnvelope<T> {
-    ConfigEnvelope {
-        specversion: "1.0".to_owned(),
-        id: event_id,
-        source: source.to_owned(),
-        event_type: kind.to_owned(),
-        subject,
-        time: occurred_at,
-        datacontenttype: "application/json".to_owned(),
-        partitionkey,
-        data,
+impl<T> Envelope<T> {
+    /// `data` in an envelope of CloudEvents type `kind`, in structured JSON mode.
+    fn new(
+        data: T,
+        (id, time): (Uuid, DateTime<Utc>),
+        kind: &str,
+        subject: String,
+        partitionkey: String,
+        source: &str,
+    ) -> Self {
+        Self {
+            specversion: "1.0".to_owned(),
+            id,
+            source: source.to_owned(),
+            event_type: kind.to_owned(),
+            subject,
+            time,
+            datacontenttype: "application/json".to_owned(),
+            partitionkey,
+            data,
+        }
     }
 }
 
@@ -337,10 +320,9 @@ impl ChannelUpdatedV1 {
 
     pub fn record(&self, source: &str) -> LogRecord {
         let id = &self.channel.channel_id;
-        config_envelope(
+        Envelope::new(
             self,
-            self.event_id,
-            self.occurred_at,
+            (self.event_id, self.occurred_at),
             CHANNEL_UPDATED_TYPE,
             id.to_string(),
             Self::partition_key(id),
@@ -351,7 +333,7 @@ impl ChannelUpdatedV1 {
 
     /// Parses a `CHANNEL_UPDATED` envelope, configuration checks included.
     pub fn parse(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        let e = ConfigEnvelope::<Self>::parse(bytes, CHANNEL_UPDATED_TYPE, |d| d.event_id)?;
+        let e = Envelope::<Self>::parse_as(bytes, CHANNEL_UPDATED_TYPE, |d| d.event_id)?;
         if e.data.event_type != Self::EVENT_TYPE {
             return Err(EnvelopeError::Mismatch(
                 "data.event_type must be CHANNEL_UPDATED",
@@ -370,10 +352,9 @@ impl SafetyStockSetV1 {
     pub const EVENT_TYPE: &'static str = "SAFETY_STOCK_SET";
 
     pub fn record(&self, source: &str) -> LogRecord {
-        config_envelope(
+        Envelope::new(
             self,
-            self.event_id,
-            self.occurred_at,
+            (self.event_id, self.occurred_at),
             SAFETY_STOCK_SET_TYPE,
             self.product_sku.to_string(),
             self.product_sku.to_string(),
@@ -384,7 +365,7 @@ impl SafetyStockSetV1 {
 
     /// Parses a `SAFETY_STOCK_SET` envelope.
     pub fn parse(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        let e = ConfigEnvelope::<Self>::parse(bytes, SAFETY_STOCK_SET_TYPE, |d| d.event_id)?;
+        let e = Envelope::<Self>::parse_as(bytes, SAFETY_STOCK_SET_TYPE, |d| d.event_id)?;
         if e.data.event_type != Self::EVENT_TYPE {
             return Err(EnvelopeError::Mismatch(
                 "data.event_type must be SAFETY_STOCK_SET",
@@ -402,9 +383,9 @@ impl SafetyStockSetV1 {
     }
 }
 
-/// A CloudEvents 1.0 envelope in structured JSON mode.
+/// A CloudEvents 1.0 envelope in structured JSON mode, of any event of ours.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CloudEvent {
+pub struct Envelope<T> {
     pub specversion: String,
     pub id: Uuid,
     pub source: String,
@@ -414,8 +395,11 @@ pub struct CloudEvent {
     pub time: DateTime<Utc>,
     pub datacontenttype: String,
     pub partitionkey: String,
-    pub data: InventoryEventV1,
+    pub data: T,
 }
+
+/// The envelope of an Inventory Sync Event v1.
+pub type CloudEvent = Envelope<InventoryEventV1>;
 
 /// Why bytes read from the log or the bus are not a v1 Inventory Sync Event.
 #[derive(Debug, thiserror::Error)]
