@@ -173,6 +173,17 @@ fn run(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// Runs a client command against `url` (`--url U`), which must succeed; its stdout.
+fn succeeds(args: &[&str], url: &[&str]) -> String {
+    let out = run(&[args, url].concat());
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn bad_configuration_exits_2_with_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -272,15 +283,7 @@ fn client_commands_print_summaries_json_and_problem_details() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let url = ["--url", server.url.as_str()];
-    let ok = |args: &[&str]| {
-        let out = run(&[args, &url].concat());
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let ok = |args: &[&str]| succeeds(args, &url);
     assert!(ok(&[
         "adjust", "--store", "S1", "--sku", "A", "--delta", "10", "--reason", "stock_in"
     ])
@@ -688,15 +691,7 @@ fn channels_are_set_from_toml_and_json_files_and_reserved_through() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let url = ["--url", server.url.as_str()];
-    let ok = |args: &[&str]| {
-        let out = run(&[args, &url].concat());
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let ok = |args: &[&str]| succeeds(args, &url);
     let toml_file = dir.path().join("online.toml");
     std::fs::write(
         &toml_file,
