@@ -92,6 +92,19 @@ async fn private_postgres() -> Option<invsync_testkit::Postgres> {
         .unwrap()
 }
 
+/// Three instances of the ledger on one database, opened at once.
+async fn three_instances(
+    pg: &invsync_testkit::Postgres,
+    clock: &Arc<ManualClock>,
+) -> [Arc<dyn Ledger>; 3] {
+    let (a, b, c) = tokio::join!(
+        open_pg(pg.url(), clock.clone()),
+        open_pg(pg.url(), clock.clone()),
+        open_pg(pg.url(), clock.clone())
+    );
+    [a, b, c]
+}
+
 async fn open_pg(url: String, clock: Arc<ManualClock>) -> Arc<dyn Ledger> {
     // The sync PostgreSQL client must not run on an async worker thread.
     let ledger = tokio::task::spawn_blocking(move || PgLedger::open(PgConfig::new(url), clock))
@@ -135,17 +148,31 @@ async fn stock_in(ledger: &dyn Ledger, st: &str, sk: &str, delta: i64) {
 fn schema() -> &'static jsonschema::Validator {
     static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let path = concat!(
+        compile(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../core/schema/inventory-sync-event.v1.schema.json"
-        );
-        let schema: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        jsonschema::options()
-            .should_validate_formats(true)
-            .build(&schema)
-            .unwrap()
+        ))
     })
+}
+
+/// The JSON Schema of the channel configuration events, compiled once.
+fn channel_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        compile(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../core/schema/channel-events.v1.schema.json"
+        ))
+    })
+}
+
+fn compile(path: &str) -> jsonschema::Validator {
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap()
 }
 
 /// Reads the whole log and checks what must hold of it at any moment: offsets gapless
@@ -182,8 +209,16 @@ async fn check_log(ledger: &dyn Ledger) -> Vec<CloudEvent> {
             );
             let kind = CloudEvent::type_of(logged.envelope.as_bytes()).unwrap();
             if !CloudEvent::is_stock_event(&kind) {
-                // A channel's configuration: it parses as its own type, and is no
-                // part of any stock row's history.
+                // A channel's configuration: it follows its own schema, parses as its
+                // own type, and is no part of any stock row's history.
+                let errors: Vec<String> = channel_schema()
+                    .iter_errors(&value)
+                    .map(|e| e.to_string())
+                    .collect();
+                assert!(
+                    errors.is_empty(),
+                    "channel event fails its schema: {errors:?}\n{value}"
+                );
                 match kind.as_str() {
                     invsync_core::CHANNEL_UPDATED_TYPE => {
                         invsync_core::ChannelUpdatedV1::parse(logged.envelope.as_bytes()).map(drop)
@@ -1752,12 +1787,7 @@ async fn postgres_mixed_traffic_from_several_instances_never_deadlocks() {
         return;
     };
     let clock = Arc::new(ManualClock::new(Utc::now()));
-    let (a, b, c) = tokio::join!(
-        open_pg(pg.url(), clock.clone()),
-        open_pg(pg.url(), clock.clone()),
-        open_pg(pg.url(), clock.clone())
-    );
-    let instances = [a, b, c];
+    let instances = three_instances(&pg, &clock).await;
     let skus = ["A", "B", "C", "D", "E", "F"];
     let created = Arc::new(std::sync::Mutex::new(Vec::new()));
     for s in skus {
@@ -2010,12 +2040,7 @@ async fn postgres_overlapping_channel_reservations_from_several_instances_never_
         return;
     };
     let clock = Arc::new(ManualClock::new(Utc::now()));
-    let (a, b, c) = tokio::join!(
-        open_pg(pg.url(), clock.clone()),
-        open_pg(pg.url(), clock.clone()),
-        open_pg(pg.url(), clock.clone())
-    );
-    let instances = [a, b, c];
+    let instances = three_instances(&pg, &clock).await;
     let l = instances[0].as_ref();
     l.put_channel(
         channel("online"),
@@ -2047,6 +2072,7 @@ async fn postgres_overlapping_channel_reservations_from_several_instances_never_
         }
     }
     let mut total = 0;
+    let mut previous: Vec<uuid::Uuid> = Vec::new();
     for round in 0..4 {
         let mut tasks = Vec::new();
         for i in 0..120usize {
@@ -2065,16 +2091,44 @@ async fn postgres_overlapping_channel_reservations_from_several_instances_never_
                 1 => reserve_in(&order, "marketplace", &lines),
                 _ => reserve(&order, "S1", &lines, None),
             };
-            tasks.push(tokio::spawn(async move { ledger.reserve(cmd).await }));
+            tasks.push(tokio::spawn(async move {
+                ledger
+                    .reserve(cmd)
+                    .await
+                    .map(|o| Some(o.reservation.reservation_id))
+            }));
+        }
+        // The last round's reservations are released or fulfilled (each across its
+        // allocations) on other instances while these are placed.
+        for (i, id) in previous.drain(..).enumerate() {
+            let ledger = instances[(i + 1) % 3].clone();
+            tasks.push(tokio::spawn(async move {
+                let settled = if i % 2 == 0 {
+                    ledger
+                        .release(id, None, ReleaseReason::OrderCancelled, None)
+                        .await
+                } else {
+                    ledger.fulfil(id, None, None).await
+                };
+                settled.map(|_| None)
+            }));
         }
         for t in tasks {
             match t.await.unwrap() {
-                Ok(_) => total += 1,
-                Err(LedgerError::Domain(DomainError::InsufficientStock { .. })) => {}
-                Err(e) => panic!("no reservation may fail otherwise (deadlock?): {e}"),
+                Ok(Some(id)) => {
+                    total += 1;
+                    previous.push(id);
+                }
+                Ok(None) | Err(LedgerError::Domain(DomainError::InsufficientStock { .. })) => {}
+                Err(e) => panic!("no command may fail otherwise (deadlock?): {e}"),
             }
         }
     }
+    let log = pg.server_log();
+    assert!(
+        !log.contains("deadlock detected"),
+        "PostgreSQL saw a deadlock:\n{log}"
+    );
     assert!(total > 300, "most reservations fit: {total}");
     check_log(l).await;
 }
