@@ -376,8 +376,11 @@ impl SafetyStockSetV1 {
                 "partitionkey must be the product_sku",
             ));
         }
-        if e.data.safety_stock.is_some_and(|n| n < 0) {
-            return Err(EnvelopeError::Mismatch("safety_stock must not be negative"));
+        let range = 0..=crate::channel::MAX_SAFETY_STOCK;
+        if e.data.safety_stock.is_some_and(|n| !range.contains(&n)) {
+            return Err(EnvelopeError::Mismatch(
+                "safety_stock must be 0 to 1,000,000,000 or null",
+            ));
         }
         Ok(e.data)
     }
