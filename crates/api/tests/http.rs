@@ -559,6 +559,56 @@ async fn channels_are_configured_and_reserved_through_over_http(backend: Backend
         json!({"items": [{"store_id": "Store #1", "sku": "TSHIRT RED/XL", "safety_stock": 0}]});
     assert_eq!(put(&app, path, set.clone()).await.body["applied"], 1);
     assert_eq!(put(&app, path, set).await.body["applied"], 0);
+
+    // Reallocation: the till at WH1 sells the unit the order holds there; Store #1
+    // (no buffer now) has 2 on hand, so the unit moves there in the sale's
+    // transaction. A second sale empties Store #1: nowhere to go, the unit is short.
+    let sale = |store: &str, delta: i64| {
+        json!({"store_id": store, "sku": "TSHIRT RED/XL", "delta": delta,
+            "reason": "sale", "channel": "pos"})
+    };
+    let sold = app.post("/v1/adjustments", sale("WH1", -1)).await;
+    assert_eq!(sold.status, StatusCode::OK, "{}", sold.body);
+    assert_eq!(
+        (&sold.body["reserved"], &sold.body["shortage"]),
+        (&json!(0), &json!(0))
+    );
+    let moved = app.get(&format!("/v1/reservations/{id}")).await.body;
+    let allocations = &moved["lines"][0]["allocations"];
+    assert_eq!(allocations.as_array().map(Vec::len), Some(1), "{moved}");
+    assert_eq!(
+        (
+            &allocations[0]["store_id"],
+            &allocations[0]["quantity"],
+            &allocations[0]["fulfilled"]
+        ),
+        (&json!("Store #1"), &json!(3), &json!(2)),
+        "{moved}"
+    );
+    let sold = app.post("/v1/adjustments", sale("Store #1", -2)).await;
+    assert_eq!(sold.body["shortage"], 1, "{}", sold.body);
+    let short = app.get(&format!("/v1/reservations/{id}")).await.body;
+    assert_eq!(short["lines"][0]["allocations"][0]["short"], 1, "{short}");
+    let reasons: Vec<(String, String)> = app
+        .all_events()
+        .await
+        .iter()
+        .filter(|e| e["data"]["reason"] == "reallocated")
+        .map(|e| {
+            (
+                e["data"]["event_type"].to_string(),
+                e["data"]["store_id"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("\"RELEASED\"".to_owned(), "\"WH1\"".to_owned()),
+            ("\"RESERVED\"".to_owned(), "\"Store #1\"".to_owned())
+        ]
+    );
+
     assert_eq!(
         put(
             &app,

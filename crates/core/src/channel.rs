@@ -353,6 +353,47 @@ pub fn allocate(
     }
 }
 
+/// Where up to `wanted` units of `sku`, held at `from` but no longer on hand there,
+/// can go instead (reallocation, channels.md): the channel's other locations, by its
+/// allocation order and split rule, never into safety stock. Moves as many units as
+/// fit — all to one location unless the split rule is `by_unit` (for one line,
+/// `none` and `by_line` are the same rule) — and returns (location, units) in
+/// allocation order; empty when nothing fits.
+pub fn reallocate(
+    config: &ChannelConfig,
+    sku: &Sku,
+    wanted: i64,
+    from: &StoreId,
+    shelf: impl Fn(&StoreId, &Sku) -> Shelf,
+) -> LineAllocation {
+    let elsewhere = |store: &StoreId, sku: &Sku| {
+        if store == from {
+            Shelf {
+                level: None,
+                safety_stock: 0,
+            }
+        } else {
+            shelf(store, sku)
+        }
+    };
+    let room: Vec<i64> = config
+        .locations
+        .iter()
+        .map(|l| elsewhere(&l.store_id, sku).channel_available())
+        .collect();
+    let fits = match config.split {
+        Split::ByUnit => room.iter().sum(),
+        _ => room.iter().copied().max().unwrap_or(0),
+    };
+    let Ok(quantity) = LineQuantity::new(wanted.min(fits)) else {
+        return Vec::new();
+    };
+    allocate(config, &[(sku.clone(), quantity)], elsewhere)
+        .ok()
+        .and_then(|mut lines| lines.pop())
+        .unwrap_or_default()
+}
+
 impl ChannelConfig {
     /// The location indexes in allocation order, given each location's
     /// channel-available units (used by `most_available`).
@@ -619,5 +660,57 @@ mod tests {
         // Unknown strategies are refused when the JSON is read.
         assert!(serde_json::from_str::<Allocation>("\"random\"").is_err());
         assert!(serde_json::from_str::<Split>("\"by_unit\"").is_ok());
+    }
+
+    /// Where `wanted` units held at `from` go, as (store, units).
+    fn moved(
+        config: &ChannelConfig,
+        rows: &HashMap<(StoreId, Sku), StockLevel>,
+        from: &str,
+        wanted: i64,
+    ) -> Vec<(String, i64)> {
+        let safety: HashMap<StoreId, i64> = config
+            .locations()
+            .iter()
+            .map(|l| (l.store_id.clone(), l.safety_stock))
+            .collect();
+        reallocate(config, &sku("A"), wanted, &store(from), |st, sk| Shelf {
+            level: rows.get(&(st.clone(), sk.clone())).copied(),
+            safety_stock: safety[st],
+        })
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n))
+        .collect()
+    }
+
+    #[test]
+    fn reallocation_moves_what_fits_elsewhere_by_the_channels_rules() {
+        // S1 is the short location: it has units available, but they must not be used.
+        let rows = stock(&[("S1", "A", 9, 0), ("S2", "A", 3, 1), ("WH1", "A", 4, 0)]);
+        let locations = || vec![loc("S1", 1, 0), loc("S2", 2, 0), loc("WH1", 3, 1)];
+        let by_unit = channel(Allocation::Priority, Split::ByUnit, locations());
+        // S2 gives 2, WH1 gives 3 (4 less a buffer of 1): 5 of the 6 wanted.
+        assert_eq!(
+            moved(&by_unit, &rows, "S1", 6),
+            vec![at("S2", 2), at("WH1", 3)]
+        );
+        assert_eq!(moved(&by_unit, &rows, "S1", 1), vec![at("S2", 1)]);
+        // One location only: the fullest that fits, all of it or as much as one holds.
+        for split in [Split::ByLine, Split::None] {
+            let one = channel(Allocation::Priority, split, locations());
+            assert_eq!(moved(&one, &rows, "S1", 2), vec![at("S2", 2)]);
+            assert_eq!(moved(&one, &rows, "S1", 3), vec![at("WH1", 3)]);
+            assert_eq!(moved(&one, &rows, "S1", 6), vec![at("WH1", 3)]);
+        }
+        let most = channel(Allocation::MostAvailable, Split::ByUnit, locations());
+        assert_eq!(
+            moved(&most, &rows, "S1", 4),
+            vec![at("WH1", 3), at("S2", 1)]
+        );
+        // Nowhere else to go: nothing moves.
+        let alone = channel(Allocation::Priority, Split::ByUnit, vec![loc("S1", 1, 0)]);
+        assert!(moved(&alone, &rows, "S1", 2).is_empty());
+        let empty = stock(&[("S1", "A", 9, 0), ("S2", "A", 1, 1)]);
+        assert!(moved(&by_unit, &empty, "S1", 2).is_empty());
     }
 }

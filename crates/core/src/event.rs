@@ -28,7 +28,7 @@ impl EventType {
 }
 
 /// Why the stock changed. Clients choose among a subset (see `command`); `OrderPlaced`,
-/// `Expired` and `Fulfilled` are set by the ledger itself.
+/// `Expired`, `Fulfilled` and `Reallocated` are set by the ledger itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
@@ -48,6 +48,9 @@ pub enum Reason {
     Correction,
     /// A sale at the till (an adjustment of reason `sale`).
     Sale,
+    /// A channel reservation's units moved from a location that no longer has them
+    /// to another of its channel (a `RELEASED` there and a `RESERVED` here).
+    Reallocated,
 }
 
 impl From<crate::command::ReleaseReason> for Reason {

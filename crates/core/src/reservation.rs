@@ -219,6 +219,70 @@ impl Reservation {
         rows
     }
 
+    /// The allocation of `sku` at `store`, if the reservation has one.
+    pub fn allocation(&self, sku: &Sku, store: &StoreId) -> Option<&Allocated> {
+        self.lines
+            .iter()
+            .filter(|l| &l.sku == sku)
+            .flat_map(|l| &l.allocations)
+            .find(|a| &a.store_id == store)
+    }
+
+    /// Moves held units of `sku` from `from` to the locations `to` (reallocation,
+    /// channels.md): the allocation at `from` shrinks by what moved, and is dropped
+    /// when nothing of it is left; each destination grows, or is appended after the
+    /// line's allocations. The line's quantity is unchanged. On error (more than
+    /// `from` holds and is not short) the reservation is unchanged.
+    pub fn relocate(
+        &mut self,
+        sku: &Sku,
+        from: &StoreId,
+        to: &[(StoreId, i64)],
+    ) -> Result<(), DomainError> {
+        let units: i64 = to.iter().map(|(_, n)| n).sum();
+        let Some(line) = self.lines.iter_mut().find(|l| &l.sku == sku) else {
+            return Err(DomainError::invalid_state(format!(
+                "the reservation has no line for sku {sku}"
+            )));
+        };
+        let Some(j) = line.allocations.iter().position(|a| &a.store_id == from) else {
+            return Err(DomainError::invalid_state(format!(
+                "sku {sku} is not allocated to store {from}"
+            )));
+        };
+        let source = &mut line.allocations[j];
+        if units < 0 || units > source.held() - source.short {
+            return Err(DomainError::invalid_state(format!(
+                "sku {sku}: cannot move {units} of what store {from} holds"
+            )));
+        }
+        source.quantity -= units;
+        if source.quantity == 0 {
+            line.allocations.remove(j);
+        }
+        for (store, n) in to {
+            match line.allocations.iter_mut().find(|a| &a.store_id == store) {
+                Some(a) => a.quantity += n,
+                None => line.allocations.push(Allocated::new(store.clone(), *n)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets how many units of the allocation of `sku` at `store` are short (at most
+    /// what it holds); no such allocation, no change.
+    pub fn set_short(&mut self, sku: &Sku, store: &StoreId, short: i64) {
+        let found = self
+            .lines
+            .iter_mut()
+            .filter(|l| &l.sku == sku)
+            .flat_map(|l| &mut l.allocations)
+            .find(|a| &a.store_id == store);
+        if let Some(a) = found {
+            a.short = short.clamp(0, a.held());
+        }
+    }
+
     /// Releases the given quantities (or everything held when `lines` is `None`).
     /// On error the reservation is unchanged.
     pub fn release(

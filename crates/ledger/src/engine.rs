@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use invsync_core::channel::{
-    allocate, Channel, ChannelConfig, SafetyOverride, SafetyOverrides, Shelf,
+    allocate, reallocate, Channel, ChannelConfig, SafetyOverride, SafetyOverrides, Shelf,
 };
 use invsync_core::{
     settle_fingerprint, Adjust, Allocated, Cause, Change, ChannelId, ChannelUpdatedV1, DomainError,
@@ -80,6 +80,21 @@ pub(crate) trait Tx {
         reservation: &Reservation,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError>;
+    /// Stores an existing reservation whose allocations changed (some were added or
+    /// dropped by a reallocation): all its rows are written again.
+    fn rewrite_reservation(
+        &mut self,
+        reservation: &Reservation,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError>;
+    /// The active channel reservations with an allocation of `sku` at `store`, in
+    /// their latest state (on PostgreSQL, locked). The caller holds the row's lock,
+    /// so no other transaction can add or drop one meanwhile.
+    fn channel_holds(
+        &mut self,
+        store: &StoreId,
+        sku: &Sku,
+    ) -> Result<Vec<Reservation>, LedgerError>;
     /// The fingerprint and outcome (JSON) a write was recorded with under `key` (an
     /// external_ref, or a key made by `record_key`).
     fn recorded(&mut self, key: &str) -> Result<Option<(String, String)>, LedgerError>;
@@ -179,15 +194,12 @@ impl<T: Tx> Engine<'_, T> {
         // Written in (store, sku) order, as the rows were read.
         parts.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         for (store, sku, quantity, after) in parts {
-            let cause = Cause {
-                event_type: EventType::Reserved,
-                reason: Reason::OrderPlaced,
+            let cause = held_for(
+                &reservation,
+                EventType::Reserved,
+                Reason::OrderPlaced,
                 quantity,
-                order_id: Some(reservation.order_id.clone()),
-                reservation_id: Some(reservation.reservation_id),
-                external_ref: None,
-                channel: reservation.channel.clone(),
-            };
+            );
             self.change(&store, &sku, after, cause)?;
         }
         self.tx
@@ -247,15 +259,7 @@ impl<T: Tx> Engine<'_, T> {
             .ok_or(DomainError::NotFound("channel"))?;
         let skus: Vec<Sku> = cmd.lines().iter().map(|(sku, _)| sku.clone()).collect();
         let shelves = self.shelves(&channel, &skus)?;
-        let shelf = |store: &StoreId, sku: &Sku| {
-            shelves
-                .get(&(store.clone(), sku.clone()))
-                .copied()
-                .unwrap_or(Shelf {
-                    level: None,
-                    safety_stock: 0,
-                })
-        };
+        let shelf = |store: &StoreId, sku: &Sku| shelf_of(&shelves, store, sku);
         let allocation = allocate(&channel.config, cmd.lines(), shelf)
             .map_err(|lines| DomainError::InsufficientStock { lines })?;
         let mut parts = Vec::new();
@@ -540,19 +544,23 @@ impl<T: Tx> Engine<'_, T> {
             })?;
             afters.push(step(&level, *quantity)?);
         }
+        let mut short_before = Vec::new();
         for ((store, sku, quantity), after) in taken.iter().zip(afters) {
-            let cause = Cause {
-                event_type,
-                reason,
-                quantity: -quantity,
-                order_id: Some(reservation.order_id.clone()),
-                reservation_id: Some(reservation.reservation_id),
-                external_ref: None,
-                channel: reservation.channel.clone(),
-            };
+            if let Some(level) = self.tx.stock(store, sku)? {
+                if level.shortage() > 0 {
+                    short_before.push((store, sku));
+                }
+            }
+            let cause = held_for(reservation, event_type, reason, -quantity);
             self.change(store, sku, after, cause)?;
         }
-        self.tx.update_reservation(reservation, self.now)
+        self.tx.update_reservation(reservation, self.now)?;
+        // A release lowers a row's shortage: fewer units of the channel reservations
+        // still held there are short.
+        for (store, sku) in short_before {
+            self.reconcile(store, sku)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn adjust(&mut self, cmd: &Adjust) -> Result<AdjustmentOutcome, LedgerError> {
@@ -592,7 +600,12 @@ impl<T: Tx> Engine<'_, T> {
                 channel: cmd.channel.clone(),
             };
             let event = self.change(&cmd.store_id, &cmd.sku, after, cause)?;
-            (after, Some(event.event_id))
+            if level.shortage() > 0 || after.shortage() > 0 {
+                self.reconcile(&cmd.store_id, &cmd.sku)?;
+            }
+            // The row as this command leaves it, after any reallocation.
+            let now = self.tx.stock(&cmd.store_id, &cmd.sku)?.unwrap_or(after);
+            (now, Some(event.event_id))
         };
         let outcome = AdjustmentOutcome {
             event_id,
@@ -610,6 +623,100 @@ impl<T: Tx> Engine<'_, T> {
             self.remember(&records, &fingerprint, &text)?;
         }
         Ok(outcome)
+    }
+
+    /// Keeps the channel reservations held at a (store, sku) in step with the row's
+    /// shortage (`reserved − on_hand`) after a change of it (channels.md,
+    /// reallocation). A shortage larger than what is already marked `short` is taken
+    /// from channel reservations newest first: each one's units move to other
+    /// locations of its channel where they fit, and what cannot move is marked
+    /// short. A shortage that shrank (stock came in, a reservation let go) clears
+    /// `short` oldest reservation first. Store-direct reservations never move and are
+    /// never marked: their part of a shortage stays the row's alone.
+    fn reconcile(&mut self, store: &StoreId, sku: &Sku) -> Result<(), LedgerError> {
+        let shortage = self.tx.stock(store, sku)?.unwrap_or_default().shortage();
+        let mut holds = self.tx.channel_holds(store, sku)?;
+        holds.retain(|r| r.allocation(sku, store).is_some_and(|a| a.held() > 0));
+        holds.sort_by(|a, b| {
+            (b.created_at, b.reservation_id).cmp(&(a.created_at, a.reservation_id))
+        });
+        let short_of = |r: &Reservation| r.allocation(sku, store).map_or(0, |a| a.short);
+        let marked: i64 = holds.iter().map(short_of).sum();
+        if shortage > marked {
+            let mut need = shortage - marked;
+            for mut r in holds {
+                let Some(a) = r.allocation(sku, store) else {
+                    continue;
+                };
+                let (short, take) = (a.short, (a.held() - a.short).min(need));
+                if take == 0 {
+                    continue;
+                }
+                let moved = self.move_held(&mut r, sku, store, take)?;
+                r.set_short(sku, store, short + take - moved);
+                self.tx.rewrite_reservation(&r, self.now)?;
+                need -= take;
+                if need == 0 {
+                    break;
+                }
+            }
+        } else if shortage < marked {
+            let mut excess = marked - shortage;
+            for mut r in holds.into_iter().rev() {
+                let short = short_of(&r);
+                let clear = short.min(excess);
+                if clear == 0 {
+                    continue;
+                }
+                r.set_short(sku, store, short - clear);
+                self.tx.update_reservation(&r, self.now)?;
+                excess -= clear;
+                if excess == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves up to `wanted` units of a channel reservation's `sku` held at `from` to
+    /// other locations of its channel (its current configuration and safety stock):
+    /// a `RELEASED` at `from`, then a `RESERVED` at each location, all of reason
+    /// `reallocated`. Returns how many moved.
+    fn move_held(
+        &mut self,
+        r: &mut Reservation,
+        sku: &Sku,
+        from: &StoreId,
+        wanted: i64,
+    ) -> Result<i64, LedgerError> {
+        let Some(id) = r.channel.clone() else {
+            return Ok(0);
+        };
+        let Some(channel) = self.tx.channel(&id)? else {
+            return Ok(0);
+        };
+        let shelves = self.shelves(&channel, std::slice::from_ref(sku))?;
+        let to = reallocate(&channel.config, sku, wanted, from, |st, sk| {
+            shelf_of(&shelves, st, sk)
+        });
+        let moved: i64 = to.iter().map(|(_, n)| n).sum();
+        if moved == 0 {
+            return Ok(0);
+        }
+        r.relocate(sku, from, &to)?;
+        let level = self.tx.stock(from, sku)?.unwrap_or_default();
+        let cause = held_for(r, EventType::Released, Reason::Reallocated, -moved);
+        self.change(from, sku, level.release(moved)?, cause)?;
+        for (store, n) in &to {
+            let level = shelf_of(&shelves, store, sku).level.unwrap_or_default();
+            let after = level
+                .reserve(*n)
+                .map_err(|_| LedgerError::Internal("reallocation over availability".into()))?;
+            let cause = held_for(r, EventType::Reserved, Reason::Reallocated, *n);
+            self.change(store, sku, after, cause)?;
+        }
+        Ok(moved)
     }
 
     /// Deletes up to `limit` events older than `retention`; offsets of the rest stay.
@@ -640,4 +747,28 @@ impl<T: Tx> Engine<'_, T> {
         }
         Ok(due.len())
     }
+}
+
+/// What a change of a reservation's stock records about it.
+fn held_for(r: &Reservation, event_type: EventType, reason: Reason, quantity: i64) -> Cause {
+    Cause {
+        event_type,
+        reason,
+        quantity,
+        order_id: Some(r.order_id.clone()),
+        reservation_id: Some(r.reservation_id),
+        external_ref: None,
+        channel: r.channel.clone(),
+    }
+}
+
+/// What the channel sees at (store, sku): nothing where the location has no row.
+fn shelf_of(shelves: &HashMap<(StoreId, Sku), Shelf>, store: &StoreId, sku: &Sku) -> Shelf {
+    shelves
+        .get(&(store.clone(), sku.clone()))
+        .copied()
+        .unwrap_or(Shelf {
+            level: None,
+            safety_stock: 0,
+        })
 }

@@ -1400,7 +1400,7 @@ async fn channel_store_and_till_traffic_race_without_overselling(backend: Backen
         return;
     };
     let l = f.ledger.clone();
-    let buffers = [("WH1", 0i64), ("S1", 2), ("S2", 1)];
+    let buffers = [("WH1", 1i64), ("S1", 2), ("S2", 0)];
     l.put_channel(
         channel("online"),
         channel_config(
@@ -1454,9 +1454,12 @@ async fn channel_store_and_till_traffic_race_without_overselling(backend: Backen
                         .await
                         .map(Some),
                     _ => {
-                        let mut sale = adjust("S1", x, Change::Delta(Delta::new(-1).unwrap()));
+                        // Tills in both stores: S2 is where the channel holds most, so
+                        // its sales take held units and make reallocation work.
+                        let till = if i % 8 == 3 { "S1" } else { "S2" };
+                        let mut sale = adjust(till, x, Change::Delta(Delta::new(-1).unwrap()));
                         sale.reason = AdjustReason::Sale;
-                        sale.channel = Some(channel("pos-S1"));
+                        sale.channel = Some(channel(&format!("pos-{till}")));
                         match l.adjust(sale).await {
                             Ok(_)
                             | Err(LedgerError::Domain(DomainError::InsufficientOnHand {
@@ -1479,7 +1482,7 @@ async fn channel_store_and_till_traffic_race_without_overselling(backend: Backen
     let buffer = |st: &str| buffers.iter().find(|b| b.0 == st).unwrap().1;
     let mut reserved: HashMap<(String, String), i64> = HashMap::new();
     let mut sold: HashMap<(String, String), i64> = HashMap::new();
-    let mut channel_reservations = 0;
+    let (mut channel_reservations, mut moved) = (0, 0);
     for e in &events {
         let d = &e.data;
         let key = (d.store_id.to_string(), d.product_sku.to_string());
@@ -1495,6 +1498,12 @@ async fn channel_store_and_till_traffic_race_without_overselling(backend: Backen
                 }
                 *reserved.entry(key).or_default() += d.quantity;
             }
+            EventType::Released => {
+                // Only reallocation releases here: a till sale took held units.
+                assert_eq!(d.reason, Reason::Reallocated, "{d:?}");
+                moved += 1;
+                *reserved.entry(key).or_default() += d.quantity;
+            }
             EventType::Adjusted if d.reason == Reason::Sale => {
                 *sold.entry(key).or_default() -= d.quantity;
             }
@@ -1506,6 +1515,7 @@ async fn channel_store_and_till_traffic_race_without_overselling(backend: Backen
         "the channel took part: {channel_reservations}"
     );
     assert!(sold.values().sum::<i64>() > 0, "the tills took part");
+    assert!(moved > 0, "reallocation took part");
     for row in l.all_stock().await.unwrap() {
         let key = (row.store_id.to_string(), row.sku.to_string());
         let on_hand = stocked[&key] - sold.get(&key).copied().unwrap_or(0);
@@ -1516,26 +1526,229 @@ async fn channel_store_and_till_traffic_race_without_overselling(backend: Backen
             "{key:?}"
         );
     }
-    // And what the answers hold is what the rows hold.
+    let orders = (0..6).flat_map(|round| (0..48).map(move |i| format!("O-{round}-{i}")));
+    holds_agree_with_rows(l.as_ref(), orders).await;
+}
+
+/// What the orders' reservations hold is what the stock rows hold (every order that
+/// holds anything is among `orders`); of each row's shortage, the channel
+/// reservations held there show as much as they hold, no more; store-direct holds are
+/// never marked short.
+async fn holds_agree_with_rows(ledger: &dyn Ledger, orders: impl Iterator<Item = String>) {
     let mut held: HashMap<(String, String), i64> = HashMap::new();
-    for round in 0..6 {
-        for i in 0..48 {
-            for r in l
-                .reservations_by_order(OrderId::parse(format!("O-{round}-{i}")).unwrap())
-                .await
-                .unwrap()
-            {
-                for line in &r.lines {
-                    for a in &line.allocations {
-                        *held
-                            .entry((a.store_id.to_string(), line.sku.to_string()))
-                            .or_default() += a.held();
+    let mut channel_held: HashMap<(String, String), (i64, i64)> = HashMap::new();
+    for order in orders {
+        for r in ledger
+            .reservations_by_order(OrderId::parse(order).unwrap())
+            .await
+            .unwrap()
+        {
+            for line in &r.lines {
+                for a in &line.allocations {
+                    let key = (a.store_id.to_string(), line.sku.to_string());
+                    *held.entry(key.clone()).or_default() += a.held();
+                    if r.channel.is_some() {
+                        let c = channel_held.entry(key).or_default();
+                        c.0 += a.held();
+                        c.1 += a.short;
+                    } else {
+                        assert_eq!(a.short, 0, "a store-direct hold is never marked");
                     }
                 }
             }
         }
     }
-    assert_eq!(held, reserved.into_iter().filter(|(_, n)| *n > 0).collect());
+    for row in ledger.all_stock().await.unwrap() {
+        let key = (row.store_id.to_string(), row.sku.to_string());
+        let reserved = row.level.reserved();
+        assert_eq!(held.get(&key).copied().unwrap_or(0), reserved, "{key:?}");
+        let (held, short) = channel_held.get(&key).copied().unwrap_or_default();
+        assert_eq!(short, row.level.shortage().min(held), "{key:?}");
+    }
+}
+
+/// (store, held, short) of each allocation of the reservation's line for `sk`.
+fn held_short(r: &invsync_core::Reservation, sk: &str) -> Vec<(String, i64, i64)> {
+    r.lines
+        .iter()
+        .find(|l| l.sku.as_str() == sk)
+        .unwrap()
+        .allocations
+        .iter()
+        .map(|a| (a.store_id.to_string(), a.held(), a.short))
+        .collect()
+}
+
+/// (event type, reason, store, quantity, reservation) of the log's stock events after
+/// `after`.
+async fn moves_after(
+    ledger: &dyn Ledger,
+    after: usize,
+) -> Vec<(EventType, Reason, String, i64, Option<uuid::Uuid>)> {
+    check_log(ledger).await[after..]
+        .iter()
+        .map(|e| {
+            let d = &e.data;
+            (
+                d.event_type,
+                d.reason,
+                d.store_id.to_string(),
+                d.quantity,
+                d.reservation_id,
+            )
+        })
+        .collect()
+}
+
+async fn a_till_sale_moves_channel_reservations_newest_first_or_marks_them_short(backend: Backend) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
+    let l = f.ledger.as_ref();
+    l.put_channel(
+        channel("online"),
+        channel_config(
+            Allocation::Priority,
+            Split::ByUnit,
+            &[("S1", 1, 0), ("WH1", 2, 1)],
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    stock_in(l, "S1", "A", 4).await;
+    stock_in(l, "WH1", "A", 3).await;
+    let minute = || f.clock.advance(TimeDelta::seconds(60));
+    // Oldest to newest: a store-direct order, then two online orders, all at S1.
+    let direct = l
+        .reserve(reserve("O-store", "S1", &[("A", 1)], None))
+        .await
+        .unwrap()
+        .reservation;
+    minute();
+    let older = l
+        .reserve(reserve_in("O-old", "online", &[("A", 2)]))
+        .await
+        .unwrap()
+        .reservation;
+    minute();
+    let newer = l
+        .reserve(reserve_in("O-new", "online", &[("A", 1)]))
+        .await
+        .unwrap()
+        .reservation;
+    assert_eq!(allocations(&older, "A"), [("S1".to_owned(), 2)]);
+    assert_eq!(allocations(&newer, "A"), [("S1".to_owned(), 1)]);
+    let before = check_log(l).await.len();
+
+    // The till sells 2 of S1's 4, all of them held: 2 short. The newest order moves
+    // first (its 1 unit), then 1 of the older one's; WH1 takes both (3 less its
+    // buffer of 1).
+    let mut sale = adjust("S1", "A", Change::Delta(Delta::new(-2).unwrap()));
+    sale.reason = AdjustReason::Sale;
+    let outcome = l.adjust(sale.clone()).await.unwrap();
+    assert_eq!(
+        (outcome.on_hand, outcome.reserved, outcome.shortage),
+        (2, 2, 0),
+        "the answer shows the row after reallocation"
+    );
+    let get = |id| async move { l.reservation(id).await.unwrap().unwrap() };
+    let (o, n) = (older.reservation_id, newer.reservation_id);
+    assert_eq!(held_short(&get(n).await, "A"), [("WH1".to_owned(), 1, 0)]);
+    assert_eq!(
+        held_short(&get(o).await, "A"),
+        [("S1".to_owned(), 1, 0), ("WH1".to_owned(), 1, 0)]
+    );
+    assert_eq!(
+        get(direct.reservation_id).await.lines,
+        direct.lines,
+        "a store-direct reservation never moves"
+    );
+    use EventType::{Adjusted, Released, Reserved};
+    let realloc = Reason::Reallocated;
+    assert_eq!(
+        moves_after(l, before).await,
+        [
+            (Adjusted, Reason::Sale, "S1".to_owned(), -2, None),
+            (Released, realloc, "S1".to_owned(), -1, Some(n)),
+            (Reserved, realloc, "WH1".to_owned(), 1, Some(n)),
+            (Released, realloc, "S1".to_owned(), -1, Some(o)),
+            (Reserved, realloc, "WH1".to_owned(), 1, Some(o)),
+        ]
+    );
+    let events = check_log(l).await;
+    assert!(
+        events[before + 1..]
+            .iter()
+            .all(|e| e.data.channel == Some(channel("online"))),
+        "a move carries the reservation's channel"
+    );
+
+    // Another sale: WH1 has nothing above its buffer any more, so the older order's
+    // last unit at S1 cannot move and is marked short. Only it: the store-direct
+    // order's share of a shortage is never marked.
+    let before = events.len();
+    sale.change = Change::Delta(Delta::new(-2).unwrap());
+    let outcome = l.adjust(sale).await.unwrap();
+    assert_eq!(
+        (outcome.on_hand, outcome.reserved, outcome.shortage),
+        (0, 2, 2)
+    );
+    assert_eq!(
+        held_short(&get(o).await, "A"),
+        [("S1".to_owned(), 1, 1), ("WH1".to_owned(), 1, 0)]
+    );
+    assert_eq!(get(direct.reservation_id).await.lines, direct.lines);
+    assert_eq!(
+        moves_after(l, before).await,
+        [(Adjusted, Reason::Sale, "S1".to_owned(), -2, None)],
+        "nothing moved"
+    );
+
+    // One unit back in: it covers the older, store-direct order first, so the
+    // online order is still short; a second unit covers it too.
+    let one = || adjust("S1", "A", Change::Delta(Delta::new(1).unwrap()));
+    assert_eq!(l.adjust(one()).await.unwrap().shortage, 1);
+    assert_eq!(held_short(&get(o).await, "A")[0], ("S1".to_owned(), 1, 1));
+    assert_eq!(l.adjust(one()).await.unwrap().shortage, 0);
+    assert_eq!(
+        held_short(&get(o).await, "A"),
+        [("S1".to_owned(), 1, 0), ("WH1".to_owned(), 1, 0)]
+    );
+    // A count of 0 makes it short again; a release of the store-direct order
+    // lowers the shortage to the online order's unit, which stays short.
+    let count = Change::SetOnHand(OnHandCount::new(0).unwrap());
+    let mut recount = adjust("S1", "A", count);
+    recount.reason = AdjustReason::CycleCount;
+    l.adjust(recount).await.unwrap();
+    assert_eq!(held_short(&get(o).await, "A")[0], ("S1".to_owned(), 1, 1));
+    l.release(
+        direct.reservation_id,
+        None,
+        ReleaseReason::OrderCancelled,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(held_short(&get(o).await, "A")[0], ("S1".to_owned(), 1, 1));
+    // Releasing the online order ends it: nothing held, nothing short, every row
+    // back to nothing reserved.
+    let released = l
+        .release(o, None, ReleaseReason::OrderCancelled, None)
+        .await
+        .unwrap();
+    assert!(released
+        .lines
+        .iter()
+        .flat_map(|l| &l.allocations)
+        .all(|a| a.held() == 0 && a.short == 0));
+    l.release(n, None, ReleaseReason::OrderCancelled, None)
+        .await
+        .unwrap();
+    for row in l.all_stock().await.unwrap() {
+        assert_eq!(row.level.reserved(), 0, "{row:?}");
+    }
+    check_log(l).await;
 }
 
 /// Runs each named test body against every back end.
@@ -1576,6 +1789,7 @@ conformance!(
     a_channel_is_versioned_and_changed_by_compare_and_set,
     a_channel_reservation_allocates_by_its_rules_and_never_into_safety_stock,
     channel_store_and_till_traffic_race_without_overselling,
+    a_till_sale_moves_channel_reservations_newest_first_or_marks_them_short,
 );
 
 /// A transaction that took a lower outbox id and commits after later ones: the relay
@@ -2098,6 +2312,20 @@ async fn postgres_overlapping_channel_reservations_from_several_instances_never_
                     .map(|o| Some(o.reservation.reservation_id))
             }));
         }
+        // Counts find nothing left at a location the channels hold at, then the stock
+        // comes back: every channel reservation held there moves (or is marked
+        // short) in the count's transaction, while the orders are placed.
+        for (i, st) in ["WH1", "S2", "WH1"].into_iter().enumerate() {
+            let ledger = instances[i].clone();
+            let sk = skus[(round + i) % 4];
+            tasks.push(tokio::spawn(async move {
+                let mut count = adjust(st, sk, Change::SetOnHand(OnHandCount::new(0).unwrap()));
+                count.reason = AdjustReason::CycleCount;
+                ledger.adjust(count).await?;
+                let refill = adjust(st, sk, Change::Delta(Delta::new(400).unwrap()));
+                ledger.adjust(refill).await.map(|_| None)
+            }));
+        }
         // The last round's reservations are released or fulfilled (each across its
         // allocations) on other instances while these are placed.
         for (i, id) in previous.drain(..).enumerate() {
@@ -2130,5 +2358,12 @@ async fn postgres_overlapping_channel_reservations_from_several_instances_never_
         "PostgreSQL saw a deadlock:\n{log}"
     );
     assert!(total > 300, "most reservations fit: {total}");
-    check_log(l).await;
+    let moved = check_log(l)
+        .await
+        .iter()
+        .filter(|e| e.data.reason == Reason::Reallocated)
+        .count();
+    assert!(moved > 0, "the counts made reservations move");
+    let orders = (0..4).flat_map(|round| (0..120).map(move |i| format!("O-{round}-{i}")));
+    holds_agree_with_rows(l, orders).await;
 }

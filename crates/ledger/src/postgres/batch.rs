@@ -47,6 +47,9 @@ pub(crate) struct State {
     by_key: HashMap<String, (String, Uuid)>,
     /// Stored reservations the batch changed.
     updated: HashSet<Uuid>,
+    /// Of those, the ones whose allocations changed (reallocation): their rows are
+    /// written again rather than updated.
+    relined: HashSet<Uuid>,
     adjustments: Vec<(String, String, String, DateTime<Utc>)>,
     /// Writes recorded in this batch, by key: (fingerprint, outcome JSON).
     adjustments_by_ref: HashMap<String, (String, String)>,
@@ -59,6 +62,9 @@ pub(crate) struct State {
     overrides: HashMap<ChannelId, (HashSet<Sku>, Overrides)>,
     /// Idempotency keys known (by the prefetch) to have no stored reservation.
     unused_keys: HashSet<String>,
+    /// Locks a command found it needed after the prefetch (reallocation) and could
+    /// not take at once: the next attempt's prefetch takes them in order.
+    pub(crate) learned: Prefetch,
 }
 
 type Undo = Box<dyn FnOnce(&mut State) + Send>;
@@ -372,6 +378,98 @@ impl Tx for BufferedTx<'_, '_> {
         Ok(())
     }
 
+    fn rewrite_reservation(
+        &mut self,
+        r: &Reservation,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        self.update_reservation(r, now)?;
+        let id = r.reservation_id;
+        if self.state.updated.contains(&id) && self.state.relined.insert(id) {
+            self.undo.push(Box::new(move |s: &mut State| {
+                s.relined.remove(&id);
+            }));
+        }
+        Ok(())
+    }
+
+    /// The prefetch could not know these reservations, nor the rows a move of them
+    /// may touch (every location of their channels), so they are locked here, after
+    /// the batch's other locks: out of the global order. Waiting for them could
+    /// deadlock, so they are taken `NOWAIT`; if one is busy, the batch is rolled back
+    /// and run again with all of them in its prefetch, where they are taken in order.
+    fn channel_holds(
+        &mut self,
+        store: &StoreId,
+        sku: &Sku,
+    ) -> Result<Vec<Reservation>, LedgerError> {
+        // What is stored, and what this batch made or changed and has not written yet.
+        let mut ids: Vec<Uuid> = query(
+            self.pg,
+            self.statements,
+            "SELECT DISTINCT l.reservation_id FROM reservation_lines l
+             JOIN reservations r ON r.id = l.reservation_id
+             WHERE l.store_id = $1 AND l.sku = $2 AND r.status = 'active'",
+            &[&store.as_str(), &sku.as_str()],
+        )?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+        ids.extend(
+            self.state
+                .reservations
+                .values()
+                .filter(|r| r.channel.is_some() && r.allocation(sku, store).is_some())
+                .map(|r| r.reservation_id),
+        );
+        ids.sort();
+        ids.dedup();
+        let missing: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !self.state.reservations.contains_key(id))
+            .copied()
+            .collect();
+        // Read unlocked first, to know which rows they may touch.
+        let unlocked = load_reservations(self.pg, &missing, false)?;
+        let mut rows: Vec<Key> = Vec::new();
+        let mut channels: Vec<ChannelId> = Vec::new();
+        for r in unlocked
+            .iter()
+            .chain(ids.iter().filter_map(|id| self.state.reservations.get(id)))
+        {
+            rows.extend(r.rows().iter().map(|(st, sk)| key(st, sk)));
+            channels.extend(r.channel.iter().cloned());
+        }
+        channels.sort();
+        channels.dedup();
+        for c in &channels {
+            rows.extend(channel_rows(
+                self.pg,
+                self.statements,
+                self.state,
+                c,
+                std::slice::from_ref(sku),
+            )?);
+        }
+        rows.retain(|k| !self.state.stock.contains_key(k));
+        rows.sort();
+        rows.dedup();
+        if let Err(e) = lock_now(self.pg, self.state, &missing, &rows) {
+            self.state.learned.reservations.extend(missing);
+            self.state.learned.rows.extend(rows);
+            return Err(e);
+        }
+        let mut holds = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = self.state.reservations.get(&id) {
+                if r.status == invsync_core::ReservationStatus::Active {
+                    holds.push(r.clone());
+                }
+            }
+        }
+        Ok(holds)
+    }
+
     fn recorded(&mut self, key: &str) -> Result<Option<(String, String)>, LedgerError> {
         if let Some(found) = self.state.adjustments_by_ref.get(key) {
             return Ok(Some(found.clone()));
@@ -487,6 +585,12 @@ pub(crate) struct Prefetch {
 }
 
 impl Prefetch {
+    /// Adds what `other` locks.
+    pub(crate) fn absorb(&mut self, other: Prefetch) {
+        self.reservations.extend(other.reservations);
+        self.rows.extend(other.rows);
+    }
+
     /// For a command that changes the reservation `id` (a release, a fulfilment).
     pub(crate) fn holding(id: uuid::Uuid) -> Self {
         Self {
@@ -639,6 +743,75 @@ fn lock_reservations(
     Ok(rows)
 }
 
+/// Locks, without waiting, reservations and stock rows a command needs beyond its
+/// prefetch, and loads them into the batch's state. A lock someone else holds is a
+/// [`LedgerError::Contention`]: the batch runs again, with these in its prefetch.
+fn lock_now(
+    pg: &mut Transaction<'_>,
+    state: &mut State,
+    ids: &[Uuid],
+    rows: &[Key],
+) -> Result<(), LedgerError> {
+    let busy = |e: postgres::Error| match e.code() {
+        Some(c) if *c == postgres::error::SqlState::LOCK_NOT_AVAILABLE => {
+            LedgerError::Contention(format!("a lock beyond the prefetch is busy: {e}"))
+        }
+        _ => LedgerError::from(e),
+    };
+    if !ids.is_empty() {
+        pg.query(
+            "SELECT 1 FROM reservations WHERE id = ANY($1) ORDER BY id FOR UPDATE NOWAIT",
+            &[&ids],
+        )
+        .map_err(busy)?;
+        for r in load_reservations(pg, ids, false)? {
+            state.reservations.insert(r.reservation_id, r);
+        }
+    }
+    if !rows.is_empty() {
+        let found = pg
+            .query(
+                "SELECT s.store_id, s.sku, s.on_hand, s.reserved, s.version
+                 FROM stock s JOIN unnest($1::text[], $2::text[]) AS w(store_id, sku)
+                   ON s.store_id = w.store_id AND s.sku = w.sku
+                 ORDER BY s.store_id, s.sku FOR UPDATE OF s NOWAIT",
+                &[
+                    &rows.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(),
+                    &rows.iter().map(|k| k.1.as_str()).collect::<Vec<_>>(),
+                ],
+            )
+            .map_err(busy)?;
+        remember_rows(state, rows, &found)?;
+    }
+    Ok(())
+}
+
+/// Records what PostgreSQL has for each of `rows` (`found`: the ones it has).
+fn remember_rows(state: &mut State, rows: &[Key], found: &[PgRow]) -> Result<(), LedgerError> {
+    for (store, sku) in rows {
+        state.stock.insert(
+            (store.clone(), sku.clone()),
+            Row {
+                level: None,
+                stored: false,
+                written: None,
+            },
+        );
+    }
+    for r in found {
+        let level = StockLevel::new(r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)?;
+        state.stock.insert(
+            (r.try_get(0)?, r.try_get(1)?),
+            Row {
+                level: Some(level),
+                stored: true,
+                written: None,
+            },
+        );
+    }
+    Ok(())
+}
+
 /// Locks the stock rows the batch does not hold yet, in (store, sku) order, and
 /// records what PostgreSQL has for each (a missing row is inserted at the flush).
 fn lock_rows(
@@ -653,17 +826,7 @@ fn lock_rows(
     if rows.is_empty() {
         return Ok(());
     }
-    for (store, sku) in &rows {
-        state.stock.insert(
-            (store.clone(), sku.clone()),
-            Row {
-                level: None,
-                stored: false,
-                written: None,
-            },
-        );
-    }
-    for r in query(
+    let found = query(
         pg,
         statements,
         "SELECT s.store_id, s.sku, s.on_hand, s.reserved, s.version
@@ -674,18 +837,8 @@ fn lock_rows(
             &rows.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(),
             &rows.iter().map(|k| k.1.as_str()).collect::<Vec<_>>(),
         ],
-    )? {
-        let level = StockLevel::new(r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)?;
-        state.stock.insert(
-            (r.try_get(0)?, r.try_get(1)?),
-            Row {
-                level: Some(level),
-                stored: true,
-                written: None,
-            },
-        );
-    }
-    Ok(())
+    )?;
+    remember_rows(state, &rows, &found)
 }
 
 /// Writes everything the batch buffered, set-based, in the transaction.
@@ -763,12 +916,16 @@ pub(crate) fn flush(
         write_lines(pg, statements, new.iter().map(|(r, _, _)| *r), true)?;
     }
 
-    // Stored reservations the batch changed.
+    // Stored reservations the batch changed: their status, and their rows updated
+    // (counters) or written again (allocations changed).
     let updated: Vec<&Reservation> = state
         .updated
         .iter()
         .filter_map(|id| state.reservations.get(id))
         .collect();
+    let (relined, counted): (Vec<&Reservation>, Vec<&Reservation>) = updated
+        .iter()
+        .partition(|r| state.relined.contains(&r.reservation_id));
     if !updated.is_empty() {
         execute(
             pg,
@@ -784,7 +941,19 @@ pub(crate) fn flush(
                 &state.now.unwrap_or(now),
             ],
         )?;
-        write_lines(pg, statements, updated.into_iter(), false)?;
+        if !counted.is_empty() {
+            write_lines(pg, statements, counted.into_iter(), false)?;
+        }
+        if !relined.is_empty() {
+            let ids: Vec<Uuid> = relined.iter().map(|r| r.reservation_id).collect();
+            execute(
+                pg,
+                statements,
+                "DELETE FROM reservation_lines WHERE reservation_id = ANY($1)",
+                &[&ids],
+            )?;
+            write_lines(pg, statements, relined.into_iter(), true)?;
+        }
     }
 
     if !state.adjustments.is_empty() {

@@ -237,11 +237,14 @@ impl Units {
         let mut conn = self.pool.get()?;
         let super::PgConn { client, statements } = &mut *conn;
         let mut last_error = String::new();
+        // What earlier attempts found they needed beyond the commands' prefetch.
+        let mut learned = Prefetch::default();
         for _ in 0..ATTEMPTS {
             let mut tx = client.transaction()?;
             let now = self.clock.now();
             let mut state = batch::State::default();
-            let wanted: Vec<&Prefetch> = batch.iter().map(|j| j.prefetch()).collect();
+            let mut wanted: Vec<&Prefetch> = batch.iter().map(|j| j.prefetch()).collect();
+            wanted.push(&learned);
             if let Err(e) = batch::prefetch(&mut tx, statements, &mut state, &wanted) {
                 match e {
                     LedgerError::Contention(e) => {
@@ -278,6 +281,7 @@ impl Units {
                     .and_then(|()| tx.commit().map_err(LedgerError::from_commit)),
                 Some(e) => Err(e),
             };
+            learned.absorb(std::mem::take(&mut state.learned));
             match result {
                 Err(LedgerError::Contention(e)) => last_error = e,
                 other => return other,

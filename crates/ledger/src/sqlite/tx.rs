@@ -201,24 +201,7 @@ impl Tx for SqliteTx<'_> {
                 r.expires_at.map(micros),
                 micros(r.created_at)
             ])?;
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO reservation_lines
-                 (reservation_id, line_no, sku, store_id, quantity, released, fulfilled, short)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        for (no, part) in crate::parts::rows(r).enumerate() {
-            stmt.execute(params![
-                r.reservation_id.as_bytes(),
-                no as i64,
-                part.sku,
-                part.store_id,
-                part.quantity,
-                part.released,
-                part.fulfilled,
-                part.short
-            ])?;
-        }
-        Ok(())
+        self.insert_lines(r)
     }
 
     fn update_reservation(
@@ -226,13 +209,7 @@ impl Tx for SqliteTx<'_> {
         r: &Reservation,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        self.conn
-            .prepare_cached("UPDATE reservations SET status = ?2, updated_at = ?3 WHERE id = ?1")?
-            .execute(params![
-                r.reservation_id.as_bytes(),
-                r.status.as_str(),
-                micros(now)
-            ])?;
+        self.set_status(r, now)?;
         // A release or fulfilment changes counters only: no allocation is added.
         let mut stmt = self.conn.prepare_cached(
             "UPDATE reservation_lines SET released = ?3, fulfilled = ?4, short = ?5
@@ -248,6 +225,41 @@ impl Tx for SqliteTx<'_> {
             ])?;
         }
         Ok(())
+    }
+
+    fn rewrite_reservation(
+        &mut self,
+        r: &Reservation,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        self.set_status(r, now)?;
+        self.conn
+            .prepare_cached("DELETE FROM reservation_lines WHERE reservation_id = ?1")?
+            .execute([r.reservation_id.as_bytes()])?;
+        self.insert_lines(r)
+    }
+
+    fn channel_holds(
+        &mut self,
+        store: &StoreId,
+        sku: &Sku,
+    ) -> Result<Vec<Reservation>, LedgerError> {
+        let ids: Vec<Vec<u8>> = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT l.reservation_id FROM reservation_lines l
+                 JOIN reservations r ON r.id = l.reservation_id
+                 WHERE l.store_id = ?1 AND l.sku = ?2 AND r.status = 'active'",
+            )?
+            .query_map([store.as_str(), sku.as_str()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut holds = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = rows::load_reservation(self.conn, rows::uuid(&id)?)? {
+                holds.push(r);
+            }
+        }
+        Ok(holds)
     }
 
     fn recorded(&mut self, key: &str) -> Result<Option<(String, String)>, LedgerError> {
@@ -322,5 +334,40 @@ impl Tx for SqliteTx<'_> {
              ORDER BY expires_at LIMIT ?2",
             params![micros(now), limit as i64],
         )
+    }
+}
+
+impl SqliteTx<'_> {
+    fn set_status(&mut self, r: &Reservation, now: DateTime<Utc>) -> Result<(), LedgerError> {
+        self.conn
+            .prepare_cached("UPDATE reservations SET status = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![
+                r.reservation_id.as_bytes(),
+                r.status.as_str(),
+                micros(now)
+            ])?;
+        Ok(())
+    }
+
+    /// Inserts every allocation row of `r`.
+    fn insert_lines(&mut self, r: &Reservation) -> Result<(), LedgerError> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO reservation_lines
+                 (reservation_id, line_no, sku, store_id, quantity, released, fulfilled, short)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for (no, part) in crate::parts::rows(r).enumerate() {
+            stmt.execute(params![
+                r.reservation_id.as_bytes(),
+                no as i64,
+                part.sku,
+                part.store_id,
+                part.quantity,
+                part.released,
+                part.fulfilled,
+                part.short
+            ])?;
+        }
+        Ok(())
     }
 }
