@@ -27,7 +27,7 @@ mod wire;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use axum::Router;
 use invsync_consumers::storefront::StorefrontReader;
 use invsync_consumers::ConsumerHandle;
@@ -173,7 +173,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/channels/{channel_id}/safety-stock",
-            put(channels::set_safety_stock),
+            get(channels::get_safety_stock).put(channels::set_safety_stock),
         )
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(stream::stream))

@@ -468,6 +468,24 @@ pub(crate) struct SafetyStockBody {
     pub(crate) items: Vec<SafetyItemBody>,
 }
 
+/// One per-SKU safety-stock override in force.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SafetyOverrideView {
+    #[schema(value_type = crate::openapi::Identifier)]
+    pub(crate) store_id: String,
+    #[schema(value_type = crate::openapi::Identifier)]
+    pub(crate) sku: String,
+    pub(crate) safety_stock: i64,
+    /// Rises by one with every change of this (channel, store, sku)'s override.
+    pub(crate) version: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SafetyOverrideList {
+    /// The channel's overrides in force, by (store, sku); removed ones are left out.
+    pub(crate) items: Vec<SafetyOverrideView>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SafetyStockView {
     /// How many items changed something (an item repeating the value in force changes

@@ -1,7 +1,7 @@
 //! `invsync check`: audits a running server. Every ledger level must equal the event
 //! of its key with the same version, offsets must be gapless and versions consecutive
 //! within the retained log, and the storefront projection, once caught up, must agree
-//! with the ledger. Reads only; safe against a live server (it compares each row with
+//! with the ledger, its channel availability too. Reads only; safe against a live server (it compares each row with
 //! the log as of the offset the row's snapshot page names).
 
 use std::collections::{BTreeMap, HashMap};
@@ -222,8 +222,9 @@ pub async fn run(client: &Client, wait: Duration) -> Result<Report, ClientError>
         }
     ));
 
-    // 4. The storefront projection, once it has caught up with the snapshot.
-    check_storefront(
+    // 4. The storefront projection, once it has caught up with the snapshot; then
+    // 5. its channel availability against the formula, from the ledger's rows.
+    let caught_up = check_storefront(
         client,
         wait,
         snapshot_offset,
@@ -232,7 +233,143 @@ pub async fn run(client: &Client, wait: Duration) -> Result<Report, ClientError>
         &mut report,
     )
     .await?;
+    if caught_up {
+        check_channels(client, &rows, &mut report).await?;
+    }
     Ok(report)
+}
+
+/// The storefront's channel availability, for every channel and every SKU the ledger
+/// has, against channels.md's formula computed from the ledger: per location
+/// `max(0, available − safety stock)` (the SKU's override, else the location's), and
+/// their sum. A location whose projected row is at another version than the
+/// snapshot's (a live server moved on) is not compared, and counted in a note.
+async fn check_channels(
+    client: &Client,
+    rows: &[(Key, Value, i64)],
+    report: &mut Report,
+) -> Result<(), ClientError> {
+    let (_, listed) = client.call(Method::GET, "/v1/channels", None).await?;
+    let channels = listed["items"].as_array().cloned().unwrap_or_default();
+    let ledger: HashMap<&Key, (i64, i64)> = rows
+        .iter()
+        .map(|(k, row, _)| {
+            let available = row["available"].as_i64().unwrap_or(i64::MIN);
+            (k, (available, row["version"].as_i64().unwrap_or(-1)))
+        })
+        .collect();
+    let mut skus: Vec<&str> = rows.iter().map(|((_, sku), _, _)| sku.as_str()).collect();
+    skus.sort_unstable();
+    skus.dedup();
+    let (mut compared, mut moved_on) = (0, 0);
+    for channel in &channels {
+        let id = channel["channel_id"].as_str().unwrap_or("?");
+        let (_, overrides) = client
+            .call(
+                Method::GET,
+                &format!("/v1/channels/{}/safety-stock", crate::enc(id)),
+                None,
+            )
+            .await?;
+        let overrides: HashMap<Key, i64> = overrides["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| {
+                (
+                    key(o, "store_id", "sku"),
+                    o["safety_stock"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect();
+        let defaults: HashMap<&str, i64> = channel["locations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                let store = l["store_id"].as_str().unwrap_or("?");
+                (store, l["safety_stock"].as_i64().unwrap_or(0))
+            })
+            .collect();
+        // Up to 100 SKUs a request; a SKU holding a comma is asked on its own route.
+        let (listed, alone): (Vec<&str>, Vec<&str>) = skus.iter().partition(|s| !s.contains(','));
+        let channel_q = format!("channel={}", crate::enc(id));
+        let paths = listed
+            .chunks(100)
+            .map(|chunk| {
+                let list: Vec<String> = chunk.iter().map(|s| crate::enc(s)).collect();
+                format!(
+                    "/v1/storefront/availability?skus={}&{channel_q}",
+                    list.join(",")
+                )
+            })
+            .chain(
+                alone
+                    .iter()
+                    .map(|s| format!("/v1/storefront/availability/{}?{channel_q}", crate::enc(s))),
+            );
+        for path in paths {
+            let (_, page) = client.call(Method::GET, &path, None).await?;
+            let items = match page["items"].as_array() {
+                Some(items) => items.clone(),
+                None => vec![page],
+            };
+            for item in &items {
+                let sku = item["sku"].as_str().unwrap_or("?");
+                let name = format!("storefront channel {id} {sku}");
+                let stores = item["stores"].as_array().cloned().unwrap_or_default();
+                if stores.len() != defaults.len() {
+                    report.problem(format!(
+                        "{name}: {} locations, the channel has {}",
+                        stores.len(),
+                        defaults.len()
+                    ));
+                }
+                let total: i64 = stores.iter().filter_map(|s| s["available"].as_i64()).sum();
+                if item["available"].as_i64() != Some(total) {
+                    report.problem(format!(
+                        "{name}: available {} is not the sum of its locations' {total}",
+                        item["available"]
+                    ));
+                }
+                for s in &stores {
+                    let store = s["store_id"].as_str().unwrap_or("?");
+                    let k = (store.to_owned(), sku.to_owned());
+                    let (available, version) = ledger.get(&k).copied().unwrap_or((0, 0));
+                    if s["version"].as_i64() != Some(version) {
+                        moved_on += 1;
+                        continue;
+                    }
+                    let Some(default) = defaults.get(store) else {
+                        report.problem(format!("{name}: {store} is not a location of it"));
+                        continue;
+                    };
+                    let safety = overrides.get(&k).copied().unwrap_or(*default);
+                    let expected = (available - safety).max(0);
+                    compared += 1;
+                    if s["available"].as_i64() != Some(expected) {
+                        report.problem(format!(
+                            "{name} at {store}: shows {}, the ledger's available {available} less safety stock {safety} gives {expected}",
+                            s["available"]
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    report.notes.push(format!(
+        "channels: {} compared with the formula ({}, {}){}",
+        count(compared, "location figure"),
+        count(channels.len(), "channel"),
+        count(skus.len(), "SKU"),
+        if moved_on > 0 {
+            format!(", {moved_on} skipped (changed since the snapshot)")
+        } else {
+            String::new()
+        }
+    ));
+    Ok(())
 }
 
 async fn check_storefront(
@@ -242,7 +379,7 @@ async fn check_storefront(
     rows: &[(Key, Value, i64)],
     histories: &HashMap<Key, History>,
     report: &mut Report,
-) -> Result<(), ClientError> {
+) -> Result<bool, ClientError> {
     let deadline = Instant::now() + wait;
     loop {
         let (_, consumers) = client.call(Method::GET, "/v1/consumers", None).await?;
@@ -256,7 +393,7 @@ async fn check_storefront(
             report
                 .notes
                 .push("storefront: not running on this server".into());
-            return Ok(());
+            return Ok(false);
         };
         let position = storefront["position"].as_i64().unwrap_or(0);
         if position >= snapshot_offset {
@@ -266,7 +403,7 @@ async fn check_storefront(
             report.problem(format!(
                 "storefront: still at offset {position}, behind the ledger's {snapshot_offset} after {wait:?}"
             ));
-            return Ok(());
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -329,5 +466,5 @@ async fn check_storefront(
         "storefront: {} rows compared with the ledger",
         view.len()
     ));
-    Ok(())
+    Ok(true)
 }

@@ -16,7 +16,7 @@ use common::receiver::{
     args, assert_check_passes, assert_per_sku_order, webhook_flags, Receiver, Seen,
 };
 use common::{
-    adjust, all_events, client, eventually, get, post, private_postgres, storefront_caught_up,
+    adjust, all_events, client, eventually, get, post, private_postgres, put, storefront_caught_up,
     Server, BIN,
 };
 use serde_json::{json, Value};
@@ -543,21 +543,34 @@ async fn retention_purges_old_events_and_a_new_storefront_bootstraps_from_a_snap
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &["--retention", "1s"]);
     let (http, url) = (client(), server.url.clone());
+    // A channel and an override: their events pass retention too, and the rebuilt
+    // storefront must still know them (offsets 1 and 2).
+    let online = json!({"allocation": "priority", "split": "by_unit",
+        "locations": [{"store_id": "S1", "safety_stock": 1}, {"store_id": "S2", "priority": 2}]});
+    assert_eq!(
+        put(&http, &format!("{url}/v1/channels/online"), online)
+            .await
+            .0,
+        200
+    );
+    let buffer = json!({"items": [{"store_id": "S1", "sku": "T3", "safety_stock": 3}]});
+    let path = format!("{url}/v1/channels/online/safety-stock");
+    assert_eq!(put(&http, &path, buffer).await.0, 200);
     for k in 0..5 {
         adjust(&http, &url, "S1", &format!("T{k}"), 1 + k).await;
     }
-    // The janitor purges events as they pass retention; wait until all five have.
+    // The janitor purges events as they pass retention; wait until all seven have.
     let gone = eventually("the janitor purges past retention", WAIT, || async {
         let (status, body) = get(&http, &format!("{url}/v1/events?after=0")).await;
-        (status == 410 && body["oldest_offset"] == 6).then_some(body)
+        (status == 410 && body["oldest_offset"] == 8).then_some(body)
     })
     .await;
     assert_eq!(gone["code"], "gone");
     adjust(&http, &url, "S1", "T0", 1).await;
-    let (status, page) = get(&http, &format!("{url}/v1/events?after=5")).await;
+    let (status, page) = get(&http, &format!("{url}/v1/events?after=7")).await;
     assert_eq!(
         (status, page["events"][0]["offset"].as_i64()),
-        (200, Some(6))
+        (200, Some(8))
     );
 
     // A storefront that starts from nothing while the log no longer reaches back to
@@ -584,7 +597,34 @@ async fn retention_purges_old_events_and_a_new_storefront_bootstraps_from_a_snap
         (t0["on_hand"].as_i64(), t0["version"].as_i64()),
         (Some(2), Some(2))
     );
-    assert_check_passes(&url);
+    // The channel and its override came with the snapshot: S1 keeps 1 of T0's 2 and
+    // 3 of T3's 4 for walk-in customers; S2 has no rows.
+    let (_, listed) = get(
+        &http,
+        &format!("{url}/v1/storefront/availability?skus=T0,T3&channel=online"),
+    )
+    .await;
+    let available: Vec<(i64, i64)> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let s1 = &i["stores"][0];
+            assert_eq!(s1["store_id"], "S1", "{i}");
+            (
+                i["available"].as_i64().unwrap(),
+                s1["available"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(available, [(1, 1), (1, 1)], "{listed}");
+    let report = assert_check_passes(&url);
+    assert!(
+        report.contains(
+            "channels: 10 location figures compared with the formula (1 channel, 5 SKUs)"
+        ),
+        "{report}"
+    );
 }
 
 /// Reads SSE messages until `n` events arrived; returns their offsets. The deadline
@@ -700,6 +740,82 @@ async fn check_passes_on_a_consistent_server_and_fails_on_a_row_altered_behind_i
             .or_default() += 1;
     }
     assert_eq!(by_problem.get("ledger"), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_compares_every_channels_availability_with_the_formula() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (http, url) = (client(), server.url.clone());
+    let channels = [
+        json!({"allocation": "priority", "split": "by_unit", "locations": [
+            {"store_id": "WH1", "priority": 1}, {"store_id": "Store #1", "priority": 2, "safety_stock": 2}]}),
+        json!({"allocation": "most_available", "split": "none",
+            "locations": [{"store_id": "Store #1"}]}),
+    ];
+    for (id, body) in ["online", "pos-1"].iter().zip(channels) {
+        let (status, v) = put(&http, &format!("{url}/v1/channels/{id}"), body).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let buffer = json!({"items": [{"store_id": "WH1", "sku": "TEE, RED", "safety_stock": 4}]});
+    let path = format!("{url}/v1/channels/online/safety-stock");
+    assert_eq!(put(&http, &path, buffer).await.0, 200);
+    // A SKU with a comma, one with a slash, 120 plain ones (two listing pages).
+    let mut skus = vec!["TEE, RED".to_owned(), "CAP/XL".to_owned()];
+    skus.extend((0..120).map(|i| format!("K{i:03}")));
+    let items: Vec<Value> = skus
+        .iter()
+        .flat_map(|sku| {
+            ["WH1", "Store #1"]
+                .map(|st| json!({"store_id": st, "sku": sku, "delta": 5, "reason": "stock_in"}))
+        })
+        .collect();
+    let (status, v) = post(
+        &http,
+        &format!("{url}/v1/adjustments/batch"),
+        json!({"items": items}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let order = json!({"order_id": "O-1", "channel": "online",
+        "lines": [{"sku": "TEE, RED", "quantity": 2}]});
+    assert_eq!(
+        post(&http, &format!("{url}/v1/reservations"), order)
+            .await
+            .0,
+        201
+    );
+
+    let report = assert_check_passes(&url);
+    assert!(
+        report.contains(
+            "channels: 366 location figures compared with the formula (2 channels, 122 SKUs)"
+        ),
+        "{report}"
+    );
+    // The projection's safety stock altered behind its back: check names the SKU
+    // and location whose channel availability no longer follows the formula.
+    let changed = rusqlite_free_update(
+        &dir.path().join("storefront.db"),
+        "UPDATE view_safety SET safety_stock = 0",
+    );
+    assert_eq!(changed, 1);
+    let bad = std::process::Command::new(BIN)
+        .args(["check", "--url", &url])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{report}");
+    let problems: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("PROBLEM"))
+        .collect();
+    assert_eq!(problems.len(), 1, "{report}");
+    assert!(
+        problems[0].contains("storefront channel online TEE, RED at WH1: shows 4")
+            && problems[0].contains("gives 0"),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,10 @@ use invsync_core::ChannelId;
 use crate::auth::{AdminScope, Auth, ReadScope};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{field, ApiJson, ApiPath};
-use crate::wire::{ChannelBody, ChannelList, ChannelView, SafetyStockBody, SafetyStockView};
+use crate::wire::{
+    ChannelBody, ChannelList, ChannelView, SafetyOverrideList, SafetyOverrideView, SafetyStockBody,
+    SafetyStockView,
+};
 use crate::AppState;
 
 fn channel_id(raw: String) -> Result<ChannelId, ApiError> {
@@ -108,4 +111,36 @@ pub(crate) async fn set_safety_stock(
     let items = SafetyOverrides::new(items)?;
     let applied = state.ledger().set_safety_stock(id, items).await?;
     Ok(Json(SafetyStockView { applied }))
+}
+
+/// The channel's per-SKU safety-stock overrides in force (where none is set, the
+/// location's `safety_stock` applies).
+#[utoipa::path(get, path = "/v1/channels/{channel_id}/safety-stock", tag = "channels", operation_id = "get_safety_stock",
+    params(("channel_id" = crate::openapi::Identifier, Path)),
+    responses((status = 200, body = SafetyOverrideList), (status = 404, body = crate::error::Problem)))]
+pub(crate) async fn get_safety_stock(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<SafetyOverrideList>> {
+    let id = channel_id(id)?;
+    let snapshot = state.ledger().channel_snapshot().await?;
+    if !snapshot.channels.iter().any(|c| c.channel_id == id) {
+        return Err(ApiError::not_found("channel"));
+    }
+    let mut items: Vec<SafetyOverrideView> = snapshot
+        .overrides
+        .into_iter()
+        .filter(|o| o.channel_id == id)
+        .filter_map(|o| {
+            Some(SafetyOverrideView {
+                safety_stock: o.safety_stock?,
+                store_id: o.store_id.to_string(),
+                sku: o.sku.to_string(),
+                version: o.version,
+            })
+        })
+        .collect();
+    items.sort_by(|a, b| (&a.store_id, &a.sku).cmp(&(&b.store_id, &b.sku)));
+    Ok(Json(SafetyOverrideList { items }))
 }

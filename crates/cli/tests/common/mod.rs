@@ -117,6 +117,12 @@ pub async fn post(http: &reqwest::Client, url: &str, body: Value) -> (u16, Value
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+pub async fn put(http: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
+    let resp = http.put(url).json(&body).send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 pub async fn adjust(
     http: &reqwest::Client,
     url: &str,

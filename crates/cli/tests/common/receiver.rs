@@ -238,14 +238,13 @@ pub fn assert_first_arrivals_in_order(seen: &Seen) {
 }
 
 /// Runs `invsync check` against the server and requires it to pass.
-pub fn assert_check_passes(url: &str) {
+/// Runs `invsync check` and requires it to pass; returns its report.
+pub fn assert_check_passes(url: &str) -> String {
     let out = std::process::Command::new(BIN)
         .args(["check", "--url", url])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{report}");
+    report
 }
