@@ -512,6 +512,29 @@ fn bench_runs_every_workload_and_its_oversell_check_passes() {
         let reserved = summary["answers"]["reserve 201"].as_u64().unwrap_or(0);
         assert_eq!(reserved > 0, seeded, "{summary}");
     }
+    // Last, since its seeding counts the catalog down to 10 a row: channel
+    // reservations racing till sales, on little stock so that the safety
+    // stock binds and sales take held units; the check read every RESERVED event.
+    let summary = bench(
+        &server.url,
+        &[
+            "--workload",
+            "channels",
+            "--stock",
+            "10",
+            "--till-sales",
+            "25",
+        ],
+    );
+    let answers = summary["answers"].as_object().unwrap();
+    for op in ["reserve 201", "reserve 409 insufficient_stock", "sale 200"] {
+        assert!(answers.contains_key(op), "channels has {op}: {summary}");
+    }
+    let check = summary["oversell_check"].as_str().unwrap();
+    assert!(
+        check.contains("RESERVED events took a row below 0"),
+        "{check}"
+    );
 }
 
 /// Every client command the README shows in a `sh` block runs, exactly as written
