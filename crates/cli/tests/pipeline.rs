@@ -742,6 +742,112 @@ async fn check_passes_on_a_consistent_server_and_fails_on_a_row_altered_behind_i
     assert_eq!(by_problem.get("ledger"), Some(&1));
 }
 
+/// What the storefront shows: every row, and each SKU's availability through every
+/// channel, without the fields that say when it was asked (`as_of`, `lag_ms`).
+async fn storefront_view(http: &reqwest::Client, url: &str, skus: &[&str]) -> Value {
+    let (_, rows) = get(http, &format!("{url}/v1/storefront/rows?limit=1000")).await;
+    let mut view = json!({"rows": rows["items"]});
+    for channel in ["online", "pos-1"] {
+        let path = format!(
+            "{url}/v1/storefront/availability?skus={}&channel={channel}",
+            skus.join(",")
+        );
+        let (status, mut listed) = get(http, &path).await;
+        assert_eq!(status, 200, "{listed}");
+        for item in listed["items"].as_array_mut().unwrap() {
+            let item = item.as_object_mut().unwrap();
+            item.remove("as_of");
+            item.remove("lag_ms");
+        }
+        view[channel] = listed["items"].clone();
+    }
+    view
+}
+
+/// A storefront that starts from nothing while the log still reaches back to offset
+/// 1 follows the log from its start: channel configuration, overrides, channel
+/// reservations, till sales and their reallocations. It must end up equal to the
+/// live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storefront_rebuilt_from_the_log_equals_the_live_one_channels_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let (http, url) = (client(), server.url.clone());
+    let online = json!({"allocation": "most_available", "split": "by_unit", "locations": [
+        {"store_id": "WH1"}, {"store_id": "S1", "safety_stock": 1}, {"store_id": "S2", "safety_stock": 2}]});
+    assert_eq!(
+        put(&http, &format!("{url}/v1/channels/online"), online)
+            .await
+            .0,
+        200
+    );
+    let pos = json!({"allocation": "priority", "split": "none", "locations": [{"store_id": "S1"}]});
+    assert_eq!(
+        put(&http, &format!("{url}/v1/channels/pos-1"), pos).await.0,
+        200
+    );
+    let skus = ["A", "B", "C", "D"];
+    for (i, sku) in skus.iter().enumerate() {
+        for st in ["WH1", "S1", "S2"] {
+            adjust(&http, &url, st, sku, 3 + i as i64).await;
+        }
+    }
+    // Overrides set, changed and removed: the view must end with the last of each.
+    let path = format!("{url}/v1/channels/online/safety-stock");
+    for value in [json!(4), json!(0), Value::Null] {
+        let items = json!({"items": [{"store_id": "S1", "sku": "A", "safety_stock": value},
+            {"store_id": "WH1", "sku": "B", "safety_stock": 2}]});
+        assert_eq!(put(&http, &path, items).await.0, 200);
+    }
+    // The channel changes after the first orders.
+    for round in 0..2 {
+        for i in 0..12 {
+            let sku = skus[i % 4];
+            let order = json!({"order_id": format!("O-{round}-{i}"), "channel": "online",
+                "lines": [{"sku": sku, "quantity": 1 + i % 3}]});
+            post(&http, &format!("{url}/v1/reservations"), order).await;
+            let till = ["WH1", "S1", "S2"][i % 3];
+            let sale = json!({"store_id": till, "sku": sku, "delta": -1,
+                "reason": "sale", "channel": "pos-1"});
+            post(&http, &format!("{url}/v1/adjustments"), sale).await;
+        }
+        let changed = json!({"allocation": "priority", "split": "by_line", "locations": [
+            {"store_id": "S2", "priority": 1}, {"store_id": "WH1", "priority": 2, "safety_stock": 1}]});
+        assert_eq!(
+            put(&http, &format!("{url}/v1/channels/online"), changed)
+                .await
+                .0,
+            200
+        );
+    }
+    let moved = all_events(&http, &url)
+        .await
+        .iter()
+        .filter(|(_, e)| e["data"]["reason"] == "reallocated")
+        .count();
+    assert!(moved > 0, "some sales took held units and moved them");
+    eventually("the storefront catches up", WAIT, || async {
+        storefront_caught_up(&http, &url).await.then_some(())
+    })
+    .await;
+    let live = storefront_view(&http, &url, &skus).await;
+    assert_eq!(live["rows"].as_array().unwrap().len(), 12, "{live}");
+
+    server.kill();
+    for f in ["storefront.db", "storefront.db-wal", "storefront.db-shm"] {
+        std::fs::remove_file(dir.path().join(f)).ok();
+    }
+    let server = Server::start(dir.path(), &[]);
+    let url = server.url.clone();
+    eventually("the new storefront catches up", WAIT, || async {
+        storefront_caught_up(&http, &url).await.then_some(())
+    })
+    .await;
+    let rebuilt = storefront_view(&http, &url, &skus).await;
+    assert_eq!(rebuilt, live);
+    assert_check_passes(&url);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_compares_every_channels_availability_with_the_formula() {
     let dir = tempfile::tempdir().unwrap();
