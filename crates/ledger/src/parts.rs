@@ -35,6 +35,47 @@ pub(crate) fn rows(r: &Reservation) -> impl Iterator<Item = PartRow<&str>> {
     })
 }
 
+/// One allocation row as the embedded ledger stores it inline, in a JSON array:
+/// `[sku, store or null, quantity, released, fulfilled, short]`.
+type InlineRow<S> = (S, Option<S>, i64, i64, i64, i64);
+
+/// The rows of a reservation as the JSON text the embedded ledger keeps inline.
+pub(crate) fn rows_json(r: &Reservation) -> Result<String, LedgerError> {
+    let inline: Vec<InlineRow<&str>> = rows(r)
+        .map(|p| {
+            (
+                p.sku,
+                p.store_id,
+                p.quantity,
+                p.released,
+                p.fulfilled,
+                p.short,
+            )
+        })
+        .collect();
+    serde_json::to_string(&inline)
+        .map_err(|e| LedgerError::Internal(format!("encoding reservation lines: {e}")))
+}
+
+/// The rows kept inline, read back.
+pub(crate) fn rows_from_json(text: &str) -> Result<Vec<PartRow>, LedgerError> {
+    let inline: Vec<InlineRow<String>> =
+        serde_json::from_str(text).map_err(|e| corrupt("reservation lines", e))?;
+    Ok(inline
+        .into_iter()
+        .map(
+            |(sku, store_id, quantity, released, fulfilled, short)| PartRow {
+                sku,
+                store_id,
+                quantity,
+                released,
+                fulfilled,
+                short,
+            },
+        )
+        .collect())
+}
+
 /// Who a stored reservation is held for: its store, or its channel when it has one
 /// (a channel reservation stores '' as its store).
 pub(crate) fn place(

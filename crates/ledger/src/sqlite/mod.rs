@@ -692,12 +692,7 @@ impl EventLog for SqliteLedger {
     async fn offset_at(&self, since: DateTime<Utc>) -> Result<i64, LedgerError> {
         self.read(move |c| {
             in_snapshot(c, |c| {
-                let first: Option<i64> = c.query_row(
-                    "SELECT min(log_offset) FROM events WHERE occurred_at >= ?1",
-                    [rows::micros(since)],
-                    |r| r.get(0),
-                )?;
-                Ok(match first {
+                Ok(match rows::first_offset_since(c, since)? {
                     Some(offset) => offset,
                     None => rows::last_offset(c)? + 1,
                 })

@@ -9,7 +9,6 @@ use uuid::Uuid;
 
 use crate::error::LedgerError;
 use crate::model::StockRow;
-use crate::parts::PartRow;
 
 pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -61,40 +60,28 @@ pub(crate) fn load_reservation(
 ) -> Result<Option<Reservation>, LedgerError> {
     let head = conn
         .prepare_cached(
-            "SELECT order_id, store_id, channel, status, expires_at, created_at
+            "SELECT order_id, store_id, channel, status, expires_at, created_at, lines
              FROM reservations WHERE id = ?1",
         )?
         .query_row([id.as_bytes()], |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
+                (
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ),
                 r.get::<_, String>(3)?,
                 r.get::<_, Option<i64>>(4)?,
                 r.get::<_, i64>(5)?,
+                r.get::<_, String>(6)?,
             ))
         })
         .optional()?;
-    let Some((order_id, store_id, channel, status, expires_at, created_at)) = head else {
+    let Some(((order_id, store_id, channel), status, expires_at, created_at, lines)) = head else {
         return Ok(None);
     };
     let (store_id, channel) = crate::parts::place(store_id, channel)?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT sku, store_id, quantity, released, fulfilled, short FROM reservation_lines
-         WHERE reservation_id = ?1 ORDER BY line_no",
-    )?;
-    let mut rows = stmt.query([id.as_bytes()])?;
-    let mut parts = Vec::new();
-    while let Some(row) = rows.next()? {
-        parts.push(PartRow {
-            sku: row.get(0)?,
-            store_id: row.get(1)?,
-            quantity: row.get(2)?,
-            released: row.get(3)?,
-            fulfilled: row.get(4)?,
-            short: row.get(5)?,
-        });
-    }
+    let parts = crate::parts::rows_from_json(&lines)?;
     Ok(Some(Reservation {
         reservation_id: id,
         order_id: OrderId::parse(order_id).map_err(|e| corrupt("order_id", e))?,
@@ -140,6 +127,46 @@ pub(crate) fn last_offset(conn: &Connection) -> Result<i64, LedgerError> {
     Ok(conn
         .prepare_cached("SELECT value FROM meta WHERE key = 'last_offset'")?
         .query_row(params![], |r| r.get(0))?)
+}
+
+/// The first retained offset whose event occurred at or after `t`; `None` when every
+/// retained event is older (or none is retained). The log has no time index: offsets
+/// grow with time, so a binary search over them finds it in ~log2(n) lookups by
+/// offset.
+pub(crate) fn first_offset_since(
+    conn: &Connection,
+    t: DateTime<Utc>,
+) -> Result<Option<i64>, LedgerError> {
+    let t = micros(t);
+    let end = |order: &str| -> Result<Option<i64>, LedgerError> {
+        let sql = format!("SELECT log_offset FROM events ORDER BY log_offset {order} LIMIT 1");
+        Ok(conn
+            .prepare_cached(&sql)?
+            .query_row([], |r| r.get(0))
+            .optional()?)
+    };
+    let (Some(mut lo), Some(mut hi)) = (end("ASC")?, end("DESC")?) else {
+        return Ok(None);
+    };
+    // The event at `offset`, or the next one retained: the search holds even if a
+    // hole was ever left in the log.
+    let mut at = conn.prepare_cached(
+        "SELECT occurred_at FROM events WHERE log_offset >= ?1 ORDER BY log_offset LIMIT 1",
+    )?;
+    let mut occurred =
+        |offset: i64| -> Result<i64, LedgerError> { Ok(at.query_row([offset], |r| r.get(0))?) };
+    if occurred(hi)? < t {
+        return Ok(None);
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if occurred(mid)? >= t {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(Some(lo))
 }
 
 /// A `meta` value; 0 when the key was never written.

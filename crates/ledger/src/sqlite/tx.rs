@@ -187,8 +187,8 @@ impl Tx for SqliteTx<'_> {
         self.conn
             .prepare_cached(
                 "INSERT INTO reservations
-                 (id, order_id, store_id, channel, idem_key, fingerprint, status, expires_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                 (id, order_id, store_id, channel, idem_key, fingerprint, status, expires_at, created_at, updated_at, lines)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
             )?
             .execute(params![
                 r.reservation_id.as_bytes(),
@@ -199,9 +199,10 @@ impl Tx for SqliteTx<'_> {
                 fingerprint,
                 r.status.as_str(),
                 r.expires_at.map(micros),
-                micros(r.created_at)
+                micros(r.created_at),
+                crate::parts::rows_json(r)?
             ])?;
-        self.insert_lines(r)
+        self.list_holds(r)
     }
 
     fn update_reservation(
@@ -209,21 +210,16 @@ impl Tx for SqliteTx<'_> {
         r: &Reservation,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        self.set_status(r, now)?;
-        // A release or fulfilment changes counters only: no allocation is added.
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE reservation_lines SET released = ?3, fulfilled = ?4, short = ?5
-             WHERE reservation_id = ?1 AND line_no = ?2",
-        )?;
-        for (no, part) in crate::parts::rows(r).enumerate() {
-            stmt.execute(params![
+        self.conn
+            .prepare_cached(
+                "UPDATE reservations SET status = ?2, updated_at = ?3, lines = ?4 WHERE id = ?1",
+            )?
+            .execute(params![
                 r.reservation_id.as_bytes(),
-                no as i64,
-                part.released,
-                part.fulfilled,
-                part.short
+                r.status.as_str(),
+                micros(now),
+                crate::parts::rows_json(r)?
             ])?;
-        }
         Ok(())
     }
 
@@ -232,11 +228,8 @@ impl Tx for SqliteTx<'_> {
         r: &Reservation,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        self.set_status(r, now)?;
-        self.conn
-            .prepare_cached("DELETE FROM reservation_lines WHERE reservation_id = ?1")?
-            .execute([r.reservation_id.as_bytes()])?;
-        self.insert_lines(r)
+        self.update_reservation(r, now)?;
+        self.list_holds(r)
     }
 
     fn channel_holds(
@@ -247,9 +240,9 @@ impl Tx for SqliteTx<'_> {
         let ids: Vec<Vec<u8>> = self
             .conn
             .prepare_cached(
-                "SELECT DISTINCT l.reservation_id FROM reservation_lines l
-                 JOIN reservations r ON r.id = l.reservation_id
-                 WHERE l.store_id = ?1 AND l.sku = ?2 AND r.status = 'active'",
+                "SELECT h.reservation_id FROM channel_holds h
+                 JOIN reservations r ON r.id = h.reservation_id
+                 WHERE h.store_id = ?1 AND h.sku = ?2 AND r.status = 'active'",
             )?
             .query_map([store.as_str(), sku.as_str()], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
@@ -293,13 +286,23 @@ impl Tx for SqliteTx<'_> {
     fn purge_events(&mut self, before: DateTime<Utc>, limit: usize) -> Result<usize, LedgerError> {
         // Offsets only grow with time, so the oldest events are the lowest offsets;
         // deleting a prefix keeps the retained log gapless.
+        let Some(oldest) = self
+            .conn
+            .prepare_cached("SELECT log_offset FROM events ORDER BY log_offset LIMIT 1")?
+            .query_row([], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            return Ok(0);
+        };
+        let kept = match rows::first_offset_since(self.conn, before)? {
+            Some(offset) => offset,
+            None => *self.last_offset + 1,
+        };
+        let end = kept.min(oldest.saturating_add(limit as i64));
         Ok(self
             .conn
-            .prepare_cached(
-                "DELETE FROM events WHERE log_offset IN (
-                     SELECT log_offset FROM events WHERE occurred_at < ?1 ORDER BY log_offset LIMIT ?2)",
-            )?
-            .execute(params![micros(before), limit as i64])?)
+            .prepare_cached("DELETE FROM events WHERE log_offset < ?1")?
+            .execute([end])?)
     }
 
     fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
@@ -338,34 +341,21 @@ impl Tx for SqliteTx<'_> {
 }
 
 impl SqliteTx<'_> {
-    fn set_status(&mut self, r: &Reservation, now: DateTime<Utc>) -> Result<(), LedgerError> {
-        self.conn
-            .prepare_cached("UPDATE reservations SET status = ?2, updated_at = ?3 WHERE id = ?1")?
-            .execute(params![
-                r.reservation_id.as_bytes(),
-                r.status.as_str(),
-                micros(now)
-            ])?;
-        Ok(())
-    }
-
-    /// Inserts every allocation row of `r`.
-    fn insert_lines(&mut self, r: &Reservation) -> Result<(), LedgerError> {
+    /// Lists a channel reservation's allocations in `channel_holds`, where
+    /// reallocation finds them. An entry is never removed: one the reservation no
+    /// longer holds (moved away, or the reservation ended) is skipped when read.
+    fn list_holds(&mut self, r: &Reservation) -> Result<(), LedgerError> {
+        if r.channel.is_none() {
+            return Ok(());
+        }
         let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO reservation_lines
-                 (reservation_id, line_no, sku, store_id, quantity, released, fulfilled, short)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT OR IGNORE INTO channel_holds (store_id, sku, reservation_id) VALUES (?1, ?2, ?3)",
         )?;
-        for (no, part) in crate::parts::rows(r).enumerate() {
+        for (store, sku) in r.rows() {
             stmt.execute(params![
-                r.reservation_id.as_bytes(),
-                no as i64,
-                part.sku,
-                part.store_id,
-                part.quantity,
-                part.released,
-                part.fulfilled,
-                part.short
+                store.as_str(),
+                sku.as_str(),
+                r.reservation_id.as_bytes()
             ])?;
         }
         Ok(())
