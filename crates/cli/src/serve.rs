@@ -154,12 +154,7 @@ async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
         spawn_housekeeping(&config, &ledger, bus.as_ref(), &stop_rx, &mut tasks);
     }
     supervise(tasks, stop_tx, stop_rx).await?;
-    if role == Role::Server {
-        // Let the relay move what was committed before stopping (PostgreSQL).
-        if let Err(e) = ledger.flush(Duration::from_secs(5)).await {
-            tracing::warn!(error = %e, "stopping with events still in the outbox; the next relay moves them");
-        }
-    }
+    // Every committed event is in the log already (on both ledgers): nothing to drain.
     ledger.shutdown().await;
     tracing::info!("invsync stopped");
     Ok(())
@@ -296,7 +291,9 @@ pub(crate) async fn open_ledger(config: &Config, relay: bool) -> anyhow::Result<
                     .await
                     .context("opening the PostgreSQL ledger")?
                     .context("opening the PostgreSQL ledger")?;
-            tracing::info!("ledger open (PostgreSQL, row locks, transactional outbox, relay)");
+            tracing::info!(
+                "ledger open (PostgreSQL, row locks, events logged in each write's transaction)"
+            );
             Arc::new(ledger)
         }
     })
@@ -525,19 +522,19 @@ async fn gauges(ledger: Arc<dyn Ledger>, bus: Option<NatsBus>) {
     metrics::gauge!("invsync_ledger_up").set(if ledger_up { 1.0 } else { 0.0 });
     let leads = *ledger.leadership().borrow();
     metrics::gauge!("invsync_relay_leader").set(if leads { 1.0 } else { 0.0 });
-    // Committed but not yet on the bus: on PostgreSQL what waits in the outbox for the
-    // relay, and with NATS also what the log holds past the bus cursor.
-    let outbox = ledger.outbox().await;
+    // Committed but not yet on the bus: with NATS, what the log holds past the bus
+    // cursor. (A committed event is in the log on both ledgers: with the embedded bus
+    // the log *is* the bus, so nothing waits.)
     let unpublished = match &bus {
         None => Ok((0, 0.0)),
         Some(bus) => unpublished(ledger.as_ref(), bus).await,
     };
-    match (outbox, unpublished) {
-        (Ok((pending, age)), Ok((more, more_age))) => {
-            metrics::gauge!("invsync_outbox_backlog").set((pending + more) as f64);
-            metrics::gauge!("invsync_outbox_oldest_age_seconds").set(age.max(more_age));
+    match unpublished {
+        Ok((pending, age)) => {
+            metrics::gauge!("invsync_outbox_backlog").set(pending as f64);
+            metrics::gauge!("invsync_outbox_oldest_age_seconds").set(age);
         }
-        (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "cannot measure the outbox"),
+        Err(e) => tracing::warn!(error = %e, "cannot measure the outbox"),
     }
     if bus.is_none() {
         // The embedded bus is up whenever the ledger is.

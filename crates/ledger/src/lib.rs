@@ -8,8 +8,8 @@
 //!   against a small row-level `Tx` trait that each back end implements.
 //! - [`sqlite`]: the embedded back end (one writer thread with group commit, WAL,
 //!   read-only connections for queries).
-//! - [`postgres`]: the production back end (row locks, transactional outbox, one
-//!   active relay across instances).
+//! - [`postgres`]: the production back end (row locks, events appended to the log in
+//!   each write's transaction, one leading instance for the bus and shared webhooks).
 //! - [`clock`]: injected time, so expiry is testable without sleeping.
 //! - [`model`]: what the ledger answers.
 //!
@@ -186,13 +186,11 @@ pub trait Ledger: LogCursors {
     async fn reservations_by_order(&self, order: OrderId) -> Result<Vec<Reservation>, LedgerError>;
     /// Deletes events older than `retention` (the log keeps its offsets); returns how many.
     async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError>;
-    /// Events committed but not yet in the log, and the age in seconds of the oldest
-    /// (always `(0, 0.0)` on SQLite, where a commit writes straight into the log).
-    async fn outbox(&self) -> Result<(i64, f64), LedgerError>;
     /// How many (store, sku) pairs have `available < 0` (a shortage).
     async fn shortages(&self) -> Result<i64, LedgerError>;
-    /// Waits until every committed event is in the log (PostgreSQL: the relay drained
-    /// the outbox; SQLite: always, events are written straight into the log).
+    /// Waits until this instance's head has seen every event committed so far (on
+    /// both ledgers a commit writes its events straight into the log; on PostgreSQL
+    /// the head follows commits of every instance by polling).
     async fn flush(&self, timeout: std::time::Duration) -> Result<(), LedgerError>;
     /// Succeeds when the ledger can serve requests.
     async fn ping(&self) -> Result<(), LedgerError>;

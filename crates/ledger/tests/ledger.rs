@@ -180,7 +180,7 @@ fn compile(path: &str) -> jsonschema::Validator {
 /// negative count, no reservation taking `available` below zero, and every stock row
 /// equal to the fold (the last state) of its events. Returns the events.
 async fn check_log(ledger: &dyn Ledger) -> Vec<CloudEvent> {
-    // PostgreSQL: the relay moves committed events into the log asynchronously.
+    // PostgreSQL: this instance's head follows commits by polling.
     ledger
         .flush(std::time::Duration::from_secs(30))
         .await
@@ -777,7 +777,7 @@ async fn the_snapshot_names_the_offset_it_is_consistent_with(backend: Backend) {
             .await
             .unwrap();
     }
-    // On PostgreSQL the relay must have moved the events for the offset to name them.
+    // On PostgreSQL the head must have seen the events for the offset to name them.
     f.ledger
         .flush(std::time::Duration::from_secs(30))
         .await
@@ -1003,7 +1003,7 @@ async fn purging_by_retention_keeps_offsets_and_subscribers_see_each_commit(back
     for _ in 0..2 {
         stock_in(f.ledger.as_ref(), "S1", "A", 1).await;
     }
-    // On PostgreSQL the relay moves events into the log asynchronously.
+    // On PostgreSQL this instance learns of commits by polling the head.
     f.ledger
         .flush(std::time::Duration::from_secs(30))
         .await
@@ -1792,17 +1792,22 @@ conformance!(
     a_till_sale_moves_channel_reservations_newest_first_or_marks_them_short,
 );
 
-/// A transaction that took a lower outbox id and commits after later ones: the relay
-/// must hold back until it commits (a naive `id > last` cursor would skip it forever).
+/// A transaction that has taken offsets (moved the head) and not yet committed: no
+/// later writer can take offsets before it commits, readers see the log end before
+/// it, and once it commits the log is gapless with its event where it took it (a
+/// design that let later commits through would leave a hole or skip it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_relay_waits_for_a_lower_id_that_commits_last_and_never_loses_it() {
+async fn postgres_a_late_committer_holds_its_offset_and_the_log_stays_gapless() {
     let Some(pg) = private_postgres().await else {
         return;
     };
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let ledger = open_pg(pg.url(), clock.clone()).await;
-    // An event for a key nothing else touches, in a transaction left open.
-    assert_eq!(ledger.outbox().await.unwrap().0, 0);
+    stock_in(ledger.as_ref(), "S1", "K0", 1).await;
+    ledger
+        .flush(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     let late = invsync_core::InventoryEventV1::new(
         uuid::Uuid::now_v7(),
         clock.now(),
@@ -1820,59 +1825,79 @@ async fn postgres_relay_waits_for_a_lower_id_that_commits_last_and_never_loses_i
         invsync_core::StockLevel::new(1, 0, 1).unwrap(),
     );
     let url = pg.url();
-    let (open_tx, open_rx) = std::sync::mpsc::channel::<()>();
-    let (inserted_tx, inserted_rx) = tokio::sync::oneshot::channel();
+    let (commit_tx, commit_rx) = std::sync::mpsc::channel::<()>();
+    let (taken_tx, taken_rx) = tokio::sync::oneshot::channel();
     let envelope = late.to_envelope("invsync://test").to_json();
+    // Appends the way a lane does: move the head, insert at the offset, hold.
     let holder = std::thread::spawn(move || {
         let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
         let mut tx = c.transaction().unwrap();
+        let offset: i64 = tx
+            .query_one(
+                "UPDATE meta SET value = value + 1 WHERE key = 'last_offset' RETURNING value",
+                &[],
+            )
+            .unwrap()
+            .get(0);
         tx.execute(
-            "INSERT INTO outbox (event_id, store_id, sku, version, occurred_at, envelope) VALUES ($1, 'S9', 'LATE', 1, $2, $3)",
-            &[&late.event_id, &late.occurred_at, &envelope],
+            "INSERT INTO events (log_offset, event_id, store_id, sku, version, occurred_at, envelope)
+             VALUES ($1, $2, 'S9', 'LATE', 1, $3, $4)",
+            &[&offset, &late.event_id, &late.occurred_at, &envelope],
         )
         .unwrap();
-        inserted_tx.send(()).unwrap();
-        open_rx.recv().unwrap(); // hold the transaction open until told
+        taken_tx.send(offset).unwrap();
+        commit_rx.recv().unwrap(); // hold the transaction open until told
         tx.commit().unwrap();
     });
-    inserted_rx.await.unwrap();
-    for k in 0..5 {
-        ledger
-            .adjust(adjust(
-                "S1",
-                &format!("K{k}"),
-                Change::Delta(Delta::new(1).unwrap()),
-            ))
-            .await
-            .unwrap();
-    }
-    // Give a wrong relay every chance to move the later rows past the open one.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let late_offset = taken_rx.await.unwrap();
+    assert_eq!(late_offset, 2);
+    let writers: Vec<_> = (1..=4)
+        .map(|k| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let cmd = adjust(
+                    "S1",
+                    &format!("K{k}"),
+                    Change::Delta(Delta::new(1).unwrap()),
+                );
+                ledger.adjust(cmd).await.unwrap();
+            })
+        })
+        .collect();
+    // Give a wrong design every chance to let the later writers through.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        writers.iter().all(|w| !w.is_finished()),
+        "later writers wait for the open transaction's commit"
+    );
     assert_eq!(
         ledger.events(0, 100).await.unwrap().last_offset,
-        0,
-        "delayed behind the open transaction"
+        1,
+        "readers see the log end before the open transaction"
     );
-    open_tx.send(()).unwrap();
+    commit_tx.send(()).unwrap();
     holder.join().unwrap();
-    // (Not check_log: the injected event has no stock row behind it.)
+    for w in writers {
+        w.await.unwrap();
+    }
     ledger
         .flush(std::time::Duration::from_secs(30))
         .await
         .unwrap();
+    // (Not check_log: the injected event has no stock row behind it.)
     let page = ledger.events(0, 100).await.unwrap();
     let offsets: Vec<i64> = page.events.iter().map(|e| e.offset).collect();
-    assert_eq!(
-        offsets,
-        (1..=6).collect::<Vec<_>>(),
-        "the late row is relayed too: nothing lost, no gap"
+    assert_eq!(offsets, (1..=6).collect::<Vec<_>>(), "gapless");
+    assert!(
+        page.events[1].envelope.contains("\"LATE\""),
+        "at its offset"
     );
-    assert!(page.events.iter().any(|e| e.envelope.contains("\"LATE\"")));
     ledger.shutdown().await;
 }
 
-/// Two instances on one database, both willing to relay: every event reaches the log
-/// once, offsets stay gapless, and when the leader stops the other takes over.
+/// Two instances on one database, both writing: every event is in the log once,
+/// offsets stay gapless, one instance leads at a time, and when the leader stops the
+/// other takes over the lead and goes on writing.
 /// PostgreSQL crashes (fast shutdown) under concurrent writes, several times. An
 /// answer of `Unavailable` must mean "not applied": only `OutcomeUnknown` may hide a
 /// commit. A retry with the same external_ref then applies every write exactly once.
@@ -2126,7 +2151,7 @@ async fn postgres_mixed_traffic_from_several_instances_never_deadlocks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_two_relays_move_each_event_once_and_fail_over() {
+async fn postgres_two_instances_log_each_event_once_and_fail_over() {
     let Some(pg) = private_postgres().await else {
         return;
     };
@@ -2169,7 +2194,7 @@ async fn postgres_two_relays_move_each_event_once_and_fail_over() {
         "never two leaders at once"
     );
 
-    // Stop one instance (whichever leads); the survivor must carry on relaying.
+    // Stop one instance (whichever leads); the survivor carries on and leads.
     a.shutdown().await;
     drop(a);
     for k in 0..10 {
@@ -2185,63 +2210,10 @@ async fn postgres_two_relays_move_each_event_once_and_fail_over() {
     assert_eq!(
         events.len(),
         210,
-        "the surviving instance relays after the other stopped"
+        "the surviving instance goes on after the other stopped"
     );
     assert!(*b.leadership().borrow(), "the survivor says it leads");
     b.shutdown().await;
-}
-
-/// The relay vacuums the outbox itself once it has moved a few thousand events, so
-/// its scans from the head do not walk an ever longer tail of dead rows until
-/// autovacuum's next visit (a minute away).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_relay_vacuums_the_outbox_as_it_drains_it() {
-    let Some(pg) = private_postgres().await else {
-        return;
-    };
-    let clock = Arc::new(ManualClock::new(Utc::now()));
-    let ledger = open_pg(pg.url(), clock).await;
-    let cmds: Vec<Adjust> = (0..5_000)
-        .map(|k| {
-            adjust(
-                "S1",
-                &format!("V{k}"),
-                Change::Delta(Delta::new(1).unwrap()),
-            )
-        })
-        .collect();
-    for outcome in ledger.adjust_many(cmds).await {
-        outcome.unwrap();
-    }
-    ledger
-        .flush(std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(ledger.events(0, 1).await.unwrap().last_offset, 5_000);
-    // The synchronous client wants a thread of its own, outside the async runtime.
-    let url = pg.url();
-    let vacuums = tokio::task::spawn_blocking(move || {
-        let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            // Statistics reach the view shortly after the VACUUM ends.
-            let n: i64 = c
-                .query_one(
-                    "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'",
-                    &[],
-                )
-                .unwrap()
-                .get(0);
-            if n > 0 || std::time::Instant::now() > deadline {
-                break n;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    })
-    .await
-    .unwrap();
-    assert!(vacuums >= 1, "the outbox was never vacuumed by the relay");
-    ledger.shutdown().await;
 }
 
 /// Three instances, two overlapping channels whose locations come in opposite

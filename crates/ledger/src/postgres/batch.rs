@@ -4,11 +4,11 @@
 //! set-based statements (`unnest`) before its single COMMIT.
 //!
 //! So forty reservations of one hot SKU cost one `SELECT … FOR UPDATE`, one UPDATE
-//! of the row, and one INSERT each for reservations, lines and outbox rows — instead
-//! of eight statements each. A refused command leaves no trace: every buffered write
-//! records how to undo itself, and a refusal undoes the command's writes before the
-//! next command runs. Events are inserted in the order they were made, so outbox ids
-//! keep each key's versions in order, as the relay requires.
+//! of the row, and one INSERT each for reservations and lines and one for the log —
+//! instead of eight statements each. A refused command leaves no trace: every
+//! buffered write records how to undo itself, and a refusal undoes the command's
+//! writes before the next command runs. Events are appended in the order they were
+//! made, so each key's versions are in order in the log ([`append_to_log`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -973,22 +973,48 @@ pub(crate) fn flush(
         )?;
     }
 
-    // The outbox, in the order the events were made: ids then follow versions.
+    // The log, last: the head counter's row lock is held only from here to COMMIT.
     if !state.events.is_empty() {
-        let e = &state.events;
-        execute(pg, statements, "INSERT INTO outbox (event_id, store_id, sku, version, occurred_at, envelope)
-             SELECT i, s, k, v, t, env FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[],
-                 $5::timestamptz[], $6::text[]) WITH ORDINALITY AS u(i, s, k, v, t, env, n) ORDER BY n",
-            &[
-                &e.iter().map(|x| x.event_id).collect::<Vec<_>>(),
-                &e.iter().map(|x| x.store_id.as_str()).collect::<Vec<_>>(),
-                &e.iter().map(|x| x.key.as_str()).collect::<Vec<_>>(),
-                &e.iter().map(|x| x.version).collect::<Vec<_>>(),
-                &e.iter().map(|x| x.occurred_at).collect::<Vec<_>>(),
-                &e.iter().map(|x| x.envelope.as_str()).collect::<Vec<_>>(),
-            ],
-        )?;
+        append_to_log(pg, statements, &state.events)?;
     }
+    Ok(())
+}
+
+/// Appends the batch's events to the log at the offsets after the head, in the order
+/// they were made, and moves the head: one statement, the last before COMMIT.
+///
+/// The head is one row (`meta.last_offset`), locked by the UPDATE until this
+/// transaction ends. So offsets are handed out in commit order: a transaction that
+/// takes offsets after ours waits for our COMMIT (or our rollback, which returns
+/// them), and a reader never sees offset n + 1 committed before n. The log is
+/// gapless and in per-key version order by construction, with no copy, delete or
+/// vacuum after the fact. Every batch takes the row after all its other locks, so
+/// it adds no edge to the global lock order.
+fn append_to_log(
+    pg: &mut Transaction<'_>,
+    statements: &mut Statements,
+    events: &[LogRecord],
+) -> Result<(), LedgerError> {
+    let n = events.len() as i64;
+    execute(
+        pg,
+        statements,
+        "WITH head AS (
+             UPDATE meta SET value = value + $7 WHERE key = 'last_offset' RETURNING value - $7 AS base)
+         INSERT INTO events (log_offset, event_id, store_id, sku, version, occurred_at, envelope)
+         SELECT head.base + u.n, u.i, u.s, u.k, u.v, u.t, u.env
+         FROM head, unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[],
+                           $6::text[]) WITH ORDINALITY AS u(i, s, k, v, t, env, n)",
+        &[
+            &events.iter().map(|x| x.event_id).collect::<Vec<_>>(),
+            &events.iter().map(|x| x.store_id.as_str()).collect::<Vec<_>>(),
+            &events.iter().map(|x| x.key.as_str()).collect::<Vec<_>>(),
+            &events.iter().map(|x| x.version).collect::<Vec<_>>(),
+            &events.iter().map(|x| x.occurred_at).collect::<Vec<_>>(),
+            &events.iter().map(|x| x.envelope.as_str()).collect::<Vec<_>>(),
+            &n,
+        ],
+    )?;
     Ok(())
 }
 

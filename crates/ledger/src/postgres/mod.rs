@@ -7,16 +7,20 @@
 //! race (a unique key, a serialization failure) is retried from the start, which
 //! also makes a repeated idempotency key answer with the original.
 //!
-//! Events go to the `outbox` table in the same transaction. The relay — one active
-//! at a time across all instances, by a session advisory lock — moves outbox rows into
-//! the `events` log with gapless offsets. It must never skip a row that commits out of
-//! id order, nor reorder one key's events. So it takes, in id order, only the *prefix*
-//! of rows whose transaction id is below the oldest running transaction
-//! (`pg_snapshot_xmin`), stopping at the first row that is not. Within one key, the
-//! next version's row is inserted only after the previous version's transaction
-//! committed (it waited on the row lock), so it always has the higher id. A long-open
-//! transaction delays the relay; it never loses a row. Moving and deleting happen in
-//! one transaction, so a crash in between repeats nothing.
+//! Events go straight into the `events` log, in the same transaction as the change,
+//! as its last statement before COMMIT: it moves the head counter (`meta`'s
+//! `last_offset` row) by the batch's event count and inserts the events at the
+//! offsets after it. The counter's row lock is held until the transaction ends, so a
+//! later transaction takes its offsets only after ours committed (or rolled back,
+//! returning them): offsets follow commit order, the log is gapless, one key's
+//! versions are in order, and no reader ever sees an offset before a lower one
+//! commits. Nothing is copied, deleted or vacuumed after the fact. (Until issue 14 an
+//! outbox table and a relay did this, and the relay had to wait for the oldest
+//! running transaction: that wait was most of the visibility latency.)
+//!
+//! One instance at a time leads (a session advisory lock): it publishes the log to
+//! the bus and runs the shared webhook connectors. Every instance follows the head
+//! (`Relay`) to wake its own consumers.
 
 mod batch;
 mod lanes;
@@ -81,13 +85,11 @@ impl r2d2::ManageConnection for Manager {
 
 /// The advisory lock whose holder is the one active relay.
 const RELAY_LOCK: i64 = 7_461_302;
-/// The relay vacuums the outbox after moving this many events. The outbox is a queue:
-/// every row is inserted, read once and deleted, and the relay's scan from its head
-/// walks over every dead row until a vacuum removes them. Autovacuum looks at a
-/// database once a minute, by which time a busy outbox holds tens of thousands of
-/// dead rows and each scan took milliseconds (seen in `pg_stat_statements`: 4 ms per
-/// relay batch, a third of PostgreSQL's execution time under the spread workload).
-const VACUUM_OUTBOX_EVERY: i64 = 4_096;
+/// How often the head is read: consumers on this instance wake within this of a
+/// commit on any instance.
+const HEAD_POLL: Duration = Duration::from_millis(5);
+/// How often the leader checks that its session (and so its lock) is still there.
+const LEADER_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How many times a command that lost a race is tried before answering `Unavailable`.
 const ATTEMPTS: usize = 8;
 
@@ -323,57 +325,39 @@ struct Relay {
 
 impl Relay {
     fn run(self) {
-        // The leader's own connection, with the statements prepared on it.
-        let mut leader: Option<(Client, rows::Statements)> = None;
-        let mut moved_since_vacuum = 0;
+        // The leader's own connection: the session that holds the advisory lock.
+        let mut leader: Option<Client> = None;
+        let mut checked = std::time::Instant::now();
         while !self.closed.load(Ordering::SeqCst) {
             if self.lead && leader.is_none() {
-                leader = self.try_lead().map(|c| (c, rows::Statements::new()));
+                leader = self.try_lead();
                 self.leading.send_if_modified(|l| {
                     std::mem::replace(l, leader.is_some()) != leader.is_some()
                 });
             }
-            let moved = match leader.as_mut() {
-                Some((c, statements)) => match relay_batch(c, statements) {
-                    Ok(moved) => {
-                        if let Some(last) = moved {
-                            moved_since_vacuum += last - *self.head.borrow();
-                            if moved_since_vacuum >= VACUUM_OUTBOX_EVERY {
-                                moved_since_vacuum = 0;
-                                vacuum_outbox(c);
-                            }
-                        }
-                        moved
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "relay lost its database connection; leadership released");
+            // A leader whose session is gone has lost the lock with it.
+            if let Some(c) = leader.as_mut() {
+                if checked.elapsed() >= LEADER_CHECK_EVERY {
+                    checked = std::time::Instant::now();
+                    if let Err(e) = c.simple_query("SELECT 1") {
+                        tracing::warn!(error = %e, "the relay leader lost its database connection; leadership released");
                         leader = None;
                         self.leading.send_replace(false);
-                        None
                     }
-                },
-                None => None,
-            };
-            match moved {
-                Some(last) => {
+                }
+            }
+            // Follow the log's head, which every writing transaction moves.
+            if let Ok(mut c) = self.pool.get_timeout(Duration::from_secs(1)) {
+                if let Ok(row) = c
+                    .client
+                    .query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])
+                {
+                    let last: i64 = row.get(0);
                     self.head
                         .send_if_modified(|h| std::mem::replace(h, last) != last);
                 }
-                None => {
-                    // Follow the log head that another instance's relay advances.
-                    if let Ok(mut c) = self.pool.get_timeout(Duration::from_secs(1)) {
-                        if let Ok(row) = c
-                            .client
-                            .query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])
-                        {
-                            let last: i64 = row.get(0);
-                            self.head
-                                .send_if_modified(|h| std::mem::replace(h, last) != last);
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
             }
+            std::thread::sleep(HEAD_POLL);
         }
     }
 
@@ -384,89 +368,12 @@ impl Relay {
             .ok()?
             .get(0);
         if got {
-            tracing::info!("this instance is now the active relay");
+            tracing::info!("this instance now leads (publishing to the bus, shared webhooks)");
             Some(c)
         } else {
             None
         }
     }
-}
-
-/// Vacuums the outbox on the leader's connection, outside any transaction as VACUUM
-/// must be; it takes no lock that writers wait for.
-fn vacuum_outbox(c: &mut Client) {
-    if let Err(e) = c.batch_execute("VACUUM outbox") {
-        tracing::warn!(error = %e, "cannot vacuum the outbox");
-    }
-}
-
-/// Moves the ready prefix of the outbox into the log. Returns the new last offset when
-/// it moved something, `None` when nothing was ready. Under load it runs every few
-/// milliseconds, so its statements are prepared once on the leader's connection.
-fn relay_batch(
-    c: &mut Client,
-    statements: &mut rows::Statements,
-) -> Result<Option<i64>, LedgerError> {
-    let mut tx = c.transaction()?;
-    let pending = rows::prepared(
-        &mut tx,
-        statements,
-        "SELECT id, event_id, store_id, sku, version, occurred_at, envelope,
-                xid < pg_snapshot_xmin(pg_current_snapshot()) AS settled
-         FROM outbox ORDER BY id LIMIT 1000",
-    )?;
-    let rows = tx.query(&pending, &[])?;
-    let ready: Vec<&postgres::Row> = rows.iter().take_while(|r| r.get::<_, bool>(7)).collect();
-    if ready.is_empty() {
-        tx.commit()?;
-        return Ok(None);
-    }
-    let lock_head = rows::prepared(
-        &mut tx,
-        statements,
-        "SELECT value FROM meta WHERE key = 'last_offset' FOR UPDATE",
-    )?;
-    let last: i64 = tx.query_one(&lock_head, &[])?.get(0);
-    let offsets: Vec<i64> = (1..=ready.len() as i64).map(|i| last + i).collect();
-    let column = |i: usize| {
-        ready
-            .iter()
-            .map(move |r| r.get::<_, String>(i))
-            .collect::<Vec<_>>()
-    };
-    let ids: Vec<i64> = ready.iter().map(|r| r.get(0)).collect();
-    let event_ids: Vec<Uuid> = ready.iter().map(|r| r.get(1)).collect();
-    let versions: Vec<i64> = ready.iter().map(|r| r.get(4)).collect();
-    let times: Vec<DateTime<Utc>> = ready.iter().map(|r| r.get(5)).collect();
-    let insert = rows::prepared(
-        &mut tx,
-        statements,
-        "INSERT INTO events (log_offset, event_id, store_id, sku, version, occurred_at, envelope)
-         SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[], $7::text[])",
-    )?;
-    tx.execute(
-        &insert,
-        &[
-            &offsets,
-            &event_ids,
-            &column(2),
-            &column(3),
-            &versions,
-            &times,
-            &column(6),
-        ],
-    )?;
-    let delete = rows::prepared(&mut tx, statements, "DELETE FROM outbox WHERE id = ANY($1)")?;
-    tx.execute(&delete, &[&ids])?;
-    let new_last = last + ready.len() as i64;
-    let set_head = rows::prepared(
-        &mut tx,
-        statements,
-        "UPDATE meta SET value = $1 WHERE key = 'last_offset'",
-    )?;
-    tx.execute(&set_head, &[&new_last])?;
-    tx.commit()?;
-    Ok(Some(new_last))
 }
 
 #[async_trait]
@@ -672,17 +579,6 @@ impl Ledger for PgLedger {
         .await
     }
 
-    async fn outbox(&self) -> Result<(i64, f64), LedgerError> {
-        self.read(|c| {
-            let row = c.query_one(
-                "SELECT count(*), coalesce(extract(epoch FROM now() - min(occurred_at))::float8, 0) FROM outbox",
-                &[],
-            )?;
-            Ok((row.get(0), row.get::<_, f64>(1).max(0.0)))
-        })
-        .await
-    }
-
     async fn shortages(&self) -> Result<i64, LedgerError> {
         self.read(|c| {
             Ok(
@@ -694,20 +590,26 @@ impl Ledger for PgLedger {
     }
 
     async fn flush(&self, timeout: Duration) -> Result<(), LedgerError> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let pending: i64 = self
-                .read(|c| Ok(c.query_one("SELECT count(*) FROM outbox", &[])?.get(0)))
-                .await?;
-            if pending == 0 {
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(LedgerError::Unavailable(format!(
-                    "{pending} events still in the outbox"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // Committed events are in the log already; wait until this instance's head
+        // (what wakes its consumers) has seen them too.
+        let last: i64 = self
+            .read(|c| {
+                Ok(
+                    c.query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])?
+                        .get(0),
+                )
+            })
+            .await?;
+        let mut head = self.head.clone();
+        let reached = tokio::time::timeout(timeout, head.wait_for(|h| *h >= last))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached {
+            Ok(())
+        } else {
+            Err(LedgerError::Unavailable(format!(
+                "the head has not reached offset {last}"
+            )))
         }
     }
 

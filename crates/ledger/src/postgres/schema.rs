@@ -112,6 +112,26 @@ CREATE TABLE safety_stock (
     PRIMARY KEY (channel_id, sku, store_id)
 );
 "#,
+    r#"
+-- Lanes write the log directly (issue 14): the head counter (meta.last_offset) is
+-- updated by each writing transaction just before its COMMIT, so offsets follow
+-- commit order and there is nothing to relay. Rows an older invsync left in the
+-- outbox are all committed once no one else can write it (the lock waits for the
+-- transactions still inserting), so they are moved into the log in id order, after
+-- the head, and the outbox goes. An older instance still running then fails its
+-- writes (503) instead of writing events that no one would relay.
+LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE;
+WITH head AS (SELECT value AS base FROM meta WHERE key = 'last_offset'),
+moved AS (
+    INSERT INTO events (log_offset, event_id, store_id, sku, version, occurred_at, envelope)
+    SELECT head.base + row_number() OVER (ORDER BY o.id), o.event_id, o.store_id, o.sku,
+           o.version, o.occurred_at, o.envelope
+    FROM outbox o, head
+    RETURNING log_offset)
+UPDATE meta SET value = coalesce((SELECT max(log_offset) FROM moved), value)
+WHERE key = 'last_offset';
+DROP TABLE outbox;
+"#,
 ];
 
 pub(crate) fn migrate(client: &mut Client) -> Result<(), LedgerError> {
@@ -160,4 +180,90 @@ fn apply(client: &mut Client) -> Result<(), LedgerError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use postgres::NoTls;
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// A database an older invsync wrote (events logged by its relay, and some still
+    /// waiting in its outbox) is migrated forward: the waiting events join the log
+    /// after its head, in outbox order, and the outbox is gone, so an older instance
+    /// still running fails its writes instead of writing events no one would log.
+    #[test]
+    fn events_left_in_the_outbox_join_the_log_in_order_when_migrating() {
+        let Some(pg) = invsync_testkit::Postgres::start() else {
+            return;
+        };
+        let mut c = Client::connect(&pg.url(), NoTls).unwrap();
+        c.batch_execute("CREATE TABLE invsync_migrations (version integer PRIMARY KEY)")
+            .unwrap();
+        let before = MIGRATIONS.len() - 1;
+        for (i, sql) in MIGRATIONS[..before].iter().enumerate() {
+            c.batch_execute(sql).unwrap();
+            c.execute(
+                "INSERT INTO invsync_migrations (version) VALUES ($1)",
+                &[&(i as i32 + 1)],
+            )
+            .unwrap();
+        }
+        let now = chrono::Utc::now();
+        for offset in 1..=2_i64 {
+            c.execute(
+                "INSERT INTO events (log_offset, event_id, store_id, sku, version, occurred_at, envelope)
+                 VALUES ($1, $2, 'S1', 'A', $1, $3, 'logged')",
+                &[&offset, &Uuid::now_v7(), &now],
+            )
+            .unwrap();
+        }
+        c.execute("UPDATE meta SET value = 2 WHERE key = 'last_offset'", &[])
+            .unwrap();
+        for (sku, version) in [("A", 3_i64), ("B", 1), ("A", 4)] {
+            c.execute(
+                "INSERT INTO outbox (event_id, store_id, sku, version, occurred_at, envelope)
+                 VALUES ($1, 'S1', $2, $3, $4, 'waiting')",
+                &[&Uuid::now_v7(), &sku, &version, &now],
+            )
+            .unwrap();
+        }
+
+        migrate(&mut c).unwrap();
+
+        let log: Vec<(i64, String, i64, String)> = c
+            .query(
+                "SELECT log_offset, sku, version, envelope FROM events ORDER BY log_offset",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        let row = |o: i64, sku: &str, v: i64, e: &str| (o, sku.to_owned(), v, e.to_owned());
+        assert_eq!(
+            log,
+            [
+                row(1, "A", 1, "logged"),
+                row(2, "A", 2, "logged"),
+                row(3, "A", 3, "waiting"),
+                row(4, "B", 1, "waiting"),
+                row(5, "A", 4, "waiting"),
+            ]
+        );
+        let head: i64 = c
+            .query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(head, 5);
+        let outbox = c
+            .query_opt("SELECT 1 FROM pg_tables WHERE tablename = 'outbox'", &[])
+            .unwrap();
+        assert!(outbox.is_none(), "the outbox is gone");
+        // Migrating again changes nothing.
+        migrate(&mut c).unwrap();
+    }
 }

@@ -598,10 +598,6 @@ impl Ledger for SqliteLedger {
         .await
     }
 
-    async fn outbox(&self) -> Result<(i64, f64), LedgerError> {
-        Ok((0, 0.0))
-    }
-
     async fn shortages(&self) -> Result<i64, LedgerError> {
         self.read(|c| {
             Ok(c.query_row(
