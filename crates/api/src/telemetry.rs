@@ -72,6 +72,11 @@ fn describe() {
         "invsync_bus_published_total",
         "Events the relay published to the bus."
     );
+    describe_histogram!(
+        "invsync_bus_publish_latency_seconds",
+        Unit::Seconds,
+        "Time from an event's occurred_at to the bus acknowledging its publication (the log to stream hop)."
+    );
     describe_gauge!(
         "invsync_consumer_lag_events",
         "Events in the log a consumer has not applied yet."

@@ -44,6 +44,8 @@ pub struct BusRelay {
 struct Routing {
     id: String,
     partitionkey: String,
+    /// CloudEvents `time`: the event's `occurred_at`.
+    time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl BusRelay {
@@ -193,8 +195,10 @@ impl BusRelay {
         };
         let published = page.events.len() as u64;
         let mut acks = VecDeque::with_capacity(self.bus.config().in_flight);
+        let mut occurred = Vec::with_capacity(page.events.len());
         for event in page.events {
-            let (subject, publish) = self.message(event);
+            let (subject, publish, time) = self.message(event);
+            occurred.extend(time);
             let ack = self
                 .bus
                 .jetstream()
@@ -212,29 +216,40 @@ impl BusRelay {
             ack.await.map_err(BusError::nats)?;
         }
         metrics::counter!("invsync_bus_published_total").increment(published);
+        // The log → stream hop, as a consumer of the stream sees it: from the change
+        // (which commits its event into the log) to the stream acknowledging it.
+        let acked = chrono::Utc::now();
+        for time in occurred {
+            let seconds = (acked - time).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+            metrics::histogram!("invsync_bus_publish_latency_seconds").record(seconds);
+        }
         Ok(Some(last))
     }
 
     /// The subject and message of one event; the stored envelope becomes the payload
     /// as it is, without a copy.
-    fn message(&self, event: LoggedEvent) -> (String, Publish) {
+    fn message(
+        &self,
+        event: LoggedEvent,
+    ) -> (String, Publish, Option<chrono::DateTime<chrono::Utc>>) {
         let offset = event.offset.to_string();
         // An envelope that does not even name its event is published where no SKU's
         // events go; every consumer dead-letters it, naming why.
-        let (subject, id) = match serde_json::from_str::<Routing>(&event.envelope) {
-            Ok(r) => (self.bus.subject(&r.partitionkey), r.id),
+        let (subject, id, time) = match serde_json::from_str::<Routing>(&event.envelope) {
+            Ok(r) => (self.bus.subject(&r.partitionkey), r.id, r.time),
             Err(_) => (
                 format!(
                     "{}.unroutable.offset-{offset}",
                     crate::subject::EVENTS_PREFIX
                 ),
                 format!("offset-{offset}"),
+                None,
             ),
         };
         let publish = Publish::build()
             .payload(bytes::Bytes::from(event.envelope))
             .message_id(id)
             .header(OFFSET_HEADER, offset.as_str());
-        (subject, publish)
+        (subject, publish, time)
     }
 }

@@ -171,6 +171,11 @@ async fn with_nats_stopped_under_load_writes_keep_answering_and_the_stream_gets_
     })
     .await;
     assert_eq!(metric(&http, &url, "invsync_bus_up").await, Some(1.0));
+    // The log → stream hop is measured for every event published.
+    let published = metric(&http, &url, "invsync_bus_published_total").await;
+    let timed = metric(&http, &url, "invsync_bus_publish_latency_seconds_count").await;
+    assert!(published.is_some_and(|n| n > 0.0), "{published:?}");
+    assert_eq!(timed, published, "one latency sample per event published");
     assert_stream_holds_each_event_once(&http, &url, &nats.url()).await;
     eventually("the storefront converges", WAIT, || async {
         storefront_caught_up(&http, &url).await.then_some(())
