@@ -512,16 +512,19 @@ fn bench_runs_every_workload_and_its_oversell_check_passes() {
         let reserved = summary["answers"]["reserve 201"].as_u64().unwrap_or(0);
         assert_eq!(reserved > 0, seeded, "{summary}");
     }
-    // Last, since its seeding counts the catalog down to 10 a row: channel
-    // reservations racing till sales, on little stock so that the safety
-    // stock binds and sales take held units; the check read every RESERVED event.
+    // Last, since its seeding counts the catalog down to 3 a row: channel
+    // reservations racing till sales. The first store is short already (earlier
+    // runs hold more than 3 there), and the safety stock (2 and 1) leaves the channel
+    // 1 + 2 units of each of 50 SKUs: 150 in all, which even a slow run (~400
+    // reservations a second here) sells out, so it gets refusals. Sales take held
+    // units, and the check read every RESERVED event.
     let summary = bench(
         &server.url,
         &[
             "--workload",
             "channels",
             "--stock",
-            "10",
+            "3",
             "--till-sales",
             "25",
         ],

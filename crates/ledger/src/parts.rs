@@ -1,7 +1,7 @@
-//! A reservation's lines as both back ends store them: one `reservation_lines` row per
-//! allocation, numbered across the reservation (`line_no`), with the location in
-//! `store_id`. A store-direct reservation's rows leave `store_id` NULL (its location
-//! is the reservation's), exactly as rows written before channels existed.
+//! A reservation's lines as both back ends store them: inline in the reservation's
+//! row, as a JSON array with one element per allocation (`rows_json`), in line and
+//! allocation order. A store-direct reservation's elements leave the store null (its
+//! location is the reservation's), as rows written before channels existed.
 
 use invsync_core::{Allocated, ChannelId, Reservation, ReservationLine, Sku, StoreId};
 
@@ -20,7 +20,7 @@ pub(crate) struct PartRow<S = String> {
     pub(crate) short: i64,
 }
 
-/// The rows of a reservation, in `line_no` order.
+/// The rows of a reservation, in line and allocation order.
 pub(crate) fn rows(r: &Reservation) -> impl Iterator<Item = PartRow<&str>> {
     let direct = r.channel.is_none();
     r.lines.iter().flat_map(move |line| {
@@ -136,7 +136,7 @@ fn corrupt(what: &str, err: impl std::fmt::Display) -> LedgerError {
     LedgerError::Internal(format!("stored {what} is invalid: {err}"))
 }
 
-/// The lines made of stored rows (in `line_no` order): consecutive rows of one SKU
+/// The lines made of stored rows (in the order written): consecutive rows of one SKU
 /// are one line's allocations. `store`: the reservation's store, for rows without one.
 pub(crate) fn lines(
     store: Option<&StoreId>,

@@ -4,7 +4,7 @@
 //! set-based statements (`unnest`) before its single COMMIT.
 //!
 //! So forty reservations of one hot SKU cost one `SELECT … FOR UPDATE`, one UPDATE
-//! of the row, and one INSERT each for reservations and lines and one for the log —
+//! of the row, one INSERT of the reservations (lines inline) and one for the log —
 //! instead of eight statements each. A refused command leaves no trace: every
 //! buffered write records how to undo itself, and a refusal undoes the command's
 //! writes before the next command runs. Events are appended in the order they were
@@ -47,8 +47,8 @@ pub(crate) struct State {
     by_key: HashMap<String, (String, Uuid)>,
     /// Stored reservations the batch changed.
     updated: HashSet<Uuid>,
-    /// Of those, the ones whose allocations changed (reallocation): their rows are
-    /// written again rather than updated.
+    /// Of those, the ones whose allocations changed (reallocation): they may hold at
+    /// new locations, which `channel_holds` must list.
     relined: HashSet<Uuid>,
     adjustments: Vec<(String, String, String, DateTime<Utc>)>,
     /// Writes recorded in this batch, by key: (fingerprint, outcome JSON).
@@ -407,9 +407,9 @@ impl Tx for BufferedTx<'_, '_> {
         let mut ids: Vec<Uuid> = query(
             self.pg,
             self.statements,
-            "SELECT DISTINCT l.reservation_id FROM reservation_lines l
-             JOIN reservations r ON r.id = l.reservation_id
-             WHERE l.store_id = $1 AND l.sku = $2 AND r.status = 'active'",
+            "SELECT h.reservation_id FROM channel_holds h
+             JOIN reservations r ON r.id = h.reservation_id
+             WHERE h.store_id = $1 AND h.sku = $2 AND r.status = 'active'",
             &[&store.as_str(), &sku.as_str()],
         )?
         .iter()
@@ -895,11 +895,15 @@ pub(crate) fn flush(
         .collect();
     new.sort_by_key(|(_, key, _)| *key);
     if !new.is_empty() {
+        let lines = new
+            .iter()
+            .map(|(r, _, _)| crate::parts::rows_json(r))
+            .collect::<Result<Vec<_>, _>>()?;
         execute(pg, statements, "INSERT INTO reservations
-                 (id, order_id, store_id, idem_key, fingerprint, status, expires_at, created_at, updated_at, channel)
-             SELECT id, o, s, k, f, st, e, c, $9, ch FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
-                 $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[], $10::text[])
-                 AS u(id, o, s, k, f, st, e, c, ch)",
+                 (id, order_id, store_id, idem_key, fingerprint, status, expires_at, created_at, updated_at, channel, lines)
+             SELECT id, o, s, k, f, st, e, c, $9, ch, l FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
+                 $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[], $10::text[], $11::text[])
+                 AS u(id, o, s, k, f, st, e, c, ch, l)",
             &[
                 &new.iter().map(|(r, _, _)| r.reservation_id).collect::<Vec<_>>(),
                 &new.iter().map(|(r, _, _)| r.order_id.as_str()).collect::<Vec<_>>(),
@@ -911,27 +915,30 @@ pub(crate) fn flush(
                 &new.iter().map(|(r, _, _)| r.created_at).collect::<Vec<_>>(),
                 &now,
                 &new.iter().map(|(r, _, _)| r.channel.as_ref().map(ChannelId::as_str)).collect::<Vec<_>>(),
+                &lines,
             ],
         )?;
-        write_lines(pg, statements, new.iter().map(|(r, _, _)| *r), true)?;
+        list_holds(pg, statements, new.iter().map(|(r, _, _)| *r))?;
     }
 
-    // Stored reservations the batch changed: their status, and their rows updated
-    // (counters) or written again (allocations changed).
+    // Stored reservations the batch changed: status and lines, in one statement; the
+    // ones whose allocations changed (reallocation) may hold at new locations.
     let updated: Vec<&Reservation> = state
         .updated
         .iter()
         .filter_map(|id| state.reservations.get(id))
         .collect();
-    let (relined, counted): (Vec<&Reservation>, Vec<&Reservation>) = updated
-        .iter()
-        .partition(|r| state.relined.contains(&r.reservation_id));
     if !updated.is_empty() {
+        let lines = updated
+            .iter()
+            .map(|r| crate::parts::rows_json(r))
+            .collect::<Result<Vec<_>, _>>()?;
         execute(
             pg,
             statements,
-            "UPDATE reservations SET status = u.st, updated_at = $3
-             FROM unnest($1::uuid[], $2::text[]) AS u(id, st) WHERE reservations.id = u.id",
+            "UPDATE reservations SET status = u.st, updated_at = $3, lines = u.l
+             FROM unnest($1::uuid[], $2::text[], $4::text[]) AS u(id, st, l)
+             WHERE reservations.id = u.id",
             &[
                 &updated.iter().map(|r| r.reservation_id).collect::<Vec<_>>(),
                 &updated
@@ -939,21 +946,13 @@ pub(crate) fn flush(
                     .map(|r| r.status.as_str())
                     .collect::<Vec<_>>(),
                 &state.now.unwrap_or(now),
+                &lines,
             ],
         )?;
-        if !counted.is_empty() {
-            write_lines(pg, statements, counted.into_iter(), false)?;
-        }
-        if !relined.is_empty() {
-            let ids: Vec<Uuid> = relined.iter().map(|r| r.reservation_id).collect();
-            execute(
-                pg,
-                statements,
-                "DELETE FROM reservation_lines WHERE reservation_id = ANY($1)",
-                &[&ids],
-            )?;
-            write_lines(pg, statements, relined.into_iter(), true)?;
-        }
+        let relined = updated
+            .into_iter()
+            .filter(|r| state.relined.contains(&r.reservation_id));
+        list_holds(pg, statements, relined)?;
     }
 
     if !state.adjustments.is_empty() {
@@ -1018,52 +1017,31 @@ fn append_to_log(
     Ok(())
 }
 
-/// Inserts (new reservations) or updates the counters of (changed ones) every
-/// allocation row of `reservations`.
-fn write_lines<'r>(
+/// Lists the allocations of the channel reservations among `reservations` in
+/// `channel_holds`, where reallocation finds them (one statement). An entry is never
+/// removed: one a reservation no longer holds is skipped when read.
+fn list_holds<'r>(
     pg: &mut Transaction<'_>,
     statements: &mut Statements,
     reservations: impl Iterator<Item = &'r Reservation>,
-    insert: bool,
 ) -> Result<(), LedgerError> {
-    let (mut ids, mut nos, mut skus, mut stores, mut qty, mut rel, mut ful, mut short) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for r in reservations {
-        for (no, part) in crate::parts::rows(r).enumerate() {
+    let (mut stores, mut skus, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+    for r in reservations.filter(|r| r.channel.is_some()) {
+        for (store, sku) in r.rows() {
+            stores.push(store.to_string());
+            skus.push(sku.to_string());
             ids.push(r.reservation_id);
-            nos.push(no as i32);
-            skus.push(part.sku);
-            stores.push(part.store_id);
-            qty.push(part.quantity);
-            rel.push(part.released);
-            ful.push(part.fulfilled);
-            short.push(part.short);
         }
     }
-    if insert {
-        execute(pg, statements, "INSERT INTO reservation_lines (reservation_id, line_no, sku, store_id, quantity, released, fulfilled, short)
-             SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])",
-            &[&ids, &nos, &skus, &stores, &qty, &rel, &ful, &short],
-        )?;
-    } else {
-        // A release or fulfilment changes counters only: no allocation is added.
-        execute(
-            pg,
-            statements,
-            "UPDATE reservation_lines SET released = u.rel, fulfilled = u.ful, short = u.short
-             FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[])
-                 AS u(id, no, rel, ful, short)
-             WHERE reservation_id = u.id AND line_no = u.no",
-            &[&ids, &nos, &rel, &ful, &short],
-        )?;
+    if ids.is_empty() {
+        return Ok(());
     }
+    execute(
+        pg,
+        statements,
+        "INSERT INTO channel_holds (store_id, sku, reservation_id)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[]) ON CONFLICT DO NOTHING",
+        &[&stores, &skus, &ids],
+    )?;
     Ok(())
 }

@@ -242,9 +242,8 @@ impl PgLedger {
         self.read(move |c| {
             let row = c.query_opt(
                 "SELECT CASE WHEN r.channel IS NULL THEN r.store_id ELSE chr(1) || r.channel END,
-                        min(l.sku)
-                 FROM reservations r JOIN reservation_lines l ON l.reservation_id = r.id
-                 WHERE r.id = $1 GROUP BY r.store_id, r.channel",
+                        (SELECT min(e ->> 0) FROM json_array_elements(r.lines::json) e)
+                 FROM reservations r WHERE r.id = $1",
                 &[&id],
             )?;
             Ok(match row {

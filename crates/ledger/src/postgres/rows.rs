@@ -10,7 +10,6 @@ use uuid::Uuid;
 
 use crate::error::LedgerError;
 use crate::model::StockRow;
-use crate::parts::PartRow;
 
 fn corrupt(what: &str, err: impl std::fmt::Display) -> LedgerError {
     LedgerError::Internal(format!("stored {what} is invalid: {err}"))
@@ -35,8 +34,8 @@ pub(crate) fn load_reservation(
     Ok(load_reservations(c, &[id], false)?.pop())
 }
 
-/// Loads reservations with their lines, in id order, in two queries whatever their
-/// number; `lock`: `FOR UPDATE`, taking their row locks in id order.
+/// Loads reservations with their lines (kept inline), in id order, in one query
+/// whatever their number; `lock`: `FOR UPDATE`, taking their row locks in id order.
 pub(crate) fn load_reservations(
     c: &mut impl GenericClient,
     ids: &[Uuid],
@@ -44,48 +43,27 @@ pub(crate) fn load_reservations(
 ) -> Result<Vec<Reservation>, LedgerError> {
     let heads = c.query(
         if lock {
-            "SELECT id, order_id, store_id, status, expires_at, created_at, channel FROM reservations
-             WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+            "SELECT id, order_id, store_id, status, expires_at, created_at, channel, lines
+             FROM reservations WHERE id = ANY($1) ORDER BY id FOR UPDATE"
         } else {
-            "SELECT id, order_id, store_id, status, expires_at, created_at, channel FROM reservations
-             WHERE id = ANY($1) ORDER BY id"
+            "SELECT id, order_id, store_id, status, expires_at, created_at, channel, lines
+             FROM reservations WHERE id = ANY($1) ORDER BY id"
         },
         &[&ids],
     )?;
-    if heads.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut parts: HashMap<Uuid, Vec<PartRow>> = HashMap::new();
-    for row in c.query(
-        "SELECT reservation_id, sku, store_id, quantity, released, fulfilled, short
-         FROM reservation_lines WHERE reservation_id = ANY($1) ORDER BY reservation_id, line_no",
-        &[&ids],
-    )? {
-        parts.entry(row.try_get(0)?).or_default().push(PartRow {
-            sku: row.try_get(1)?,
-            store_id: row.try_get(2)?,
-            quantity: row.try_get(3)?,
-            released: row.try_get(4)?,
-            fulfilled: row.try_get(5)?,
-            short: row.try_get(6)?,
-        });
-    }
     heads
         .iter()
         .map(|head| {
-            let id: Uuid = head.try_get(0)?;
             let status: String = head.try_get(3)?;
             let (store_id, channel) = crate::parts::place(head.try_get(2)?, head.try_get(6)?)?;
+            let parts = crate::parts::rows_from_json(head.try_get(7)?)?;
             Ok(Reservation {
-                reservation_id: id,
+                reservation_id: head.try_get(0)?,
                 order_id: OrderId::parse(head.try_get::<_, String>(1)?)
                     .map_err(|e| corrupt("order_id", e))?,
                 status: ReservationStatus::parse(&status)
                     .ok_or_else(|| corrupt("status", &status))?,
-                lines: crate::parts::lines(
-                    store_id.as_ref(),
-                    parts.remove(&id).unwrap_or_default(),
-                )?,
+                lines: crate::parts::lines(store_id.as_ref(), parts)?,
                 store_id,
                 channel,
                 expires_at: head.try_get(4)?,
