@@ -88,8 +88,7 @@ const RELAY_LOCK: i64 = 7_461_302;
 /// How often the head is read: consumers on this instance wake within this of a
 /// commit on any instance.
 const HEAD_POLL: Duration = Duration::from_millis(5);
-/// How often the leader checks that its session (and so its lock) is still there.
-const LEADER_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// How many times a command that lost a race is tried before answering `Unavailable`.
 const ATTEMPTS: usize = 8;
 
@@ -326,7 +325,6 @@ impl Relay {
     fn run(self) {
         // The leader's own connection: the session that holds the advisory lock.
         let mut leader: Option<Client> = None;
-        let mut checked = std::time::Instant::now();
         while !self.closed.load(Ordering::SeqCst) {
             if self.lead && leader.is_none() {
                 leader = self.try_lead();
@@ -334,15 +332,15 @@ impl Relay {
                     std::mem::replace(l, leader.is_some()) != leader.is_some()
                 });
             }
-            // A leader whose session is gone has lost the lock with it.
+            // A leader whose session is gone has lost the lock with it, and another
+            // instance may hold it already: find out at once (every turn), so that
+            // two instances never deliver a shared webhook's events side by side for
+            // long (the relay's own traffic on this session used to tell it).
             if let Some(c) = leader.as_mut() {
-                if checked.elapsed() >= LEADER_CHECK_EVERY {
-                    checked = std::time::Instant::now();
-                    if let Err(e) = c.simple_query("SELECT 1") {
-                        tracing::warn!(error = %e, "the relay leader lost its database connection; leadership released");
-                        leader = None;
-                        self.leading.send_replace(false);
-                    }
+                if let Err(e) = c.simple_query("SELECT 1") {
+                    tracing::warn!(error = %e, "the leader lost its database connection; leadership released");
+                    leader = None;
+                    self.leading.send_replace(false);
                 }
             }
             // Follow the log's head, which every writing transaction moves.
