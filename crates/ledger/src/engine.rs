@@ -535,30 +535,27 @@ impl<T: Tx> Engine<'_, T> {
         // Every row is checked before any is written (a reservation holds one (store,
         // sku) at most once), so a refusal — a shortage left fewer units on hand than
         // a line ships — leaves nothing behind for the back end to undo.
-        let mut afters = Vec::with_capacity(taken.len());
+        // Each row's level before and after.
+        let mut levels = Vec::with_capacity(taken.len());
         for (store, sku, quantity) in &taken {
             let level = self.tx.stock(store, sku)?.ok_or_else(|| {
                 LedgerError::Internal(format!(
                     "reservation holds {sku} in {store} but the row is gone"
                 ))
             })?;
-            afters.push(step(&level, *quantity)?);
+            levels.push((level, step(&level, *quantity)?));
         }
-        let mut short_before = Vec::new();
-        for ((store, sku, quantity), after) in taken.iter().zip(afters) {
-            if let Some(level) = self.tx.stock(store, sku)? {
-                if level.shortage() > 0 {
-                    short_before.push((store, sku));
-                }
-            }
+        for ((store, sku, quantity), (_, after)) in taken.iter().zip(&levels) {
             let cause = held_for(reservation, event_type, reason, -quantity);
-            self.change(store, sku, after, cause)?;
+            self.change(store, sku, *after, cause)?;
         }
         self.tx.update_reservation(reservation, self.now)?;
         // A release lowers a row's shortage: fewer units of the channel reservations
         // still held there are short.
-        for (store, sku) in short_before {
-            self.reconcile(store, sku)?;
+        for ((store, sku, _), (before, _)) in taken.iter().zip(&levels) {
+            if before.shortage() > 0 {
+                self.reconcile(store, sku)?;
+            }
         }
         Ok(())
     }
@@ -600,12 +597,15 @@ impl<T: Tx> Engine<'_, T> {
                 channel: cmd.channel.clone(),
             };
             let event = self.change(&cmd.store_id, &cmd.sku, after, cause)?;
-            if level.shortage() > 0 || after.shortage() > 0 {
+            // A shortage, before or after: the row as this command leaves it is the
+            // one after any reallocation.
+            let after = if level.shortage() > 0 || after.shortage() > 0 {
                 self.reconcile(&cmd.store_id, &cmd.sku)?;
-            }
-            // The row as this command leaves it, after any reallocation.
-            let now = self.tx.stock(&cmd.store_id, &cmd.sku)?.unwrap_or(after);
-            (now, Some(event.event_id))
+                self.tx.stock(&cmd.store_id, &cmd.sku)?.unwrap_or(after)
+            } else {
+                after
+            };
+            (after, Some(event.event_id))
         };
         let outcome = AdjustmentOutcome {
             event_id,

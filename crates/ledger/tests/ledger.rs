@@ -1109,15 +1109,11 @@ fn reserve_in(order: &str, c: &str, lines: &[(&str, i64)]) -> Reserve {
     .unwrap()
 }
 
-/// (store, quantity) of each allocation of the reservation's line for `sk`.
+/// (store, units held) of each allocation of the reservation's line for `sk`.
 fn allocations(r: &invsync_core::Reservation, sk: &str) -> Vec<(String, i64)> {
-    r.lines
-        .iter()
-        .find(|l| l.sku.as_str() == sk)
-        .unwrap()
-        .allocations
-        .iter()
-        .map(|a| (a.store_id.to_string(), a.held()))
+    held_short(r, sk)
+        .into_iter()
+        .map(|(store, held, _)| (store, held))
         .collect()
 }
 
