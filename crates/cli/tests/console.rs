@@ -107,4 +107,14 @@ async fn the_console_shows_a_skus_availability_through_each_channel() {
     );
     // Nothing available through a channel is marked.
     assert!(dom.contains(r#"<td class="n bad">0</td>"#), "{dom}");
+
+    // A hash that does not decode is looked up as typed, and the rest of the page
+    // still runs: the consumers table fills.
+    let dom = rendered(&format!("{url}/#sku=%E0"));
+    let consumers = table(&dom, "consumers");
+    assert!(consumers.iter().any(|row| row[0] == "storefront"), "{dom}");
+    assert!(
+        dom.contains(r#"value="%E0""#) || dom.contains("%E0"),
+        "{dom}"
+    );
 }
