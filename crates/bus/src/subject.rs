@@ -28,16 +28,7 @@ pub fn encode_token(value: &str) -> String {
     out
 }
 
-/// The partition of a SKU: FNV-1a (32 bit) of its bytes, modulo `partitions`. Stable
-/// across versions and machines (never `std`'s randomly seeded hasher).
-pub fn partition(sku: &str, partitions: u32) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for b in sku.bytes() {
-        hash ^= u32::from(b);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash % partitions.max(1)
-}
+pub use invsync_core::event::partition;
 
 /// The subject an event of `sku` is published on.
 pub fn event_subject(sku: &str, partitions: u32) -> String {

@@ -52,6 +52,12 @@ enum Command {
         /// Which consumer this process runs: `storefront`, or a webhook endpoint's
         /// name (`webhook` for the one the `--webhook-*` flags configure).
         consumer: String,
+        /// Share the consumer's 16 partitions with every other `consume NAME
+        /// --partitioned` process on the same PostgreSQL ledger: each partition is
+        /// worked by one process at a time, split evenly, and taken over within a
+        /// second when its process stops or dies. Webhook endpoints only.
+        #[arg(long)]
+        partitioned: bool,
         #[command(flatten)]
         args: ServeArgs,
     },
@@ -375,7 +381,18 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => run_server(&runtime, args, None),
-        Command::Consume { consumer, args } => run_server(&runtime, args, Some(consumer)),
+        Command::Consume {
+            consumer,
+            partitioned,
+            args,
+        } => run_server(
+            &runtime,
+            args,
+            Some(serve::Consume {
+                name: consumer,
+                partitioned,
+            }),
+        ),
         Command::Token {
             command: TokenCommand::New { name, scopes },
         } => {
@@ -872,7 +889,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
 fn run_server(
     runtime: &tokio::runtime::Runtime,
     args: ServeArgs,
-    consumer: Option<String>,
+    consumer: Option<serve::Consume>,
 ) -> ExitCode {
     let default_listen = if consumer.is_some() {
         "127.0.0.1:8081"
@@ -880,8 +897,8 @@ fn run_server(
         "127.0.0.1:8080"
     };
     let config = match Config::resolve_with(args, default_listen).and_then(|c| {
-        if let Some(name) = &consumer {
-            serve::check_consumer(&c, name)?;
+        if let Some(consume) = &consumer {
+            serve::check_consumer(&c, consume)?;
         }
         Ok(c)
     }) {

@@ -9,9 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use invsync_api::{Access, AppState, Pipeline};
 use invsync_bus::{BusRelay, NatsBus, NatsConfig, NatsSource};
+use invsync_consumers::group::Member;
 use invsync_consumers::storefront::{Storefront, StorefrontReader};
 use invsync_consumers::webhook::{Webhook, WebhookConfig};
-use invsync_consumers::{ConsumerConfig, EventSource, LedgerSource};
+use invsync_consumers::{ConsumerConfig, EventSource, LedgerSource, Partition};
+use invsync_core::event::PARTITIONS;
 use invsync_ledger::{Ledger, PgConfig, PgLedger, SqliteConfig, SqliteLedger, SystemClock};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -37,7 +39,17 @@ enum Role {
     Server,
     /// `invsync consume NAME`: one consumer (`storefront`, or a webhook endpoint's
     /// name) as its own process, with its status, storefront reads and metrics.
-    Consumer(String),
+    Consumer(Consume),
+}
+
+/// What `invsync consume` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consume {
+    /// `storefront`, or a webhook endpoint's name.
+    pub name: String,
+    /// Whether this process shares the consumer's partitions with others
+    /// (`--partitioned`, see `invsync_consumers::group`).
+    pub partitioned: bool,
 }
 
 impl Role {
@@ -45,8 +57,18 @@ impl Role {
     fn runs(&self, name: &str) -> bool {
         match self {
             Role::Server => true,
-            Role::Consumer(only) => only == name,
+            Role::Consumer(only) => only.name == name,
         }
+    }
+
+    fn partitioned(&self) -> bool {
+        matches!(
+            self,
+            Role::Consumer(Consume {
+                partitioned: true,
+                ..
+            })
+        )
     }
 }
 
@@ -56,13 +78,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// `invsync consume NAME`.
-pub async fn consume(config: Config, name: String) -> anyhow::Result<()> {
-    check_consumer(&config, &name).map_err(|e| anyhow::anyhow!(e))?;
-    run_as(config, Role::Consumer(name)).await
+pub async fn consume(config: Config, consume: Consume) -> anyhow::Result<()> {
+    check_consumer(&config, &consume).map_err(|e| anyhow::anyhow!(e))?;
+    run_as(config, Role::Consumer(consume)).await
 }
 
-/// Whether `consume NAME` names a configured consumer (a usage error otherwise).
-pub fn check_consumer(config: &Config, name: &str) -> Result<(), crate::config::ConfigError> {
+/// Whether `consume NAME` names a configured consumer, and `--partitioned` one that
+/// can be shared (a usage error otherwise).
+pub fn check_consumer(
+    config: &Config,
+    consume: &Consume,
+) -> Result<(), crate::config::ConfigError> {
+    let name = consume.name.as_str();
+    if consume.partitioned {
+        if name == "storefront" {
+            return Err(crate::config::bad(
+                "partitioned",
+                "the storefront cannot be partitioned: its view answers availability reads for every SKU, so each process keeps a whole one (run one `consume storefront` per reader instead)",
+            ));
+        }
+        if !matches!(config.database, Database::Postgres(_)) {
+            return Err(crate::config::bad(
+                "partitioned",
+                "processes share partitions through a PostgreSQL ledger (--database-url postgres://…); the embedded ledger belongs to one process",
+            ));
+        }
+    }
     if name == "storefront" || config.webhooks.iter().any(|w| w.name == name) {
         return Ok(());
     }
@@ -388,18 +429,68 @@ fn start_consumers(
         ));
     }
     for webhook in config.webhooks.iter().filter(|w| role.runs(&w.name)) {
-        let sink = Webhook::new(WebhookConfig {
-            url: webhook.url.clone(),
-            secret: webhook.secret.clone(),
-            previous_secret: webhook.previous_secret.clone(),
-            timeout: webhook.timeout,
-            events: webhook.events.clone(),
-        })
-        .map_err(|e| anyhow::anyhow!("{}: {e}", webhook.name))?;
-        let mut webhook_config = consumer(&webhook.name);
-        webhook_config.retry.cap = webhook.retry_cap;
-        webhook_config.retry.dead_after = webhook.dead_after;
-        webhook_config.park_after = webhook.park_after;
+        let sink: Arc<dyn invsync_consumers::Sink> = Arc::new(
+            Webhook::new(WebhookConfig {
+                url: webhook.url.clone(),
+                secret: webhook.secret.clone(),
+                previous_secret: webhook.previous_secret.clone(),
+                timeout: webhook.timeout,
+                events: webhook.events.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("{}: {e}", webhook.name))?,
+        );
+        let endpoint = |name: &str| {
+            let mut c = consumer(name);
+            c.retry.cap = webhook.retry_cap;
+            c.retry.dead_after = webhook.dead_after;
+            c.park_after = webhook.park_after;
+            c
+        };
+        let mut run = |c: ConsumerConfig, source: Arc<dyn EventSource>| {
+            let (handle, run) =
+                invsync_consumers::start(c, sink.clone(), ledger.clone(), source, stop.clone())
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            tasks.spawn(async move {
+                run.await;
+                ("webhook consumer", Ok(()))
+            });
+            pipeline.consumers.push(handle.clone());
+            anyhow::Ok(handle)
+        };
+        if role.partitioned() {
+            // One runtime per partition, each working while this process holds the
+            // partition. They read the ledger's log, the one stream without holes: a
+            // bus's partition subjects would leave holes in the offsets that the
+            // runtime would have to read from the log anyway.
+            let mut members = Vec::new();
+            for index in 0..PARTITIONS {
+                let name = format!("{}.p{index:02}", webhook.name);
+                let mut c = endpoint(&name);
+                let (active, working) = watch::channel(false);
+                c.active = Some(working);
+                c.partition = Some(Partition {
+                    index,
+                    of: PARTITIONS,
+                });
+                c.shared = Some(Arc::new(LedgerPosition {
+                    ledger: ledger.clone(),
+                    cursor: format!("consumer:{name}"),
+                    // A group's first start resumes where the endpoint's one
+                    // connector got to.
+                    fallback: Some(format!("consumer:{}", webhook.name)),
+                }));
+                let handle = run(c, Arc::new(LedgerSource(ledger.clone())))?;
+                members.push(Member { handle, active });
+            }
+            let (group, ledger, stop) = (webhook.name.clone(), ledger.clone(), stop.clone());
+            tasks.spawn(async move {
+                share_partitions(group, ledger, members, stop).await;
+                ("consumer group", Ok(()))
+            });
+            tracing::info!(consumer.name = %webhook.name, webhook.url = %webhook.url, partitions = PARTITIONS, "external-IMS webhook connector sharing its partitions with the group");
+            continue;
+        }
+        let mut webhook_config = endpoint(&webhook.name);
         // On a shared ledger an endpoint is one consumer for all instances: it works
         // on the instance that leads, from the one position recorded in the ledger. A
         // `consume NAME` process is the one connector by the operator's choice.
@@ -410,22 +501,14 @@ fn start_consumers(
             webhook_config.shared = Some(Arc::new(LedgerPosition {
                 ledger: ledger.clone(),
                 cursor: format!("consumer:{}", webhook.name),
+                fallback: None,
             }));
         }
-        let (handle, run) = invsync_consumers::start(
+        run(
             webhook_config,
-            Arc::new(sink),
-            ledger.clone(),
             source(ledger, bus, || Ok(webhook.name.clone()))?,
-            stop.clone(),
-        )
-        .map_err(|e| anyhow::anyhow!(e))?;
-        tasks.spawn(async move {
-            run.await;
-            ("webhook consumer", Ok(()))
-        });
+        )?;
         tracing::info!(consumer.name = %webhook.name, webhook.url = %webhook.url, "external-IMS webhook connector enabled");
-        pipeline.consumers.push(handle);
     }
     Ok(pipeline)
 }
@@ -435,6 +518,8 @@ fn start_consumers(
 struct LedgerPosition {
     ledger: Arc<dyn Ledger>,
     cursor: String,
+    /// Read while `cursor` was never recorded.
+    fallback: Option<String>,
 }
 
 impl std::fmt::Debug for LedgerPosition {
@@ -446,7 +531,11 @@ impl std::fmt::Debug for LedgerPosition {
 #[async_trait::async_trait]
 impl invsync_consumers::SharedPosition for LedgerPosition {
     async fn load(&self) -> Result<i64, invsync_ledger::LedgerError> {
-        self.ledger.cursor(&self.cursor).await
+        let recorded = self.ledger.cursor(&self.cursor).await?;
+        match &self.fallback {
+            Some(fallback) if recorded == 0 => self.ledger.cursor(fallback).await,
+            _ => Ok(recorded),
+        }
     }
 
     async fn advance(&self, position: i64) -> Result<(), invsync_ledger::LedgerError> {
@@ -455,6 +544,30 @@ impl invsync_consumers::SharedPosition for LedgerPosition {
 
     async fn set(&self, position: i64) -> Result<(), invsync_ledger::LedgerError> {
         self.ledger.set_cursor(&self.cursor, position).await
+    }
+}
+
+/// Joins the group that shares `group`'s partitions (again and again while the
+/// ledger cannot be reached) and holds this process's share until stop.
+async fn share_partitions(
+    group: String,
+    ledger: Arc<dyn Ledger>,
+    members: Vec<Member>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        match ledger.join_group(&group).await {
+            Ok(claims) => {
+                return invsync_consumers::group::share(group, claims, members, stop).await
+            }
+            Err(error) => {
+                tracing::warn!(consumer.name = %group, %error, "cannot join the consumer group yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
     }
 }
 
@@ -502,7 +615,7 @@ async fn purge(ledger: Arc<dyn Ledger>, retention: Duration) {
 /// a delivery is seen) against `--sla`. The counter `invsync_sla_breaches_total` only
 /// moves when a late event is finally applied.
 async fn sla_gauges(handles: &[invsync_consumers::ConsumerHandle], sla: Duration) {
-    for handle in handles {
+    for handle in handles.iter().filter(|h| !h.standing_by()) {
         let status = handle.status();
         let name = handle.name().to_owned();
         metrics::gauge!("invsync_consumer_lag_seconds", "consumer" => name.clone())

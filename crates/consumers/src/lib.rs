@@ -6,6 +6,7 @@
 //!
 //! - [`runtime`]: reads the log, deduplicates, delivers per SKU with retries, commits
 //!   view + marks + checkpoint in one transaction, dead letters, replay, redrive.
+//! - [`group`]: several processes sharing one consumer's partitions.
 //! - [`source`]: where events come from — the ledger's log, or a bus.
 //! - [`store`]: a consumer's own SQLite file (checkpoint, marks, dead letters).
 //! - [`storefront`]: availability per store and SKU, read by the API.
@@ -50,6 +51,7 @@ pub(crate) fn test_event_of(sku: &str, version: i64, available: i64) -> Incoming
     }
 }
 mod error;
+pub mod group;
 pub mod runtime;
 pub mod source;
 mod stats;
@@ -63,7 +65,7 @@ use invsync_core::InventoryEventV1;
 pub use error::{ConsumerError, SourceError};
 pub use retry::RetryPolicy;
 pub use runtime::{
-    start, ConsumerConfig, ConsumerHandle, ConsumerStatus, ControlError, ReplayFrom,
+    start, ConsumerConfig, ConsumerHandle, ConsumerStatus, ControlError, Partition, ReplayFrom,
     SharedPosition, Superseded,
 };
 pub use source::{DeadLetterNote, EventSource, LedgerSource};

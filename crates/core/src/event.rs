@@ -404,6 +404,22 @@ pub struct Envelope<T> {
     pub data: T,
 }
 
+/// How many partitions the events are spread over by default (events.md): on the
+/// bus's subjects, and among the processes that share a consumer.
+pub const PARTITIONS: u32 = 16;
+
+/// The partition of a SKU: FNV-1a (32 bit) of its bytes, modulo `partitions`. Stable
+/// across versions and machines (never `std`'s randomly seeded hasher): every event
+/// of one SKU, across every store, is in one partition, and keeps its order there.
+pub fn partition(sku: &str, partitions: u32) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in sku.bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % partitions.max(1)
+}
+
 /// The envelope of an Inventory Sync Event v1.
 pub type CloudEvent = Envelope<InventoryEventV1>;
 
@@ -428,6 +444,18 @@ impl CloudEvent {
         serde_json::from_slice::<TypeOnly>(bytes)
             .ok()
             .map(|t| t.event_type)
+    }
+
+    /// The `partitionkey` of an envelope, read without its data: lets a reader that
+    /// works some partitions pass over the others' events cheaply.
+    pub fn partition_key_of(bytes: &[u8]) -> Option<String> {
+        #[derive(Deserialize)]
+        struct KeyOnly {
+            partitionkey: String,
+        }
+        serde_json::from_slice::<KeyOnly>(bytes)
+            .ok()
+            .map(|k| k.partitionkey)
     }
 
     /// Whether `event_type` is one of the v1 stock events ([`EventType`]).

@@ -119,6 +119,66 @@ pub trait LogCursors: EventLog {
     /// at a time (publishing to the bus, the shared webhook connector) follows it.
     /// Always `true` on SQLite, where one process owns the ledger.
     fn leadership(&self) -> tokio::sync::watch::Receiver<bool>;
+    /// Joins the processes that share consumer `group`'s partitions (see
+    /// [`PartitionClaims`]). On SQLite, where one process owns the ledger, this
+    /// process is the group's only member and every claim succeeds.
+    async fn join_group(&self, _group: &str) -> Result<Box<dyn PartitionClaims>, LedgerError> {
+        Ok(Box::new(SoleMember))
+    }
+}
+
+/// One process's membership in the group of processes that share a consumer's
+/// partitions (`invsync consume NAME --partitioned`). A partition is worked by the
+/// member that claimed it, and by no other until that member releases it or dies.
+///
+/// On PostgreSQL a member is one database session: its membership and its claims are
+/// session advisory locks, so a process that dies (or loses its session) gives up
+/// every partition at once, and the others see it in their next count.
+#[async_trait]
+pub trait PartitionClaims: Send + Sync {
+    /// How many processes are in the group now (this one included), and how many
+    /// partitions they hold. An error means this member's session is gone, and every
+    /// claim with it: stop working every partition at once, then
+    /// [`rejoin`](Self::rejoin).
+    async fn census(&self) -> Result<Census, LedgerError>;
+    /// Claims `partition` when no other member holds it; whether this member holds it.
+    async fn claim(&self, partition: u32) -> Result<bool, LedgerError>;
+    /// Gives `partition` up (after its work here has stopped).
+    async fn release(&self, partition: u32) -> Result<(), LedgerError>;
+    /// Joins again with a new session, holding no partition.
+    async fn rejoin(&self) -> Result<(), LedgerError>;
+}
+
+/// A group as one member counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// Processes in the group, the one counting included (at least 1).
+    pub members: u32,
+    /// Partitions some member holds (0 where unknown: then every claim is tried).
+    pub claimed: u32,
+}
+
+/// The member of a group no other process can join (a ledger one process owns).
+#[derive(Debug)]
+pub struct SoleMember;
+
+#[async_trait]
+impl PartitionClaims for SoleMember {
+    async fn census(&self) -> Result<Census, LedgerError> {
+        Ok(Census {
+            members: 1,
+            claimed: 0,
+        })
+    }
+    async fn claim(&self, _partition: u32) -> Result<bool, LedgerError> {
+        Ok(true)
+    }
+    async fn release(&self, _partition: u32) -> Result<(), LedgerError> {
+        Ok(())
+    }
+    async fn rejoin(&self) -> Result<(), LedgerError> {
+        Ok(())
+    }
 }
 
 /// The ledger as the API and the background tasks see it. Every write is one atomic

@@ -267,6 +267,8 @@ pub(crate) async fn consumers(
         items: state
             .consumers()
             .iter()
+            // A partition another process works is that process's to show.
+            .filter(|c| !c.standing_by())
             .map(ConsumerHandle::status)
             .collect(),
         sla_seconds: state.sla().as_secs_f64(),

@@ -79,6 +79,29 @@ pub struct ConsumerConfig {
     /// For a consumer several instances share, one working at a time: the one record
     /// of its position that whichever instance works next resumes from.
     pub shared: Option<Arc<dyn SharedPosition>>,
+    /// When given, this runtime works one partition of the consumer (the events whose
+    /// SKU hashes to it) and passes over every other event; several processes then
+    /// share the partitions (see [`crate::group`]).
+    pub partition: Option<Partition>,
+}
+
+/// One of a consumer's partitions: the events whose SKU's
+/// [`partition`](invsync_core::event::partition) among `of` is `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    pub index: u32,
+    pub of: u32,
+}
+
+impl Partition {
+    /// Whether this partition's runtime handles the envelope. An envelope without a
+    /// readable partition key belongs to partition 0, so that a broken one is
+    /// dead-lettered once, not once per partition.
+    fn holds(&self, envelope: &str) -> bool {
+        let owner = CloudEvent::partition_key_of(envelope.as_bytes())
+            .map_or(0, |key| invsync_core::event::partition(&key, self.of));
+        owner == self.index
+    }
 }
 
 /// The position of a consumer that several instances share, one working at a time
@@ -110,6 +133,7 @@ impl ConsumerConfig {
             active: None,
             park_after: Duration::from_secs(2),
             shared: None,
+            partition: None,
         }
     }
 }
@@ -166,6 +190,8 @@ struct Shared {
     /// When the oldest parked event occurred.
     oldest_parked: Option<DateTime<Utc>>,
     parked_error: Option<String>,
+    /// Whether the runtime works the consumer now (see [`ConsumerConfig::active`]).
+    working: bool,
 }
 
 impl Shared {
@@ -188,11 +214,33 @@ pub struct ConsumerHandle {
     head: watch::Receiver<i64>,
     source: Arc<dyn EventSource>,
     reader: StoreReader,
+    /// Held (shared) by the main loop and the side loop while they work a step: taken
+    /// whole, it waits until neither is delivering (see [`Self::quiesce`]).
+    turn: Arc<tokio::sync::RwLock<()>>,
+    partition: Option<Partition>,
 }
 
 impl ConsumerHandle {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Waits until the consumer is between steps: once its `active` reads `false`,
+    /// nothing of it is delivering after this returns, so another process may take
+    /// its work over without two delivering one SKU side by side.
+    pub async fn quiesce(&self) {
+        drop(self.turn.write().await);
+    }
+
+    /// A partition's runtime that another process works now: its status is not this
+    /// process's to show.
+    pub fn standing_by(&self) -> bool {
+        self.partition.is_some()
+            && !self
+                .shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .working
     }
 
     pub fn reader(&self) -> &StoreReader {
@@ -301,6 +349,7 @@ pub fn start(
     }));
     let store = Arc::new(Mutex::new(store));
     let (commands, rx) = mpsc::channel(16);
+    let turn = Arc::new(tokio::sync::RwLock::new(()));
     let handle = ConsumerHandle {
         name: config.name.clone(),
         commands,
@@ -308,6 +357,8 @@ pub fn start(
         head: ledger.subscribe(),
         source: source.clone(),
         reader: StoreReader::new(config.path.clone(), config.name.clone()),
+        turn: turn.clone(),
+        partition: config.partition,
     };
     let retrier = Retrier {
         config: config.clone(),
@@ -316,6 +367,7 @@ pub fn start(
         shared: shared.clone(),
         parking: parking.clone(),
         shutdown: shutdown.clone(),
+        turn: turn.clone(),
     };
     let runner = Runner {
         head: ledger.subscribe(),
@@ -329,6 +381,7 @@ pub fn start(
         commands: rx,
         shutdown,
         position,
+        turn,
     };
     Ok((
         handle,
@@ -350,6 +403,7 @@ struct Runner {
     head: watch::Receiver<i64>,
     shutdown: watch::Receiver<bool>,
     position: i64,
+    turn: Arc<tokio::sync::RwLock<()>>,
 }
 
 enum Step {
@@ -419,15 +473,20 @@ impl Runner {
                 self.handle(command).await;
             }
             if !self.active() {
-                working = false;
+                if std::mem::take(&mut working) {
+                    self.stand_by();
+                }
                 self.wait(self.config.poll).await;
                 continue;
             }
+            let turn = self.turn.clone();
+            let _turn = turn.read().await;
             let step = if working {
                 self.step().await
             } else {
                 self.take_over().await.map(|()| {
                     working = true;
+                    self.shared().working = true;
                     Step::Progress
                 })
             };
@@ -447,6 +506,7 @@ impl Runner {
                 Err(StepError::Deposed) => {
                     tracing::info!(consumer.name = %self.config.name, "no longer leading: the batch in flight is left to the next worker");
                     working = false;
+                    self.stand_by();
                 }
                 Err(StepError::Retry(error)) => {
                     failures += 1;
@@ -462,6 +522,24 @@ impl Runner {
             }
         }
         tracing::info!(consumer.name = %self.config.name, "consumer stopped");
+    }
+
+    /// Stops working: another instance works the consumer now. A partition's gauges
+    /// read zero here (its owner reports it); a shared endpoint's stay as they were.
+    fn stand_by(&mut self) {
+        self.shared().working = false;
+        if self.config.partition.is_some() {
+            let name = self.config.name.clone();
+            for gauge in [
+                "invsync_consumer_lag_events",
+                "invsync_consumer_lag_seconds",
+                "invsync_consumer_parked_events",
+                "invsync_dead_letters",
+                "invsync_consumer_sla_breached",
+            ] {
+                metrics::gauge!(gauge, "consumer" => name.clone()).set(0.0);
+            }
+        }
     }
 
     /// Whether this consumer is to work now (see [`ConsumerConfig::active`]).
@@ -519,6 +597,13 @@ impl Runner {
         let mut invalid = Vec::new();
         let mut configs = Vec::new();
         for logged in events {
+            if self
+                .config
+                .partition
+                .is_some_and(|p| !p.holds(&logged.envelope))
+            {
+                continue;
+            }
             match CloudEvent::parse(logged.envelope.as_bytes()) {
                 Ok(envelope) => incoming.push(Incoming {
                     offset: logged.offset,
@@ -908,6 +993,119 @@ mod tests {
         let letters = handle.reader().dead_letters().await.unwrap();
         assert_eq!(letters.len(), 1, "only the broken envelope");
         assert_eq!(letters[0].offset, 3);
+    }
+
+    /// A delivering sink that records (sku, version) in delivery order.
+    #[derive(Default)]
+    struct SkuRecorder(Mutex<Vec<(String, i64)>>);
+
+    #[async_trait::async_trait]
+    impl Sink for SkuRecorder {
+        fn delivers(&self) -> bool {
+            true
+        }
+        async fn deliver(&self, event: &Incoming) -> Result<(), crate::Failure> {
+            let sku = event.event.product_sku.to_string();
+            self.0.lock().unwrap().push((sku, event.event.version));
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_partition_delivers_its_own_skus_and_only_works_while_active() {
+        use crate::runtime::testing::{until, MemLog};
+        use invsync_core::event::partition;
+        let dir = tempfile::tempdir().unwrap();
+        let log = MemLog::new();
+        let skus: Vec<String> = (0..40).map(|i| format!("SKU-{i}")).collect();
+        for version in 1..=3 {
+            for sku in &skus {
+                log.append(sku, version);
+            }
+        }
+        log.append_raw("not an envelope at all");
+        let head = 121;
+        let (_stop, shutdown) = watch::channel(false);
+        let mut runs = Vec::new();
+        for index in 0..2 {
+            let mut config = ConsumerConfig::new(
+                format!("webhook.p{index:02}"),
+                dir.path().join(format!("p{index}.db")),
+            );
+            config.partition = Some(Partition { index, of: 2 });
+            let (switch, active) = watch::channel(false);
+            config.active = Some(active);
+            let sink = Arc::new(SkuRecorder::default());
+            let (handle, run) = start(
+                config,
+                sink.clone(),
+                log.clone(),
+                Arc::new(crate::LedgerSource(log.clone())),
+                shutdown.clone(),
+            )
+            .unwrap();
+            tokio::spawn(run);
+            runs.push((switch, handle, sink));
+        }
+        // Not active: standing by, nothing delivered.
+        for (_, handle, sink) in &runs {
+            handle.quiesce().await;
+            assert!(handle.standing_by());
+            assert!(sink.0.lock().unwrap().is_empty());
+        }
+        for (switch, handle, _) in &runs {
+            switch.send_replace(true);
+            until("caught up", || handle.status().position == head).await;
+            assert!(!handle.standing_by());
+        }
+        let mut all = Vec::new();
+        for (index, (_, handle, sink)) in runs.iter().enumerate() {
+            let delivered = sink.0.lock().unwrap().clone();
+            assert!(
+                !delivered.is_empty(),
+                "partition {index} has SKUs of its own"
+            );
+            for (sku, _) in &delivered {
+                assert_eq!(
+                    partition(sku, 2),
+                    index as u32,
+                    "{sku} in partition {index}"
+                );
+            }
+            let letters = handle.reader().dead_letters().await.unwrap();
+            let expected = if index == 0 { 1 } else { 0 };
+            assert_eq!(
+                letters.len(),
+                expected,
+                "a broken envelope is partition 0's"
+            );
+            all.extend(delivered);
+        }
+        // Together: every SKU's three versions once, in order.
+        assert_eq!(all.len(), skus.len() * 3);
+        for sku in &skus {
+            let versions: Vec<i64> = all.iter().filter(|(s, _)| s == sku).map(|e| e.1).collect();
+            assert_eq!(versions, [1, 2, 3], "{sku}");
+        }
+        // Switched off, a partition stops: quiesced, later events are not its own.
+        let (switch, handle, sink) = &runs[0];
+        switch.send_replace(false);
+        handle.quiesce().await;
+        let before = sink.0.lock().unwrap().len();
+        for sku in &skus {
+            log.append(sku, 4);
+        }
+        let (_, other, _) = &runs[1];
+        until("the other partition catches up", || {
+            other.status().position == head + 40
+        })
+        .await;
+        assert!(handle.standing_by());
+        assert_eq!(
+            sink.0.lock().unwrap().len(),
+            before,
+            "a standing-by partition delivers nothing"
+        );
     }
 
     #[tokio::test]

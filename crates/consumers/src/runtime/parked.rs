@@ -173,6 +173,7 @@ pub(super) struct Retrier {
     pub(super) shared: Arc<Mutex<Shared>>,
     pub(super) parking: Arc<Parking>,
     pub(super) shutdown: watch::Receiver<bool>,
+    pub(super) turn: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Retrier {
@@ -189,6 +190,8 @@ impl Retrier {
             let pause = if !active {
                 self.config.poll
             } else {
+                let turn = self.turn.clone();
+                let _turn = turn.read().await;
                 match self.round().await {
                     Ok(pause) => {
                         failures = 0;

@@ -23,6 +23,7 @@
 //! (`Relay`) to wake its own consumers.
 
 mod batch;
+mod group;
 mod lanes;
 mod rows;
 mod schema;
@@ -134,6 +135,8 @@ pub struct PgLedger {
     relay: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// `None` only while being dropped (it holds pool handles too).
     lanes: Option<lanes::Lanes>,
+    /// How to open a session of its own (a consumer group's member).
+    pg: postgres::Config,
 }
 
 impl PgLedger {
@@ -162,7 +165,7 @@ impl PgLedger {
         let closed = Arc::new(AtomicBool::new(false));
         let (leading, leadership) = watch::channel(false);
         let relay = Relay {
-            pg,
+            pg: pg.clone(),
             pool: pool.clone(),
             head: head_tx,
             leading,
@@ -183,6 +186,7 @@ impl PgLedger {
             leadership,
             closed,
             relay: Mutex::new(Some(handle)),
+            pg,
         })
     }
 
@@ -752,5 +756,14 @@ impl LogCursors for PgLedger {
 
     fn leadership(&self) -> watch::Receiver<bool> {
         self.leadership.clone()
+    }
+
+    async fn join_group(
+        &self,
+        group: &str,
+    ) -> Result<Box<dyn crate::PartitionClaims>, LedgerError> {
+        Ok(Box::new(
+            group::PgClaims::join(self.pg.clone(), group).await?,
+        ))
     }
 }
