@@ -12,7 +12,7 @@ use invsync_bus::{BusRelay, NatsBus, NatsConfig, NatsSource};
 use invsync_consumers::group::Member;
 use invsync_consumers::storefront::{Storefront, StorefrontReader};
 use invsync_consumers::webhook::{Webhook, WebhookConfig};
-use invsync_consumers::{ConsumerConfig, EventSource, LedgerSource, Partition};
+use invsync_consumers::{ConsumerConfig, EventSource, LedgerSource, Partition, PartitionSource};
 use invsync_core::event::PARTITIONS;
 use invsync_ledger::{Ledger, PgConfig, PgLedger, SqliteConfig, SqliteLedger, SystemClock};
 use tokio::sync::watch;
@@ -459,9 +459,10 @@ fn start_consumers(
         };
         if role.partitioned() {
             // One runtime per partition, each working while this process holds the
-            // partition. They read the ledger's log, the one stream without holes: a
+            // partition. They read the ledger's log, the one stream without holes (a
             // bus's partition subjects would leave holes in the offsets that the
-            // runtime would have to read from the log anyway.
+            // runtime would have to read from the log anyway), and are sent only
+            // their own partition's envelopes.
             let mut members = Vec::new();
             for index in 0..PARTITIONS {
                 let name = format!("{}.p{index:02}", webhook.name);
@@ -479,7 +480,11 @@ fn start_consumers(
                     // connector got to.
                     fallback: Some(format!("consumer:{}", webhook.name)),
                 }));
-                let handle = run(c, Arc::new(LedgerSource(ledger.clone())))?;
+                let source = PartitionSource {
+                    log: ledger.clone(),
+                    partition: index,
+                };
+                let handle = run(c, Arc::new(source))?;
                 members.push(Member { handle, active });
             }
             let (group, ledger, stop) = (webhook.name.clone(), ledger.clone(), stop.clone());

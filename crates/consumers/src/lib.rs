@@ -68,7 +68,7 @@ pub use runtime::{
     start, ConsumerConfig, ConsumerHandle, ConsumerStatus, ControlError, Partition, ReplayFrom,
     SharedPosition, Superseded,
 };
-pub use source::{DeadLetterNote, EventSource, LedgerSource};
+pub use source::{DeadLetterNote, EventSource, LedgerSource, PartitionSource};
 pub use store::DeadLetter;
 
 /// Why a delivery failed: decides whether it is retried without end or dead-lettered

@@ -76,6 +76,38 @@ pub trait EventSource: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
+/// One partition of the ledger's log (of [`PARTITIONS`]), for a runtime that works
+/// only that partition: events of the others come with an empty envelope where the
+/// ledger knows the partitions (their offsets kept, so there is no hole), and are
+/// passed over.
+///
+/// [`PARTITIONS`]: invsync_core::event::PARTITIONS
+pub struct PartitionSource {
+    pub log: Arc<dyn EventLog>,
+    pub partition: u32,
+}
+
+#[async_trait]
+impl EventSource for PartitionSource {
+    async fn fetch(
+        &self,
+        position: i64,
+        max: usize,
+        _wait: Duration,
+    ) -> Result<Vec<LoggedEvent>, SourceError> {
+        Ok(self
+            .log
+            .partition_events(position, max, self.partition)
+            .await
+            .map_err(SourceError::new)?
+            .events)
+    }
+
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+}
+
 /// The embedded bus: the ledger's log, read by offset.
 pub struct LedgerSource(pub Arc<dyn EventLog>);
 

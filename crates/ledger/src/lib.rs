@@ -82,6 +82,19 @@ pub type ReleaseLines = Option<invsync_core::Lines>;
 pub trait EventLog: Send + Sync + 'static {
     /// Events with offset > `after`, oldest first, at most `limit`.
     async fn events(&self, after: i64, limit: usize) -> Result<EventPage, LedgerError>;
+    /// [`events`](Self::events) for a reader of one partition of
+    /// [`PARTITIONS`](invsync_core::event::PARTITIONS): the envelope of an event of
+    /// another partition may come back empty (its offset kept, so the reader sees no
+    /// hole), and is then not read from disk nor sent. A log that does not know the
+    /// partitions returns every envelope, and the reader passes over the others.
+    async fn partition_events(
+        &self,
+        after: i64,
+        limit: usize,
+        _partition: u32,
+    ) -> Result<EventPage, LedgerError> {
+        self.events(after, limit).await
+    }
     /// The first offset whose event occurred at or after `since` (the next offset to be
     /// written when there is none): where a replay by time starts.
     async fn offset_at(&self, since: chrono::DateTime<chrono::Utc>) -> Result<i64, LedgerError>;

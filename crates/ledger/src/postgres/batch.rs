@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use invsync_core::channel::{Channel, SafetyOverride};
+use invsync_core::event::PARTITIONS;
 use invsync_core::{ChannelId, LogRecord, Reservation, Sku, StockLevel, StoreId};
 use postgres::{Row as PgRow, Transaction};
 use uuid::Uuid;
@@ -1000,10 +1001,10 @@ fn append_to_log(
         statements,
         "WITH head AS (
              UPDATE meta SET value = value + $7 WHERE key = 'last_offset' RETURNING value - $7 AS base)
-         INSERT INTO events (log_offset, event_id, store_id, sku, version, occurred_at, envelope)
-         SELECT head.base + u.n, u.i, u.s, u.k, u.v, u.t, u.env
+         INSERT INTO events (log_offset, event_id, store_id, sku, version, occurred_at, envelope, part)
+         SELECT head.base + u.n, u.i, u.s, u.k, u.v, u.t, u.env, u.p
          FROM head, unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[],
-                           $6::text[]) WITH ORDINALITY AS u(i, s, k, v, t, env, n)",
+                           $6::text[], $8::smallint[]) WITH ORDINALITY AS u(i, s, k, v, t, env, p, n)",
         &[
             &events.iter().map(|x| x.event_id).collect::<Vec<_>>(),
             &events.iter().map(|x| x.store_id.as_str()).collect::<Vec<_>>(),
@@ -1012,6 +1013,10 @@ fn append_to_log(
             &events.iter().map(|x| x.occurred_at).collect::<Vec<_>>(),
             &events.iter().map(|x| x.envelope.as_str()).collect::<Vec<_>>(),
             &n,
+            &events
+                .iter()
+                .map(|x| invsync_core::event::partition(&x.key, PARTITIONS) as i16)
+                .collect::<Vec<_>>(),
         ],
     )?;
     Ok(())

@@ -271,6 +271,46 @@ impl PgLedger {
     }
 }
 
+impl PgLedger {
+    /// A page of the log; with `partition`, the envelopes of other partitions' events
+    /// are left empty (see [`EventLog::partition_events`]).
+    async fn log_page(
+        &self,
+        after: i64,
+        limit: usize,
+        partition: Option<i16>,
+    ) -> Result<EventPage, LedgerError> {
+        self.read(move |c| {
+            in_snapshot(c, |tx| {
+                let events = tx
+                    .query(
+                        "SELECT log_offset, CASE WHEN part <> $3 THEN '' ELSE envelope END \
+                         FROM events WHERE log_offset > $1 ORDER BY log_offset LIMIT $2",
+                        &[&after, &(limit as i64), &partition],
+                    )?
+                    .iter()
+                    .map(|r| LoggedEvent {
+                        offset: r.get(0),
+                        envelope: r.get(1),
+                    })
+                    .collect();
+                let last_offset: i64 = tx
+                    .query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])?
+                    .get(0);
+                let oldest: Option<i64> = tx
+                    .query_one("SELECT min(log_offset) FROM events", &[])?
+                    .get(0);
+                Ok(EventPage {
+                    events,
+                    oldest_offset: oldest.unwrap_or(last_offset + 1),
+                    last_offset,
+                })
+            })
+        })
+        .await
+    }
+}
+
 impl Drop for PgLedger {
     fn drop(&mut self) {
         // The sync PostgreSQL client closes its connection by blocking on its own
@@ -655,26 +695,16 @@ impl EventLog for PgLedger {
     }
 
     async fn events(&self, after: i64, limit: usize) -> Result<EventPage, LedgerError> {
-        self.read(move |c| {
-            in_snapshot(c, |tx| {
-                let events = tx
-                    .query(
-                        "SELECT log_offset, envelope FROM events WHERE log_offset > $1 ORDER BY log_offset LIMIT $2",
-                        &[&after, &(limit as i64)],
-                    )?
-                    .iter()
-                    .map(|r| LoggedEvent { offset: r.get(0), envelope: r.get(1) })
-                    .collect();
-                let last_offset: i64 = tx.query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])?.get(0);
-                let oldest: Option<i64> = tx.query_one("SELECT min(log_offset) FROM events", &[])?.get(0);
-                Ok(EventPage {
-                    events,
-                    oldest_offset: oldest.unwrap_or(last_offset + 1),
-                    last_offset,
-                })
-            })
-        })
-        .await
+        self.log_page(after, limit, None).await
+    }
+
+    async fn partition_events(
+        &self,
+        after: i64,
+        limit: usize,
+        partition: u32,
+    ) -> Result<EventPage, LedgerError> {
+        self.log_page(after, limit, Some(partition as i16)).await
     }
 
     async fn offset_at(&self, since: DateTime<Utc>) -> Result<i64, LedgerError> {

@@ -155,6 +155,13 @@ INSERT INTO channel_holds
     WHERE store_id IS NOT NULL;
 DROP TABLE reservation_lines;
 "#,
+    r#"
+-- Each event's partition (of invsync_core::event::PARTITIONS, by its partition key),
+-- so that a reader of one partition (a `consume --partitioned` process) is sent only
+-- its own envelopes. NULL on events written before: those are sent, and the reader
+-- tells.
+ALTER TABLE events ADD COLUMN part smallint;
+"#,
 ];
 
 pub(crate) fn migrate(client: &mut Client) -> Result<(), LedgerError> {
@@ -227,7 +234,10 @@ mod tests {
         c.batch_execute("CREATE TABLE invsync_migrations (version integer PRIMARY KEY)")
             .unwrap();
         // Up to, not including, the migration that drops the outbox.
-        let before = MIGRATIONS.len() - 2;
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("DROP TABLE outbox"))
+            .unwrap();
         for (i, sql) in MIGRATIONS[..before].iter().enumerate() {
             c.batch_execute(sql).unwrap();
             c.execute(
@@ -268,6 +278,14 @@ mod tests {
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect();
         let row = |o: i64, sku: &str, v: i64, e: &str| (o, sku.to_owned(), v, e.to_owned());
+        let unknown: i64 = c
+            .query_one("SELECT count(*) FROM events WHERE part IS NULL", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            unknown, 5,
+            "events written before have no partition (readers tell)"
+        );
         assert_eq!(
             log,
             [
