@@ -256,6 +256,16 @@ enum Command {
     },
     /// Drive load against a server and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script: `invsync completions bash >
+    /// /etc/bash_completion.d/invsync` (zsh: into a `$fpath` directory as `_invsync`;
+    /// fish: `~/.config/fish/completions/invsync.fish`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), generated from this command line: `invsync man >
+    /// /usr/local/share/man/man1/invsync.1`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -381,6 +391,25 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => run_server(&runtime, args, None),
+        Command::Completions { shell } => {
+            // Generated into memory (writing a Vec cannot fail), then written out,
+            // so a closed pipe is an error message, not a panic.
+            let mut script = Vec::new();
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "invsync", &mut script);
+            print_generated("the completion script", &script)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            match man.render(&mut page) {
+                Ok(()) => print_generated("the manual page", &page),
+                Err(e) => {
+                    eprintln!("invsync: rendering the manual page: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Consume {
             consumer,
             partitioned,
@@ -441,6 +470,19 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Writes generated text to stdout.
+fn print_generated(what: &str, text: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("invsync: writing {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Whether a client command was given `--json`.
 fn command_wants_json(command: &Command) -> bool {
     match command {
@@ -466,9 +508,12 @@ fn command_wants_json(command: &Command) -> bool {
         | Command::Events {
             command: EventsCommand::Tail { client, .. },
         } => client.json,
-        Command::Serve(_) | Command::Consume { .. } | Command::Token { .. } | Command::Bench(_) => {
-            false
-        }
+        Command::Serve(_)
+        | Command::Consume { .. }
+        | Command::Token { .. }
+        | Command::Bench(_)
+        | Command::Completions { .. }
+        | Command::Man => false,
     }
 }
 
@@ -878,9 +923,12 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
                 )));
             }
         }
-        Command::Serve(_) | Command::Consume { .. } | Command::Token { .. } | Command::Bench(_) => {
-            return Err(ClientError::Usage("not a client command".into()))
-        }
+        Command::Serve(_)
+        | Command::Consume { .. }
+        | Command::Token { .. }
+        | Command::Bench(_)
+        | Command::Completions { .. }
+        | Command::Man => return Err(ClientError::Usage("not a client command".into())),
     }
     Ok(())
 }
