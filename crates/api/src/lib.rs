@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod console;
 pub mod error;
 mod extract;
 pub mod openapi;
@@ -54,6 +55,7 @@ struct Inner {
     closing: tokio::sync::watch::Sender<bool>,
     /// Idempotency-Keys of the consumer controls (replay, redrive).
     recent: recent::RecentWrites,
+    console: console::Console,
 }
 
 /// The consumers running in this process, for the pipeline routes.
@@ -90,6 +92,7 @@ impl AppState {
             pipeline,
             closing: tokio::sync::watch::Sender::new(false),
             recent: recent::RecentWrites::default(),
+            console: console::Console::default(),
         }))
     }
 
@@ -112,11 +115,16 @@ impl AppState {
         self.0.ledger.as_ref()
     }
 
+    /// The console's outcomes and chart history (housekeeping feeds it).
+    pub fn console(&self) -> &console::Console {
+        &self.0.console
+    }
+
     pub(crate) fn ledger_arc(&self) -> Arc<dyn Ledger> {
         self.0.ledger.clone()
     }
 
-    pub(crate) fn consumers(&self) -> &[ConsumerHandle] {
+    pub fn consumers(&self) -> &[ConsumerHandle] {
         &self.0.pipeline.consumers
     }
 
@@ -147,6 +155,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/stock", get(stock::list))
         .route("/v1/stock/snapshot", get(stock::snapshot))
+        .route("/v1/stock/shortages", get(stock::shortages))
+        .route("/v1/events/recent", get(events::recent))
         .route("/v1/stock/{store_id}/{sku}", get(stock::get_one))
         .route("/v1/adjustments", post(adjustments::adjust))
         .route("/v1/adjustments/batch", post(adjustments::batch))
@@ -201,6 +211,7 @@ fn pipeline_routes() -> Router<AppState> {
         )
         .route("/v1/storefront/rows", get(pipeline::rows))
         .route("/v1/consumers", get(pipeline::consumers))
+        .route("/v1/overview", get(pipeline::overview))
         .route("/v1/consumers/{name}/replay", post(pipeline::replay))
         .route("/v1/dead-letters", get(pipeline::dead_letters))
         .route("/v1/dead-letters/{id}/redrive", post(pipeline::redrive))

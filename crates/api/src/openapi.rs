@@ -126,15 +126,15 @@ impl ToSchema for Split {}
 #[openapi(
     info(title = "invsync", description = "Inventory reservation and synchronization API (v1)."),
     paths(
-        routes::stock::get_one, routes::stock::list, routes::stock::snapshot,
+        routes::stock::get_one, routes::stock::list, routes::stock::snapshot, routes::stock::shortages,
         routes::adjustments::adjust, routes::adjustments::batch,
         routes::reservations::create, routes::reservations::get_one, routes::reservations::list,
         routes::reservations::release, routes::reservations::fulfil,
         routes::channels::put, routes::channels::get_one, routes::channels::list,
         routes::channels::set_safety_stock, routes::channels::get_safety_stock,
-        routes::events::list, routes::stream::stream,
+        routes::events::list, routes::events::recent, routes::stream::stream,
         routes::pipeline::availability, routes::pipeline::availability_list, routes::pipeline::rows, routes::pipeline::consumers,
-        routes::pipeline::replay, routes::pipeline::dead_letters, routes::pipeline::redrive,
+        routes::pipeline::replay, routes::pipeline::dead_letters, routes::pipeline::redrive, routes::pipeline::overview,
         routes::health::healthz, routes::health::readyz, routes::health::metrics,
         routes::health::openapi, routes::health::dashboard,
     ),
@@ -147,7 +147,8 @@ impl ToSchema for Split {}
         wire::AllocationView, wire::SettleLineBody, wire::ChannelLocationBody, wire::ChannelBody,
         wire::ChannelLocationView, wire::ChannelView, wire::ChannelList, wire::SafetyItemBody,
         wire::SafetyStockBody, wire::SafetyStockView, wire::SafetyOverrideView, wire::SafetyOverrideList,
-        wire::EventView, wire::EventsView,
+        wire::EventView, wire::EventsView, wire::RecentEventsView, wire::ShortagesView,
+        routes::pipeline::OverviewView, routes::pipeline::OverviewConsumer, crate::console::Point, crate::console::Outcomes,
         routes::pipeline::AvailabilityView, routes::pipeline::AvailabilityList, routes::pipeline::StoreAvailabilityView,
         routes::pipeline::ViewPage, routes::pipeline::ConsumersView, routes::pipeline::ReplayBody,
         routes::pipeline::DeadLetterView, routes::pipeline::DeadLettersView,
@@ -182,7 +183,7 @@ impl Modify for BearerAuth {
 struct ErrorAnswers;
 
 /// Operations that answer without touching the ledger or a consumer store.
-const NEVER_UNAVAILABLE: &[&str] = &["healthz", "metrics", "openapi", "dashboard"];
+const NEVER_UNAVAILABLE: &[&str] = &["healthz", "metrics", "openapi", "dashboard", "overview"];
 
 impl Modify for ErrorAnswers {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {

@@ -209,6 +209,15 @@ pub(crate) struct StockList {
     pub(crate) items: Vec<StockView>,
 }
 
+/// The rows with a shortage.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ShortagesView {
+    /// How many rows have a shortage in all.
+    pub(crate) count: i64,
+    /// The largest shortages first, at most `limit`.
+    pub(crate) items: Vec<StockView>,
+}
+
 /// One page of a store's levels.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct StockPage {
@@ -353,6 +362,14 @@ pub(crate) struct EventView {
     /// The CloudEvents envelope of the Inventory Sync Event v1.
     #[schema(value_type = Object)]
     pub(crate) event: Box<RawValue>,
+}
+
+/// A SKU's latest events, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RecentEventsView {
+    pub(crate) events: Vec<EventView>,
+    /// How many of the log's latest events were searched.
+    pub(crate) window: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

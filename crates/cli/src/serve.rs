@@ -179,6 +179,7 @@ async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
     });
     let bus_name = if bus.is_some() { "nats" } else { "embedded" };
     let state = AppState::on_bus(ledger.clone(), access, pipeline, bus_name);
+    let state_for_console = state.clone();
     let streams = state.clone();
     let mut closing = stop_rx.clone();
     tokio::spawn(async move {
@@ -192,7 +193,14 @@ async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
     let http = invsync_api::serve(listener, router, stopped(stop_rx.clone()), config.http);
     tasks.spawn(async move { ("HTTP server", http.await.map_err(|e| e.to_string())) });
     if role == Role::Server {
-        spawn_housekeeping(&config, &ledger, bus.as_ref(), &stop_rx, &mut tasks);
+        spawn_housekeeping(
+            &config,
+            &ledger,
+            bus.as_ref(),
+            &state_for_console,
+            &stop_rx,
+            &mut tasks,
+        );
     }
     supervise(tasks, stop_tx, stop_rx).await?;
     // Every committed event is in the log already (on both ledgers): nothing to drain.
@@ -230,6 +238,7 @@ fn spawn_housekeeping(
     config: &Config,
     ledger: &Arc<dyn Ledger>,
     bus: Option<&NatsBus>,
+    state: &AppState,
     stop_rx: &watch::Receiver<bool>,
     tasks: &mut Tasks,
 ) {
@@ -248,11 +257,14 @@ fn spawn_housekeeping(
             every(janitor_every, s, || purge(l.clone(), retention)).await,
         )
     });
-    let (l, s, b) = (ledger.clone(), stop_rx.clone(), bus.cloned());
+    let (l, s, b, st) = (ledger.clone(), stop_rx.clone(), bus.cloned(), state.clone());
     tasks.spawn(async move {
         (
             "gauges",
-            every(GAUGE_INTERVAL, s, || gauges(l.clone(), b.clone())).await,
+            every(GAUGE_INTERVAL, s, || {
+                gauges(l.clone(), b.clone(), st.clone())
+            })
+            .await,
         )
     });
     if let Some(bus) = bus.cloned() {
@@ -634,8 +646,8 @@ async fn sla_gauges(handles: &[invsync_consumers::ConsumerHandle], sla: Duration
     }
 }
 
-/// Gauges that no request path updates.
-async fn gauges(ledger: Arc<dyn Ledger>, bus: Option<NatsBus>) {
+/// Gauges that no request path updates; the same figures go to the console's overview.
+async fn gauges(ledger: Arc<dyn Ledger>, bus: Option<NatsBus>, state: AppState) {
     let ledger_up = ledger.ping().await.is_ok();
     metrics::gauge!("invsync_ledger_up").set(if ledger_up { 1.0 } else { 0.0 });
     let leads = *ledger.leadership().borrow();
@@ -647,21 +659,49 @@ async fn gauges(ledger: Arc<dyn Ledger>, bus: Option<NatsBus>) {
         None => Ok((0, 0.0)),
         Some(bus) => unpublished(ledger.as_ref(), bus).await,
     };
-    match unpublished {
+    let backlog = match unpublished {
         Ok((pending, age)) => {
             metrics::gauge!("invsync_outbox_backlog").set(pending as f64);
             metrics::gauge!("invsync_outbox_oldest_age_seconds").set(age);
+            Some(pending)
         }
-        Err(e) => tracing::warn!(error = %e, "cannot measure the outbox"),
-    }
-    if bus.is_none() {
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot measure the outbox");
+            None
+        }
+    };
+    let bus_up = match &bus {
         // The embedded bus is up whenever the ledger is.
-        metrics::gauge!("invsync_bus_up").set(if ledger_up { 1.0 } else { 0.0 });
-    }
-    match ledger.shortages().await {
-        Ok(n) => metrics::gauge!("invsync_stock_shortages").set(n as f64),
-        Err(e) => tracing::warn!(error = %e, "cannot count shortages"),
-    }
+        None => {
+            metrics::gauge!("invsync_bus_up").set(if ledger_up { 1.0 } else { 0.0 });
+            ledger_up
+        }
+        Some(bus) => bus.up().await,
+    };
+    let shortages = match ledger.shortages().await {
+        Ok(n) => {
+            metrics::gauge!("invsync_stock_shortages").set(n as f64);
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count shortages");
+            None
+        }
+    };
+    let lag_seconds = state
+        .consumers()
+        .iter()
+        .filter(|c| !c.standing_by())
+        .map(|c| (c.name().to_owned(), c.status().lag_seconds))
+        .collect();
+    state.console().observe(invsync_api::console::Observation {
+        ledger_up,
+        bus_up,
+        backlog,
+        shortages,
+        head: *ledger.subscribe().borrow(),
+        lag_seconds,
+    });
 }
 
 /// Events in the log past the bus cursor, and the age in seconds of the oldest.

@@ -194,6 +194,9 @@ impl PartitionClaims for SoleMember {
     }
 }
 
+/// How far back [`Ledger::recent_events_of`] looks, in events.
+pub const RECENT_WINDOW: i64 = 10_000;
+
 /// The ledger as the API and the background tasks see it. Every write is one atomic
 /// transaction that also appends its events to the log; a successful answer means the
 /// change is durably committed.
@@ -261,6 +264,16 @@ pub trait Ledger: LogCursors {
     async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError>;
     /// How many (store, sku) pairs have `available < 0` (a shortage).
     async fn shortages(&self) -> Result<i64, LedgerError>;
+    /// The rows with a shortage, the largest first (then by store and SKU), at most
+    /// `limit`.
+    async fn shortage_rows(&self, limit: usize) -> Result<Vec<StockRow>, LedgerError>;
+    /// The latest events of `sku` (every store), newest first, at most `limit`, among
+    /// the last [`RECENT_WINDOW`] events of the log: a bounded read for the console.
+    async fn recent_events_of(
+        &self,
+        sku: Sku,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, LedgerError>;
     /// Waits until this instance's head has seen every event committed so far (on
     /// both ledgers a commit writes its events straight into the log; on PostgreSQL
     /// the head follows commits of every instance by polling).

@@ -795,6 +795,69 @@ async fn the_snapshot_names_the_offset_it_is_consistent_with(backend: Backend) {
     assert_eq!(rest.items[0].sku, sku("C"));
 }
 
+async fn shortages_are_listed_largest_first_and_a_skus_recent_events_newest_first(
+    backend: Backend,
+) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
+    let ledger = f.ledger.as_ref();
+    for (st, sk, units, held) in [("S1", "A", 5, 4), ("S2", "A", 5, 5), ("S1", "B", 9, 3)] {
+        stock_in(ledger, st, sk, units).await;
+        let order = format!("O-{st}-{sk}");
+        ledger
+            .reserve(reserve(&order, st, &[(sk, held)], None))
+            .await
+            .unwrap();
+    }
+    // Counts below what is held: S2/A short by 3, S1/A by 1; S1/B is not short.
+    for (st, sk, on_hand) in [("S1", "A", 3), ("S2", "A", 2), ("S1", "B", 4)] {
+        ledger
+            .adjust(adjust(
+                st,
+                sk,
+                Change::SetOnHand(OnHandCount::new(on_hand).unwrap()),
+            ))
+            .await
+            .unwrap();
+    }
+    let rows = ledger.shortage_rows(10).await.unwrap();
+    let short: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.store_id.to_string(),
+                r.sku.to_string(),
+                r.level.reserved() - r.level.on_hand(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        short,
+        [("S2".into(), "A".into(), 3), ("S1".into(), "A".into(), 1)],
+        "largest first"
+    );
+    assert_eq!(ledger.shortages().await.unwrap(), 2);
+    assert_eq!(ledger.shortage_rows(1).await.unwrap().len(), 1);
+
+    let recent = ledger.recent_events_of(sku("A"), 3).await.unwrap();
+    let offsets: Vec<i64> = recent.iter().map(|e| e.offset).collect();
+    let all = ledger.events(0, 100).await.unwrap().events;
+    let of_a: Vec<i64> = all
+        .iter()
+        .rev()
+        .filter(|e| e.envelope.contains("\"product_sku\":\"A\""))
+        .map(|e| e.offset)
+        .take(3)
+        .collect();
+    assert_eq!(offsets, of_a, "A's newest three, newest first");
+    assert!(ledger
+        .recent_events_of(sku("nothing"), 3)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn a_named_cursor_starts_at_zero_and_only_moves_forward(backend: Backend) {
     let Some(f) = open(backend, 256).await else {
         return;
@@ -1786,6 +1849,7 @@ conformance!(
     a_channel_reservation_allocates_by_its_rules_and_never_into_safety_stock,
     channel_store_and_till_traffic_race_without_overselling,
     a_till_sale_moves_channel_reservations_newest_first_or_marks_them_short,
+    shortages_are_listed_largest_first_and_a_skus_recent_events_newest_first,
 );
 
 /// A transaction that has taken offsets (moved the head) and not yet committed: no

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use crate::auth::{Auth, ReadScope};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
-use crate::wire::{EventView, EventsView};
+use crate::wire::{EventView, EventsView, RecentEventsView};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -48,20 +48,65 @@ pub(crate) async fn list(
     let events = page
         .events
         .into_iter()
-        .map(|e| {
-            let event = RawValue::from_string(e.envelope).map_err(|err| {
-                tracing::error!(log.offset = e.offset, error = %err, "stored envelope is not JSON");
-                ApiError::new(crate::error::ErrorCode::Internal, "internal error")
-            })?;
-            Ok(EventView {
-                offset: e.offset,
-                event,
-            })
-        })
+        .map(event_view)
         .collect::<ApiResult<_>>()?;
     Ok(Json(EventsView {
         events,
         next_offset,
         head_offset: page.last_offset,
     }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RecentQuery {
+    /// The SKU whose events to show (every store).
+    #[param(value_type = crate::openapi::Identifier)]
+    sku: String,
+    /// 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+}
+
+/// A SKU's latest events in every store, newest first, found among the last 10,000
+/// events of the log (a bounded read for the console; page `/v1/events` for all).
+#[utoipa::path(get, path = "/v1/events/recent", tag = "events", operation_id = "recent_events", params(RecentQuery),
+    responses((status = 200, body = RecentEventsView)))]
+pub(crate) async fn recent(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<RecentQuery>,
+) -> ApiResult<Json<RecentEventsView>> {
+    let sku = crate::extract::field("sku", invsync_core::Sku::parse(q.sku))?;
+    let limit = match q.limit {
+        None => 20,
+        Some(n @ 1..=100) => n as usize,
+        Some(n) => {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("must be from 1 to 100, got {n}"),
+            ))
+        }
+    };
+    let events = state.ledger().recent_events_of(sku, limit).await?;
+    Ok(Json(RecentEventsView {
+        events: events
+            .into_iter()
+            .map(event_view)
+            .collect::<ApiResult<_>>()?,
+        window: invsync_ledger::RECENT_WINDOW,
+    }))
+}
+
+/// A logged event as the API shows it (its envelope as stored).
+fn event_view(e: invsync_ledger::LoggedEvent) -> ApiResult<EventView> {
+    let event = RawValue::from_string(e.envelope).map_err(|err| {
+        tracing::error!(log.offset = e.offset, error = %err, "stored envelope is not JSON");
+        ApiError::new(crate::error::ErrorCode::Internal, "internal error")
+    })?;
+    Ok(EventView {
+        offset: e.offset,
+        event,
+    })
 }

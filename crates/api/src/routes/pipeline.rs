@@ -275,6 +275,97 @@ pub(crate) async fn consumers(
     })
 }
 
+/// A consumer as the overview shows it (no token needed: what `/metrics` shows too).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OverviewConsumer {
+    name: String,
+    position: i64,
+    lag_events: i64,
+    /// Age of the oldest event not applied yet, now.
+    lag_seconds: f64,
+    /// Whether `lag_seconds` exceeds the SLA now.
+    sla_breached: bool,
+    dead_letters: i64,
+    parked: i64,
+    /// Sync latency (`occurred_at` → applied) over the last 5 and 60 minutes.
+    p50_5m_ms: Option<f64>,
+    p99_5m_ms: Option<f64>,
+    p50_1h_ms: Option<f64>,
+    p99_1h_ms: Option<f64>,
+    /// Sync latency p99 per 10-second slot of the last hour, oldest first (null:
+    /// nothing applied in that slot).
+    p99_series_ms: Vec<Option<f64>>,
+}
+
+/// The operator console's overview.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OverviewView {
+    sla_seconds: f64,
+    /// No consumer's current lag exceeds the SLA.
+    sla_met: bool,
+    /// From the server's last housekeeping round (every 5 s); null before the first,
+    /// and in a `consume` process, which has none.
+    ledger_up: Option<bool>,
+    bus: &'static str,
+    bus_up: Option<bool>,
+    /// Events committed and not yet on the bus.
+    outbox_backlog: Option<i64>,
+    /// (store, sku) rows with fewer on hand than reserved.
+    shortages: Option<i64>,
+    /// The log's head offset at the last round.
+    head_offset: Option<i64>,
+    /// Reservation outcomes since this process started.
+    reservations: crate::console::Outcomes,
+    consumers: Vec<OverviewConsumer>,
+    /// One point per housekeeping round over the last hour, oldest first.
+    points: Vec<crate::console::Point>,
+}
+
+/// Is the SLA being met now, throughput and outcomes, latency over 5 and 60 minutes,
+/// bus and ledger state, and the last hour's points: what the console's overview
+/// shows. Needs no token (it shows what `/metrics` shows).
+#[utoipa::path(get, path = "/v1/overview", tag = "operations", operation_id = "overview", security(()),
+    responses((status = 200, body = OverviewView)))]
+pub(crate) async fn overview(State(state): State<AppState>) -> Json<OverviewView> {
+    let sla = state.sla().as_secs_f64();
+    let consumers: Vec<OverviewConsumer> = state
+        .consumers()
+        .iter()
+        .filter(|c| !c.standing_by())
+        .map(|c| {
+            let s = c.status();
+            OverviewConsumer {
+                sla_breached: s.lag_seconds > sla,
+                p99_series_ms: c.latency_series(0.99).into_iter().map(|(_, v)| v).collect(),
+                name: s.name,
+                position: s.position,
+                lag_events: s.lag_events,
+                lag_seconds: s.lag_seconds,
+                dead_letters: s.dead_letters,
+                parked: s.parked,
+                p50_5m_ms: s.sync_latency_p50_ms,
+                p99_5m_ms: s.sync_latency_p99_ms,
+                p50_1h_ms: s.sync_latency_1h_p50_ms,
+                p99_1h_ms: s.sync_latency_1h_p99_ms,
+            }
+        })
+        .collect();
+    let (last, reservations, points) = state.console().read();
+    Json(OverviewView {
+        sla_seconds: sla,
+        sla_met: consumers.iter().all(|c| !c.sla_breached),
+        ledger_up: last.as_ref().map(|o| o.ledger_up),
+        bus: state.bus_name(),
+        bus_up: last.as_ref().map(|o| o.bus_up),
+        outbox_backlog: last.as_ref().and_then(|o| o.backlog),
+        shortages: last.as_ref().and_then(|o| o.shortages),
+        head_offset: last.as_ref().map(|o| o.head),
+        reservations,
+        consumers,
+        points,
+    })
+}
+
 fn consumer<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a ConsumerHandle> {
     state
         .consumers()

@@ -62,6 +62,7 @@ pub(crate) async fn create(
         Err(_) => "error",
     };
     metrics::counter!("invsync_reservations_total", "result" => label).increment(1);
+    state.console().tallies.count(label);
     let out = result?;
     let status = if out.created {
         StatusCode::CREATED

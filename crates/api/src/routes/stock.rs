@@ -9,7 +9,7 @@ use super::page_limit;
 use crate::auth::{Auth, ReadScope};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{field, ApiPath, ApiQuery};
-use crate::wire::{SnapshotView, StockList, StockPage, StockView};
+use crate::wire::{ShortagesView, SnapshotView, StockList, StockPage, StockView};
 use crate::AppState;
 
 /// One (store, sku) level.
@@ -136,5 +136,34 @@ pub(crate) async fn snapshot(
         items: page.items.into_iter().map(Into::into).collect(),
         next,
         log_offset: page.log_offset,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ShortagesQuery {
+    /// 1 to 1,000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// The (store, sku) rows with a shortage (`available < 0`: fewer on hand than
+/// reserved), the largest first, and how many there are in all.
+#[utoipa::path(get, path = "/v1/stock/shortages", tag = "stock", operation_id = "list_shortages", params(ShortagesQuery),
+    responses((status = 200, body = ShortagesView)))]
+pub(crate) async fn shortages(
+    _: Auth<ReadScope>,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ShortagesQuery>,
+) -> ApiResult<Json<ShortagesView>> {
+    let limit = page_limit(q.limit)?;
+    let (count, rows) = tokio::try_join!(
+        state.ledger().shortages(),
+        state.ledger().shortage_rows(limit)
+    )?;
+    Ok(Json(ShortagesView {
+        count,
+        items: rows.into_iter().map(Into::into).collect(),
     }))
 }

@@ -51,6 +51,9 @@ pub use control::{ControlError, ReplayFrom};
 use delivery::deliver_with_retry;
 use parked::{Hold, Parking, Retrier};
 
+/// The window of the sync latency quantiles `/v1/consumers` reports.
+const FIVE_MINUTES: Duration = Duration::from_secs(300);
+
 /// How often a source hears that fetched events are still being delivered.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
@@ -166,8 +169,12 @@ pub struct ConsumerStatus {
     pub parked_skus: i64,
     /// The last error of the oldest parked event that was tried.
     pub parked_error: Option<String>,
+    /// Sync latency (`occurred_at` → applied) over the last 5 minutes, to within 10 %.
     pub sync_latency_p50_ms: Option<f64>,
     pub sync_latency_p99_ms: Option<f64>,
+    /// The same over the last hour.
+    pub sync_latency_1h_p50_ms: Option<f64>,
+    pub sync_latency_1h_p99_ms: Option<f64>,
     /// The time of the last event applied: the view is current up to here.
     pub as_of: Option<DateTime<Utc>>,
     /// The last error that stopped progress, until progress resumes.
@@ -249,6 +256,7 @@ impl ConsumerHandle {
 
     pub fn status(&self) -> ConsumerStatus {
         let head = *self.head.borrow();
+        let now = std::time::Instant::now();
         let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         ConsumerStatus {
             name: self.name.clone(),
@@ -259,8 +267,10 @@ impl ConsumerHandle {
             parked: s.parked,
             parked_skus: s.parked_skus,
             parked_error: s.parked_error.clone(),
-            sync_latency_p50_ms: s.latencies.quantile(0.50),
-            sync_latency_p99_ms: s.latencies.quantile(0.99),
+            sync_latency_p50_ms: s.latencies.quantile(now, FIVE_MINUTES, 0.50),
+            sync_latency_p99_ms: s.latencies.quantile(now, FIVE_MINUTES, 0.99),
+            sync_latency_1h_p50_ms: s.latencies.quantile(now, crate::stats::HISTORY, 0.50),
+            sync_latency_1h_p99_ms: s.latencies.quantile(now, crate::stats::HISTORY, 0.99),
             as_of: s.as_of,
             last_error: s.last_error.clone(),
         }
@@ -310,6 +320,17 @@ impl ConsumerHandle {
                 version: event.version,
                 received,
             }))
+    }
+
+    /// The sync latency `q` quantile per 10-second slot of the last hour, oldest
+    /// first, as (seconds ago, milliseconds): for the console's charts.
+    pub fn latency_series(&self, q: f64) -> Vec<(u64, Option<f64>)> {
+        let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        s.latencies
+            .series(std::time::Instant::now(), q)
+            .into_iter()
+            .map(|(ago, v)| (ago.as_secs(), v))
+            .collect()
     }
 
     /// Does this consumer hold that dead letter?

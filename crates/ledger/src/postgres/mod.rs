@@ -630,6 +630,39 @@ impl Ledger for PgLedger {
         .await
     }
 
+    async fn shortage_rows(&self, limit: usize) -> Result<Vec<StockRow>, LedgerError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {STOCK_COLUMNS} FROM stock WHERE on_hand < reserved \
+                 ORDER BY reserved - on_hand DESC, store_id, sku LIMIT $1"
+            );
+            stock_rows(c, &sql, &[&(limit as i64)])
+        })
+        .await
+    }
+
+    async fn recent_events_of(
+        &self,
+        sku: Sku,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, LedgerError> {
+        self.read(move |c| {
+            Ok(c.query(
+                "SELECT log_offset, envelope FROM events \
+                 WHERE log_offset > (SELECT value FROM meta WHERE key = 'last_offset') - $1 \
+                   AND sku = $2 ORDER BY log_offset DESC LIMIT $3",
+                &[&crate::RECENT_WINDOW, &sku.as_str(), &(limit as i64)],
+            )?
+            .iter()
+            .map(|r| LoggedEvent {
+                offset: r.get(0),
+                envelope: r.get(1),
+            })
+            .collect())
+        })
+        .await
+    }
+
     async fn flush(&self, timeout: Duration) -> Result<(), LedgerError> {
         // Committed events are in the log already; wait until this instance's head
         // (what wakes its consumers) has seen them too.

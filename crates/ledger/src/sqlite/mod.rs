@@ -609,6 +609,42 @@ impl Ledger for SqliteLedger {
         .await
     }
 
+    async fn shortage_rows(&self, limit: usize) -> Result<Vec<StockRow>, LedgerError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {STOCK_COLUMNS} FROM stock WHERE on_hand < reserved \
+                 ORDER BY reserved - on_hand DESC, store_id, sku LIMIT ?1"
+            );
+            rows::stock_rows(c, &sql, [limit as i64])
+        })
+        .await
+    }
+
+    async fn recent_events_of(
+        &self,
+        sku: Sku,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, LedgerError> {
+        self.read(move |c| {
+            let mut statement = c.prepare_cached(
+                "SELECT log_offset, envelope FROM events \
+                 WHERE log_offset > (SELECT coalesce(max(log_offset), 0) FROM events) - ?1 \
+                   AND sku = ?2 ORDER BY log_offset DESC LIMIT ?3",
+            )?;
+            let rows = statement.query_map(
+                rusqlite::params![crate::RECENT_WINDOW, sku.as_str(), limit as i64],
+                |r| {
+                    Ok(LoggedEvent {
+                        offset: r.get(0)?,
+                        envelope: r.get(1)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn flush(&self, _timeout: std::time::Duration) -> Result<(), LedgerError> {
         Ok(())
     }
