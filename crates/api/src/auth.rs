@@ -85,6 +85,56 @@ fn bearer_token(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// Who a request's token says the caller is, for `GET /v1/whoami`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Identity {
+    /// Whether this server asks for tokens at all (false: anonymous on loopback).
+    pub(crate) tokens_required: bool,
+    /// The token's client name; null without a token.
+    pub(crate) name: Option<String>,
+    /// What the caller may do (`admin` implies every other scope).
+    pub(crate) scopes: Vec<&'static str>,
+}
+
+const ALL_SCOPES: [Scope; 4] = [Scope::Read, Scope::Reserve, Scope::Adjust, Scope::Admin];
+
+/// The caller's identity: none without a token; 401 for a token the server does not
+/// know.
+pub(crate) fn identify(state: &AppState, parts: &Parts) -> Result<Identity, ApiError> {
+    let Access::Tokens(_) = state.access() else {
+        return Ok(Identity {
+            tokens_required: false,
+            name: None,
+            scopes: ALL_SCOPES.iter().map(|s| s.as_str()).collect(),
+        });
+    };
+    let Some(token) = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+    else {
+        return Ok(Identity {
+            tokens_required: true,
+            name: None,
+            scopes: Vec::new(),
+        });
+    };
+    let entry = state
+        .access()
+        .find(token)
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the bearer token is not valid"))?;
+    Ok(Identity {
+        tokens_required: true,
+        name: Some(entry.name.clone()),
+        scopes: ALL_SCOPES
+            .iter()
+            .filter(|s| entry.allows(**s))
+            .map(|s| s.as_str())
+            .collect(),
+    })
+}
+
 /// The scope a route requires, as a type.
 pub trait RequiredScope: Send + Sync + 'static {
     const SCOPE: Scope;

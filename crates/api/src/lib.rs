@@ -212,6 +212,7 @@ fn pipeline_routes() -> Router<AppState> {
         .route("/v1/storefront/rows", get(pipeline::rows))
         .route("/v1/consumers", get(pipeline::consumers))
         .route("/v1/overview", get(pipeline::overview))
+        .route("/v1/whoami", get(health::whoami))
         .route("/v1/consumers/{name}/replay", post(pipeline::replay))
         .route("/v1/dead-letters", get(pipeline::dead_letters))
         .route("/v1/dead-letters/{id}/redrive", post(pipeline::redrive))

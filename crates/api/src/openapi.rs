@@ -136,7 +136,7 @@ impl ToSchema for Split {}
         routes::pipeline::availability, routes::pipeline::availability_list, routes::pipeline::rows, routes::pipeline::consumers,
         routes::pipeline::replay, routes::pipeline::dead_letters, routes::pipeline::redrive, routes::pipeline::overview,
         routes::health::healthz, routes::health::readyz, routes::health::metrics,
-        routes::health::openapi, routes::health::dashboard,
+        routes::health::openapi, routes::health::dashboard, routes::health::whoami,
     ),
     components(schemas(
         Identifier, AdjustReason, ReleaseReason, Allocation, Split,
@@ -147,7 +147,7 @@ impl ToSchema for Split {}
         wire::AllocationView, wire::SettleLineBody, wire::ChannelLocationBody, wire::ChannelBody,
         wire::ChannelLocationView, wire::ChannelView, wire::ChannelList, wire::SafetyItemBody,
         wire::SafetyStockBody, wire::SafetyStockView, wire::SafetyOverrideView, wire::SafetyOverrideList,
-        wire::EventView, wire::EventsView, wire::RecentEventsView, wire::ShortagesView,
+        wire::EventView, wire::EventsView, wire::RecentEventsView, wire::ShortagesView, crate::auth::Identity,
         routes::pipeline::OverviewView, routes::pipeline::OverviewConsumer, crate::console::Point, crate::console::Outcomes,
         routes::pipeline::AvailabilityView, routes::pipeline::AvailabilityList, routes::pipeline::StoreAvailabilityView,
         routes::pipeline::ViewPage, routes::pipeline::ConsumersView, routes::pipeline::ReplayBody,
@@ -183,7 +183,14 @@ impl Modify for BearerAuth {
 struct ErrorAnswers;
 
 /// Operations that answer without touching the ledger or a consumer store.
-const NEVER_UNAVAILABLE: &[&str] = &["healthz", "metrics", "openapi", "dashboard", "overview"];
+const NEVER_UNAVAILABLE: &[&str] = &[
+    "healthz",
+    "metrics",
+    "openapi",
+    "dashboard",
+    "overview",
+    "whoami",
+];
 
 impl Modify for ErrorAnswers {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {

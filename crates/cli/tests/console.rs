@@ -1,117 +1,378 @@
-//! The operations console at `/`, driven by a real browser: headless Chromium loads
-//! the page from a live server, runs its script against the live API and leaves the
-//! DOM it built, which is then read back. `.ci/run` installs Chromium.
+//! The operator console at `/`, driven in a real browser: headless Chromium under
+//! chromedriver (WebDriver, through `fantoccini`) against a live server. The tests
+//! sign in and out, click, accept the confirmation dialogs and read the page as an
+//! operator would; they save screenshots (`target/tmp/console-*.png`, and into the
+//! directory `INVSYNC_SCREENSHOTS_DIR` names: `docs/` holds the current ones).
+//! `.ci/run` installs `chromium` and `chromium-driver`.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{adjust, client, eventually, put, storefront_caught_up, Server};
+use common::receiver::{self, Receiver};
+use common::{client, eventually, Server};
+use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
-/// The DOM headless Chromium has built after loading `url` and letting its script
-/// run (virtual time runs ahead whenever the page is idle, so this takes ~1 s).
-fn rendered(url: &str) -> String {
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "chromium: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A private chromedriver, stopped by its pid on drop, and a WebDriver session with
+/// headless Chromium.
+struct Browser {
+    driver: Child,
+    client: Client,
 }
 
-/// The text of each cell of the rows in `<tbody id="{id}">`, tags stripped.
-fn table(dom: &str, id: &str) -> Vec<Vec<String>> {
-    let start = dom.find(&format!("<tbody id=\"{id}\">")).unwrap();
-    let body = &dom[start..start + dom[start..].find("</tbody>").unwrap()];
-    body.split("<tr>")
-        .skip(1)
-        .map(|row| {
-            row.split("<td")
-                .skip(1)
-                .map(|cell| {
-                    let inner = &cell[cell.find('>').unwrap() + 1..];
-                    let inner = &inner[..inner.find("</td>").unwrap()];
-                    let mut text = String::new();
-                    let mut in_tag = false;
-                    for c in inner.chars() {
-                        match c {
-                            '<' => in_tag = true,
-                            '>' => in_tag = false,
-                            c if !in_tag => text.push(c),
-                            _ => {}
-                        }
-                    }
-                    text.replace("&amp;", "&").trim().to_owned()
-                })
-                .collect()
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+async fn browser() -> Option<Browser> {
+    invsync_testkit::tool("Chromium", "chromium", &["--version"])?;
+    invsync_testkit::tool("chromedriver", "chromedriver", &["--version"])?;
+    let port = invsync_testkit::free_port();
+    let driver = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = client();
+    eventually("chromedriver answers", WAIT, || async {
+        http.get(format!("{url}/status"))
+            .send()
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+            "--disable-dev-shm-usage", "--window-size=1440,1600"]}),
+    );
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&url)
+        .await
+        .unwrap();
+    Some(Browser { driver, client })
+}
+
+/// Saves what the browser shows as `name.png` (see the module's doc).
+async fn screenshot(client: &Client, name: &str) {
+    let png = client.screenshot().await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(dir.join(format!("{name}.png")), &png).unwrap();
+    if let Ok(dir) = std::env::var("INVSYNC_SCREENSHOTS_DIR") {
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), &png).unwrap();
+    }
+}
+
+/// The text of an element (empty when it is absent).
+async fn text(client: &Client, css: &str) -> String {
+    match client.find(Locator::Css(css)).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Polls the page until `probe` holds, failing after `WAIT` with what it last saw.
+async fn until(client: &Client, what: &str, css: &str, probe: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = text(client, css).await;
+        if probe(&seen) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; {css} shows: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each row of a table body as its cells' text.
+async fn rows(client: &Client, tbody: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for row in client
+        .find_all(Locator::Css(&format!("#{tbody} > tr")))
+        .await
+        .unwrap()
+    {
+        let mut cells = Vec::new();
+        for cell in row.find_all(Locator::Css("td")).await.unwrap() {
+            cells.push(cell.text().await.unwrap().trim().to_owned());
+        }
+        out.push(cells);
+    }
+    out
+}
+
+async fn attribute(client: &Client, css: &str, name: &str) -> Option<String> {
+    client
+        .find(Locator::Css(css))
+        .await
+        .ok()?
+        .attr(name)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn sign_in(client: &Client, token: &str) {
+    if !text(client, "#who").await.contains("not signed in") {
+        client
+            .find(Locator::Id("signout"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(client, "signed out", "#who", |t| {
+            t.contains("not signed in")
         })
-        .collect()
+        .await;
+    }
+    let input = client.find(Locator::Id("token")).await.unwrap();
+    input.send_keys(token).await.unwrap();
+    client
+        .find(Locator::Id("signin-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+fn tokens_file(dir: &std::path::Path, tokens: &[(&str, &str, &str)]) -> std::path::PathBuf {
+    let mut file = String::new();
+    for (name, scope, token) in tokens {
+        let digest = hex::encode(Sha256::digest(token.as_bytes()));
+        file.push_str(&format!(
+            "[[token]]\nname = \"{name}\"\nscopes = [\"{scope}\"]\nsha256 = \"{digest}\"\n"
+        ));
+    }
+    let path = dir.join("tokens.toml");
+    std::fs::write(&path, file).unwrap();
+    path
+}
+
+const READ_TOKEN: &str = "console-read-token-0123456789";
+const ADMIN_TOKEN: &str = "console-admin-token-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_signs_in_looks_up_stock_and_orders_and_redrives_a_dead_letter() {
+    let Some(b) = browser().await else {
+        return;
+    };
+    let c = &b.client;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(
+        dir.path(),
+        &[
+            ("reader", "read", READ_TOKEN),
+            ("ops", "admin", ADMIN_TOKEN),
+        ],
+    );
+    let receiver = Receiver::default();
+    receiver.behaviour.lock().unwrap().reject_ref = Some("BAD-1".into());
+    let hook = receiver.clone().start().await;
+    let mut flags = vec!["--tokens".to_owned(), tokens.display().to_string()];
+    flags.extend(receiver::webhook_flags(&hook));
+    let server = Server::start(&dir.path().join("data"), &receiver::args(&flags));
+    let url = server.url.clone();
+    let http = client();
+    let admin = |method: reqwest::Method, path: &str, body: serde_json::Value| {
+        http.request(method, format!("{url}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let sku = "TSHIRT RED/XL";
+    for (store, units) in [("WH1", 7), ("Store #1", 4)] {
+        let body = json!({"store_id": store, "sku": sku, "delta": units, "reason": "stock_in"});
+        let answer = admin(reqwest::Method::POST, "/v1/adjustments", body)
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let online = json!({"allocation": "priority", "split": "by_unit", "locations": [
+        {"store_id": "WH1", "priority": 1}, {"store_id": "Store #1", "priority": 2, "safety_stock": 2}]});
+    let answer = admin(reqwest::Method::PUT, "/v1/channels/online", online)
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let order =
+        json!({"order_id": "O-1001", "channel": "online", "lines": [{"sku": sku, "quantity": 9}]});
+    let answer = admin(reqwest::Method::POST, "/v1/reservations", order)
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201, "{:?}", answer.text().await);
+    // The receiver refuses this one for good: a dead letter.
+    let refused = json!({"store_id": "WH1", "sku": "MUG", "delta": 1, "reason": "stock_in", "external_ref": "BAD-1"});
+    let answer = admin(reqwest::Method::POST, "/v1/adjustments", refused)
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    // Signed out: the overview renders with data; the rest says what it needs.
+    c.goto(&format!("{url}/")).await.unwrap();
+    until(c, "the SLA banner", "#sla", |t| t.starts_with("SLA met")).await;
+    until(c, "one reservation counted", "#card-reserved", |t| {
+        t.ends_with('1')
+    })
+    .await;
+    until(c, "a point on the rate chart", "#status", |t| {
+        t.contains("live")
+    })
+    .await;
+    let locked = c.find(Locator::Id("dead-locked")).await.unwrap();
+    assert!(
+        locked.is_displayed().await.unwrap(),
+        "the dead letters say a token is needed"
+    );
+    assert!(locked.text().await.unwrap().contains("read"));
+    let chart = eventually("the rate chart draws a line", WAIT, || async {
+        attribute(c, "#chart-rate path", "d")
+            .await
+            .filter(|d| d.starts_with('M'))
+    })
+    .await;
+    assert!(!chart.is_empty());
+
+    // Read scope: the dead letter is listed, its redrive is not offered.
+    sign_in(c, READ_TOKEN).await;
+    until(c, "signed in as the reader", "#who", |t| {
+        t.contains("reader")
+    })
+    .await;
+    until(c, "the dead letter", "#dead", |t| {
+        t.contains("ADJUSTED WH1/MUG")
+    })
+    .await;
+    let redrive = c.find(Locator::Css("button.redrive")).await.unwrap();
+    assert!(!redrive.is_enabled().await.unwrap(), "redrive needs admin");
+    assert_eq!(
+        redrive.attr("title").await.unwrap().as_deref(),
+        Some("needs an admin token")
+    );
+
+    // The SKU lookup: levels per store, availability per channel, latest events.
+    c.goto(&format!("{url}/#sku=TSHIRT%20RED%2FXL"))
+        .await
+        .unwrap();
+    until(c, "the levels", "#levels", |t| t.contains("WH1")).await;
+    let levels = rows(c, "levels").await;
+    assert_eq!(
+        levels,
+        [
+            ["Store #1", "4", "2", "2", "2"],
+            ["WH1", "7", "7", "0", "2"],
+        ],
+        "the order took WH1's 7 and 2 of Store #1's 4 (2 are its safety stock)"
+    );
+    until(c, "the channel row", "#channels", |t| t.contains("online")).await;
+    let channels = rows(c, "channels").await;
+    assert_eq!(channels[1], ["online", "0", "WH1: 0, Store #1: 0"]);
+    let events = until(c, "the SKU's events", "#sku-events", |t| {
+        t.contains("RESERVED")
+    })
+    .await;
+    assert!(events.contains("O-1001"), "{events}");
+    screenshot(c, "console-stock").await;
+
+    // The order lookup: where each unit is held.
+    let input = c.find(Locator::Id("order")).await.unwrap();
+    input.send_keys("O-1001").await.unwrap();
+    c.find(Locator::Css("#order-lookup button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let held = until(c, "the order's lines", "#order-result", |t| {
+        t.contains("WH1: 7")
+    })
+    .await;
+    assert!(held.contains("Store #1: 2"), "{held}");
+
+    // Admin: redrive by clicking, confirmed; the receiver now takes it.
+    sign_in(c, ADMIN_TOKEN).await;
+    until(c, "signed in as ops", "#who", |t| t.contains("ops")).await;
+    receiver.behaviour.lock().unwrap().reject_ref = None;
+    eventually("an enabled redrive button", WAIT, || async {
+        let button = c.find(Locator::Css("button.redrive")).await.ok()?;
+        button.is_enabled().await.ok()?.then_some(())
+    })
+    .await;
+    screenshot(c, "console-dead-letters").await;
+    // The table is redrawn only when it changes, so the button found is the one shown.
+    let redrive = c.find(Locator::Css("button.redrive")).await.unwrap();
+    redrive.click().await.unwrap();
+    let question = c.get_alert_text().await.unwrap();
+    assert!(question.starts_with("Deliver dead letter"), "{question}");
+    c.accept_alert().await.unwrap();
+    until(c, "the outcome", "#dead-outcome", |t| {
+        t.contains("accepted")
+    })
+    .await;
+    until(c, "the dead letter gone", "#dead", |t| t.contains("none")).await;
+    let seen = receiver.seen.lock().unwrap();
+    assert!(
+        seen.accepted.iter().any(|(_, _, sku, _)| sku == "MUG"),
+        "the receiver got the redriven event"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_shows_a_skus_availability_through_each_channel() {
-    let Some(()) = invsync_testkit::tool("Chromium", "chromium", &["--version"]) else {
+async fn a_breach_shows_red_while_it_lasts_and_clears_after() {
+    let Some(b) = browser().await else {
         return;
     };
+    let c = &b.client;
+    let receiver = Receiver::default();
+    let hook = receiver.clone().start().await;
+    let mut flags = vec!["--sla".to_owned(), "2s".to_owned()];
+    flags.extend(receiver::webhook_flags(&hook));
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let (http, url) = (client(), server.url.clone());
-    let online = json!({"allocation": "priority", "split": "by_unit", "locations": [
-        {"store_id": "WH1", "priority": 1}, {"store_id": "Store #1", "priority": 2, "safety_stock": 2}]});
-    assert_eq!(
-        put(&http, &format!("{url}/v1/channels/online"), online)
-            .await
-            .0,
-        200
-    );
-    let pos = json!({"allocation": "priority", "split": "none",
-        "locations": [{"store_id": "Store #1", "safety_stock": 5}]});
-    assert_eq!(
-        put(&http, &format!("{url}/v1/channels/pos-1"), pos).await.0,
-        200
-    );
-    adjust(&http, &url, "WH1", "TSHIRT RED/XL", 3).await;
-    adjust(&http, &url, "Store #1", "TSHIRT RED/XL", 5).await;
-    eventually(
-        "the storefront catches up",
-        Duration::from_secs(30),
-        || async { storefront_caught_up(&http, &url).await.then_some(()) },
-    )
-    .await;
+    let server = Server::start(dir.path(), &receiver::args(&flags));
+    let http = client();
+    c.goto(&format!("{}/", server.url)).await.unwrap();
+    until(c, "the SLA met", "#sla", |t| t.starts_with("SLA met")).await;
 
-    // The lookup is linked to by the page's hash, as the form sets it.
-    let dom = rendered(&format!("{url}/#sku=TSHIRT%20RED%2FXL"));
+    // The receiver goes down: the webhook's lag passes the 2 s SLA.
+    receiver.behaviour.lock().unwrap().unavailable_until =
+        Some(Instant::now() + Duration::from_secs(3600));
+    common::adjust(&http, &server.url, "S1", "A", 1).await;
+    let banner = until(c, "the breach", "#sla", |t| t.starts_with("SLA breached")).await;
+    assert!(banner.contains("webhook"), "{banner}");
     assert_eq!(
-        table(&dom, "channels"),
-        [
-            ["(all stores, no safety stock)", "8", "Store #1: 5, WH1: 3"],
-            ["online", "6", "WH1: 3, Store #1: 3"],
-            ["pos-1", "0", "Store #1: 0"],
-        ],
-        "{dom}"
+        attribute(c, "#sla", "class").await.as_deref(),
+        Some("banner bad")
     );
-    // Nothing available through a channel is marked.
-    assert!(dom.contains(r#"<td class="n bad">0</td>"#), "{dom}");
+    screenshot(c, "console-breach").await;
 
-    // A hash that does not decode is looked up as typed, and the rest of the page
-    // still runs: the consumers table fills.
-    let dom = rendered(&format!("{url}/#sku=%E0"));
-    let consumers = table(&dom, "consumers");
-    assert!(consumers.iter().any(|row| row[0] == "storefront"), "{dom}");
-    assert!(dom.contains("%E0: as of"), "looked up as typed: {dom}");
+    // It comes back: the breach clears without a reload.
+    receiver.behaviour.lock().unwrap().unavailable_until = None;
+    until(c, "the SLA met again", "#sla", |t| t.starts_with("SLA met")).await;
+    assert_eq!(
+        attribute(c, "#sla", "class").await.as_deref(),
+        Some("banner ok")
+    );
+    assert_eq!(
+        attribute(c, "#sla", "data-state").await.as_deref(),
+        Some("met")
+    );
+    screenshot(c, "console-overview").await;
 }

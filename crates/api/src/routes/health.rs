@@ -53,6 +53,18 @@ pub(crate) async fn openapi() -> impl IntoResponse {
     Json(DOCUMENT.get_or_init(crate::openapi::document))
 }
 
+/// Who the bearer token (if any) belongs to and what it may do: lets the console say
+/// which of its parts the token opens. Needs no token; a token the server does not
+/// know is 401.
+#[utoipa::path(get, path = "/v1/whoami", tag = "operations", operation_id = "whoami", security(()),
+    responses((status = 200, body = crate::auth::Identity), (status = 401, body = crate::error::Problem)))]
+pub(crate) async fn whoami(
+    State(state): State<AppState>,
+    parts: axum::http::request::Parts,
+) -> Result<Json<crate::auth::Identity>, crate::error::ApiError> {
+    crate::auth::identify(&state, &parts).map(Json)
+}
+
 const DASHBOARD: &str = include_str!("../static/dashboard.html");
 
 /// The operator dashboard: a static page that reads `/v1/consumers`, `/metrics` and
