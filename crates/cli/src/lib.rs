@@ -9,6 +9,7 @@
 //! - [`client`]: client commands over the HTTP API.
 //! - [`tokens`]: the tokens file and `token new`.
 //! - [`bench`]: the load generator.
+//! - [`demo`]: `invsync demo`, a shop around the embedded server.
 #![forbid(unsafe_code)]
 
 pub mod bench;
@@ -16,6 +17,7 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod datadir;
+pub mod demo;
 pub mod serve;
 pub mod tokens;
 
@@ -256,6 +258,10 @@ enum Command {
     },
     /// Drive load against a server and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Run a demo: the embedded server, a simulated shop sending it orders,
+    /// cancellations, expiries, till sales, deliveries and counts, and a flaky webhook
+    /// receiver; prints the console's URL.
+    Demo(demo::DemoArgs),
     /// Print a shell completion script: `invsync completions bash >
     /// /etc/bash_completion.d/invsync` (zsh: into a `$fpath` directory as `_invsync`;
     /// fish: `~/.config/fish/completions/invsync.fish`).
@@ -391,6 +397,18 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => run_server(&runtime, args, None),
+        Command::Demo(args) => {
+            // Quiet by default: the console shows what the logs would (RUST_LOG
+            // overrides).
+            let _logging = init_logging_with(LogFormat::Text, "error");
+            match runtime.block_on(demo::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("invsync demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Completions { shell } => {
             // Generated into memory (writing a Vec cannot fail), then written out,
             // so a closed pipe is an error message, not a panic.
@@ -513,6 +531,7 @@ fn command_wants_json(command: &Command) -> bool {
         | Command::Token { .. }
         | Command::Bench(_)
         | Command::Completions { .. }
+        | Command::Demo(_)
         | Command::Man => false,
     }
 }
@@ -522,8 +541,16 @@ fn command_wants_json(command: &Command) -> bool {
 /// returned guard flushes what is queued when dropped, so hold it until the process
 /// ends.
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    init_logging_with(format, "info")
+}
+
+/// Logging to stderr at `default` (a filter), unless `RUST_LOG` says otherwise.
+fn init_logging_with(
+    format: LogFormat,
+    default: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Not lossy: when the queue is full, a writer waits rather than drop a line.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
@@ -928,6 +955,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
         | Command::Token { .. }
         | Command::Bench(_)
         | Command::Completions { .. }
+        | Command::Demo(_)
         | Command::Man => return Err(ClientError::Usage("not a client command".into())),
     }
     Ok(())

@@ -74,13 +74,22 @@ impl Role {
 
 /// `invsync serve`.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    run_as(config, Role::Server).await
+    run_as(config, Role::Server, None).await
+}
+
+/// `invsync serve` that reports the address it listens on once it does (`invsync
+/// demo` drives its own traffic there).
+pub async fn run_reporting(
+    config: Config,
+    listening: tokio::sync::oneshot::Sender<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    run_as(config, Role::Server, Some(listening)).await
 }
 
 /// `invsync consume NAME`.
 pub async fn consume(config: Config, consume: Consume) -> anyhow::Result<()> {
     check_consumer(&config, &consume).map_err(|e| anyhow::anyhow!(e))?;
-    run_as(config, Role::Consumer(consume)).await
+    run_as(config, Role::Consumer(consume), None).await
 }
 
 /// Whether `consume NAME` names a configured consumer, and `--partitioned` one that
@@ -119,7 +128,11 @@ pub fn check_consumer(
     ))
 }
 
-async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
+async fn run_as(
+    config: Config,
+    role: Role,
+    listening: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> anyhow::Result<()> {
     // Metrics first: tasks started below record from their first moment.
     invsync_api::telemetry::init();
     raise_fd_limit(config.http.max_connections);
@@ -151,6 +164,9 @@ async fn run_as(config: Config, role: Role) -> anyhow::Result<()> {
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, "invsync listening");
+    if let Some(listening) = listening {
+        let _ = listening.send(addr);
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let signal_stop = stop_tx.clone();

@@ -1,0 +1,131 @@
+//! `invsync demo` as a newcomer runs it: it prints the console's URL, and within a
+//! minute or two the server has a catalogue, channels, every kind of traffic the demo
+//! promises (orders, cancellations, expiries, fulfilments, till sales, deliveries,
+//! counts), a dead letter from the receiver that refuses one SKU, and an overview
+//! with data.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{client, eventually, get, BIN};
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_its_url_and_runs_a_whole_shop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("demo"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _demo = Demo(child);
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no URL in {first:?}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let http = client();
+
+    // The console is there.
+    let page = http.get(format!("{url}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("invsync console"));
+
+    // The catalogue: five locations of each SKU, and two channels.
+    let stock = eventually("the catalogue", Duration::from_secs(60), || async {
+        let (status, rows) = get(&http, &format!("{url}/v1/stock?sku=TEE-BLK-01")).await;
+        (status == 200 && rows["items"].as_array()?.len() == 5).then_some(rows)
+    })
+    .await;
+    assert_eq!(stock["items"][0]["store_id"], "S1");
+    let names = eventually("the channels", Duration::from_secs(60), || async {
+        let (_, channels) = get(&http, &format!("{url}/v1/channels")).await;
+        let names: Vec<String> = channels["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|c| Some(c["channel_id"].as_str()?.to_owned()))
+            .collect();
+        (names.len() == 2).then_some(names)
+    })
+    .await;
+    assert_eq!(names, ["online", "pos-S1"]);
+
+    // Every kind of traffic shows up in the log.
+    let wanted: HashSet<&str> = [
+        "order_placed",
+        "order_cancelled",
+        "expired",
+        "fulfilled",
+        "sale",
+        "stock_in",
+        "cycle_count",
+    ]
+    .into();
+    eventually(
+        "every kind of traffic",
+        Duration::from_secs(150),
+        || async {
+            let seen: HashSet<String> = common::all_events(&http, &url)
+                .await
+                .iter()
+                .filter_map(|(_, e)| Some(e["data"]["reason"].as_str()?.to_owned()))
+                .collect();
+            wanted.iter().all(|w| seen.contains(*w)).then_some(())
+        },
+    )
+    .await;
+
+    // The receiver refuses the recalled SKU: a dead letter to redrive.
+    eventually("a dead letter", Duration::from_secs(60), || async {
+        let (_, letters) = get(&http, &format!("{url}/v1/dead-letters")).await;
+        letters["items"]
+            .as_array()?
+            .iter()
+            .any(|d| d["event"]["data"]["product_sku"] == "MUG-RECALLED")
+            .then_some(())
+    })
+    .await;
+
+    // The overview has data: outcomes, both consumers, points for the charts.
+    let (_, overview) = get(&http, &format!("{url}/v1/overview")).await;
+    assert!(
+        overview["reservations"]["reserved"].as_u64().unwrap() > 0,
+        "{overview}"
+    );
+    let consumers: Vec<&str> = overview["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(consumers, ["storefront", "webhook"]);
+    assert!(
+        !overview["points"].as_array().unwrap().is_empty(),
+        "{overview}"
+    );
+}
