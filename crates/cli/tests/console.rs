@@ -307,6 +307,23 @@ async fn an_operator_signs_in_looks_up_stock_and_orders_and_redrives_a_dead_lett
     .await;
     assert!(held.contains("Store #1: 2"), "{held}");
 
+    // A count below what is held (nowhere to move it): the shortage is listed.
+    let count = json!({"store_id": "WH1", "sku": sku, "set_on_hand": 5, "reason": "cycle_count"});
+    let answer = admin(reqwest::Method::POST, "/v1/adjustments", count)
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    until(c, "the shortage", "#shortages", |t| t.contains("WH1")).await;
+    assert_eq!(
+        rows(c, "shortages").await,
+        [["WH1", sku, "5", "7", "2"]],
+        "store, SKU, on hand, reserved, short by"
+    );
+    until(c, "the shortages card", "#card-shortages", |t| {
+        t.ends_with('1')
+    })
+    .await;
+
     // Admin: redrive by clicking, confirmed; the receiver now takes it.
     sign_in(c, ADMIN_TOKEN).await;
     until(c, "signed in as ops", "#who", |t| t.contains("ops")).await;
