@@ -392,4 +392,32 @@ async fn a_breach_shows_red_while_it_lasts_and_clears_after() {
         Some("met")
     );
     screenshot(c, "console-overview").await;
+
+    // Replay by clicking (open access: every scope): asked where from, then confirmed.
+    let replay = c
+        .find(Locator::Css("button.replay[data-name=\"webhook\"]"))
+        .await
+        .unwrap();
+    replay.click().await.unwrap();
+    let question = c.get_alert_text().await.unwrap();
+    assert!(question.starts_with("Replay webhook from"), "{question}");
+    c.send_alert_text("1").await.unwrap();
+    c.accept_alert().await.unwrap();
+    let confirm = c.get_alert_text().await.unwrap();
+    assert!(confirm.starts_with("Replay webhook from 1?"), "{confirm}");
+    c.accept_alert().await.unwrap();
+    until(c, "the replay's outcome", "#consumer-outcome", |t| {
+        t.contains("Replay of webhook from 1 started")
+    })
+    .await;
+    // The receiver gets the first event again.
+    let first_id = common::all_events(&http, &server.url).await[0].1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually("the first event delivered again", WAIT, || async {
+        let seen = receiver.seen.lock().unwrap();
+        (seen.accepted.iter().filter(|a| a.0 == first_id).count() >= 2).then_some(())
+    })
+    .await;
 }
