@@ -6,7 +6,7 @@
 //!   and `pos-S1` (the first store's tills).
 //! - **A webhook receiver** standing in for an external inventory system, on a
 //!   loopback port. It answers within tens of milliseconds, but is sometimes slow
-//!   (up to 2.5 s). It is down (503) for 20 s of every 2 minutes, which the console
+//!   (up to 1.5 s). It is down (503) for 20 s of every 2 minutes, which the console
 //!   shows as an SLA breach (the demo's SLA is 10 s) that clears by itself. It
 //!   refuses one SKU, `MUG-RECALLED`, for good (422), which makes dead letters to
 //!   redrive.
@@ -67,6 +67,9 @@ pub fn config(args: &DemoArgs, webhook_url: &str) -> Result<Config, crate::confi
         webhook_url: Some(webhook_url.to_owned()),
         webhook_secret: Some("invsync-demo-webhook-secret".to_owned()),
         sla: Some("10s".to_owned()),
+        // Retries at most 2 s apart, so that the console shows the receiver's
+        // recovery within seconds of it (the default backs off up to 30 s).
+        webhook_retry_cap: Some("2s".to_owned()),
         deployment: Some("demo".to_owned()),
         ..ServeArgs::default()
     };
@@ -143,7 +146,8 @@ async fn receive(started: Instant, body: Bytes) -> (StatusCode, &'static str) {
     let pause = {
         let mut rng = rand::rng();
         if rng.random_bool(0.03) {
-            Duration::from_millis(rng.random_range(500..2500))
+            // Slow, but within the 2 s after which a delivery is parked.
+            Duration::from_millis(rng.random_range(300..1500))
         } else {
             Duration::from_millis(rng.random_range(5..40))
         }
@@ -171,6 +175,7 @@ async fn simulate(url: String) {
         http: reqwest::Client::new(),
         url,
         skus: Arc::new(catalogue()),
+        run: format!("{:04X}", rand::rng().random_range(0..0x10000)),
     };
     // The server may still be opening its consumers: retry the set-up until it takes.
     while let Err(error) = shop.set_up().await {
@@ -193,6 +198,9 @@ struct Shop {
     http: reqwest::Client,
     url: String,
     skus: Arc<Vec<String>>,
+    /// This run's mark in order ids, so that a demo started again on the same data
+    /// places new orders rather than repeat (and conflict with) the last run's.
+    run: String,
 }
 
 impl Shop {
@@ -288,7 +296,7 @@ impl Shop {
         let (lines, ttl, store) = order;
         match roll {
             0..45 => {
-                let body = json!({"order_id": format!("WEB-{n}"), "channel": "online",
+                let body = json!({"order_id": format!("WEB-{}-{n}", self.run), "channel": "online",
                     "lines": lines, "ttl_seconds": ttl});
                 self.reserved(
                     self.send(reqwest::Method::POST, "/v1/reservations", body)
@@ -297,7 +305,7 @@ impl Shop {
                 );
             }
             45..60 => {
-                let body = json!({"order_id": format!("CC-{n}"), "store_id": store,
+                let body = json!({"order_id": format!("CC-{}-{n}", self.run), "store_id": store,
                     "lines": lines, "ttl_seconds": 1800});
                 self.reserved(
                     self.send(reqwest::Method::POST, "/v1/reservations", body)
