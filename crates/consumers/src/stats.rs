@@ -96,14 +96,17 @@ impl Latencies {
     /// quantile (`None` for a slot with nothing recorded).
     pub(crate) fn series(&self, now: Instant, q: f64) -> Vec<(Duration, Option<f64>)> {
         let newest = self.slot(now);
+        // Each kept slot's place in the hour, in one pass (slots are few and ordered).
+        let mut by_age: Vec<Option<&[u32; BUCKETS]>> = vec![None; SLOTS as usize];
+        for (slot, counts) in &self.slots {
+            if let Some(ago) = newest.checked_sub(*slot).filter(|a| *a < SLOTS) {
+                by_age[ago as usize] = Some(counts);
+            }
+        }
         (0..SLOTS)
             .rev()
             .map(|ago| {
-                // Slots from before the first recording (or before `origin`) are empty.
-                let counts = newest
-                    .checked_sub(ago)
-                    .and_then(|slot| self.slots.iter().find(|(s, _)| *s == slot).map(|(_, c)| c));
-                let q = counts.and_then(|c| {
+                let q = by_age[ago as usize].and_then(|c| {
                     let wide: Vec<u64> = c.iter().map(|n| u64::from(*n)).collect();
                     quantile_of(&wide, q)
                 });
