@@ -78,7 +78,9 @@ impl Latencies {
     /// `None` when nothing was.
     pub(crate) fn quantile(&self, now: Instant, window: Duration, q: f64) -> Option<f64> {
         let newest = self.slot(now);
-        let oldest = newest.saturating_sub(window.as_secs().div_ceil(SLOT.as_secs()) - 1);
+        // The slots the window reaches into (at least the current one).
+        let slots = window.as_secs().div_ceil(SLOT.as_secs()).max(1);
+        let oldest = newest.saturating_sub(slots - 1);
         let mut merged = [0u64; BUCKETS];
         for (_, counts) in self
             .slots
@@ -158,6 +160,10 @@ mod tests {
             close(l.quantile(now, SLOT, 0.99), 99.0),
             "{:?}",
             l.quantile(now, SLOT, 0.99)
+        );
+        assert!(
+            close(l.quantile(now, Duration::ZERO, 0.5), 50.0),
+            "a zero window is the current slot"
         );
         l.record_at(now, 0.0);
         l.record_at(now, 1e12);
