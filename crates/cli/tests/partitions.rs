@@ -119,8 +119,13 @@ async fn partitioned_consumers_split_the_partitions_and_take_over_a_dead_ones() 
     // kill -9 of one while events flow: the other takes its partitions over.
     changes(&http, &server.url, 2, 20).await;
     a.kill();
-    changes(&http, &server.url, 3, 60).await;
+    let killed = std::time::Instant::now();
     split_evenly(&http, &[&b.url]).await;
+    println!(
+        "the survivor held all 16 partitions {:?} after the kill",
+        killed.elapsed()
+    );
+    changes(&http, &server.url, 3, 60).await;
 
     // A third joins: the survivor gives half up (after stopping them) to it.
     let c = consume(&dirs[3]);
