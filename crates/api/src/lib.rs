@@ -61,7 +61,7 @@ struct Inner {
 /// The consumers running in this process, for the pipeline routes.
 #[derive(Clone, Default)]
 pub struct Pipeline {
-    /// The visibility SLA the dashboard and `/v1/consumers` judge lag against.
+    /// The visibility SLA the console and `/v1/consumers` judge lag against.
     pub sla: std::time::Duration,
     pub consumers: Vec<ConsumerHandle>,
     /// The storefront projection's reader and its consumer (for `as_of`, lag).

@@ -67,8 +67,10 @@ pub(crate) async fn whoami(
 
 const DASHBOARD: &str = include_str!("../static/dashboard.html");
 
-/// The operator dashboard: a static page that reads `/v1/consumers`, `/metrics` and
-/// `/v1/dead-letters` (with a token the operator pastes, when tokens are configured).
+/// The operator console: a static page that reads `/v1/overview` (no token needed),
+/// and, with a token the operator signs in with (`/v1/whoami` says what it opens),
+/// the consumers, dead letters, stock, orders and shortages; it redrives and replays
+/// with an admin token.
 /// Served with a Content-Security-Policy that allows only its own inline script and
 /// style (by hash) and requests to this server, and that no site may frame it.
 #[utoipa::path(get, path = "/", tag = "operations", operation_id = "dashboard", security(()),
