@@ -57,6 +57,10 @@ pub enum ClientError {
     Usage(String),
     #[error("{0}")]
     Failed(String),
+    /// Stdout could not be written. A closed pipe (`| head -3`) is the reader going
+    /// away, which ends the command quietly (see `run`); anything else is an error.
+    #[error("writing to stdout: {0}")]
+    Output(std::io::Error),
 }
 
 /// An error and every cause under it (`error sending request: connection refused`):
@@ -80,7 +84,7 @@ impl ClientError {
     /// command line is wrong, 3 the server could not be reached.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Problem { .. } | Self::Failed(_) => 1,
+            Self::Problem { .. } | Self::Failed(_) | Self::Output(_) => 1,
             Self::Usage(_) => 2,
             Self::Connect { .. } => 3,
         }

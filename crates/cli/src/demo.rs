@@ -21,6 +21,7 @@
 //! Everything goes through the public HTTP API, as a real client's would.
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,7 +99,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         return server.await.context("the demo's server")?;
     };
     let url = format!("http://{address}");
-    println!(
+    let banner = format!(
         "invsync demo: open the console at {url}/\n\
          \n\
          A shop runs against it: a warehouse ({WAREHOUSE}) and four stores, 300 SKUs, the\n\
@@ -109,6 +110,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
          {RECALLED} (dead letters to redrive). The API is at {url}/v1/… (OpenAPI:\n\
          {url}/openapi.json). Ctrl-C stops it."
     );
+    // The banner is a courtesy: a stdout that is closed (`invsync demo | head -1`, a
+    // reader that went away) must not stop the server and the shop, so a failed write
+    // is reported, not a panic as `println!` would make it.
+    if let Err(error) = writeln!(std::io::stdout().lock(), "{banner}") {
+        let _ = writeln!(
+            std::io::stderr(),
+            "invsync demo: cannot print to stdout ({error}); the console is at {url}/"
+        );
+    }
     let traffic = tokio::spawn(simulate(url));
     let outcome = server.await.context("the demo's server")?;
     traffic.abort();
@@ -234,9 +244,12 @@ impl Shop {
             for sku in self.skus.iter() {
                 items.push(json!({"store_id": WAREHOUSE, "sku": sku,
                     "set_on_hand": rng.random_range(20..80), "reason": "cycle_count"}));
+                // At least one: a count of zero where no stock row exists yet is no
+                // change, and every store carries the whole catalogue from the start
+                // (sales take some of it to zero later).
                 for store in STORES {
                     items.push(json!({"store_id": store, "sku": sku,
-                        "set_on_hand": rng.random_range(0..25), "reason": "cycle_count"}));
+                        "set_on_hand": rng.random_range(1..25), "reason": "cycle_count"}));
                 }
             }
         }

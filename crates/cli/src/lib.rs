@@ -21,7 +21,7 @@ pub mod demo;
 pub mod serve;
 pub mod tokens;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -444,8 +444,8 @@ pub fn run(cli: Cli) -> ExitCode {
             command: TokenCommand::New { name, scopes },
         } => {
             let (token, entry) = tokens::new_token(&name, &scopes);
-            println!("token: {token}\n\n# add to the tokens file:\n{entry}");
-            ExitCode::SUCCESS
+            let text = format!("token: {token}\n\n# add to the tokens file:\n{entry}\n");
+            print_generated("the token", text.as_bytes())
         }
         Command::Bench(args) => {
             let json = args.json;
@@ -475,10 +475,14 @@ pub fn run(cli: Cli) -> ExitCode {
             let json = command_wants_json(&command);
             match runtime.block_on(client_command(command)) {
                 Ok(()) => ExitCode::SUCCESS,
+                // The reader of stdout went away (`| head`): nothing left to say.
+                Err(ClientError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     // With --json the problem document goes to stdout too, whole.
                     if let (true, ClientError::Problem { body, .. }) = (json, &e) {
-                        println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
+                        let _ = emit(&serde_json::to_string_pretty(body).unwrap_or_default());
                     }
                     eprintln!("invsync: {}", e.report());
                     ExitCode::from(e.exit_code())
@@ -568,15 +572,22 @@ fn init_logging_with(
     guard
 }
 
-fn print(client: &Client, value: &Value, human: impl FnOnce(&Value) -> String) {
+fn print(
+    client: &Client,
+    value: &Value,
+    human: impl FnOnce(&Value) -> String,
+) -> Result<(), ClientError> {
     if client.json_output() {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        );
+        emit(&serde_json::to_string_pretty(value).unwrap_or_default())
     } else {
-        println!("{}", human(value));
+        emit(&human(value))
     }
+}
+
+/// Writes `text` and a newline to stdout; unlike `println!`, a failed write (a reader
+/// that went away) is an error to return, not a panic.
+fn emit(text: &str) -> Result<(), ClientError> {
+    writeln!(std::io::stdout().lock(), "{text}").map_err(ClientError::Output)
 }
 
 fn list(value: &Value, item: fn(&Value) -> String) -> String {
@@ -628,13 +639,13 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
                             None,
                         )
                         .await?;
-                    print(&c, &v, show::stock);
+                    print(&c, &v, show::stock)?;
                 }
                 (None, None, Some(sku), None) => {
                     let (_, v) = c
                         .call(Method::GET, &format!("/v1/stock?sku={}", enc(&sku)), None)
                         .await?;
-                    print(&c, &v, |v| list(v, show::stock));
+                    print(&c, &v, |v| list(v, show::stock))?;
                 }
                 (None, None, None, Some(store)) => {
                     let mut path = format!("/v1/stock?store_id={}", enc(&store));
@@ -651,7 +662,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
                             out.push_str(&format!("\nmore: --after {next}"));
                         }
                         out
-                    });
+                    })?;
                 }
                 _ => {
                     return Err(ClientError::Usage(
@@ -695,7 +706,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             let (_, v) = c
                 .call_with_key(Method::POST, "/v1/adjustments", Some(body), idempotency_key)
                 .await?;
-            print(&c, &v, show::adjustment);
+            print(&c, &v, show::adjustment)?;
         }
         Command::Reserve {
             order,
@@ -728,7 +739,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
                     idempotency_key,
                 )
                 .await?;
-            print(&c, &v, show::reservation);
+            print(&c, &v, show::reservation)?;
         }
         Command::Release {
             reservation_id,
@@ -750,7 +761,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             let (_, v) = c
                 .call_with_key(Method::POST, &path, Some(body), idempotency_key)
                 .await?;
-            print(&c, &v, show::reservation);
+            print(&c, &v, show::reservation)?;
         }
         Command::Fulfil {
             reservation_id,
@@ -769,7 +780,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             let (_, v) = c
                 .call_with_key(Method::POST, &path, Some(body), idempotency_key)
                 .await?;
-            print(&c, &v, show::reservation);
+            print(&c, &v, show::reservation)?;
         }
         Command::Reservation {
             reservation_id,
@@ -782,7 +793,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
                     let (_, v) = c
                         .call(Method::GET, &format!("/v1/reservations/{}", enc(&id)), None)
                         .await?;
-                    print(&c, &v, show::reservation);
+                    print(&c, &v, show::reservation)?;
                 }
                 (None, Some(order)) => {
                     let (_, v) = c
@@ -792,7 +803,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
                             None,
                         )
                         .await?;
-                    print(&c, &v, |v| list(v, show::reservation));
+                    print(&c, &v, |v| list(v, show::reservation))?;
                 }
                 _ => {
                     return Err(ClientError::Usage(
@@ -821,13 +832,13 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             ChannelsCommand::List { client } => {
                 let c = Client::new(client);
                 let (_, v) = c.call(Method::GET, "/v1/channels", None).await?;
-                print(&c, &v, |v| list(v, show::channel));
+                print(&c, &v, |v| list(v, show::channel))?;
             }
             ChannelsCommand::Show { channel, client } => {
                 let c = Client::new(client);
                 let path = format!("/v1/channels/{}", enc(&channel));
                 let (_, v) = c.call(Method::GET, &path, None).await?;
-                print(&c, &v, show::channel);
+                print(&c, &v, show::channel)?;
             }
             ChannelsCommand::Set {
                 channel,
@@ -842,7 +853,7 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
                 let c = Client::new(client);
                 let path = format!("/v1/channels/{}", enc(&channel));
                 let (_, v) = c.call(Method::PUT, &path, Some(body)).await?;
-                print(&c, &v, show::channel);
+                print(&c, &v, show::channel)?;
             }
         },
         Command::SafetyStock {
@@ -861,12 +872,12 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             let c = Client::new(client);
             let path = format!("/v1/channels/{}/safety-stock", enc(&channel));
             let (_, v) = c.call(Method::PUT, &path, Some(body)).await?;
-            print(&c, &v, |v| format!("{} override(s) changed", v["applied"]));
+            print(&c, &v, |v| format!("{} override(s) changed", v["applied"]))?;
         }
         Command::Consumers { client } => {
             let c = Client::new(client);
             let (_, v) = c.call(Method::GET, "/v1/consumers", None).await?;
-            print(&c, &v, |v| list(v, show::consumer));
+            print(&c, &v, |v| list(v, show::consumer))?;
         }
         Command::Replay {
             name,
@@ -901,9 +912,9 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
                 }
             }
             if c.json_output() {
-                println!("{}", json!({"accepted": true}));
+                emit(&json!({"accepted": true}).to_string())?;
             } else {
-                println!("replay of {name} accepted");
+                emit(&format!("replay of {name} accepted"))?;
             }
         }
         Command::DeadLetters {
@@ -922,33 +933,33 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
                         None => "/v1/dead-letters".to_owned(),
                     };
                     let (_, v) = c.call(Method::GET, &path, None).await?;
-                    print(&c, &v, |v| list(v, show::dead_letter));
+                    print(&c, &v, |v| list(v, show::dead_letter))?;
                 }
             }
         }
         Command::Check { wait, client } => {
             let c = Client::new(client);
             let report = check::run(&c, wait).await?;
-            if c.json_output() {
+            let text = if c.json_output() {
                 let doc = json!({"ok": report.problems.is_empty(), "problems": report.problems, "notes": report.notes});
-                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                serde_json::to_string_pretty(&doc).unwrap_or_default()
             } else {
-                for note in &report.notes {
-                    println!("{note}");
-                }
+                let mut lines = report.notes.clone();
                 if report.problems.is_empty() {
-                    println!("check: OK");
+                    lines.push("check: OK".to_owned());
                 }
-                for p in &report.problems {
-                    println!("PROBLEM: {p}");
-                }
-            }
+                lines.extend(report.problems.iter().map(|p| format!("PROBLEM: {p}")));
+                lines.join("\n")
+            };
+            // Problems decide the exit code even when the report could not be shown.
+            let shown = emit(&text);
             if !report.problems.is_empty() {
                 return Err(ClientError::Failed(format!(
                     "check: {} problem(s) found",
                     report.problems.len()
                 )));
             }
+            shown?;
         }
         Command::Serve(_)
         | Command::Consume { .. }
@@ -1075,9 +1086,9 @@ async fn follow(c: Client, after: i64) -> Result<(), ClientError> {
                 last = id;
                 let event: Value = serde_json::from_str(&data).unwrap_or_default();
                 if c.json_output() {
-                    println!("{}", json!({"offset": id, "event": event}));
+                    emit(&json!({"offset": id, "event": event}).to_string())?;
                 } else {
-                    println!("{}", show::event(&json!(id), &event));
+                    emit(&show::event(&json!(id), &event))?;
                 }
             }
         }
@@ -1161,7 +1172,7 @@ async fn tail(
         } else {
             printed.join("\n")
         }
-    });
+    })?;
     Ok(last)
 }
 
@@ -1198,18 +1209,16 @@ async fn redrive(
         match find().await? {
             None => {
                 if c.json_output() {
-                    println!("{}", json!({"id": id, "delivered": true}));
+                    emit(&json!({"id": id, "delivered": true}).to_string())?;
                 } else {
-                    println!("dead letter {id} delivered");
+                    emit(&format!("dead letter {id} delivered"))?;
                 }
                 return Ok(());
             }
             Some(d) if d["attempts"].as_i64() > before => {
                 if c.json_output() {
-                    println!(
-                        "{}",
-                        json!({"id": id, "delivered": false, "dead_letter": d})
-                    );
+                    let _ =
+                        emit(&json!({"id": id, "delivered": false, "dead_letter": d}).to_string());
                 }
                 return Err(ClientError::Failed(format!(
                     "redrive of {id} failed: {}",

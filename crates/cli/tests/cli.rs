@@ -447,6 +447,51 @@ async fn events_tail_follow_prints_new_events_as_they_happen() {
     let _ = tail.wait();
 }
 
+/// A reader that goes away (`invsync events tail --follow | head -1`) ends a client
+/// command quietly with 0, as Unix filters do: no panic, no message, and a follower
+/// does not go on reading a stream it can no longer print.
+#[tokio::test]
+async fn a_closed_stdout_ends_a_client_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = client();
+    let body = json!({"store_id": "S1", "sku": "PIPE", "delta": 1, "reason": "stock_in"});
+    let (status, _) = common::post(&http, &format!("{}/v1/adjustments", server.url), body).await;
+    assert_eq!(status, 200);
+    for command in [
+        &["events", "tail", "--follow"][..],
+        &["events", "tail", "--json"],
+        &["stock", "--sku", "PIPE"],
+        &["consumers"],
+    ] {
+        // A pipe whose reading end is closed before the command writes.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut child = Command::new(BIN)
+            .args(command)
+            .args(["--url", &server.url])
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{command:?} went on with its stdout closed");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(status.success(), "{command:?}: {status}: {stderr}");
+        assert_eq!(stderr, "", "{command:?}");
+    }
+}
+
 /// Runs `invsync bench --clients 4 --duration 1s --skus 50 --json` with `extra`
 /// flags; requires success and a passing oversell check, and returns the summary.
 fn bench(url: &str, extra: &[&str]) -> Value {

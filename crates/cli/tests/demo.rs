@@ -36,13 +36,17 @@ async fn the_demo_prints_its_url_and_runs_a_whole_shop() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let _demo = Demo(child);
-    let first = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
+    // Read stdout as a terminal would: the first line, then the rest as it comes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the demo printed nothing");
     let url = first
         .split_whitespace()
         .find(|w| w.starts_with("http://127.0.0.1:"))
@@ -127,5 +131,67 @@ async fn the_demo_prints_its_url_and_runs_a_whole_shop() {
     assert!(
         !overview["points"].as_array().unwrap().is_empty(),
         "{overview}"
+    );
+}
+
+/// A closed stdout (`invsync demo | head -1`, a terminal that went away) does not stop
+/// the demo: the banner cannot be printed, and the server and the shop go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_on_when_its_stdout_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A pipe whose reading end is closed before the demo writes its banner.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("demo"))
+        .env("RUST_LOG", "invsync=info")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let demo = Demo(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let lines = tokio::task::spawn_blocking(move || {
+        // The address from the log, then the note on the banner (both come early).
+        let mut seen = Vec::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+            seen.push(line);
+            if seen.iter().any(|l| l.contains("addr="))
+                && seen.iter().any(|l| l.contains("cannot print to stdout"))
+            {
+                break;
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    let address = lines
+        .iter()
+        .find_map(|l| l.split("addr=").nth(1)?.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address logged: {lines:#?}"));
+    assert!(
+        lines.iter().any(|l| l.contains("cannot print to stdout")),
+        "{lines:#?}"
+    );
+    let url = format!("http://{address}");
+    let http = client();
+    // The shop still sets up its catalogue, and the server still answers.
+    eventually("the catalogue", Duration::from_secs(60), || async {
+        let (status, rows) = get(&http, &format!("{url}/v1/stock?sku=TEE-BLK-01")).await;
+        (status == 200 && rows["items"].as_array()?.len() == 5).then_some(())
+    })
+    .await;
+    let mut demo = demo;
+    assert!(
+        demo.0.try_wait().unwrap().is_none(),
+        "the demo exited with its stdout closed"
     );
 }
