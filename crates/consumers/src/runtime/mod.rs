@@ -717,6 +717,9 @@ impl Runner {
         }
         // The side loop recounts from the store; until then, count these in.
         shared.parked += parked;
+        if parked > 0 {
+            shared.parked_skus = self.parking.skus() as i64;
+        }
         shared.position = last;
         shared.oldest_pending = None;
         shared.dead_letters += dead;

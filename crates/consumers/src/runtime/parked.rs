@@ -17,12 +17,14 @@
 //! removed only after its delivery (at worst it is delivered again, with the same
 //! event id, which receivers deduplicate).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use invsync_core::CloudEvent;
 use tokio::sync::{watch, Notify};
 
@@ -166,6 +168,10 @@ enum Settled {
 }
 
 /// The side loop: delivers parked events, the head of each SKU's queue when due.
+///
+/// Up to `parallelism` heads are in flight at once, and each is settled as soon as it
+/// is answered, so a slow receiver answer for one SKU holds back only that SKU: the
+/// others' successors are launched while it is still out.
 pub(super) struct Retrier {
     pub(super) config: ConsumerConfig,
     pub(super) sink: Arc<dyn Sink>,
@@ -176,100 +182,137 @@ pub(super) struct Retrier {
     pub(super) turn: Arc<tokio::sync::RwLock<()>>,
 }
 
+/// One attempt at a parked head, answered. It holds the consumer's turn from its
+/// launch until it is settled, so that [`ConsumerHandle::quiesce`] waits for both.
+///
+/// [`ConsumerHandle::quiesce`]: super::ConsumerHandle::quiesce
+struct Answered {
+    offset: i64,
+    settled: Settled,
+    turn: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
 impl Retrier {
     pub(super) async fn run(mut self) {
         if !self.sink.delivers() {
             return;
         }
+        let limit = self.config.parallelism.max(1);
+        let mut in_flight: FuturesUnordered<BoxFuture<'static, Answered>> = FuturesUnordered::new();
+        let mut busy: HashSet<i64> = HashSet::new();
         let mut failures = 0u32;
         loop {
             if *self.shutdown.borrow() {
                 break;
             }
-            let active = self.config.active.as_ref().is_none_or(|a| *a.borrow());
-            let pause = if !active {
-                self.config.poll
-            } else {
-                let turn = self.turn.clone();
-                let _turn = turn.read().await;
-                match self.round().await {
-                    Ok(pause) => {
-                        failures = 0;
-                        pause
-                    }
-                    Err(StepError::Stopping) => break,
-                    // (The side loop checks leadership between rounds.)
-                    Err(StepError::Deposed) => self.config.poll,
-                    Err(StepError::Retry(error)) => {
-                        failures += 1;
-                        tracing::warn!(consumer.name = %self.config.name, %error, "parked deliveries failed; retrying");
-                        self.config
-                            .retry
-                            .backoff(failures)
-                            .max(Duration::from_millis(50))
-                    }
+            let pause = match self.launch(limit, &mut busy, &mut in_flight).await {
+                Ok(pause) => pause,
+                Err(StepError::Stopping) => break,
+                Err(StepError::Deposed) => self.config.poll,
+                Err(StepError::Retry(error)) => {
+                    failures += 1;
+                    tracing::warn!(consumer.name = %self.config.name, %error, "parked deliveries failed; retrying");
+                    self.backoff(failures)
                 }
             };
-            if pause.is_zero() {
-                continue;
-            }
             let parking = self.parking.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = parking.wake.notified() => {}
-                _ = self.shutdown.wait_for(|s| *s) => break,
+            let mut shutdown = self.shutdown.clone();
+            let first = tokio::select! {
+                Some(first) = in_flight.next(), if !in_flight.is_empty() => first,
+                _ = tokio::time::sleep(pause) => continue,
+                _ = parking.wake.notified() => continue,
+                _ = shutdown.wait_for(|s| *s) => break,
+            };
+            // Every answer already in, settled together in one transaction.
+            let mut results = vec![(first.offset, first.settled)];
+            let mut turns = vec![first.turn];
+            while let Some(Some(more)) = in_flight.next().now_or_never() {
+                results.push((more.offset, more.settled));
+                turns.push(more.turn);
+            }
+            for (offset, _) in &results {
+                busy.remove(offset);
+            }
+            let outcome = self.settle(results).await;
+            drop(turns);
+            match outcome {
+                Ok(()) => failures = 0,
+                Err(StepError::Stopping) => break,
+                Err(StepError::Deposed) => {}
+                Err(StepError::Retry(error)) => {
+                    // The heads stay parked and are tried again: at worst one is
+                    // delivered twice, with the same event id.
+                    failures += 1;
+                    tracing::warn!(consumer.name = %self.config.name, %error, "recording parked deliveries failed; retrying");
+                    let mut shutdown = self.shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.backoff(failures)) => {}
+                        _ = shutdown.wait_for(|s| *s) => break,
+                    }
+                }
             }
         }
     }
 
-    /// Tries every due queue head once (in parallel); returns how long to wait before
-    /// the next round (zero when a head was delivered: its successor is due now).
-    async fn round(&mut self) -> Result<Duration, StepError> {
-        let limit = self.config.parallelism.max(1);
-        let heads = run_db(&self.store, move |s| store::parked_heads(s.conn(), limit)).await?;
+    fn backoff(&self, failures: u32) -> Duration {
+        self.config
+            .retry
+            .backoff(failures)
+            .max(Duration::from_millis(50))
+    }
+
+    /// Launches every due queue head there is room for (those in flight, listed in
+    /// `busy`, aside); returns how long to wait, at most, before looking again.
+    async fn launch(
+        &mut self,
+        limit: usize,
+        busy: &mut HashSet<i64>,
+        in_flight: &mut FuturesUnordered<BoxFuture<'static, Answered>>,
+    ) -> Result<Duration, StepError> {
+        // Heads in flight stay at the front of their queues until settled: ask for
+        // enough to see `limit` others.
+        let want = limit + busy.len();
+        let heads = run_db(&self.store, move |s| store::parked_heads(s.conn(), want)).await?;
         self.publish().await?;
         let now = Utc::now();
-        let (due, later): (Vec<Parked>, Vec<Parked>) =
-            heads.into_iter().partition(|p| p.retry_at <= now);
-        if due.is_empty() {
-            // Until the soonest head is due; at most a second (a new park wakes us).
-            let next = later
-                .iter()
-                .map(|p| (p.retry_at - now).to_std().unwrap_or_default())
-                .min()
-                .unwrap_or(Duration::from_secs(1));
-            return Ok(next.min(Duration::from_secs(1)));
-        }
-        let sink = self.sink.clone();
-        let policy = self.config.retry.clone();
-        let mut shutdown = self.shutdown.clone();
-        let attempts = futures::stream::iter(due)
-            .map(|p| {
-                let sink = sink.clone();
-                let policy = policy.clone();
-                async move {
-                    let settled = attempt(sink.as_ref(), &policy, &p).await;
-                    (p.offset, settled)
+        // Until the soonest head not yet due; at most a second (a new park wakes us).
+        let mut next = Duration::from_secs(1);
+        for head in heads {
+            if busy.contains(&head.offset) {
+                continue;
+            }
+            if head.retry_at > now {
+                let wait = (head.retry_at - now).to_std().unwrap_or_default();
+                next = next.min(wait);
+                continue;
+            }
+            if busy.len() >= limit {
+                break;
+            }
+            // The turn, unless a hand-over waits for it (then this process is about
+            // to stop working this consumer); and only while it is working it.
+            let Ok(turn) = self.turn.clone().try_read_owned() else {
+                return Ok(self.config.poll);
+            };
+            if !self.config.active.as_ref().is_none_or(|a| *a.borrow()) {
+                return Ok(self.config.poll);
+            }
+            busy.insert(head.offset);
+            let sink = self.sink.clone();
+            let policy = self.config.retry.clone();
+            in_flight.push(Box::pin(async move {
+                let settled = attempt(sink.as_ref(), &policy, &head).await;
+                Answered {
+                    offset: head.offset,
+                    settled,
+                    turn,
                 }
-            })
-            .buffer_unordered(limit)
-            .collect::<Vec<_>>();
-        let results = tokio::select! {
-            results = attempts => results,
-            _ = shutdown.wait_for(|s| *s) => return Err(StepError::Stopping),
-        };
-        let delivered = results
-            .iter()
-            .any(|(_, s)| matches!(s, Settled::Delivered(_)));
-        self.settle(results).await?;
-        Ok(if delivered {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(10)
-        })
+            }));
+        }
+        Ok(next)
     }
 
-    /// Records the round's outcomes in one transaction of the consumer's store.
+    /// Records answered attempts in one transaction of the consumer's store.
     async fn settle(&self, results: Vec<(i64, Settled)>) -> Result<(), StepError> {
         let sink = self.sink.clone();
         let parking = self.parking.clone();
@@ -408,10 +451,12 @@ mod tests {
     use crate::{Failure, LedgerSource};
     use async_trait::async_trait;
 
-    /// A receiver that refuses (503) every event of SKU `STUCK` while `stuck` is set,
-    /// and records what it accepted, in order.
+    /// A receiver that refuses (503) every event of the SKUs named `STUCK…` and of
+    /// `SLOW` while `stuck` is set, keeps each answer for `SLOW` waiting while
+    /// `slow_open` is false, and records what it accepted, in order.
     struct Receiver {
         stuck: AtomicBool,
+        slow_open: watch::Sender<bool>,
         got: Mutex<Vec<(String, i64)>>,
     }
 
@@ -422,8 +467,12 @@ mod tests {
         }
         async fn deliver(&self, event: &Incoming) -> Result<(), Failure> {
             let sku = event.event.product_sku.to_string();
-            if sku == "STUCK" && self.stuck.load(Ordering::SeqCst) {
+            let refused = sku.starts_with("STUCK") || sku == "SLOW";
+            if refused && self.stuck.load(Ordering::SeqCst) {
                 return Err(Failure::Transient("HTTP 503: not now".into()));
+            }
+            if sku == "SLOW" {
+                let _ = self.slow_open.subscribe().wait_for(|open| *open).await;
             }
             self.got.lock().unwrap().push((sku, event.event.version));
             Ok(())
@@ -473,6 +522,7 @@ mod tests {
         let log = MemLog::new();
         let sink = Arc::new(Receiver {
             stuck: AtomicBool::new(true),
+            slow_open: watch::channel(true).0,
             got: Mutex::new(Vec::new()),
         });
         // Interleaved: every tenth event is the stuck SKU's.
@@ -489,21 +539,21 @@ mod tests {
         })
         .await;
         assert!(sink.versions("STUCK").is_empty());
+        // Status is put together by the main loop (position) and the side loop (its
+        // recount of the store, and the error of its own retries): wait for both.
         until("the stuck SKU's events counted as parked", || {
-            handle.status().parked == 20
+            let status = handle.status();
+            status.parked == 20
+                && status.position == 200
+                && status.parked_error.is_some_and(|e| e.contains("503"))
         })
         .await;
         let status = handle.status();
-        assert_eq!(
-            status.position, 200,
-            "the checkpoint moved past the parked SKU"
-        );
         assert_eq!(status.parked_skus, 1);
         assert!(
             status.lag_events >= 20,
             "parked events count as lag: {status:?}"
         );
-        assert!(status.parked_error.is_some_and(|e| e.contains("503")));
 
         // More events of both kinds while it stays stuck; then an abrupt stop (the
         // consumer's future is dropped mid-flight) and a restart on the same store.
@@ -534,6 +584,54 @@ mod tests {
         for k in 0..9 {
             let v = sink.versions(&format!("OK-{k}"));
             assert!(v.windows(2).all(|w| w[0] < w[1]), "OK-{k}: {v:?}");
+        }
+    }
+
+    /// A parked SKU whose receiver is slow to answer holds back only itself: the
+    /// other parked SKUs drain, in order, while its first retry is still out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_parked_sku_does_not_hold_back_the_other_parked_skus() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = MemLog::new();
+        let sink = Arc::new(Receiver {
+            stuck: AtomicBool::new(true),
+            slow_open: watch::channel(false).0,
+            got: Mutex::new(Vec::new()),
+        });
+        for v in 1..=8 {
+            log.append("SLOW", v);
+            for k in 0..5 {
+                log.append(&format!("STUCK-{k}"), v);
+            }
+        }
+        let (handle, _stop, _task) = run(&dir.path().join("webhook.db"), &log, &sink);
+        until("all six SKUs parked", || {
+            let status = handle.status();
+            status.parked == 48 && status.parked_skus == 6
+        })
+        .await;
+
+        // The receiver takes events again, but keeps its answer for SLOW waiting.
+        sink.stuck.store(false, Ordering::SeqCst);
+        until("the other parked SKUs drained", || {
+            (0..5).all(|k| sink.versions(&format!("STUCK-{k}")).len() == 8)
+        })
+        .await;
+        assert!(
+            sink.versions("SLOW").is_empty(),
+            "SLOW's first retry is still waiting for its answer"
+        );
+        until("only SLOW's events left parked", || {
+            handle.status().parked == 8
+        })
+        .await;
+
+        sink.slow_open.send_replace(true);
+        until("SLOW drained", || handle.status().parked == 0).await;
+        assert_eq!(sink.versions("SLOW"), (1..=8).collect::<Vec<_>>());
+        for k in 0..5 {
+            let versions = sink.versions(&format!("STUCK-{k}"));
+            assert_eq!(versions, (1..=8).collect::<Vec<_>>(), "STUCK-{k}");
         }
     }
 
