@@ -694,8 +694,13 @@ async fn seed(target: &Target, stores: usize, skus: usize, stock: i64) -> anyhow
     Ok(())
 }
 
-pub fn print(summary: &Summary) {
-    println!(
+/// The summary as `invsync bench` prints it without `--json`.
+pub fn report(summary: &Summary) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    // (Writing to a String cannot fail.)
+    let _ = writeln!(
+        out,
         "{:?} workload, {} clients, {:.1} s: {} requests, {:.0} req/s, {} reserved",
         summary.workload,
         summary.clients,
@@ -705,18 +710,21 @@ pub fn print(summary: &Summary) {
         summary.reserved
     );
     let l = &summary.latency_ms;
-    println!(
+    let _ = writeln!(
+        out,
         "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
         l["p50"], l["p90"], l["p99"], l["p99.9"], l["max"]
     );
     for (answer, n) in &summary.answers {
-        println!("  {answer}: {n}");
+        let _ = writeln!(out, "  {answer}: {n}");
     }
     if let Some(v) = &summary.visibility_ms {
-        println!(
+        let _ = writeln!(
+            out,
             "visibility (acknowledged → storefront) ms: p50 {:.2}  p99 {:.2}  max {:.2}  ({} samples)",
             v["p50"], v["p99"], v["max"], v["samples"]
         );
     }
-    println!("oversell check: {}", summary.oversell_check);
+    let _ = writeln!(out, "oversell check: {}", summary.oversell_check);
+    out
 }

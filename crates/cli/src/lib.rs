@@ -451,16 +451,14 @@ pub fn run(cli: Cli) -> ExitCode {
             let json = args.json;
             match runtime.block_on(bench::run(args)) {
                 Ok(summary) => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&summary).unwrap_or_default()
-                        );
+                    let text = if json {
+                        serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n"
                     } else {
-                        bench::print(&summary);
-                    }
+                        bench::report(&summary)
+                    };
+                    let written = print_generated("the bench summary", text.as_bytes());
                     if summary.oversell_check.starts_with("ok") {
-                        ExitCode::SUCCESS
+                        written
                     } else {
                         ExitCode::FAILURE
                     }
@@ -492,7 +490,8 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// Writes generated text to stdout.
+/// Writes text made whole in memory (a script, a page, a summary) to stdout; a failed
+/// write is a message and exit 1, not a panic.
 fn print_generated(what: &str, text: &[u8]) -> ExitCode {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
