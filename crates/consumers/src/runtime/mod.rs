@@ -1117,6 +1117,8 @@ mod tests {
         let (switch, handle, sink) = &runs[0];
         switch.send_replace(false);
         handle.quiesce().await;
+        // (Its main loop says so at its next turn, not at the quiesce.)
+        until("partition 0 stands by", || handle.standing_by()).await;
         let before = sink.0.lock().unwrap().len();
         for sku in &skus {
             log.append(sku, 4);
@@ -1126,7 +1128,6 @@ mod tests {
             other.status().position == head + 40
         })
         .await;
-        assert!(handle.standing_by());
         assert_eq!(
             sink.0.lock().unwrap().len(),
             before,

@@ -254,6 +254,12 @@ impl Retrier {
         }
     }
 
+    /// Whether this process works the consumer now (always, unless it is one
+    /// partition of a group).
+    fn working(&self) -> bool {
+        self.config.active.as_ref().is_none_or(|a| *a.borrow())
+    }
+
     fn backoff(&self, failures: u32) -> Duration {
         self.config
             .retry
@@ -269,6 +275,10 @@ impl Retrier {
         busy: &mut HashSet<i64>,
         in_flight: &mut FuturesUnordered<BoxFuture<'static, Answered>>,
     ) -> Result<Duration, StepError> {
+        // A partition another process works now: nothing to try or to show.
+        if !self.working() {
+            return Ok(self.config.poll);
+        }
         // Heads in flight stay at the front of their queues until settled: ask for
         // enough to see `limit` others.
         let want = limit + busy.len();
@@ -294,7 +304,7 @@ impl Retrier {
             let Ok(turn) = self.turn.clone().try_read_owned() else {
                 return Ok(self.config.poll);
             };
-            if !self.config.active.as_ref().is_none_or(|a| *a.borrow()) {
+            if !self.working() {
                 return Ok(self.config.poll);
             }
             busy.insert(head.offset);
