@@ -24,25 +24,38 @@ impl Drop for Demo {
     }
 }
 
+/// `invsync demo` on a free loopback port, its data under `dir`.
+fn demo(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("demo"));
+    command
+}
+
+/// The lines `from` gives, as they come (read on a thread of their own, to the end,
+/// so that the demo never blocks on a full pipe).
+fn lines(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_prints_its_url_and_runs_a_whole_shop() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("demo"))
+    let mut child = demo(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _demo = Demo(child);
     // Read stdout as a terminal would: the first line, then the rest as it comes.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines(child.stdout.take().unwrap());
+    let _demo = Demo(child);
     let first = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
         .await
         .unwrap()
@@ -142,22 +155,14 @@ async fn the_demo_runs_on_when_its_stdout_is_closed() {
     // A pipe whose reading end is closed before the demo writes its banner.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("demo"))
+    let mut child = demo(dir.path())
         .env("RUST_LOG", "invsync=info")
         .stdout(writer)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let demo = Demo(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines(child.stderr.take().unwrap());
+    let running = Demo(child);
     let lines = tokio::task::spawn_blocking(move || {
         // The address from the log, then the note on the banner (both come early).
         let mut seen = Vec::new();
@@ -189,9 +194,9 @@ async fn the_demo_runs_on_when_its_stdout_is_closed() {
         (status == 200 && rows["items"].as_array()?.len() == 5).then_some(())
     })
     .await;
-    let mut demo = demo;
+    let mut running = running;
     assert!(
-        demo.0.try_wait().unwrap().is_none(),
+        running.0.try_wait().unwrap().is_none(),
         "the demo exited with its stdout closed"
     );
 }
