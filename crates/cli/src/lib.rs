@@ -474,9 +474,7 @@ pub fn run(cli: Cli) -> ExitCode {
             match runtime.block_on(client_command(command)) {
                 Ok(()) => ExitCode::SUCCESS,
                 // The reader of stdout went away (`| head`): nothing left to say.
-                Err(ClientError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                    ExitCode::SUCCESS
-                }
+                Err(ClientError::Output(e)) if reader_gone(&e) => ExitCode::SUCCESS,
                 Err(e) => {
                     // With --json the problem document goes to stdout too, whole.
                     if let (true, ClientError::Problem { body, .. }) = (json, &e) {
@@ -490,13 +488,14 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// Writes text made whole in memory (a script, a page, a summary) to stdout; a failed
-/// write is a message and exit 1, not a panic.
+/// Writes text made whole in memory (a script, a page, a summary) to stdout. As for
+/// client commands, a reader that went away ends it quietly; any other failed write
+/// is a message and exit 1, never a panic.
 fn print_generated(what: &str, text: &[u8]) -> ExitCode {
-    use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(text).and_then(|()| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if reader_gone(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("invsync: writing {what}: {e}");
             ExitCode::FAILURE
@@ -581,6 +580,12 @@ fn print(
     } else {
         emit(&human(value))
     }
+}
+
+/// Whether a write to stdout failed because its reader went away (`| head -3`), which
+/// ends a command quietly, as it does Unix filters.
+fn reader_gone(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::BrokenPipe
 }
 
 /// Writes `text` and a newline to stdout; unlike `println!`, a failed write (a reader

@@ -448,8 +448,9 @@ async fn events_tail_follow_prints_new_events_as_they_happen() {
 }
 
 /// A reader that goes away (`invsync events tail --follow | head -1`) ends a client
-/// command quietly with 0, as Unix filters do: no panic, no message, and a follower
-/// does not go on reading a stream it can no longer print.
+/// command, or a generator (completions, the manual page), quietly with 0, as Unix
+/// filters do: no panic, no message, and a follower does not go on reading a stream
+/// it can no longer print.
 #[tokio::test]
 async fn a_closed_stdout_ends_a_client_command_quietly() {
     let dir = tempfile::tempdir().unwrap();
@@ -463,13 +464,20 @@ async fn a_closed_stdout_ends_a_client_command_quietly() {
         &["events", "tail", "--json"],
         &["stock", "--sku", "PIPE"],
         &["consumers"],
+        &["completions", "bash"],
+        &["man"],
     ] {
         // A pipe whose reading end is closed before the command writes.
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
+        // Client commands talk to the server; the generators need none.
+        let url = match command[0] {
+            "completions" | "man" => None,
+            _ => Some(["--url", &server.url]),
+        };
         let mut child = Command::new(BIN)
             .args(command)
-            .args(["--url", &server.url])
+            .args(url.into_iter().flatten())
             .stdout(writer)
             .stderr(std::process::Stdio::piped())
             .spawn()
