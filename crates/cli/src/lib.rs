@@ -588,6 +588,27 @@ fn reader_gone(error: &std::io::Error) -> bool {
     error.kind() == std::io::ErrorKind::BrokenPipe
 }
 
+/// Resolves once stdout is a pipe whose reader has gone (`poll` reports an error on
+/// it; a terminal or a file never does), looked at five times a second.
+async fn reader_went_away() {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let stdout = std::io::stdout();
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+        if poll(&mut fds, Some(&now)).is_ok()
+            && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP)
+        {
+            return;
+        }
+    }
+}
+
 /// Writes `text` and a newline to stdout; unlike `println!`, a failed write (a reader
 /// that went away) is an error to return, not a panic.
 fn emit(text: &str) -> Result<(), ClientError> {
@@ -829,7 +850,12 @@ async fn client_command(command: Command) -> Result<(), ClientError> {
             let c = Client::new(client);
             let last = tail(&c, lines, after, from_start).await?;
             if following {
-                return follow(c, last).await;
+                // The follower writes only when an event comes: without this, a
+                // reader gone between events (`| head -3`) would go unnoticed.
+                return tokio::select! {
+                    followed = follow(c, last) => followed,
+                    () = reader_went_away() => Ok(()),
+                };
             }
         }
         Command::Channels { command } => match command {

@@ -475,29 +475,53 @@ async fn a_closed_stdout_ends_a_client_command_quietly() {
             "completions" | "man" => None,
             _ => Some(["--url", &server.url]),
         };
-        let mut child = Command::new(BIN)
+        let child = Command::new(BIN)
             .args(command)
             .args(url.into_iter().flatten())
             .stdout(writer)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{command:?} went on with its stdout closed");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-        assert!(status.success(), "{command:?}: {status}: {stderr}");
-        assert_eq!(stderr, "", "{command:?}");
+        exits_quietly(child, &format!("{command:?}")).await;
     }
+
+    // The reader goes away between events: the follower, with nothing to write,
+    // notices it all the same.
+    let mut child = Command::new(BIN)
+        .args(["events", "tail", "--follow", "--url", &server.url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.contains("S1/PIPE"), "{line}");
+    drop(stdout);
+    exits_quietly(
+        child,
+        "events tail --follow, its reader gone between events",
+    )
+    .await;
+}
+
+/// Waits (30 s at most) for `child` to exit, and requires 0 with nothing on stderr.
+async fn exits_quietly(mut child: std::process::Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} went on with its stdout closed");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{what}: {status}: {stderr}");
+    assert_eq!(stderr, "", "{what}");
 }
 
 /// Runs `invsync bench --clients 4 --duration 1s --skus 50 --json` with `extra`
