@@ -204,6 +204,14 @@ impl From<LedgerError> for ApiError {
                 err.0.outcome = Some("unknown");
                 err
             }
+            LedgerError::Fenced { .. } => {
+                tracing::warn!(error = %err, "write refused: the lease moved on");
+                Self::new(
+                    ErrorCode::Unavailable,
+                    "this instance no longer holds the lease this write needs; retry (another \
+                     instance works it now)",
+                )
+            }
             LedgerError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal ledger error");
                 Self::new(ErrorCode::Internal, "internal error")

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage as Publish;
-use invsync_ledger::{LogCursors, LoggedEvent};
+use invsync_ledger::{LogCursors, LoggedEvent, Term};
 use tokio::sync::watch;
 
 use crate::{BusError, NatsBus, OFFSET_HEADER};
@@ -77,24 +77,30 @@ impl BusRelay {
         let mut head = self.ledger.subscribe();
         let name = Self::cursor_name(&self.bus);
         let mut cursor: Option<i64> = None;
+        // The lease term this instance publishes under; the cursor is fenced by it.
+        let mut term: Option<Term> = None;
         let mut ensured = false;
         let mut failures = 0u32;
         loop {
             if *shutdown.borrow() {
-                if let Some(at) = cursor {
-                    self.drain(&name, at).await;
+                if let (Some(at), Some(term)) = (cursor, term.as_ref()) {
+                    self.drain(&name, at, term).await;
                 }
                 return;
             }
-            if !*leading.borrow_and_update() {
+            let now = leading.current();
+            if now != term {
+                // A new term (or none): read the cursor again, as recorded.
                 cursor = None;
+                term = now;
+            }
+            let Some(held) = term.clone() else {
                 tokio::select! {
-                    Ok(()) = leading.changed() => {}
+                    () = leading.changed(IDLE_POLL) => {}
                     Ok(()) = shutdown.changed() => {}
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
                 }
                 continue;
-            }
+            };
             let result = async {
                 if !ensured {
                     self.bus.ensure_streams().await?;
@@ -109,7 +115,7 @@ impl BusRelay {
                 if let Some(last) = last {
                     cursor = Some(last);
                     self.ledger
-                        .advance_cursor(&name, last)
+                        .advance_cursor(&name, last, Some(&held))
                         .await
                         .map_err(BusError::nats)?;
                 }
@@ -129,9 +135,8 @@ impl BusRelay {
                     if last.is_none() {
                         tokio::select! {
                             Ok(()) = head.changed() => {}
-                            Ok(()) = leading.changed() => {}
+                            () = leading.changed(IDLE_POLL) => {}
                             Ok(()) = shutdown.changed() => {}
-                            _ = tokio::time::sleep(IDLE_POLL) => {}
                         }
                     }
                 }
@@ -151,13 +156,13 @@ impl BusRelay {
     }
 
     /// A last bounded attempt to publish what is committed before the process stops.
-    async fn drain(&self, name: &str, mut at: i64) {
+    async fn drain(&self, name: &str, mut at: i64, term: &Term) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while tokio::time::Instant::now() < deadline {
             match self.publish_after(at, BATCH).await {
                 Ok(Some(last)) => {
                     at = last;
-                    if let Err(e) = self.ledger.advance_cursor(name, last).await {
+                    if let Err(e) = self.ledger.advance_cursor(name, last, Some(term)).await {
                         tracing::warn!(error = %e, "cannot record the bus cursor");
                         return;
                     }

@@ -14,7 +14,9 @@ use invsync_consumers::storefront::{Storefront, StorefrontReader};
 use invsync_consumers::webhook::{Webhook, WebhookConfig};
 use invsync_consumers::{ConsumerConfig, EventSource, LedgerSource, Partition, PartitionSource};
 use invsync_core::event::PARTITIONS;
-use invsync_ledger::{Ledger, PgConfig, PgLedger, SqliteConfig, SqliteLedger, SystemClock};
+use invsync_ledger::{
+    Ledger, PgConfig, PgLedger, SqliteConfig, SqliteLedger, SystemClock, Term, Turn,
+};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -495,8 +497,8 @@ fn start_consumers(
             for index in 0..PARTITIONS {
                 let name = format!("{}.p{index:02}", webhook.name);
                 let mut c = endpoint(&name);
-                let (active, working) = watch::channel(false);
-                c.active = Some(working);
+                let (active, working) = watch::channel(None);
+                c.active = Some(Turn::new(working));
                 c.partition = Some(Partition {
                     index,
                     of: PARTITIONS,
@@ -571,12 +573,22 @@ impl invsync_consumers::SharedPosition for LedgerPosition {
         }
     }
 
-    async fn advance(&self, position: i64) -> Result<(), invsync_ledger::LedgerError> {
-        self.ledger.advance_cursor(&self.cursor, position).await
+    async fn advance(
+        &self,
+        position: i64,
+        term: Option<&Term>,
+    ) -> Result<(), invsync_ledger::LedgerError> {
+        self.ledger
+            .advance_cursor(&self.cursor, position, term)
+            .await
     }
 
-    async fn set(&self, position: i64) -> Result<(), invsync_ledger::LedgerError> {
-        self.ledger.set_cursor(&self.cursor, position).await
+    async fn set(
+        &self,
+        position: i64,
+        term: Option<&Term>,
+    ) -> Result<(), invsync_ledger::LedgerError> {
+        self.ledger.set_cursor(&self.cursor, position, term).await
     }
 }
 
@@ -666,7 +678,7 @@ async fn sla_gauges(handles: &[invsync_consumers::ConsumerHandle], sla: Duration
 async fn gauges(ledger: Arc<dyn Ledger>, bus: Option<NatsBus>, state: AppState) {
     let ledger_up = ledger.ping().await.is_ok();
     metrics::gauge!("invsync_ledger_up").set(if ledger_up { 1.0 } else { 0.0 });
-    let leads = *ledger.leadership().borrow();
+    let leads = ledger.leadership().holds();
     metrics::gauge!("invsync_relay_leader").set(if leads { 1.0 } else { 0.0 });
     // Committed but not yet on the bus: with NATS, what the log holds past the bus
     // cursor. (A committed event is in the log on both ledgers: with the embedded bus

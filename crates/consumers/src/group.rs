@@ -11,28 +11,32 @@
 //! committed: a change of owner re-delivers at most the batch in flight, and one
 //! SKU's events (all in one partition) stay in order.
 //!
-//! A process that dies gives its partitions up with its database session; the others
-//! see it in their next count and claim them. A process that loses its own session
-//! stops every partition at once (another may already hold them) and joins again.
+//! Membership and claims are leases (`invsync_ledger::lease`): a process that dies,
+//! freezes or loses the database stops renewing; its own terms end at their local
+//! deadline (its runtimes stop delivering then, whatever this coordinator is doing),
+//! the others see its leases lapse in their next count and claim its partitions under
+//! a higher epoch, which fences any position it would record late. A process that
+//! loses its membership stops every partition at once and joins again.
 //!
 //! [`Partition`]: crate::runtime::Partition
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use invsync_ledger::{LedgerError, PartitionClaims};
+use invsync_ledger::{LedgerError, PartitionClaims, Term};
 use tokio::sync::watch;
 
 use crate::ConsumerHandle;
 
 /// How often a member counts the group: a dead member's partitions are claimed again
-/// within about this (plus the time PostgreSQL takes to notice the session is gone).
+/// within about this after their leases lapse.
 pub const TICK: Duration = Duration::from_millis(50);
 
-/// One partition's runtime in this process, and the switch that makes it work.
+/// One partition's runtime in this process, and the switch that makes it work: the
+/// term this process holds on the partition's lease, or `None`.
 pub struct Member {
     pub handle: ConsumerHandle,
-    pub active: watch::Sender<bool>,
+    pub active: watch::Sender<Option<Term>>,
 }
 
 /// Holds this process's fair share of the group's partitions until `stop`;
@@ -58,7 +62,7 @@ pub async fn share(
             if !lost {
                 tracing::warn!(consumer.name = %group, %error, partitions = owned.len(), "lost the group's session: every partition stops here");
                 for p in std::mem::take(&mut owned) {
-                    set(&members, p, false);
+                    set(&members, p, None);
                 }
                 lost = true;
             }
@@ -80,11 +84,22 @@ async fn balance(
     owned: &mut BTreeSet<u32>,
 ) -> Result<(), LedgerError> {
     let census = claims.census().await?;
+    // Terms that ended (a renewal found the lease lapsed and taken): no longer ours.
+    owned.retain(|&p| {
+        let held = members
+            .get(p as usize)
+            .is_some_and(|m| m.active.borrow().as_ref().is_some_and(Term::valid));
+        if !held {
+            set(members, p, None);
+            tracing::warn!(consumer.name = %group, partition = p, "partition lease lapsed; stopped here");
+        }
+        held
+    });
     let count = members.len() as u32;
     let fair = count.div_ceil(census.members.max(1)) as usize;
     while owned.len() > fair {
         let Some(p) = owned.pop_last() else { break };
-        set(members, p, false);
+        set(members, p, None);
         if let Some(member) = members.get(p as usize) {
             member.handle.quiesce().await;
         }
@@ -96,9 +111,12 @@ async fn balance(
             if owned.len() >= fair {
                 break;
             }
-            if !owned.contains(&p) && claims.claim(p).await? {
+            if owned.contains(&p) {
+                continue;
+            }
+            if let Some(term) = claims.claim(p).await? {
                 owned.insert(p);
-                set(members, p, true);
+                set(members, p, Some(term));
                 tracing::info!(consumer.name = %group, partition = p, members = census.members, "partition claimed");
             }
         }
@@ -106,8 +124,8 @@ async fn balance(
     Ok(())
 }
 
-fn set(members: &[Member], partition: u32, on: bool) {
+fn set(members: &[Member], partition: u32, term: Option<Term>) {
     if let Some(member) = members.get(partition as usize) {
-        member.active.send_replace(on);
+        member.active.send_replace(term);
     }
 }

@@ -114,10 +114,21 @@ pub(crate) trait Tx {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<Uuid>, LedgerError>;
-    /// Moves the named cursor forward to `offset`; never moves it back.
-    fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError>;
-    /// Sets a named cursor, also backwards.
-    fn set_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError>;
+    /// Moves the named cursor forward to `offset`; never moves it back. With a `term`,
+    /// refuses (`Fenced`) unless its lease is still at its epoch.
+    fn advance_cursor(
+        &mut self,
+        name: &str,
+        offset: i64,
+        term: Option<&crate::Term>,
+    ) -> Result<(), LedgerError>;
+    /// Sets a named cursor, also backwards; fenced like `advance_cursor`.
+    fn set_cursor(
+        &mut self,
+        name: &str,
+        offset: i64,
+        term: Option<&crate::Term>,
+    ) -> Result<(), LedgerError>;
     /// Locks, before the engine changes them, the reservations `ids` and the stock rows
     /// they hold, in the back end's global lock order. A back end without row locks
     /// (SQLite's single writer) has nothing to do.
@@ -728,12 +739,22 @@ impl<T: Tx> Engine<'_, T> {
         self.tx.purge_events(self.now - retention, limit)
     }
 
-    pub(crate) fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
-        self.tx.advance_cursor(name, offset)
+    pub(crate) fn advance_cursor(
+        &mut self,
+        name: &str,
+        offset: i64,
+        term: Option<&crate::Term>,
+    ) -> Result<(), LedgerError> {
+        self.tx.advance_cursor(name, offset, term)
     }
 
-    pub(crate) fn set_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
-        self.tx.set_cursor(name, offset)
+    pub(crate) fn set_cursor(
+        &mut self,
+        name: &str,
+        offset: i64,
+        term: Option<&crate::Term>,
+    ) -> Result<(), LedgerError> {
+        self.tx.set_cursor(name, offset, term)
     }
 
     /// Releases, with reason `expired`, up to `limit` reservations whose TTL ran out.

@@ -20,6 +20,15 @@ pub enum LedgerError {
     /// is told, and retries with the same idempotency key.
     #[error("ledger commit outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// A write made on the strength of a lease term the holder no longer has: another
+    /// process holds the lease now (or it was taken again under a new epoch), so the
+    /// write was refused and nothing changed (see `lease`).
+    #[error("fenced: this process's term {epoch} of lease {lease:?} is over (the lease is at epoch {current:?} now)")]
+    Fenced {
+        lease: String,
+        epoch: i64,
+        current: Option<i64>,
+    },
     /// Something that should not happen (corrupt row, bug). Logged where handled.
     #[error("ledger internal error: {0}")]
     Internal(String),

@@ -19,6 +19,7 @@
 pub mod clock;
 mod engine;
 pub mod error;
+pub mod lease;
 pub mod model;
 mod parts;
 pub mod postgres;
@@ -31,6 +32,7 @@ use uuid::Uuid;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::LedgerError;
+pub use lease::{Term, Turn};
 pub use model::{
     AdjustmentOutcome, ChannelSnapshot, EventPage, LoggedEvent, OverrideRow, ReserveOutcome,
     SnapshotPage, StockRow,
@@ -123,15 +125,29 @@ pub trait LogCursors: EventLog {
     /// Where the named reader of the log (the relay to an external bus) has got to: the
     /// last offset it has durably handed on; 0 when it never has.
     async fn cursor(&self, name: &str) -> Result<i64, LedgerError>;
-    /// Moves the named cursor forward; a lower offset than the stored one is ignored,
-    /// so a deposed leader finishing late can never move it back.
-    async fn advance_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError>;
-    /// Sets the named cursor, also backwards (an operator's replay).
-    async fn set_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError>;
-    /// Whether this instance leads the relay, live. Work that must run on one instance
-    /// at a time (publishing to the bus, the shared webhook connector) follows it.
-    /// Always `true` on SQLite, where one process owns the ledger.
-    fn leadership(&self) -> tokio::sync::watch::Receiver<bool>;
+    /// Moves the named cursor forward; a lower offset than the stored one is ignored.
+    /// With a `term`, only while that term's lease is still at its epoch (else
+    /// [`LedgerError::Fenced`], nothing written): a deposed holder finishing late can
+    /// move nothing.
+    async fn advance_cursor(
+        &self,
+        name: &str,
+        offset: i64,
+        term: Option<&Term>,
+    ) -> Result<(), LedgerError>;
+    /// Sets the named cursor, also backwards (an operator's replay); fenced by `term`
+    /// like [`advance_cursor`](Self::advance_cursor).
+    async fn set_cursor(
+        &self,
+        name: &str,
+        offset: i64,
+        term: Option<&Term>,
+    ) -> Result<(), LedgerError>;
+    /// Whether, and under which term, this instance holds the relay lease, live. Work
+    /// that must run on one instance at a time (publishing to the bus, the shared
+    /// webhook connector) follows it and fences what it records with the term. Always
+    /// held on SQLite, where one process owns the ledger.
+    fn leadership(&self) -> Turn;
     /// Joins the processes that share consumer `group`'s partitions (see
     /// [`PartitionClaims`]). On SQLite, where one process owns the ledger, this
     /// process is the group's only member and every claim succeeds.
@@ -144,9 +160,9 @@ pub trait LogCursors: EventLog {
 /// partitions (`invsync consume NAME --partitioned`). A partition is worked by the
 /// member that claimed it, and by no other until that member releases it or dies.
 ///
-/// On PostgreSQL a member is one database session: its membership and its claims are
-/// session advisory locks, so a process that dies (or loses its session) gives up
-/// every partition at once, and the others see it in their next count.
+/// On PostgreSQL membership and claims are leases (see [`lease`]): a process that
+/// dies, freezes or loses the database stops renewing, its terms end on its side
+/// before they lapse on the database's, and the others claim its partitions then.
 #[async_trait]
 pub trait PartitionClaims: Send + Sync {
     /// How many processes are in the group now (this one included), and how many
@@ -154,8 +170,9 @@ pub trait PartitionClaims: Send + Sync {
     /// claim with it: stop working every partition at once, then
     /// [`rejoin`](Self::rejoin).
     async fn census(&self) -> Result<Census, LedgerError>;
-    /// Claims `partition` when no other member holds it; whether this member holds it.
-    async fn claim(&self, partition: u32) -> Result<bool, LedgerError>;
+    /// Claims `partition` when no other member holds it: this member's term on it, or
+    /// `None`. The term ends when the member's renewals stop (see [`lease`]).
+    async fn claim(&self, partition: u32) -> Result<Option<Term>, LedgerError>;
     /// Gives `partition` up (after its work here has stopped).
     async fn release(&self, partition: u32) -> Result<(), LedgerError>;
     /// Joins again with a new session, holding no partition.
@@ -183,8 +200,8 @@ impl PartitionClaims for SoleMember {
             claimed: 0,
         })
     }
-    async fn claim(&self, _partition: u32) -> Result<bool, LedgerError> {
-        Ok(true)
+    async fn claim(&self, partition: u32) -> Result<Option<Term>, LedgerError> {
+        Ok(Some(Term::forever(lease::partition_lease("", partition))))
     }
     async fn release(&self, _partition: u32) -> Result<(), LedgerError> {
         Ok(())

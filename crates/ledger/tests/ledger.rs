@@ -863,31 +863,37 @@ async fn a_named_cursor_starts_at_zero_and_only_moves_forward(backend: Backend) 
         return;
     };
     assert_eq!(f.ledger.cursor("nats").await.unwrap(), 0);
-    f.ledger.advance_cursor("nats", 40).await.unwrap();
+    f.ledger.advance_cursor("nats", 40, None).await.unwrap();
     // A deposed leader finishing late must not move it back.
-    f.ledger.advance_cursor("nats", 12).await.unwrap();
+    f.ledger.advance_cursor("nats", 12, None).await.unwrap();
     assert_eq!(f.ledger.cursor("nats").await.unwrap(), 40);
     assert_eq!(
         f.ledger.cursor("other").await.unwrap(),
         0,
         "cursors are per name"
     );
-    f.ledger.advance_cursor("nats", 41).await.unwrap();
+    f.ledger.advance_cursor("nats", 41, None).await.unwrap();
     assert_eq!(f.ledger.cursor("nats").await.unwrap(), 41);
 }
 
-/// Leadership on SQLite is `true` and stays so: waiting for a change must wait, not
-/// fail at once (a dropped sender made the NATS relay spin on an idle server).
+/// Leadership on SQLite is held and stays so: waiting for a change must wait, not
+/// return at once (a dropped sender made the NATS relay spin on an idle server).
 #[tokio::test]
-async fn sqlite_leadership_is_true_and_waiting_for_a_change_waits() {
+async fn sqlite_leadership_is_held_and_waiting_for_a_change_waits() {
     let Some(f) = open(Backend::Sqlite, 256).await else {
         return;
     };
     let mut leadership = f.ledger.leadership();
-    assert!(*leadership.borrow());
-    let waited =
-        tokio::time::timeout(std::time::Duration::from_millis(200), leadership.changed()).await;
-    assert!(waited.is_err(), "changed() returned at once: {waited:?}");
+    assert!(leadership.holds());
+    let started = std::time::Instant::now();
+    leadership
+        .changed(std::time::Duration::from_millis(200))
+        .await;
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(190),
+        "changed() returned at once"
+    );
+    assert!(leadership.holds());
 }
 
 #[tokio::test]
@@ -2241,16 +2247,10 @@ async fn postgres_two_instances_log_each_event_once_and_fail_over() {
     assert_eq!(events.len(), 200);
     let ids: std::collections::HashSet<_> = events.iter().map(|e| e.data.event_id).collect();
     assert_eq!(ids.len(), 200, "each event once");
-    let (mut lead_a, mut lead_b) = (a.leadership(), b.leadership());
-    tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while !(*lead_a.borrow_and_update() || *lead_b.borrow_and_update()) {
-            tokio::select! { _ = lead_a.changed() => {}, _ = lead_b.changed() => {} }
-        }
-    })
-    .await
-    .expect("one instance leads");
+    let (lead_a, lead_b) = (a.leadership(), b.leadership());
+    wait_until(|| lead_a.holds() || lead_b.holds(), "one instance leads").await;
     assert!(
-        !(*a.leadership().borrow() && *b.leadership().borrow()),
+        !(a.leadership().holds() && b.leadership().holds()),
         "never two leaders at once"
     );
 
@@ -2272,7 +2272,10 @@ async fn postgres_two_instances_log_each_event_once_and_fail_over() {
         210,
         "the surviving instance goes on after the other stopped"
     );
-    assert!(*b.leadership().borrow(), "the survivor says it leads");
+    // The stopping instance gave its lease up: the survivor takes it at its next try
+    // (every half second), not after the lease would have lapsed.
+    let lead_b = b.leadership();
+    wait_until(|| lead_b.holds(), "the survivor leads").await;
     b.shutdown().await;
 }
 
@@ -2442,4 +2445,144 @@ async fn postgres_a_partition_reader_gets_every_offset_and_only_its_envelopes() 
         sent.iter().all(|n| *n == 1),
         "each event sent once: {sent:?}"
     );
+}
+
+/// Waits (up to 30 s) until `ok` holds; fails naming `what`.
+async fn wait_until(ok: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `sql` on the private server from a blocking thread (the sync client).
+async fn pg_execute(url: String, sql: &'static str) {
+    tokio::task::spawn_blocking(move || {
+        let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        c.batch_execute(sql).unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// The relay lease changes hands behind the leader's back (what the database sees when
+/// a frozen leader's lease lapsed and another instance took it): the old term is
+/// fenced at once (its cursor write is refused, nothing written), the old leader stops
+/// saying it leads at its next renewal, and when it takes the lease again it is under
+/// a higher epoch, never the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_leader_whose_lease_moved_on_is_fenced_and_deposed() {
+    let Some(pg) = private_postgres().await else {
+        return;
+    };
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let a = open_pg(pg.url(), clock.clone()).await;
+    let leadership = a.leadership();
+    wait_until(|| leadership.holds(), "the only instance leads").await;
+    let term = leadership.current().unwrap();
+    a.advance_cursor("consumer:erp", 10, Some(&term))
+        .await
+        .unwrap();
+
+    // Another holder takes the lease (as after a lapse: a higher epoch).
+    pg_execute(
+        pg.url(),
+        "UPDATE leases SET holder = 'someone else', epoch = epoch + 1,
+                expires_at = clock_timestamp() + interval '2 seconds'
+         WHERE name = 'relay'",
+    )
+    .await;
+    let refused = a
+        .advance_cursor("consumer:erp", 20, Some(&term))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, LedgerError::Fenced { epoch, current: Some(now), .. } if now == epoch + 1),
+        "{refused:?}"
+    );
+    assert_eq!(
+        a.cursor("consumer:erp").await.unwrap(),
+        10,
+        "nothing written"
+    );
+    let refused = a
+        .set_cursor("consumer:erp", 1, Some(&term))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, LedgerError::Fenced { .. }), "{refused:?}");
+    wait_until(|| !leadership.holds(), "the old leader stands down").await;
+    assert!(!term.valid(), "its term ended");
+
+    // The other holder's lease lapses (2 s): this instance takes it again, under a
+    // new term, and writes under it are accepted.
+    wait_until(|| leadership.holds(), "it leads again").await;
+    let again = leadership.current().unwrap();
+    assert!(again.epoch() > term.epoch() + 1, "{again:?} after {term:?}");
+    a.advance_cursor("consumer:erp", 30, Some(&again))
+        .await
+        .unwrap();
+    assert_eq!(a.cursor("consumer:erp").await.unwrap(), 30);
+    // Unfenced writes (an operator's, a single connector's) are not refused.
+    a.advance_cursor("consumer:erp", 31, None).await.unwrap();
+}
+
+/// Two members of a consumer group: a partition has one holder at a time; when the
+/// holder stops renewing (its lease made to lapse, as a frozen member's would), the
+/// other claims it under a higher epoch, and the old term is fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_partition_claim_lapses_and_is_fenced() {
+    let Some(pg) = private_postgres().await else {
+        return;
+    };
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let ledger = open_pg(pg.url(), clock.clone()).await;
+    let first = ledger.join_group("erp").await.unwrap();
+    let second = ledger.join_group("erp").await.unwrap();
+    let census = first.census().await.unwrap();
+    assert_eq!(census.members, 2);
+    let term = first.claim(3).await.unwrap().expect("a free partition");
+    assert!(
+        second.claim(3).await.unwrap().is_none(),
+        "one holder at a time"
+    );
+    ledger
+        .advance_cursor("consumer:erp.p03", 5, Some(&term))
+        .await
+        .unwrap();
+
+    // The first member's leases lapse in the database (it stopped renewing).
+    pg_execute(
+        pg.url(),
+        "UPDATE leases SET expires_at = clock_timestamp() - interval '1 second'
+         WHERE name LIKE 'group:erp:partition:%'",
+    )
+    .await;
+    let taken = second
+        .claim(3)
+        .await
+        .unwrap()
+        .expect("a lapsed claim is free");
+    assert!(taken.epoch() > term.epoch());
+    let refused = ledger
+        .advance_cursor("consumer:erp.p03", 9, Some(&term))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, LedgerError::Fenced { .. }), "{refused:?}");
+    ledger
+        .advance_cursor("consumer:erp.p03", 9, Some(&taken))
+        .await
+        .unwrap();
+    // The first member's next renewal finds the partition gone: its term ends.
+    tokio::time::sleep(invsync_ledger::lease::RENEW_EVERY).await;
+    first.census().await.unwrap();
+    assert!(
+        !term.valid(),
+        "the first member's term ended at its renewal"
+    );
+    assert!(taken.valid());
+    // Giving a partition up frees it at once.
+    second.release(3).await.unwrap();
+    assert!(!taken.valid());
+    assert!(first.claim(3).await.unwrap().is_some());
 }

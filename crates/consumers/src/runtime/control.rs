@@ -92,7 +92,11 @@ impl Runner {
         .await
         .map_err(step_failed)?;
         if let Some(shared) = &self.config.shared {
-            shared.set(position).await.map_err(ConsumerError::from)?;
+            let term = self.shared().term.clone();
+            shared
+                .set(position, term.as_ref())
+                .await
+                .map_err(ConsumerError::from)?;
         }
         self.moved_to(position).await.map_err(step_failed)
     }

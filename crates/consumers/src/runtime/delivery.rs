@@ -67,14 +67,11 @@ impl Runner {
         // An instance that stops leading while it delivers (a shared endpoint) drops
         // the batch at once: the next worker re-delivers it from the shared position,
         // and two instances never deliver the same SKU's events side by side.
+        let term = self.shared().term.clone();
         let deposed = async {
-            match self.config.active.clone() {
-                Some(mut active) => {
-                    if active.wait_for(|on| !*on).await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                None => std::future::pending().await,
+            match (self.config.active.clone(), term) {
+                (Some(mut active), Some(term)) => active.lost(&term).await,
+                _ => std::future::pending().await,
             }
         };
         let results = tokio::select! {
@@ -157,7 +154,17 @@ pub(super) async fn deliver_with_retry(
         error,
         retry_at: Utc::now() + chrono::Duration::from_std(pause).unwrap_or_default(),
     };
+    // The lease term the work is done under: once it ends (a frozen process waking
+    // past its deadline, a lease lost), not one more attempt is made.
+    let term = shared
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .term
+        .clone();
     loop {
+        if term.as_ref().is_some_and(|t| !t.valid()) {
+            return Err(StepError::Deposed);
+        }
         attempt += 1;
         let past_deadline = async {
             match deadline {
@@ -424,9 +431,9 @@ mod tests {
             delivered: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
         });
-        let (lead, leading) = watch::channel(true);
+        let (lead, leading) = watch::channel(Some(Term::forever("relay")));
         let mut config = ConsumerConfig::new("webhook", dir.path().join("webhook.db"));
-        config.active = Some(leading);
+        config.active = Some(Turn::new(leading));
         let (_stop, shutdown) = watch::channel(false);
         let (handle, run) = crate::runtime::start(
             config,
@@ -443,7 +450,7 @@ mod tests {
         })
         .await;
 
-        lead.send_replace(false);
+        lead.send_replace(None);
         until("the waiting delivery is dropped", || {
             sink.in_flight.load(Ordering::SeqCst) == 0
         })
@@ -454,10 +461,68 @@ mod tests {
 
         // Leading again, it delivers the whole batch, in order.
         sink.permits.add_permits(100);
-        lead.send_replace(true);
+        lead.send_replace(Some(Term::forever("relay")));
         until("caught up", || handle.status().position == 40).await;
         let all = sink.delivered.lock().unwrap().clone();
         assert_eq!(all[delivered..], (1..=40).collect::<Vec<_>>()[..]);
+    }
+
+    /// What a frozen leader meets when it wakes: its term ran out and nobody told it
+    /// (its renewer was frozen too). The delivery in flight — in the batch, or parked
+    /// (after `park_after`, 2 s) and retried by the side loop — is abandoned at the
+    /// deadline, and not one more delivery is made, though nothing was sent on the
+    /// channel.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_term_that_runs_out_unrenewed_stops_every_delivery() {
+        use crate::runtime::testing::{until, MemLog};
+        let dir = tempfile::tempdir().unwrap();
+        let log = MemLog::new();
+        for v in 1..=40 {
+            log.append("A", v);
+        }
+        let sink = Arc::new(Gated {
+            permits: tokio::sync::Semaphore::new(2),
+            delivered: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+        });
+        // Renewed once, now, and never again.
+        let term = Term::new("relay", 1, std::time::Instant::now());
+        let (lead, leading) = watch::channel(Some(term.clone()));
+        let mut config = ConsumerConfig::new("webhook", dir.path().join("webhook.db"));
+        config.active = Some(Turn::new(leading));
+        let (_stop, shutdown) = watch::channel(false);
+        let (handle, run) = crate::runtime::start(
+            config,
+            sink.clone(),
+            log.clone(),
+            Arc::new(crate::LedgerSource(log.clone())),
+            shutdown,
+        )
+        .unwrap();
+        tokio::spawn(run);
+        until("the third delivery waits", || {
+            sink.delivered.lock().unwrap().len() == 2 && sink.in_flight.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        until("the term ran out", || !term.valid()).await;
+        until("the waiting delivery is dropped", || {
+            sink.in_flight.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        // Room for every delivery now: none is made.
+        sink.permits.add_permits(100);
+        handle.quiesce().await;
+        handle.quiesce().await;
+        assert_eq!(sink.delivered.lock().unwrap().len(), 2, "nothing more");
+        // A new term: the same runtime goes on from where it was, in order (so it was
+        // the term, and nothing else, that held it back).
+        lead.send_replace(Some(Term::forever("relay")));
+        until("caught up", || {
+            sink.delivered.lock().unwrap().last() == Some(&40)
+        })
+        .await;
+        let all = sink.delivered.lock().unwrap().clone();
+        assert_eq!(all[2..], (3..=40).collect::<Vec<_>>()[..]);
     }
 
     pub(super) fn event(version: i64, available: i64) -> Incoming {

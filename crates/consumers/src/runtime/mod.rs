@@ -36,7 +36,7 @@ use crate::source::{DeadLetterNote, EventSource};
 use crate::stats::Latencies;
 use crate::store::{self, Store, StoreReader};
 use crate::{ConsumerError, Incoming, Sink};
-use invsync_ledger::LedgerError;
+use invsync_ledger::{LedgerError, Term, Turn};
 
 mod control;
 mod delivery;
@@ -73,9 +73,12 @@ pub struct ConsumerConfig {
     pub sla: Duration,
     /// Fallback poll when no head notification arrives (how long a bus long-polls).
     pub poll: Duration,
-    /// When given, the consumer works only while it reads `true` (a consumer shared by
-    /// several instances runs on the one that leads).
-    pub active: Option<watch::Receiver<bool>>,
+    /// When given, the consumer works only while this process holds the turn's lease
+    /// (a consumer shared by several instances runs on the one that leads; a
+    /// partition on the member that claimed it). What it records in the ledger is
+    /// fenced by the term it took over under, and it delivers nothing once that term
+    /// ended (see `invsync_ledger::lease`).
+    pub active: Option<Turn>,
     /// How long one event's delivery (attempts and backoff) may hold its batch before
     /// the event and its SKU's later events are parked (see [`parked`]).
     pub park_after: Duration,
@@ -117,10 +120,11 @@ impl Partition {
 pub trait SharedPosition: std::fmt::Debug + Send + Sync + 'static {
     /// The recorded position; 0 when none was ever recorded.
     async fn load(&self) -> Result<i64, LedgerError>;
-    /// Moves it forward; a lower value is ignored (a deposed worker finishing late).
-    async fn advance(&self, position: i64) -> Result<(), LedgerError>;
-    /// Sets it, also backwards (a replay).
-    async fn set(&self, position: i64) -> Result<(), LedgerError>;
+    /// Moves it forward; a lower value is ignored. Refused (`Fenced`) when `term` is
+    /// given and its lease moved on: a deposed worker finishing late moves nothing.
+    async fn advance(&self, position: i64, term: Option<&Term>) -> Result<(), LedgerError>;
+    /// Sets it, also backwards (a replay); fenced like `advance`.
+    async fn set(&self, position: i64, term: Option<&Term>) -> Result<(), LedgerError>;
 }
 
 impl ConsumerConfig {
@@ -199,6 +203,10 @@ struct Shared {
     parked_error: Option<String>,
     /// Whether the runtime works the consumer now (see [`ConsumerConfig::active`]).
     working: bool,
+    /// The lease term this turn of work was taken over under (`None` when the
+    /// consumer is not switched by a lease): deliveries stop once it ends, and the
+    /// shared position is fenced by it.
+    term: Option<Term>,
 }
 
 impl Shared {
@@ -548,7 +556,11 @@ impl Runner {
     /// Stops working: another instance works the consumer now. A partition's gauges
     /// read zero here (its owner reports it); a shared endpoint's stay as they were.
     fn stand_by(&mut self) {
-        self.shared().working = false;
+        {
+            let mut shared = self.shared();
+            shared.working = false;
+            shared.term = None;
+        }
         if self.config.partition.is_some() {
             let name = self.config.name.clone();
             for gauge in [
@@ -565,7 +577,7 @@ impl Runner {
 
     /// Whether this consumer is to work now (see [`ConsumerConfig::active`]).
     fn active(&self) -> bool {
-        self.config.active.as_ref().is_none_or(|a| *a.borrow())
+        self.config.active.as_ref().is_none_or(Turn::holds)
     }
 
     /// Waits for new events, a command, shutdown, a change of activity, or `timeout`.
@@ -573,12 +585,7 @@ impl Runner {
         let mut active = self.config.active.clone();
         let activity = async move {
             match active.as_mut() {
-                // A closed channel never changes again: wait forever, not at once.
-                Some(a) => {
-                    if a.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
+                Some(a) => a.changed(timeout).await,
                 None => std::future::pending().await,
             }
         };
@@ -1059,8 +1066,8 @@ mod tests {
                 dir.path().join(format!("p{index}.db")),
             );
             config.partition = Some(Partition { index, of: 2 });
-            let (switch, active) = watch::channel(false);
-            config.active = Some(active);
+            let (switch, active) = watch::channel(None);
+            config.active = Some(Turn::new(active));
             let sink = Arc::new(SkuRecorder::default());
             let (handle, run) = start(
                 config,
@@ -1080,7 +1087,7 @@ mod tests {
             assert!(sink.0.lock().unwrap().is_empty());
         }
         for (switch, handle, _) in &runs {
-            switch.send_replace(true);
+            switch.send_replace(Some(Term::forever("p")));
             until("caught up", || handle.status().position == head).await;
             assert!(!handle.standing_by());
         }
@@ -1115,7 +1122,7 @@ mod tests {
         }
         // Switched off, a partition stops: quiesced, later events are not its own.
         let (switch, handle, sink) = &runs[0];
-        switch.send_replace(false);
+        switch.send_replace(None);
         handle.quiesce().await;
         // (Its main loop says so at its next turn, not at the quiesce.)
         until("partition 0 stands by", || handle.standing_by()).await;

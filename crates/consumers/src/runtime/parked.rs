@@ -188,7 +188,9 @@ pub(super) struct Retrier {
 /// [`ConsumerHandle::quiesce`]: super::ConsumerHandle::quiesce
 struct Answered {
     offset: i64,
-    settled: Settled,
+    /// `None`: abandoned unanswered, because the lease term it was launched under
+    /// ended (the event stays parked, for whoever works the consumer now).
+    settled: Option<Settled>,
     turn: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
@@ -224,14 +226,21 @@ impl Retrier {
                 _ = shutdown.wait_for(|s| *s) => break,
             };
             // Every answer already in, settled together in one transaction.
-            let mut results = vec![(first.offset, first.settled)];
-            let mut turns = vec![first.turn];
+            let mut answered = vec![first];
             while let Some(Some(more)) = in_flight.next().now_or_never() {
-                results.push((more.offset, more.settled));
-                turns.push(more.turn);
+                answered.push(more);
             }
-            for (offset, _) in &results {
-                busy.remove(offset);
+            let mut results = Vec::with_capacity(answered.len());
+            let mut turns = Vec::with_capacity(answered.len());
+            for a in answered {
+                busy.remove(&a.offset);
+                if let Some(settled) = a.settled {
+                    results.push((a.offset, settled));
+                }
+                turns.push(a.turn);
+            }
+            if results.is_empty() {
+                continue;
             }
             let outcome = self.settle(results).await;
             drop(turns);
@@ -254,10 +263,20 @@ impl Retrier {
         }
     }
 
-    /// Whether this process works the consumer now (always, unless it is one
-    /// partition of a group).
+    /// Whether this process works the consumer now (always, unless it is switched by
+    /// a lease). Under a lease, only while the term the main loop took over under is still
+    /// the one held: a process waking past its deadline retries nothing.
     fn working(&self) -> bool {
-        self.config.active.as_ref().is_none_or(|a| *a.borrow())
+        let Some(turn) = &self.config.active else {
+            return true;
+        };
+        let term = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .term
+            .clone();
+        term.is_some_and(|t| t.valid() && turn.current().as_ref() == Some(&t))
     }
 
     fn backoff(&self, failures: u32) -> Duration {
@@ -310,8 +329,21 @@ impl Retrier {
             busy.insert(head.offset);
             let sink = self.sink.clone();
             let policy = self.config.retry.clone();
+            let lease = self.config.active.clone();
+            let term = self
+                .shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .term
+                .clone();
             in_flight.push(Box::pin(async move {
-                let settled = attempt(sink.as_ref(), &policy, &head).await;
+                let settled = match (lease, term) {
+                    (Some(mut lease), Some(term)) => tokio::select! {
+                        settled = attempt(sink.as_ref(), &policy, &head) => Some(settled),
+                        () = lease.lost(&term) => None,
+                    },
+                    _ => Some(attempt(sink.as_ref(), &policy, &head).await),
+                };
                 Answered {
                     offset: head.offset,
                     settled,
@@ -379,7 +411,7 @@ impl Retrier {
         })
         .await?;
         if let Some(settled) = settled {
-            super::shared::share_position(&self.config, settled).await;
+            super::shared::share_position(&self.config, &self.shared, settled).await;
         }
         let applied_at = Utc::now();
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());

@@ -8,6 +8,8 @@ impl Runner {
     /// and parked events belong to an earlier turn (another instance may have settled
     /// them since), so they are dropped and the log is read again from the record.
     pub(super) async fn take_over(&mut self) -> Result<(), StepError> {
+        // The term this turn works under: everything it records is fenced by it.
+        self.shared().term = self.config.active.as_ref().and_then(Turn::current);
         let Some(shared) = self.config.shared.clone() else {
             return Ok(());
         };
@@ -47,15 +49,17 @@ impl Runner {
     }
 
     pub(super) async fn share_position(&self, settled: i64) {
-        share_position(&self.config, settled).await;
+        share_position(&self.config, &self.shared, settled).await;
     }
 }
 
-/// Advances a shared consumer's record to `settled` (a failure is logged: the next
-/// commit or the next worker's takeover covers it, at the price of re-deliveries).
-pub(super) async fn share_position(config: &ConsumerConfig, settled: i64) {
+/// Advances a shared consumer's record to `settled`, fenced by the turn's term (a
+/// failure is logged: the next commit or the next worker's takeover covers it, at the
+/// price of re-deliveries; a fenced one means another process works it now).
+pub(super) async fn share_position(config: &ConsumerConfig, state: &Mutex<Shared>, settled: i64) {
     if let Some(shared) = &config.shared {
-        if let Err(error) = shared.advance(settled).await {
+        let term = state.lock().unwrap_or_else(|e| e.into_inner()).term.clone();
+        if let Err(error) = shared.advance(settled, term.as_ref()).await {
             tracing::warn!(consumer.name = %config.name, %error, "could not record the shared position");
         }
     }

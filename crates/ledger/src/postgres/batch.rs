@@ -546,7 +546,15 @@ impl Tx for BufferedTx<'_, '_> {
         lock_rows(self.pg, self.statements, self.state, rows)
     }
 
-    fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
+    fn advance_cursor(
+        &mut self,
+        name: &str,
+        offset: i64,
+        term: Option<&crate::Term>,
+    ) -> Result<(), LedgerError> {
+        if let Some(term) = term {
+            super::lease::check_fence(self.pg, term)?;
+        }
         execute(
             self.pg,
             self.statements,
@@ -557,7 +565,15 @@ impl Tx for BufferedTx<'_, '_> {
         Ok(())
     }
 
-    fn set_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
+    fn set_cursor(
+        &mut self,
+        name: &str,
+        offset: i64,
+        term: Option<&crate::Term>,
+    ) -> Result<(), LedgerError> {
+        if let Some(term) = term {
+            super::lease::check_fence(self.pg, term)?;
+        }
         execute(
             self.pg,
             self.statements,

@@ -18,19 +18,20 @@
 //! outbox table and a relay did this, and the relay had to wait for the oldest
 //! running transaction: that wait was most of the visibility latency.)
 //!
-//! One instance at a time leads (a session advisory lock): it publishes the log to
-//! the bus and runs the shared webhook connectors. Every instance follows the head
-//! (`Relay`) to wake its own consumers.
+//! One instance at a time leads (the `relay` lease, see [`crate::lease`]): it
+//! publishes the log to the bus and runs the shared webhook connectors. Every instance
+//! follows the head (`Relay`) to wake its own consumers.
 
 mod batch;
 mod group;
 mod lanes;
+mod lease;
 mod rows;
 mod schema;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -47,6 +48,7 @@ use self::rows::STOCK_COLUMNS;
 use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::error::LedgerError;
+use crate::lease::{Term, Turn, RELAY_LEASE, RENEW_EVERY};
 use crate::model::{
     AdjustmentOutcome, EventPage, LoggedEvent, ReserveOutcome, SnapshotPage, StockRow,
 };
@@ -84,8 +86,6 @@ impl r2d2::ManageConnection for Manager {
     }
 }
 
-/// The advisory lock whose holder is the one active relay.
-const RELAY_LOCK: i64 = 7_461_302;
 /// How often the head is read: consumers on this instance wake within this of a
 /// commit on any instance.
 const HEAD_POLL: Duration = Duration::from_millis(5);
@@ -129,8 +129,8 @@ pub struct PgLedger {
     /// `None` only while being dropped (see `Drop`).
     pool: Option<Pool>,
     head: watch::Receiver<i64>,
-    /// Whether this instance's relay holds the leadership lock.
-    leadership: watch::Receiver<bool>,
+    /// Whether, and under which term, this instance holds the relay lease.
+    leadership: watch::Receiver<Option<Term>>,
     closed: Arc<AtomicBool>,
     relay: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// `None` only while being dropped (it holds pool handles too).
@@ -150,6 +150,7 @@ impl PgLedger {
         pg.connect_timeout(config.connect_timeout);
         // No statement may wait on a lock forever: a stuck request becomes a 503.
         pg.options("-c statement_timeout=30000 -c lock_timeout=10000");
+        with_keepalives(&mut pg);
         let pool = r2d2::Pool::builder()
             .max_size(config.pool_size)
             .min_idle(Some(2))
@@ -163,8 +164,9 @@ impl PgLedger {
             .get(0);
         let (head_tx, head) = watch::channel(last);
         let closed = Arc::new(AtomicBool::new(false));
-        let (leading, leadership) = watch::channel(false);
+        let (leading, leadership) = watch::channel(None);
         let relay = Relay {
+            holder: lease::holder(),
             pg: pg.clone(),
             pool: pool.clone(),
             head: head_tx,
@@ -356,37 +358,58 @@ fn stock_rows(
     c.query(sql, params)?.iter().map(rows::stock_row).collect()
 }
 
+/// TCP keepalives and a user timeout on every session, unless the URL sets its own: a
+/// session to a host that vanished (no FIN, no RST) is given up in seconds, not after
+/// the kernel's two hours, so its leases lapse and the pool reconnects to whichever
+/// host is primary now.
+fn with_keepalives(pg: &mut postgres::Config) {
+    pg.keepalives(true);
+    if pg.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        pg.keepalives_idle(Duration::from_secs(5));
+    }
+    if pg.get_keepalives_interval().is_none() {
+        pg.keepalives_interval(Duration::from_secs(2));
+    }
+    if pg.get_keepalives_retries().is_none() {
+        pg.keepalives_retries(3);
+    }
+    if pg.get_tcp_user_timeout().is_none() {
+        pg.tcp_user_timeout(Duration::from_secs(10));
+    }
+}
+
+/// Follows the log's head for this instance, and takes and renews the relay lease.
 struct Relay {
+    /// This instance as a lease holder.
+    holder: String,
     pg: postgres::Config,
     pool: Pool,
     head: watch::Sender<i64>,
-    leading: watch::Sender<bool>,
+    leading: watch::Sender<Option<Term>>,
     closed: Arc<AtomicBool>,
     lead: bool,
 }
 
 impl Relay {
     fn run(self) {
-        // The leader's own connection: the session that holds the advisory lock.
-        let mut leader: Option<Client> = None;
+        // The lease's own session (statements on it time out in seconds).
+        let mut session: Option<Client> = None;
+        let mut next_renewal = Instant::now();
         while !self.closed.load(Ordering::SeqCst) {
-            if self.lead && leader.is_none() {
-                leader = self.try_lead();
-                self.leading.send_if_modified(|l| {
-                    std::mem::replace(l, leader.is_some()) != leader.is_some()
-                });
+            if self.lead && Instant::now() >= next_renewal {
+                next_renewal = Instant::now() + RENEW_EVERY;
+                self.renew(&mut session);
             }
-            // A leader whose session is gone has lost the lock with it, and another
-            // instance may hold it already: find out at once (every turn), so that
-            // two instances never deliver a shared webhook's events side by side for
-            // long (the relay's own traffic on this session used to tell it).
-            if let Some(c) = leader.as_mut() {
-                if let Err(e) = c.simple_query("SELECT 1") {
-                    tracing::warn!(error = %e, "the leader lost its database connection; leadership released");
-                    leader = None;
-                    self.leading.send_replace(false);
+            // Renewals that stopped succeeding end the term at its deadline, whoever
+            // notices first; this thread tells the rest of the process.
+            self.leading.send_if_modified(|held| {
+                if held.as_ref().is_some_and(|t| !t.valid()) {
+                    tracing::warn!("the relay lease ran out without a renewal; no longer leading");
+                    *held = None;
+                    return true;
                 }
-            }
+                false
+            });
             // Follow the log's head, which every writing transaction moves.
             if let Ok(mut c) = self.pool.get_timeout(Duration::from_secs(1)) {
                 if let Ok(row) = c
@@ -400,19 +423,60 @@ impl Relay {
             }
             std::thread::sleep(HEAD_POLL);
         }
+        // Stepping down on a clean stop: another instance takes over at once instead
+        // of after the lease lapses.
+        if self.leading.borrow().is_some() {
+            if let Some(c) = session.as_mut() {
+                let _ = lease::give_up(c, RELAY_LEASE, &self.holder);
+            }
+            self.leading.send_replace(None);
+        }
     }
 
-    fn try_lead(&self) -> Option<Client> {
-        let mut c = self.pg.connect(NoTls).ok()?;
-        let got: bool = c
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])
-            .ok()?
-            .get(0);
-        if got {
-            tracing::info!("this instance now leads (publishing to the bus, shared webhooks)");
-            Some(c)
-        } else {
-            None
+    /// Takes the lease, or renews the term held.
+    fn renew(&self, session: &mut Option<Client>) {
+        if session.is_none() {
+            *session = lease::session(&self.pg).ok();
+        }
+        let Some(c) = session.as_mut() else { return };
+        match lease::acquire(c, RELAY_LEASE, &self.holder) {
+            Ok(Some(term)) => {
+                self.leading.send_if_modified(|held| match held {
+                    Some(t) if *t == term && t.valid() => {
+                        t.extend_as(&term);
+                        false
+                    }
+                    _ => {
+                        tracing::info!(
+                            lease.epoch = term.epoch(),
+                            "this instance now leads (publishing to the bus, shared webhooks)"
+                        );
+                        *held = Some(term.clone());
+                        true
+                    }
+                });
+            }
+            Ok(None) => {
+                self.leading.send_if_modified(|held| match held.take() {
+                    Some(t) => {
+                        tracing::warn!(
+                            lease.epoch = t.epoch(),
+                            "another instance holds the relay lease now; no longer leading"
+                        );
+                        t.end();
+                        true
+                    }
+                    None => false,
+                });
+            }
+            Err(e) => {
+                // The term stays until its deadline: a renewal that fails once in a
+                // while costs nothing, one that keeps failing ends the term in time.
+                tracing::debug!(error = %e, "relay lease: renewal failed");
+                if c.is_closed() || e.as_db_error().is_none() {
+                    *session = None;
+                }
+            }
         }
     }
 }
@@ -807,18 +871,30 @@ impl LogCursors for PgLedger {
         .await
     }
 
-    async fn advance_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError> {
-        let name = name.to_owned();
-        self.write(move |e| e.advance_cursor(&name, offset)).await
+    async fn advance_cursor(
+        &self,
+        name: &str,
+        offset: i64,
+        term: Option<&Term>,
+    ) -> Result<(), LedgerError> {
+        let (name, term) = (name.to_owned(), term.cloned());
+        self.write(move |e| e.advance_cursor(&name, offset, term.as_ref()))
+            .await
     }
 
-    async fn set_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError> {
-        let name = name.to_owned();
-        self.write(move |e| e.set_cursor(&name, offset)).await
+    async fn set_cursor(
+        &self,
+        name: &str,
+        offset: i64,
+        term: Option<&Term>,
+    ) -> Result<(), LedgerError> {
+        let (name, term) = (name.to_owned(), term.cloned());
+        self.write(move |e| e.set_cursor(&name, offset, term.as_ref()))
+            .await
     }
 
-    fn leadership(&self) -> watch::Receiver<bool> {
-        self.leadership.clone()
+    fn leadership(&self) -> Turn {
+        Turn::new(self.leadership.clone())
     }
 
     async fn join_group(

@@ -162,6 +162,16 @@ DROP TABLE reservation_lines;
 -- tells.
 ALTER TABLE events ADD COLUMN part smallint;
 "#,
+    r#"
+-- Leases (see lease.rs): what one process at a time may do. The epoch rises with every
+-- change of holder; positions recorded under a lease are fenced by it.
+CREATE TABLE leases (
+    name       text PRIMARY KEY,
+    holder     text NOT NULL,
+    epoch      bigint NOT NULL CHECK (epoch > 0),
+    expires_at timestamptz NOT NULL
+);
+"#,
 ];
 
 pub(crate) fn migrate(client: &mut Client) -> Result<(), LedgerError> {

@@ -39,7 +39,7 @@ use crate::error::LedgerError;
 use crate::model::{
     AdjustmentOutcome, EventPage, LoggedEvent, ReserveOutcome, SnapshotPage, StockRow,
 };
-use crate::{EventLog, Ledger, LogCursors, ReleaseLines};
+use crate::{EventLog, Ledger, LogCursors, ReleaseLines, Term, Turn};
 
 /// How the SQLite ledger runs.
 #[derive(Debug, Clone)]
@@ -86,9 +86,8 @@ struct Pending {
 pub struct SqliteLedger {
     jobs: mpsc::Sender<Job>,
     head: watch::Receiver<i64>,
-    /// Always `true`: one process owns a SQLite ledger. The sender is kept so that
-    /// `changed()` waits forever instead of failing at once.
-    leadership: (watch::Sender<bool>, watch::Receiver<bool>),
+    /// Always held: one process owns a SQLite ledger.
+    leadership: Turn,
     readers: Arc<Readers>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -141,7 +140,7 @@ impl SqliteLedger {
         Ok(Self {
             jobs: tx,
             head,
-            leadership: watch::channel(true),
+            leadership: Turn::always(crate::lease::RELAY_LEASE),
             readers,
             writer: Mutex::new(Some(handle)),
         })
@@ -773,17 +772,29 @@ impl LogCursors for SqliteLedger {
         self.read(move |c| rows::meta(c, &key)).await
     }
 
-    async fn advance_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError> {
-        let name = name.to_owned();
-        self.write(move |e| e.advance_cursor(&name, offset)).await
+    async fn advance_cursor(
+        &self,
+        name: &str,
+        offset: i64,
+        term: Option<&Term>,
+    ) -> Result<(), LedgerError> {
+        let (name, term) = (name.to_owned(), term.cloned());
+        self.write(move |e| e.advance_cursor(&name, offset, term.as_ref()))
+            .await
     }
 
-    async fn set_cursor(&self, name: &str, offset: i64) -> Result<(), LedgerError> {
-        let name = name.to_owned();
-        self.write(move |e| e.set_cursor(&name, offset)).await
+    async fn set_cursor(
+        &self,
+        name: &str,
+        offset: i64,
+        term: Option<&Term>,
+    ) -> Result<(), LedgerError> {
+        let (name, term) = (name.to_owned(), term.cloned());
+        self.write(move |e| e.set_cursor(&name, offset, term.as_ref()))
+            .await
     }
 
-    fn leadership(&self) -> watch::Receiver<bool> {
-        self.leadership.1.clone()
+    fn leadership(&self) -> Turn {
+        self.leadership.clone()
     }
 }

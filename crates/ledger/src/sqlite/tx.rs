@@ -305,7 +305,14 @@ impl Tx for SqliteTx<'_> {
             .execute([end])?)
     }
 
-    fn advance_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
+    // One process owns a SQLite ledger: its terms never end, so there is nothing to
+    // fence.
+    fn advance_cursor(
+        &mut self,
+        name: &str,
+        offset: i64,
+        _term: Option<&crate::Term>,
+    ) -> Result<(), LedgerError> {
         self.conn
             .prepare_cached(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
@@ -315,7 +322,12 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn set_cursor(&mut self, name: &str, offset: i64) -> Result<(), LedgerError> {
+    fn set_cursor(
+        &mut self,
+        name: &str,
+        offset: i64,
+        _term: Option<&crate::Term>,
+    ) -> Result<(), LedgerError> {
         self.conn
             .prepare_cached(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
