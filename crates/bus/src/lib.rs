@@ -30,8 +30,12 @@ pub use source::NatsSource;
 /// How invsync uses a NATS server.
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
-    /// `nats://host:port`.
+    /// `nats://host:port`, or several, comma-separated (the servers of a cluster: the
+    /// client connects to any that answers and moves to another when it goes).
     pub url: String,
+    /// Copies of each stream message in a cluster (`num_replicas`): 3 in production,
+    /// so the loss of one server loses nothing and the stream keeps its quorum.
+    pub replicas: usize,
     /// The event stream (`INVSYNC_EVENTS`).
     pub stream: String,
     /// The dead-letter stream (`INVSYNC_DLQ`).
@@ -61,6 +65,7 @@ impl NatsConfig {
             duplicate_window: Duration::from_secs(120),
             max_deliver: 10,
             ack_wait: Duration::from_secs(30),
+            replicas: 1,
             in_flight: 256,
         }
     }
@@ -72,6 +77,17 @@ pub enum BusError {
     Url(String, String),
     #[error("NATS: {0}")]
     Nats(String),
+}
+
+/// The servers of a `nats://a:4222,nats://b:4222` list.
+pub fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    url.split(',')
+        .map(|one| {
+            one.trim()
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| BusError::Url(one.to_owned(), e.to_string()))
+        })
+        .collect()
 }
 
 impl BusError {
@@ -128,7 +144,7 @@ impl NatsBus {
                     }
                 }
             })
-            .connect(url.as_str())
+            .connect(servers(&url)?)
             .await
             .map_err(|e| BusError::Url(url.clone(), e.to_string()))?;
         let js = jetstream::ContextBuilder::new()
@@ -184,7 +200,7 @@ impl NatsBus {
             storage: stream::StorageType::File,
             // NATS requires the duplicate window to fit in MaxAge.
             duplicate_window: c.duplicate_window.min(c.retention),
-            num_replicas: 1,
+            num_replicas: c.replicas,
             ..Default::default()
         }
     }
@@ -197,6 +213,7 @@ impl NatsBus {
                 if current.max_age != config.max_age
                     || current.duplicate_window != config.duplicate_window
                     || current.subjects != config.subjects
+                    || current.num_replicas != config.num_replicas
                 {
                     self.js
                         .update_stream(config.clone())

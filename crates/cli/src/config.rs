@@ -39,12 +39,16 @@ pub struct ServeArgs {
     /// `sqlite://PATH` (default: ledger.db in the data dir).
     #[arg(long, env = "INVSYNC_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
-    /// `embedded` (default: the ledger's own log) or `nats://HOST:PORT` (JetStream).
+    /// `embedded` (default: the ledger's own log) or `nats://HOST:PORT` (JetStream);
+    /// a cluster's servers comma-separated: `nats://a:4222,nats://b:4222,nats://c:4222`.
     #[arg(long, env = "INVSYNC_BUS", value_name = "URL")]
     pub bus: Option<String>,
     /// The JetStream stream of events (default INVSYNC_EVENTS).
     #[arg(long, env = "INVSYNC_BUS_STREAM", value_name = "NAME")]
     pub bus_stream: Option<String>,
+    /// Copies of the stream in a NATS cluster, 1 to 5 (default 1; 3 in production).
+    #[arg(long, env = "INVSYNC_BUS_REPLICAS", value_name = "N")]
+    pub bus_replicas: Option<usize>,
     /// Event retention, e.g. 7d, 36h, 90s (default 7d).
     #[arg(long, env = "INVSYNC_RETENTION", value_name = "DUR")]
     pub retention: Option<String>,
@@ -128,6 +132,7 @@ struct FileConfig {
     database_url: Option<String>,
     bus: Option<String>,
     bus_stream: Option<String>,
+    bus_replicas: Option<usize>,
     retention: Option<String>,
     sla: Option<String>,
     webhook_url: Option<String>,
@@ -193,8 +198,13 @@ impl std::fmt::Debug for Webhook {
 pub enum Bus {
     /// The ledger's own event log.
     Embedded,
-    /// NATS JetStream: the server URL and the stream name.
-    Nats { url: String, stream: String },
+    /// NATS JetStream: the servers' URLs (comma-separated), the stream's name and its
+    /// replicas.
+    Nats {
+        url: String,
+        stream: String,
+        replicas: usize,
+    },
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -268,12 +278,20 @@ impl Config {
             .bus_stream
             .or(file.bus_stream)
             .unwrap_or_else(|| "INVSYNC_EVENTS".to_owned());
+        let replicas = args.bus_replicas.or(file.bus_replicas).unwrap_or(1);
+        if !(1..=5).contains(&replicas) {
+            return Err(bad(
+                "bus-replicas",
+                format!("must be from 1 to 5 (NATS's limit), got {replicas}"),
+            ));
+        }
         let bus = parse_bus(
             &args
                 .bus
                 .or(file.bus)
                 .unwrap_or_else(|| "embedded".to_owned()),
             stream,
+            replicas,
         )?;
         let retention = duration("retention", args.retention.or(file.retention), "7d")?;
         let sla = duration("sla", args.sla.or(file.sla), "30s")?;
@@ -516,18 +534,23 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(&text).map_err(|e| bad("config", format!("{}: {}", path.display(), e.message())))
 }
 
-fn parse_bus(url: &str, stream: String) -> Result<Bus, ConfigError> {
+fn parse_bus(url: &str, stream: String, replicas: usize) -> Result<Bus, ConfigError> {
     if url == "embedded" {
         return Ok(Bus::Embedded);
     }
-    let Some(rest) = url.strip_prefix("nats://") else {
-        return Err(bad(
-            "bus",
-            format!("{url:?} is not `embedded` or a nats://HOST:PORT URL"),
-        ));
-    };
-    if rest.is_empty() || rest.contains(char::is_whitespace) {
-        return Err(bad("bus", format!("{url:?} has no valid host")));
+    for one in url.split(',') {
+        let Some(rest) = one.strip_prefix("nats://") else {
+            return Err(bad(
+                "bus",
+                format!("{one:?} is not `embedded` or a nats://HOST:PORT URL (several: comma-separated)"),
+            ));
+        };
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(bad("bus", format!("{one:?} has no valid host")));
+        }
+        if invsync_bus::servers(one).is_err() {
+            return Err(bad("bus", format!("{one:?} is not a valid NATS URL")));
+        }
     }
     if stream.is_empty()
         || stream.len() > 64
@@ -543,6 +566,7 @@ fn parse_bus(url: &str, stream: String) -> Result<Bus, ConfigError> {
     Ok(Bus::Nats {
         url: url.to_owned(),
         stream,
+        replicas,
     })
 }
 
@@ -611,9 +635,42 @@ mod tests {
             Config::resolve(args).unwrap().bus,
             Bus::Nats {
                 url: "nats://127.0.0.1:4222".into(),
-                stream: "INVSYNC_EVENTS".into()
+                stream: "INVSYNC_EVENTS".into(),
+                replicas: 1,
             }
         );
+    }
+
+    #[test]
+    fn a_nats_cluster_is_several_urls_and_its_replicas_are_bounded() {
+        let cluster = "nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224";
+        let args = ServeArgs {
+            bus: Some(cluster.into()),
+            bus_replicas: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::resolve(args).unwrap().bus,
+            Bus::Nats {
+                url: cluster.into(),
+                stream: "INVSYNC_EVENTS".into(),
+                replicas: 3,
+            }
+        );
+        for (bus, replicas, field) in [
+            ("nats://a:1,kafka://b:2", 1, "bus"),
+            ("nats://a:1,", 1, "bus"),
+            ("nats://a:1", 0, "bus-replicas"),
+            ("nats://a:1", 6, "bus-replicas"),
+        ] {
+            let args = ServeArgs {
+                bus: Some(bus.into()),
+                bus_replicas: Some(replicas),
+                ..Default::default()
+            };
+            let err = Config::resolve(args).unwrap_err();
+            assert_eq!(err.key, field, "{bus} ×{replicas}: {err}");
+        }
     }
 
     #[test]

@@ -373,11 +373,17 @@ pub(crate) async fn open_ledger(config: &Config, relay: bool) -> anyhow::Result<
 /// Connects the NATS bus when it is configured (in the background: the server starts
 /// and takes reservations while NATS is down).
 pub(crate) async fn connect_bus(config: &Config) -> anyhow::Result<Option<NatsBus>> {
-    let Bus::Nats { url, stream } = &config.bus else {
+    let Bus::Nats {
+        url,
+        stream,
+        replicas,
+    } = &config.bus
+    else {
         return Ok(None);
     };
     let mut nats = NatsConfig::new(url.clone());
     nats.stream = stream.clone();
+    nats.replicas = *replicas;
     nats.retention = config.retention;
     let bus = NatsBus::connect(nats).await.context("bus")?;
     tracing::info!(bus.url = %url, bus.stream = %stream, "event bus: NATS JetStream");

@@ -135,12 +135,13 @@ impl PartitionClaims for PgClaims {
             {
                 renew(c, member, &group)?;
             }
-            let row = c.query_one(
-                "SELECT count(*) FILTER (WHERE starts_with(name, $1)), \
-                        count(*) FILTER (WHERE starts_with(name, $2)) \
-                 FROM leases WHERE expires_at > clock_timestamp()",
-                &[&member_prefix(&group), &partition_prefix(&group)],
-            )?;
+            let sql = format!(
+                "SELECT count(*) FILTER (WHERE starts_with(l.name, $1)), \
+                        count(*) FILTER (WHERE starts_with(l.name, $2)) \
+                 FROM leases l WHERE {}",
+                lease::LIVE
+            );
+            let row = c.query_one(&sql, &[&member_prefix(&group), &partition_prefix(&group)])?;
             let (members, claimed): (i64, i64) = (row.get(0), row.get(1));
             Ok(Census {
                 members: members.max(1) as u32,

@@ -9,10 +9,18 @@ use postgres::{Client, GenericClient, NoTls};
 use crate::error::LedgerError;
 use crate::lease::{Term, LEASE_TTL};
 
+/// Whether lease row `l` is held: not expired, and the session that last renewed it
+/// still there. A holder that died closed its session, so its leases are free at once
+/// (a `kill -9` is taken over in a fraction of a second); a frozen one keeps its
+/// session, and its leases run until they expire.
+pub(crate) const LIVE: &str = "(l.expires_at > clock_timestamp() AND EXISTS (
+    SELECT 1 FROM pg_stat_activity a
+    WHERE a.pid = l.holder_pid AND a.backend_start = l.holder_since))";
+
 /// Takes lease `name` for `holder`, or renews it: succeeds when `holder` holds it or
-/// it has lapsed. The epoch rises whenever the lease changes hands or is taken again
-/// after it lapsed, and stays while its holder renews in time. Returns the term, or
-/// `None` when another holder has it.
+/// it is not [`LIVE`]. The epoch rises whenever the lease changes hands or is taken
+/// again after it lapsed, and stays while its holder renews in time. Returns the term,
+/// or `None` when another holder has it.
 pub(crate) fn acquire(
     c: &mut impl GenericClient,
     name: &str,
@@ -20,18 +28,22 @@ pub(crate) fn acquire(
 ) -> Result<Option<Term>, postgres::Error> {
     let sent = Instant::now();
     let ttl = ttl_ms();
-    let row = c.query_opt(
-        "INSERT INTO leases AS l (name, holder, epoch, expires_at)
-         VALUES ($1, $2, 1, clock_timestamp() + make_interval(secs => $3::float8 / 1000))
+    let sql = format!(
+        "INSERT INTO leases AS l (name, holder, epoch, expires_at, holder_pid, holder_since)
+         SELECT $1, $2, 1, clock_timestamp() + make_interval(secs => $3::float8 / 1000),
+                pid, backend_start
+         FROM pg_stat_activity WHERE pid = pg_backend_pid()
          ON CONFLICT (name) DO UPDATE SET
             epoch = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at > clock_timestamp()
                          THEN l.epoch ELSE l.epoch + 1 END,
             holder = EXCLUDED.holder,
-            expires_at = EXCLUDED.expires_at
-         WHERE l.holder = EXCLUDED.holder OR l.expires_at <= clock_timestamp()
-         RETURNING epoch",
-        &[&name, &holder, &ttl],
-    )?;
+            expires_at = EXCLUDED.expires_at,
+            holder_pid = EXCLUDED.holder_pid,
+            holder_since = EXCLUDED.holder_since
+         WHERE l.holder = EXCLUDED.holder OR NOT {LIVE}
+         RETURNING epoch"
+    );
+    let row = c.query_opt(&sql, &[&name, &holder, &ttl])?;
     Ok(row.map(|r| Term::new(name, r.get::<_, i64>(0), sent)))
 }
 
@@ -44,9 +56,12 @@ pub(crate) fn renew_all(
 ) -> Result<(Vec<(String, i64)>, Instant), postgres::Error> {
     let sent = Instant::now();
     let rows = c.query(
-        "UPDATE leases SET expires_at = clock_timestamp() + make_interval(secs => $2::float8 / 1000)
-         WHERE holder = $1 AND expires_at > clock_timestamp()
-         RETURNING name, epoch",
+        "UPDATE leases l
+         SET expires_at = clock_timestamp() + make_interval(secs => $2::float8 / 1000),
+             holder_pid = a.pid, holder_since = a.backend_start
+         FROM pg_stat_activity a
+         WHERE a.pid = pg_backend_pid() AND l.holder = $1 AND l.expires_at > clock_timestamp()
+         RETURNING l.name, l.epoch",
         &[&holder, &ttl_ms()],
     )?;
     Ok((rows.iter().map(|r| (r.get(0), r.get(1))).collect(), sent))

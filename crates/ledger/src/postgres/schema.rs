@@ -164,12 +164,16 @@ ALTER TABLE events ADD COLUMN part smallint;
 "#,
     r#"
 -- Leases (see lease.rs): what one process at a time may do. The epoch rises with every
--- change of holder; positions recorded under a lease are fenced by it.
+-- change of holder; positions recorded under a lease are fenced by it. The session
+-- that last renewed a lease (its backend pid and start) tells a dead holder (its
+-- session ended with it) from a frozen one (its session lives on).
 CREATE TABLE leases (
-    name       text PRIMARY KEY,
-    holder     text NOT NULL,
-    epoch      bigint NOT NULL CHECK (epoch > 0),
-    expires_at timestamptz NOT NULL
+    name         text PRIMARY KEY,
+    holder       text NOT NULL,
+    epoch        bigint NOT NULL CHECK (epoch > 0),
+    expires_at   timestamptz NOT NULL,
+    holder_pid   integer NOT NULL,
+    holder_since timestamptz NOT NULL
 );
 "#,
 ];
