@@ -147,8 +147,11 @@ impl NatsBus {
             .connect(servers(&url)?)
             .await
             .map_err(|e| BusError::Url(url.clone(), e.to_string()))?;
+        // An ack that has not come in 2 s will not come (the stream's leader is gone, a
+        // new one is being elected): publish again (the duplicate window drops a
+        // repeat) rather than hold the relay for longer.
         let js = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(2))
             .build(client.clone());
         Ok(Self {
             client,

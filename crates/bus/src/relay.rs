@@ -145,7 +145,10 @@ impl BusRelay {
                     ensured = false;
                     self.progress.send_modify(|p| p.up = false);
                     tracing::warn!(error = %e, "publishing to NATS failed; events wait in the log");
-                    let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                    // At most a second: a cluster elects a new stream leader in
+                    // seconds, and delivery must resume soon after.
+                    let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)))
+                        .min(Duration::from_secs(1));
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
                         Ok(()) = shutdown.changed() => {}

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use postgres::error::SqlState;
 use postgres::Client;
 
 use super::lease;
@@ -77,11 +78,10 @@ impl PgClaims {
                 return Err(LedgerError::Unavailable("the group session is gone".into()));
             };
             let out = f(&mut client, member);
-            let broken = client.is_closed()
-                || matches!(
-                    &out,
-                    Err(LedgerError::Unavailable(_) | LedgerError::OutcomeUnknown(_))
-                );
+            // Only a lost connection ends the member: a statement that timed out (a
+            // lock held by a frozen process) leaves the session and its terms as
+            // they were.
+            let broken = client.is_closed();
             if broken {
                 for term in member.terms.values() {
                     term.end();
@@ -154,7 +154,22 @@ impl PartitionClaims for PgClaims {
     async fn claim(&self, partition: u32) -> Result<Option<Term>, LedgerError> {
         let name = partition_lease(&self.group, partition);
         self.on_member(move |c, member| {
-            let term = lease::acquire(c, &name, &member.holder)?;
+            let term = match lease::acquire(c, &name, &member.holder) {
+                Ok(term) => term,
+                // The lease row is locked (its holder froze inside a transaction that
+                // fenced on it): not free yet; the next count tries again.
+                Err(e)
+                    if !c.is_closed()
+                        && matches!(
+                            e.code(),
+                            Some(&SqlState::LOCK_NOT_AVAILABLE | &SqlState::QUERY_CANCELED)
+                        ) =>
+                {
+                    tracing::debug!(error = %e, lease = %name, "lease busy; not claimed now");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
             if let Some(term) = &term {
                 if let Some(old) = member.terms.insert(name, term.clone()) {
                     if old != *term {

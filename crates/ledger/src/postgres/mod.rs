@@ -148,8 +148,16 @@ impl PgLedger {
             .parse()
             .map_err(|e| LedgerError::Internal(format!("database URL: {e}")))?;
         pg.connect_timeout(config.connect_timeout);
-        // No statement may wait on a lock forever: a stuck request becomes a 503.
-        pg.options("-c statement_timeout=30000 -c lock_timeout=10000");
+        // No statement may wait on a lock forever: a stuck request becomes a 503. And
+        // no session may sit in an open transaction for long: a process frozen in the
+        // middle of one (SIGSTOP, a VM pause) would hold its row locks — stock rows,
+        // a lease row — until it woke, and every other instance's writes on those
+        // rows, or the take-over of its lease, would wait for it. PostgreSQL ends
+        // such a session after 3 s (a lease's length), so its locks go with it.
+        pg.options(
+            "-c statement_timeout=30000 -c lock_timeout=10000 \
+             -c idle_in_transaction_session_timeout=3000",
+        );
         with_keepalives(&mut pg);
         let pool = r2d2::Pool::builder()
             .max_size(config.pool_size)

@@ -1,0 +1,429 @@
+//! invsync's fault suite, in the manner of Jepsen: invsync on the engines operators
+//! run — PostgreSQL with a synchronous standby and automatic failover (Patroni, etcd),
+//! a three-server NATS JetStream cluster with the stream at three replicas — with two
+//! `serve` instances, a `consume` process reading the bus and a two-member
+//! `consume --partitioned` group, under a retailer's mix of writes, while faults are
+//! injected. Every operation is recorded (ok / failed / unknown) and the whole history
+//! is checked afterwards ([`check`]); recovery times are measured from the history
+//! and the receivers' arrival times ([`faults::Fault`]).
+//!
+//! `crates/cli/tests/faults.rs` runs one fault of each kind in CI; the long run is
+//! `scripts/fault-suite.sh` (`invsync-faults` with more rounds), whose report is
+//! `docs/faults/REPORT.md`.
+
+pub mod check;
+pub mod faults;
+pub mod history;
+pub mod invsync;
+pub mod nats;
+pub mod patroni;
+pub mod procs;
+pub mod receiver;
+pub mod report;
+pub mod workload;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+
+use crate::faults::{Fault, FaultKind, World};
+use crate::history::History;
+use crate::invsync::{Instance, Role};
+use crate::receiver::{Delivery, Receiver};
+use crate::report::Report;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The `invsync` binary.
+    pub invsync: PathBuf,
+    /// Faults, in order (each is healed before the next).
+    pub faults: Vec<FaultKind>,
+    /// Concurrent clients.
+    pub workers: usize,
+    /// Each client's pause between operations.
+    pub pace: Duration,
+    /// Quiet time after each fault is healed, before the next.
+    pub calm: Duration,
+    /// Where the servers keep their files (a temporary directory when `None`).
+    pub dir: Option<PathBuf>,
+}
+
+impl Plan {
+    /// One fault of each kind, `rounds` times.
+    pub fn rounds(invsync: PathBuf, rounds: usize) -> Self {
+        Self {
+            invsync,
+            faults: (0..rounds).flat_map(|_| FaultKind::ALL).collect(),
+            workers: 4,
+            pace: Duration::from_millis(60),
+            calm: Duration::from_secs(3),
+            dir: None,
+        }
+    }
+}
+
+const SECRET: &str = "fault-suite-webhook-secret";
+
+fn serve_config(db: &str, bus: &str, hooks: &str, me: &str) -> String {
+    format!(
+        "database-url = {db:?}\nbus = {bus:?}\nbus-replicas = 3\n\n\
+         [[webhook]]\nname = \"shop\"\nurl = \"{hooks}/shop/{me}\"\nsecret = {SECRET:?}\n"
+    )
+}
+
+fn consume_config(db: &str, bus: &str, hooks: &str, endpoint: &str, me: &str) -> String {
+    format!(
+        "database-url = {db:?}\nbus = {bus:?}\nbus-replicas = 3\n\n\
+         [[webhook]]\nname = {endpoint:?}\nurl = \"{hooks}/{endpoint}/{me}\"\nsecret = {SECRET:?}\n"
+    )
+}
+
+/// Runs the plan; the report says what was found (its `problems` empty when every
+/// check held).
+pub async fn run(plan: &Plan) -> Result<Report> {
+    let temp = tempfile::Builder::new()
+        .prefix("invsync-faults-")
+        .tempdir()?;
+    let dir = plan.dir.clone().unwrap_or_else(|| temp.path().to_owned());
+    std::fs::create_dir_all(&dir)?;
+    let started = Utc::now();
+    let mut pg = patroni::PgCluster::start(&dir)
+        .await
+        .context("PostgreSQL")?;
+    let mut nats = nats::NatsCluster::start(&dir).await.context("NATS")?;
+    let receiver = Receiver::default();
+    let hooks = receiver.start().await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let (db, bus) = (pg.url(), nats.urls());
+
+    let mut serve = Vec::new();
+    for i in 0..2 {
+        let name = format!("i{i}");
+        let text = serve_config(&db, &bus, &hooks, &name);
+        let mut instance = Instance::new(&plan.invsync, &dir, &name, Role::Serve, &text)?;
+        instance.start(&http).await?;
+        serve.push(instance);
+    }
+    workload::setup(&http, &serve[0].url()).await?;
+    let consume = |name: &str, endpoint: &str, partitioned: bool| {
+        let text = consume_config(&db, &bus, &hooks, endpoint, name);
+        let role = Role::Consume {
+            endpoint: endpoint.to_owned(),
+            partitioned,
+        };
+        Instance::new(&plan.invsync, &dir, name, role, &text)
+    };
+    let mut wms = consume("wms", "wms", false)?;
+    wms.start(&http).await?;
+    let mut erp = vec![
+        consume("erp-m0", "erp", true)?,
+        consume("erp-m1", "erp", true)?,
+    ];
+    for m in &mut erp {
+        m.start(&http).await?;
+    }
+    nats.wait_stream_healthy(faults::STREAM, Duration::from_secs(60))
+        .await?;
+
+    let history = History::default();
+    let targets: workload::Targets = Arc::new(RwLock::new(
+        serve.iter().map(|s| (s.name.clone(), s.url())).collect(),
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let clients = tokio::spawn(workload::run(
+        plan.workers,
+        plan.pace,
+        targets,
+        history.clone(),
+        stopped,
+    ));
+    tokio::time::sleep(plan.calm).await;
+
+    let mut faults = Vec::new();
+    let mut world = World {
+        pg: &mut pg,
+        nats: &mut nats,
+        serve: &mut serve,
+        wms: &mut wms,
+        erp: &mut erp,
+        http: &http,
+        history: &history,
+    };
+    for kind in &plan.faults {
+        eprintln!("fault suite: {kind:?}");
+        let fault = world
+            .inject(*kind)
+            .await
+            .with_context(|| format!("{kind:?}"))?;
+        faults.push(fault);
+        tokio::time::sleep(plan.calm).await;
+    }
+    let _ = stop.send(true);
+    let _ = clients.await;
+    let ended = Utc::now();
+
+    // Everything settles: every endpoint and storefront catches up with the log.
+    let url = pg.url();
+    let (log, rows) = tokio::task::spawn_blocking(move || check::read_ledger(&url)).await??;
+    let stock_ids: std::collections::HashSet<String> = log
+        .iter()
+        .filter(|e| e.is_stock())
+        .map(|e| e.id().to_owned())
+        .collect();
+    let caught_up = procs::eventually(
+        "every webhook endpoint received every stock event",
+        Duration::from_secs(120),
+        || async {
+            let deliveries = receiver.deliveries();
+            ["shop", "wms", "erp"]
+                .iter()
+                .all(|endpoint| {
+                    let got: std::collections::HashSet<&str> = deliveries
+                        .iter()
+                        .filter(|d| d.endpoint == *endpoint)
+                        .map(|d| d.event_id.as_str())
+                        .collect();
+                    stock_ids.iter().all(|id| got.contains(id.as_str()))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let mut findings = check::check_ledger(&log, &rows, &history.ops());
+    if let Err(e) = caught_up {
+        findings.problems.push(e.to_string());
+    }
+    let storefronts = storefronts_converge(&http, &serve, &log).await;
+    findings.problems.extend(storefronts);
+    findings
+        .problems
+        .extend(invsync_check(&plan.invsync, &serve[0].url()).await);
+
+    let deliveries = receiver.deliveries();
+    let mut convergence = Vec::new();
+    for endpoint in ["shop", "wms", "erp"] {
+        let mine: Vec<Delivery> = deliveries
+            .iter()
+            .filter(|d| d.endpoint == endpoint)
+            .cloned()
+            .collect();
+        let c = check::check_receiver(endpoint, &log, &mine);
+        if c.missing > 0 {
+            findings
+                .problems
+                .push(format!("{endpoint}: {} events never delivered", c.missing));
+        }
+        convergence.push(c);
+    }
+    let stream = nats.event_ids(faults::STREAM).await.unwrap_or_default();
+    let (stream_check, foreign) = check::check_stream(&log, &stream);
+    if foreign > 0 {
+        findings.problems.push(format!(
+            "the stream holds {foreign} events the log does not"
+        ));
+    }
+    convergence.push(stream_check);
+    let logs: std::collections::HashMap<String, PathBuf> = serve
+        .iter()
+        .chain(erp.iter())
+        .chain(std::iter::once(&wms))
+        .map(|i| (i.name.clone(), i.log_path()))
+        .collect();
+    measure(&mut faults, &history, &deliveries, &log, &logs);
+    for f in &faults {
+        if f.after_wake > 0 {
+            findings.problems.push(format!(
+                "FENCING: {} delivered {} events after it woke from {:?}",
+                f.target, f.after_wake, f.kind
+            ));
+        }
+    }
+    Ok(Report {
+        started,
+        ended,
+        ops: history.len(),
+        nats_syncs_always: nats.syncs_always,
+        findings,
+        convergence,
+        faults,
+        dir: plan.dir.clone(),
+    })
+}
+
+/// Fills in each fault's measures from the history and the deliveries.
+fn measure(
+    faults: &mut [Fault],
+    history: &History,
+    deliveries: &[Delivery],
+    log: &[check::Logged],
+    logs: &std::collections::HashMap<String, PathBuf>,
+) {
+    let ops = history.ops();
+    let occurred: Vec<(DateTime<Utc>, &str)> = log
+        .iter()
+        .filter(|e| e.is_stock())
+        .filter_map(|e| {
+            let t = e.envelope["time"].as_str()?;
+            let t = DateTime::parse_from_rfc3339(t).ok()?.with_timezone(&Utc);
+            Some((t, e.id()))
+        })
+        .collect();
+    let ends: Vec<DateTime<Utc>> = faults
+        .iter()
+        .skip(1)
+        .map(|f| f.at)
+        .chain(std::iter::once(DateTime::<Utc>::MAX_UTC))
+        .collect();
+    for (fault, end) in faults.iter_mut().zip(ends) {
+        let at = fault.at;
+        fault.writes_back_s = ops
+            .iter()
+            .filter(|op| op.ok() && op.kind.is_stock_write() && op.invoked >= at)
+            .map(|op| op.completed)
+            .min()
+            .map(|t| seconds(t - at));
+        let endpoint = fault.kind.endpoint();
+        let mine: Vec<&Delivery> = deliveries
+            .iter()
+            .filter(|d| d.endpoint == endpoint)
+            .collect();
+        let mut first: std::collections::HashMap<&str, DateTime<Utc>> = Default::default();
+        for d in &mine {
+            first.entry(d.event_id.as_str()).or_insert(d.arrived);
+        }
+        let window = at + chrono::Duration::seconds(5);
+        let mut after: Vec<&(DateTime<Utc>, &str)> = occurred
+            .iter()
+            .filter(|(t, _)| *t >= at && *t < window)
+            .collect();
+        if after.is_empty() {
+            after = occurred.iter().filter(|(t, _)| *t >= at).take(20).collect();
+        }
+        fault.delivery_stall_s = after
+            .iter()
+            .filter_map(|(t, id)| first.get(id).map(|a| seconds(*a - *t)))
+            .fold(None, |worst: Option<f64>, s| {
+                Some(worst.map_or(s, |w| w.max(s)))
+            });
+        let mut seen = std::collections::HashSet::new();
+        for d in &mine {
+            let new = seen.insert(d.event_id.as_str());
+            if !new && d.arrived >= at && d.arrived < end {
+                fault.duplicates += 1;
+            }
+        }
+        if let Some(woke) = fault.resumed {
+            // Until it holds a lease again under a new term (a group member claims a
+            // share again after it rejoined; a deposed leader does not lead while the
+            // other renews), the woken process may deliver nothing.
+            let regained = logs
+                .get(&fault.target)
+                .and_then(|path| first_line_after(path, woke, &["partition claimed", "now leads"]))
+                .unwrap_or(end)
+                .min(end);
+            fault.after_wake = mine
+                .iter()
+                .filter(|d| d.sender == fault.target && d.arrived > woke && d.arrived < regained)
+                .count();
+        }
+    }
+}
+
+/// When `path`'s first line after `after` holding one of `needles` was logged (the
+/// tracing text format starts each line with its RFC 3339 time).
+fn first_line_after(
+    path: &std::path::Path,
+    after: DateTime<Utc>,
+    needles: &[&str],
+) -> Option<DateTime<Utc>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter(|l| needles.iter().any(|n| l.contains(n)))
+        .filter_map(|l| {
+            let stamp = l.split_whitespace().next()?;
+            DateTime::parse_from_rfc3339(stamp)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        })
+        .find(|t| *t > after)
+}
+
+fn seconds(d: chrono::Duration) -> f64 {
+    d.num_microseconds().map_or(f64::MAX, |us| us as f64 / 1e6)
+}
+
+/// Every `serve` instance's storefront shows every (store, sku) at its last event.
+async fn storefronts_converge(
+    http: &reqwest::Client,
+    serve: &[Instance],
+    log: &[check::Logged],
+) -> Vec<String> {
+    let expected = check::last_levels(log);
+    let mut problems = Vec::new();
+    for s in serve {
+        let last_seen = std::sync::Mutex::new(String::new());
+        let result = procs::eventually(
+            &format!("the storefront of {} converges to the log", s.name),
+            Duration::from_secs(60),
+            || async {
+                for i in 0..workload::SKUS {
+                    let sku = workload::sku(i);
+                    let url = format!("{}/v1/storefront/availability/{sku}", s.url());
+                    let v: serde_json::Value =
+                        http.get(&url).send().await.ok()?.json().await.ok()?;
+                    for store in v["stores"].as_array()? {
+                        let key = (store["store_id"].as_str()?.to_owned(), sku.clone());
+                        // The storefront never shows a negative per-store availability
+                        // (README: a shortage shows as 0).
+                        let want = expected
+                            .get(&key)
+                            .map(|(available, version)| ((*available).max(0), *version))
+                            .unwrap_or_default();
+                        let got = (store["available"].as_i64()?, store["version"].as_i64()?);
+                        if got != want {
+                            *last_seen.lock().unwrap_or_else(|e| e.into_inner()) = format!(
+                                "{key:?} shows (available, version) {got:?}, the log {want:?}"
+                            );
+                            return None;
+                        }
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+        if let Err(e) = result {
+            let detail = last_seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            problems.push(format!("{e}: {detail}"));
+        }
+    }
+    problems
+}
+
+/// `invsync check` (the operator's audit) against one instance.
+async fn invsync_check(bin: &std::path::Path, url: &str) -> Vec<String> {
+    let out = tokio::process::Command::new(bin)
+        .args(["check", "--json", "--url", url])
+        .output()
+        .await;
+    match out {
+        Ok(o) => {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            if v["ok"] == true {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "invsync check: {}",
+                    String::from_utf8_lossy(&o.stdout).trim()
+                )]
+            }
+        }
+        Err(e) => vec![format!("invsync check did not run: {e}")],
+    }
+}
