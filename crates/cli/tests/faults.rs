@@ -17,7 +17,11 @@ async fn under_every_kind_of_fault_nothing_acknowledged_is_lost_nothing_oversold
         ("Patroni", "patroni", "--version"),
         ("etcd", "etcd", "--version"),
         ("NATS server", "/usr/sbin/nats-server", "--version"),
-        ("PostgreSQL 15", "/usr/lib/postgresql/15/bin/postgres", "--version"),
+        (
+            "PostgreSQL 15",
+            "/usr/lib/postgresql/15/bin/postgres",
+            "--version",
+        ),
     ];
     for (what, program, probe) in tools {
         if invsync_testkit::tool(what, program, &[probe]).is_none() {
@@ -25,7 +29,9 @@ async fn under_every_kind_of_fault_nothing_acknowledged_is_lost_nothing_oversold
         }
     }
     let plan = invsync_faults::Plan::rounds(PathBuf::from(BIN), 1);
-    let report = invsync_faults::run(&plan).await.expect("the fault suite ran");
+    let report = invsync_faults::run(&plan)
+        .await
+        .expect("the fault suite ran");
     let text = report.markdown();
     println!("{text}");
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fault-suite-report.md");
@@ -47,17 +53,31 @@ async fn under_every_kind_of_fault_nothing_acknowledged_is_lost_nothing_oversold
             .copied()
             .unwrap_or(0)
     };
-    for kind in ["ReserveStore", "ReserveChannel", "Release", "Fulfil", "TillSale", "StockIn"] {
+    for kind in [
+        "ReserveStore",
+        "ReserveChannel",
+        "Release",
+        "Fulfil",
+        "TillSale",
+        "StockIn",
+    ] {
         assert!(ok(kind) > 10, "too few acknowledged {kind}: {}", ok(kind));
     }
     assert!(report.findings.channel_reservations_checked > 50);
-    assert_eq!(report.faults.len(), invsync_faults::faults::FaultKind::ALL.len());
+    assert_eq!(
+        report.faults.len(),
+        invsync_faults::faults::FaultKind::ALL.len()
+    );
     // The promise's bound, far above what is measured (report: 0.1–9 s): writes are
     // answered again, and every endpoint delivers again, within the 30 s SLA.
     for f in &report.faults {
         if f.kind.stops_writes() {
             let back = f.writes_back_s.expect("writes came back");
-            assert!(back < 30.0, "{:?}: writes answered again after {back} s", f.kind);
+            assert!(
+                back < 30.0,
+                "{:?}: writes answered again after {back} s",
+                f.kind
+            );
         }
         let stall = f.delivery_stall_s.expect("deliveries were measured");
         assert!(stall < 30.0, "{:?}: delivery stalled {stall} s", f.kind);

@@ -122,6 +122,17 @@ pub trait Sink: Send + Sync + 'static {
         Ok(())
     }
 
+    /// [`deliver`](Self::deliver) by a consumer that works under a lease `term` (a
+    /// shared endpoint, a partition): a sink that can tell its receiver the term's
+    /// lease and epoch (a fencing token) does so.
+    async fn deliver_under(
+        &self,
+        event: &Incoming,
+        _term: Option<&invsync_ledger::Term>,
+    ) -> Result<(), Failure> {
+        self.deliver(event).await
+    }
+
     /// Whether the consumer keeps the availability view (the storefront projection):
     /// every event is applied to it, version-guarded, and it is rebuilt from a ledger
     /// snapshot on replay or when the consumer fell behind retention, rather than

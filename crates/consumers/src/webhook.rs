@@ -129,14 +129,27 @@ impl Sink for Webhook {
             .is_none_or(|types| types.contains(&event.event_type))
     }
 
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(event.id = %event.event.event_id, log.offset = event.offset))]
     async fn deliver(&self, event: &Incoming) -> Result<(), Failure> {
+        self.deliver_under(event, None).await
+    }
+
+    /// Under a lease, the request names it and its epoch (`X-Invsync-Lease`,
+    /// `X-Invsync-Lease-Epoch`): a fencing token. A process that froze while a request
+    /// was already handed to the HTTP client may see it complete when it wakes, after
+    /// another process took the lease over; a receiver that keeps the highest epoch
+    /// per lease and refuses a lower one is never written to by a deposed holder.
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(event.id = %event.event.event_id, log.offset = event.offset))]
+    async fn deliver_under(
+        &self,
+        event: &Incoming,
+        term: Option<&invsync_ledger::Term>,
+    ) -> Result<(), Failure> {
         let body = event.envelope.as_bytes().to_vec();
         let signature = signature(&self.config.secret, &body);
         let id = event.event.event_id.to_string();
         let timestamp = chrono::Utc::now().timestamp();
         let standard = standard_signature(&self.keys, &id, timestamp, &body);
-        let answer = self
+        let mut request = self
             .http
             .post(&self.config.url)
             .header("content-type", "application/cloudevents+json")
@@ -144,10 +157,13 @@ impl Sink for Webhook {
             .header("x-invsync-signature", signature)
             .header("webhook-id", &id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", standard)
-            .body(body)
-            .send()
-            .await;
+            .header("webhook-signature", standard);
+        if let Some(term) = term {
+            request = request
+                .header("x-invsync-lease", term.lease())
+                .header("x-invsync-lease-epoch", term.epoch().to_string());
+        }
+        let answer = request.body(body).send().await;
         let response = match answer {
             Ok(r) => r,
             // Connection refused, reset, timeout: the receiver may come back.

@@ -88,8 +88,15 @@ pub struct Fault {
     pub delivery_stall_s: Option<f64>,
     /// Re-deliveries at the endpoint between this fault and the next.
     pub duplicates: usize,
-    /// Deliveries the frozen process made after it woke (must be 0: fenced).
+    /// Requests of the frozen process that arrived after it woke and before it held
+    /// a lease again: at most what it had already handed to its HTTP client when it
+    /// froze (one per SKU), never a delivery started after waking.
     pub after_wake: usize,
+    /// Of those, a SKU's second: a delivery started after waking (must be 0).
+    pub started_after_wake: usize,
+    /// Requests the receiver refused for a stale fencing token, between this fault
+    /// and the next.
+    pub stale_refused: usize,
     pub note: String,
 }
 
@@ -239,6 +246,8 @@ impl World<'_> {
             delivery_stall_s: None,
             duplicates: 0,
             after_wake: 0,
+            started_after_wake: 0,
+            stale_refused: 0,
             note,
         })
     }

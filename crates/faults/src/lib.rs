@@ -235,13 +235,25 @@ pub async fn run(plan: &Plan) -> Result<Report> {
         .chain(std::iter::once(&wms))
         .map(|i| (i.name.clone(), i.log_path()))
         .collect();
-    measure(&mut faults, &history, &deliveries, &log, &logs);
+    let refused = receiver.refused();
+    measure(&mut faults, &history, &deliveries, &refused, &log, &logs);
     for f in &faults {
-        if f.after_wake > 0 {
+        if f.started_after_wake > 0 {
             findings.problems.push(format!(
-                "FENCING: {} delivered {} events after it woke from {:?}",
-                f.target, f.after_wake, f.kind
+                "FENCING: {} started {} deliveries after it woke from {:?}",
+                f.target, f.started_after_wake, f.kind
             ));
+        }
+    }
+    // The fencing token is on every delivery made under a lease, and only there.
+    for d in &deliveries {
+        let leased = d.endpoint != "wms";
+        if d.lease.is_some() != leased {
+            findings.problems.push(format!(
+                "{} delivery of {} from {}: fencing token {:?}",
+                d.endpoint, d.event_id, d.sender, d.lease
+            ));
+            break;
         }
     }
     Ok(Report {
@@ -261,6 +273,7 @@ fn measure(
     faults: &mut [Fault],
     history: &History,
     deliveries: &[Delivery],
+    refused: &[Delivery],
     log: &[check::Logged],
     logs: &std::collections::HashMap<String, PathBuf>,
 ) {
@@ -327,11 +340,23 @@ fn measure(
                 .and_then(|path| first_line_after(path, woke, &["partition claimed", "now leads"]))
                 .unwrap_or(end)
                 .min(end);
-            fault.after_wake = mine
+            let mut skus = std::collections::HashSet::new();
+            for d in mine
                 .iter()
+                .copied()
+                .chain(refused.iter().filter(|d| d.endpoint == endpoint))
                 .filter(|d| d.sender == fault.target && d.arrived > woke && d.arrived < regained)
-                .count();
+            {
+                fault.after_wake += 1;
+                if !skus.insert((d.store.as_str(), d.sku.as_str())) {
+                    fault.started_after_wake += 1;
+                }
+            }
         }
+        fault.stale_refused = refused
+            .iter()
+            .filter(|d| d.endpoint == endpoint && d.arrived >= at && d.arrived < end)
+            .count();
     }
 }
 

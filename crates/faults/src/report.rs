@@ -88,27 +88,35 @@ impl Report {
         let _ = writeln!(s, "## Recovery by fault (median / worst)\n");
         let _ = writeln!(
             s,
-            "| fault | times | writes answered again | delivery stall at its endpoint | duplicates per fault (median / worst) | delivered after waking |"
+            "| fault | times | writes answered again | delivery stall at its endpoint | duplicates per fault (median / worst) | in flight, arrived after waking | started after waking | stale token refused |"
         );
-        let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- |");
         for (kind, faults) in self.by_kind() {
             let writes = spread(faults.iter().filter_map(|f| f.writes_back_s).collect());
             let stall = spread(faults.iter().filter_map(|f| f.delivery_stall_s).collect());
             let dups = spread(faults.iter().map(|f| f.duplicates as f64).collect());
             let wake: usize = faults.iter().map(|f| f.after_wake).sum();
+            let started: usize = faults.iter().map(|f| f.started_after_wake).sum();
+            let refused: usize = faults.iter().map(|f| f.stale_refused).sum();
+            let pause = matches!(kind, FaultKind::LeaderPause | FaultKind::MemberPause);
             let _ = writeln!(
                 s,
-                "| {kind:?} (`{}`) | {} | {} | {} | {} | {} |",
+                "| {kind:?} (`{}`) | {} | {} | {} | {} | {} | {} | {refused} |",
                 kind.endpoint(),
                 faults.len(),
                 cell(writes),
                 cell(stall),
                 dups.map_or("—".into(), |(m, w)| format!("{m:.0} / {w:.0}")),
-                if matches!(kind, FaultKind::LeaderPause | FaultKind::MemberPause) {
+                if pause {
                     wake.to_string()
                 } else {
                     "—".into()
-                }
+                },
+                if pause {
+                    started.to_string()
+                } else {
+                    "—".into()
+                },
             );
         }
         let _ = writeln!(s, "\n## Operations\n");

@@ -173,7 +173,7 @@ pub(super) async fn deliver_with_retry(
             }
         };
         let result = tokio::select! {
-            result = sink.deliver(event) => result,
+            result = sink.deliver_under(event, term.as_ref()) => result,
             () = past_deadline => {
                 let error = "no answer before the park deadline".to_owned();
                 return Ok(park(attempt, permanent, error, policy.backoff(attempt)));

@@ -339,10 +339,10 @@ impl Retrier {
             in_flight.push(Box::pin(async move {
                 let settled = match (lease, term) {
                     (Some(mut lease), Some(term)) => tokio::select! {
-                        settled = attempt(sink.as_ref(), &policy, &head) => Some(settled),
+                        settled = attempt(sink.as_ref(), &policy, &head, Some(&term)) => Some(settled),
                         () = lease.lost(&term) => None,
                     },
-                    _ => Some(attempt(sink.as_ref(), &policy, &head).await),
+                    _ => Some(attempt(sink.as_ref(), &policy, &head, None).await),
                 };
                 Answered {
                     offset: head.offset,
@@ -456,7 +456,12 @@ impl Retrier {
 }
 
 /// One delivery attempt at a parked event, judged by the retry policy.
-async fn attempt(sink: &dyn Sink, policy: &RetryPolicy, parked: &Parked) -> Settled {
+async fn attempt(
+    sink: &dyn Sink,
+    policy: &RetryPolicy,
+    parked: &Parked,
+    term: Option<&invsync_ledger::Term>,
+) -> Settled {
     let event = match CloudEvent::parse(parked.envelope.as_bytes()) {
         Ok(e) => Incoming {
             offset: parked.offset,
@@ -470,7 +475,7 @@ async fn attempt(sink: &dyn Sink, policy: &RetryPolicy, parked: &Parked) -> Sett
     }
     let attempts = parked.attempts + 1;
     let mut permanent = parked.permanent;
-    let result = sink.deliver(&event).await;
+    let result = sink.deliver_under(&event, term).await;
     match policy.judge(result, attempts, &mut permanent, event.event.occurred_at) {
         Verdict::Delivered => Settled::Delivered(Box::new(event)),
         Verdict::Dead(error) => Settled::Dead { attempts, error },
