@@ -50,6 +50,9 @@ struct Inner {
     access: Access,
     /// Reported by `/readyz`; `embedded` until other buses exist.
     bus_name: &'static str,
+    /// The bus server this process is connected to now (a NATS server's name and
+    /// address), as the bus's watcher last saw it; reported by `/readyz`.
+    bus_server: std::sync::Mutex<Option<String>>,
     pipeline: Pipeline,
     /// Set once at shutdown: long responses (SSE streams) end when it is.
     closing: tokio::sync::watch::Sender<bool>,
@@ -89,6 +92,7 @@ impl AppState {
             ledger,
             access,
             bus_name,
+            bus_server: std::sync::Mutex::new(None),
             pipeline,
             closing: tokio::sync::watch::Sender::new(false),
             recent: recent::RecentWrites::default(),
@@ -146,6 +150,19 @@ impl AppState {
 
     pub(crate) fn bus_name(&self) -> &'static str {
         self.0.bus_name
+    }
+
+    /// Records which bus server the process is connected to (`None`: none now).
+    pub fn set_bus_server(&self, server: Option<String>) {
+        *self.0.bus_server.lock().unwrap_or_else(|e| e.into_inner()) = server;
+    }
+
+    pub(crate) fn bus_server(&self) -> Option<String> {
+        self.0
+            .bus_server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

@@ -114,8 +114,16 @@ fn describe() {
     );
     describe_gauge!("invsync_ledger_up", "1 while the ledger answers, else 0.");
     describe_gauge!(
+        "invsync_ledger_server_info",
+        "1 for the database server the ledger reaches now (the primary it follows), 0 for one it left."
+    );
+    describe_gauge!(
+        "invsync_bus_server_info",
+        "1 for the NATS server the bus client is connected to now, 0 for one it left."
+    );
+    describe_gauge!(
         "invsync_relay_leader",
-        "1 on the instance that leads the relay (and the shared connector), else 0."
+        "1 on the instance that holds the relay lease (bus and shared endpoints), else 0."
     );
 }
 

@@ -252,6 +252,16 @@ impl NatsBus {
             && self.stream().await.is_ok()
     }
 
+    /// The server the client is connected to now (`name host:port`); `None` while it
+    /// is not connected.
+    pub fn server(&self) -> Option<String> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return None;
+        }
+        let info = self.client.server_info();
+        Some(format!("{} {}:{}", info.server_name, info.host, info.port))
+    }
+
     /// The subject an event of `sku` goes to.
     pub fn subject(&self, sku: &str) -> String {
         subject::event_subject(sku, self.config.partitions)

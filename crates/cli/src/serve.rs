@@ -286,20 +286,39 @@ fn spawn_housekeeping(
         )
     });
     if let Some(bus) = bus.cloned() {
-        let s = stop_rx.clone();
-        tasks.spawn(async move { ("bus gauge", bus_gauge(bus, s).await) });
+        let (s, st) = (stop_rx.clone(), state.clone());
+        tasks.spawn(async move { ("bus gauge", bus_gauge(bus, st, s).await) });
     }
 }
 
 /// `invsync_bus_up` for NATS: set at start, every second, and at once whenever the
-/// client (re)connects, so it is right from the first second.
-async fn bus_gauge(bus: NatsBus, stop: watch::Receiver<bool>) -> Result<(), String> {
+/// client (re)connects, so it is right from the first second. Also where the client
+/// is connected: `/readyz`'s `bus_server`, `invsync_bus_server_info{server}` and a log
+/// line whenever it moves to another server of the cluster.
+async fn bus_gauge(
+    bus: NatsBus,
+    state: AppState,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
     let mut connections = bus.connections();
     let stopped = stopped(stop);
     tokio::pin!(stopped);
+    let mut server: Option<String> = None;
     loop {
         let up = bus.up().await;
         metrics::gauge!("invsync_bus_up").set(if up { 1.0 } else { 0.0 });
+        let now = bus.server();
+        if now != server {
+            if let Some(old) = &server {
+                metrics::gauge!("invsync_bus_server_info", "server" => old.clone()).set(0.0);
+            }
+            if let Some(new) = &now {
+                metrics::gauge!("invsync_bus_server_info", "server" => new.clone()).set(1.0);
+                tracing::info!(bus.server = %new, "connected to this NATS server");
+            }
+            state.set_bus_server(now.clone());
+            server = now;
+        }
         tokio::select! {
             _ = tokio::time::sleep(BUS_GAUGE_INTERVAL) => {}
             Ok(()) = connections.changed() => {}
@@ -680,10 +699,27 @@ async fn sla_gauges(handles: &[invsync_consumers::ConsumerHandle], sla: Duration
     }
 }
 
+/// `invsync_ledger_server_info{server}`: 1 for the database server the ledger reached
+/// last (the primary, with several hosts in the URL), 0 for the one before.
+fn ledger_server_gauge(now: Option<String>) {
+    static LAST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if *last != now {
+        if let Some(old) = last.take() {
+            metrics::gauge!("invsync_ledger_server_info", "server" => old).set(0.0);
+        }
+        if let Some(new) = &now {
+            metrics::gauge!("invsync_ledger_server_info", "server" => new.clone()).set(1.0);
+        }
+        *last = now;
+    }
+}
+
 /// Gauges that no request path updates; the same figures go to the console's overview.
 async fn gauges(ledger: Arc<dyn Ledger>, bus: Option<NatsBus>, state: AppState) {
     let ledger_up = ledger.ping().await.is_ok();
     metrics::gauge!("invsync_ledger_up").set(if ledger_up { 1.0 } else { 0.0 });
+    ledger_server_gauge(ledger.server());
     let leads = ledger.leadership().holds();
     metrics::gauge!("invsync_relay_leader").set(if leads { 1.0 } else { 0.0 });
     // Committed but not yet on the bus: with NATS, what the log holds past the bus

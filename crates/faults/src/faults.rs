@@ -145,6 +145,29 @@ impl World<'_> {
         .await
     }
 
+    /// Every `serve` instance says in `/readyz` that it follows the primary there is now,
+    /// and names the NATS server it is connected to.
+    async fn readyz_follows_primary(&self) -> Result<()> {
+        let Some(primary) = self.pg.leader_address().await else {
+            bail!("no PostgreSQL leader");
+        };
+        for s in self.serve.iter() {
+            let url = format!("{}/readyz", s.url());
+            eventually(
+                &format!("{} reports the primary {primary} in /readyz", s.name),
+                Duration::from_secs(30),
+                || async {
+                    let v: serde_json::Value =
+                        self.http.get(&url).send().await.ok()?.json().await.ok()?;
+                    (v["ledger_server"] == primary.as_str() && v["bus_server"].is_string())
+                        .then_some(())
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Injects `kind`, then heals; returns the fault (measures filled in later).
     pub async fn inject(&mut self, kind: FaultKind) -> Result<Fault> {
         let mut resumed = None;
@@ -152,6 +175,7 @@ impl World<'_> {
             FaultKind::PrimaryKill => {
                 let (node, at) = self.pg.kill_primary().await?;
                 self.writes_back(at).await?;
+                self.readyz_follows_primary().await?;
                 self.pg.restart(node)?;
                 self.pg.wait_healthy(Duration::from_secs(180)).await?;
                 (at, format!("postgres node {}", node + 1), String::new())
@@ -160,6 +184,7 @@ impl World<'_> {
                 let at = Utc::now();
                 self.pg.switchover().await?;
                 self.writes_back(at).await?;
+                self.readyz_follows_primary().await?;
                 self.pg.wait_healthy(Duration::from_secs(180)).await?;
                 (at, "postgres".into(), String::new())
             }

@@ -231,6 +231,12 @@ impl PgCluster {
         .with_context(|| format!("see the logs under {}", self.dir.display()))
     }
 
+    /// `host:port` of the node that leads now, as PostgreSQL reports itself.
+    pub async fn leader_address(&self) -> Option<String> {
+        let leader = self.leader().await?;
+        Some(format!("127.0.0.1:{}", self.nodes[leader].pg_port))
+    }
+
     /// The leader, waiting up to 30 s for one.
     async fn wait_leader(&self) -> Result<usize> {
         eventually("a PostgreSQL leader", Duration::from_secs(30), || {

@@ -297,6 +297,12 @@ pub trait Ledger: LogCursors {
     async fn flush(&self, timeout: std::time::Duration) -> Result<(), LedgerError>;
     /// Succeeds when the ledger can serve requests.
     async fn ping(&self) -> Result<(), LedgerError>;
+    /// The database server the last successful [`ping`](Self::ping) reached
+    /// (`host:port`): with several hosts in the URL, the primary this instance follows
+    /// now. `None` for an embedded ledger, or before the first ping.
+    fn server(&self) -> Option<String> {
+        None
+    }
     /// Finishes queued writes and stops; later writes answer `Unavailable`.
     async fn shutdown(&self);
 }

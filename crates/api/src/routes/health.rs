@@ -15,24 +15,31 @@ pub(crate) async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// The ledger answers (503 otherwise); reports the bus in use.
+/// The ledger answers (503 otherwise); reports the bus in use, and where this
+/// instance is connected: the database server it reached (with several hosts, the
+/// primary it follows) and the bus server.
 #[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz", security(()),
-    responses((status = 200, description = "`{\"status\": \"ready\", \"ledger\": \"up\", \"bus\": …}`", body = Object),
+    responses((status = 200, description = "`{\"status\": \"ready\", \"ledger\": \"up\", \"ledger_server\": \"10.0.0.5:5432\"|null, \"bus\": \"nats\", \"bus_server\": \"nats2 127.0.0.1:4222\"|null}`", body = Object),
         (status = 503, description = "the ledger does not answer", body = Object, content_type = "application/json")))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.ledger().ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "ledger": "up", "bus": state.bus_name()})),
-        ),
+    let ping = state.ledger().ping().await;
+    let (status, ready, ledger) = match &ping {
+        Ok(()) => (StatusCode::OK, "ready", "up"),
         Err(err) => {
             tracing::warn!(error = %err, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "ledger": "down", "bus": state.bus_name()})),
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "down")
         }
-    }
+    };
+    (
+        status,
+        Json(json!({
+            "status": ready,
+            "ledger": ledger,
+            "ledger_server": state.ledger().server(),
+            "bus": state.bus_name(),
+            "bus_server": state.bus_server(),
+        })),
+    )
 }
 
 /// Prometheus metrics (text exposition format 0.0.4), every one with `# HELP`.

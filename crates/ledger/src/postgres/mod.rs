@@ -137,6 +137,8 @@ pub struct PgLedger {
     lanes: Option<lanes::Lanes>,
     /// How to open a session of its own (a consumer group's member).
     pg: postgres::Config,
+    /// The server the last ping reached (see `Ledger::server`).
+    server: Mutex<Option<String>>,
 }
 
 impl PgLedger {
@@ -197,6 +199,7 @@ impl PgLedger {
             closed,
             relay: Mutex::new(Some(handle)),
             pg,
+            server: Mutex::new(None),
         })
     }
 
@@ -765,8 +768,28 @@ impl Ledger for PgLedger {
                 "the ledger is shutting down".into(),
             ));
         }
-        self.read(|c| Ok(c.query_one("SELECT 1", &[]).map(drop)?))
-            .await
+        let server: String = self
+            .read(|c| {
+                Ok(c.query_one(
+                    "SELECT coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'local socket')",
+                    &[],
+                )?
+                .get(0))
+            })
+            .await?;
+        let mut known = self.server.lock().unwrap_or_else(|e| e.into_inner());
+        if known.as_deref() != Some(server.as_str()) {
+            tracing::info!(ledger.server = %server, was = ?*known, "the ledger is served by this PostgreSQL server now");
+            *known = Some(server);
+        }
+        Ok(())
+    }
+
+    fn server(&self) -> Option<String> {
+        self.server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     async fn shutdown(&self) {
@@ -912,5 +935,32 @@ impl LogCursors for PgLedger {
         Ok(Box::new(
             group::PgClaims::join(self.pg.clone(), group).await?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_session_gets_keepalives_unless_the_url_sets_its_own() {
+        let mut pg: postgres::Config =
+            "postgres://u@h1:5432,h2:5433/db?target_session_attrs=read-write"
+                .parse()
+                .unwrap();
+        with_keepalives(&mut pg);
+        assert!(pg.get_keepalives());
+        assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(5));
+        assert_eq!(pg.get_keepalives_interval(), Some(Duration::from_secs(2)));
+        assert_eq!(pg.get_keepalives_retries(), Some(3));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(10)));
+        assert_eq!(pg.get_hosts().len(), 2, "every host kept");
+
+        let mut own: postgres::Config = "postgres://u@h/db?keepalives_idle=60&tcp_user_timeout=30"
+            .parse()
+            .unwrap();
+        with_keepalives(&mut own);
+        assert_eq!(own.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(own.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
     }
 }
