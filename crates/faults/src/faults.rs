@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -147,23 +147,29 @@ impl World<'_> {
 
     /// Every `serve` instance says in `/readyz` that it follows the primary there is now,
     /// and names the NATS server it is connected to.
-    async fn readyz_follows_primary(&self) -> Result<()> {
-        let Some(primary) = self.pg.leader_address().await else {
-            bail!("no PostgreSQL leader");
-        };
+    async fn readyz_follows_primary(&self, old: usize) -> Result<()> {
+        let primary = self.pg.new_leader_address(old).await?;
         for s in self.serve.iter() {
             let url = format!("{}/readyz", s.url());
-            eventually(
+            let last = std::sync::Mutex::new(serde_json::Value::Null);
+            let seen = eventually(
                 &format!("{} reports the primary {primary} in /readyz", s.name),
-                Duration::from_secs(30),
+                Duration::from_secs(60),
                 || async {
                     let v: serde_json::Value =
                         self.http.get(&url).send().await.ok()?.json().await.ok()?;
-                    (v["ledger_server"] == primary.as_str() && v["bus_server"].is_string())
-                        .then_some(())
+                    let ok = v["ledger_server"] == primary.as_str() && v["bus_server"].is_string();
+                    *last.lock().unwrap_or_else(|e| e.into_inner()) = v;
+                    ok.then_some(())
                 },
             )
-            .await?;
+            .await;
+            seen.with_context(|| {
+                format!(
+                    "its last /readyz: {}",
+                    last.lock().unwrap_or_else(|e| e.into_inner())
+                )
+            })?;
         }
         Ok(())
     }
@@ -175,16 +181,16 @@ impl World<'_> {
             FaultKind::PrimaryKill => {
                 let (node, at) = self.pg.kill_primary().await?;
                 self.writes_back(at).await?;
-                self.readyz_follows_primary().await?;
+                self.readyz_follows_primary(node).await?;
                 self.pg.restart(node)?;
                 self.pg.wait_healthy(Duration::from_secs(180)).await?;
                 (at, format!("postgres node {}", node + 1), String::new())
             }
             FaultKind::Switchover => {
                 let at = Utc::now();
-                self.pg.switchover().await?;
+                let from = self.pg.switchover().await?;
                 self.writes_back(at).await?;
-                self.readyz_follows_primary().await?;
+                self.readyz_follows_primary(from).await?;
                 self.pg.wait_healthy(Duration::from_secs(180)).await?;
                 (at, "postgres".into(), String::new())
             }

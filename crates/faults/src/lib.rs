@@ -67,6 +67,8 @@ impl Plan {
 }
 
 const SECRET: &str = "fault-suite-webhook-secret";
+/// Most re-deliveries one fault may cause: one consumer batch.
+const DUPLICATE_BOUND: usize = 1000;
 
 fn serve_config(db: &str, bus: &str, hooks: &str, me: &str) -> String {
     format!(
@@ -83,13 +85,31 @@ fn consume_config(db: &str, bus: &str, hooks: &str, endpoint: &str, me: &str) ->
 }
 
 /// Runs the plan; the report says what was found (its `problems` empty when every
-/// check held).
+/// check held). The servers' files and logs are kept (and named in the error or the
+/// report) when the suite fails or finds a problem, and deleted otherwise.
 pub async fn run(plan: &Plan) -> Result<Report> {
     let temp = tempfile::Builder::new()
         .prefix("invsync-faults-")
         .tempdir()?;
     let dir = plan.dir.clone().unwrap_or_else(|| temp.path().to_owned());
     std::fs::create_dir_all(&dir)?;
+    match run_in(plan, &dir).await {
+        Ok(report) if report.ok() => Ok(report),
+        Ok(mut report) => {
+            let kept = temp.keep();
+            report.dir = Some(plan.dir.clone().unwrap_or(kept));
+            Ok(report)
+        }
+        Err(e) => {
+            let kept = temp.keep();
+            let dir = plan.dir.clone().unwrap_or(kept);
+            Err(e.context(format!("the servers' logs are kept in {}", dir.display())))
+        }
+    }
+}
+
+async fn run_in(plan: &Plan, dir: &std::path::Path) -> Result<Report> {
+    let dir = dir.to_owned();
     let started = Utc::now();
     let mut pg = patroni::PgCluster::start(&dir)
         .await
@@ -238,6 +258,14 @@ pub async fn run(plan: &Plan) -> Result<Report> {
     let refused = receiver.refused();
     measure(&mut faults, &history, &deliveries, &refused, &log, &logs);
     for f in &faults {
+        // A change of worker re-delivers at most the batch in flight (a consumer's
+        // batch is at most 1,000 events), plus what waited behind a parked SKU.
+        if f.duplicates > DUPLICATE_BOUND {
+            findings.problems.push(format!(
+                "{:?} on {}: {} re-deliveries, more than one batch ({DUPLICATE_BOUND})",
+                f.kind, f.target, f.duplicates
+            ));
+        }
         if f.started_after_wake > 0 {
             findings.problems.push(format!(
                 "FENCING: {} started {} deliveries after it woke from {:?}",

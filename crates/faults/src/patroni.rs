@@ -231,10 +231,17 @@ impl PgCluster {
         .with_context(|| format!("see the logs under {}", self.dir.display()))
     }
 
-    /// `host:port` of the node that leads now, as PostgreSQL reports itself.
-    pub async fn leader_address(&self) -> Option<String> {
-        let leader = self.leader().await?;
-        Some(format!("127.0.0.1:{}", self.nodes[leader].pg_port))
+    /// `host:port` of the node that leads now, other than `not` (the node just
+    /// killed or switched from: Patroni's view names it until its key lapses), waiting
+    /// up to a minute for one.
+    pub async fn new_leader_address(&self, not: usize) -> Result<String> {
+        let leader = eventually(
+            "a new PostgreSQL leader",
+            Duration::from_secs(60),
+            || async { self.leader().await.filter(|l| *l != not) },
+        )
+        .await?;
+        Ok(format!("127.0.0.1:{}", self.nodes[leader].pg_port))
     }
 
     /// The leader, waiting up to 30 s for one.
@@ -268,11 +275,12 @@ impl PgCluster {
     /// A planned switchover to the synchronous standby, through Patroni's REST API;
     /// asked again while Patroni refuses it (its synchronous standby not yet recorded
     /// after a node rejoined), for up to a minute.
-    pub async fn switchover(&self) -> Result<()> {
+    /// Returns the node it switched from.
+    pub async fn switchover(&self) -> Result<usize> {
         let mut last = String::new();
         for _ in 0..60 {
             match self.switchover_once().await {
-                Ok(()) => return Ok(()),
+                Ok(from) => return Ok(from),
                 Err(e) => last = e.to_string(),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -280,7 +288,7 @@ impl PgCluster {
         bail!("switchover refused for a minute: {last}")
     }
 
-    async fn switchover_once(&self) -> Result<()> {
+    async fn switchover_once(&self) -> Result<usize> {
         let leader = self.wait_leader().await?;
         let candidate = (leader + 1) % self.nodes.len();
         let url = format!(
@@ -303,7 +311,7 @@ impl PgCluster {
                 answer.text().await.unwrap_or_default()
             );
         }
-        Ok(())
+        Ok(leader)
     }
 }
 

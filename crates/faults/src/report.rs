@@ -164,6 +164,9 @@ impl Report {
         if self.findings.problems.is_empty() {
             let _ = writeln!(s, "None.");
         }
+        if let Some(dir) = &self.dir {
+            let _ = writeln!(s, "The servers' logs are kept in `{}`.\n", dir.display());
+        }
         for p in &self.findings.problems {
             let _ = writeln!(s, "- {p}");
         }
