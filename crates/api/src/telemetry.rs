@@ -51,6 +51,10 @@ fn describe() {
     );
     metrics::gauge!("invsync_build_info", "version" => VERSION, "commit" => COMMIT).set(1.0);
     describe_counter!(
+        "invsync_consumer_log_bypass_total",
+        "Events a consumer read from the ledger's log because the bus stayed silent while the log moved on."
+    );
+    describe_counter!(
         "invsync_reservations_total",
         "Reservation requests by outcome (reserved, replayed, insufficient, conflict, error)."
     );

@@ -6,6 +6,11 @@ use invsync_ledger::LoggedEvent;
 
 use super::*;
 
+/// How long a bus may hand out nothing while the log's head is ahead before the
+/// consumer reads the log itself: longer than a healthy bus ever lags (the relay
+/// publishes within milliseconds of a commit), shorter than the SLA by far.
+pub(super) const BUS_GRACE: Duration = Duration::from_secs(1);
+
 impl Runner {
     /// Events after the position without a hole. A hole (a bus that lost or aged out
     /// messages) — before the first event fetched or between two of them — is filled
@@ -50,6 +55,41 @@ impl Runner {
             out.push(event);
         }
         Ok(Some(out))
+    }
+
+    /// What a bus handed out, or — when it has handed out nothing, or failed, for
+    /// [`BUS_GRACE`] while the log's head was ahead — the next batch read from the
+    /// ledger's log itself. The log is the record and the bus a fast path: a stream
+    /// electing a new leader (NATS takes 4–9 s), or down altogether, does not hold
+    /// the consumer back. What the bus hands out later is at or below the position by
+    /// then and dropped. A failure within the grace is the step's failure (retried).
+    pub(super) async fn bypass(
+        &mut self,
+        fetched: Result<Vec<LoggedEvent>, crate::SourceError>,
+    ) -> Result<Vec<LoggedEvent>, StepError> {
+        let behind = *self.head.borrow() > self.position;
+        let quiet = match &fetched {
+            Ok(events) => !events.iter().any(|e| e.offset > self.position),
+            Err(_) => true,
+        };
+        if !(behind && quiet) || self.source.kind() == "embedded" {
+            self.bus_silent_since = None;
+            return fetched.map_err(|e| StepError::Retry(e.into()));
+        }
+        let since = *self
+            .bus_silent_since
+            .get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < BUS_GRACE {
+            return fetched.map_err(|e| StepError::Retry(e.into()));
+        }
+        let page = self.read_log(self.position, self.config.batch).await?;
+        if page.events.is_empty() {
+            return Ok(Vec::new());
+        }
+        tracing::info!(consumer.name = %self.config.name, consumer.position = self.position, events = page.events.len(), silent_ms = since.elapsed().as_millis() as u64, "the bus is silent while the log moved on: reading the log");
+        metrics::counter!("invsync_consumer_log_bypass_total", "consumer" => self.config.name.clone())
+            .increment(page.events.len() as u64);
+        Ok(page.events)
     }
 
     /// Reads the hole `[from, until)` from the ledger's log (at most a batch of it).
@@ -232,5 +272,72 @@ mod tests {
             (1..=8).collect::<Vec<_>>(),
             "the lost events were read from the log, in order"
         );
+    }
+
+    /// A bus that hands out nothing (a stream electing a new leader, say), or fails
+    /// every fetch (a bus that is down).
+    struct Stalled {
+        fails: bool,
+    }
+
+    #[async_trait]
+    impl EventSource for Stalled {
+        async fn fetch(
+            &self,
+            _position: i64,
+            _max: usize,
+            wait: Duration,
+        ) -> Result<Vec<LoggedEvent>, SourceError> {
+            tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+            if self.fails {
+                Err(SourceError::new(std::io::Error::other("no stream leader")))
+            } else {
+                Ok(Vec::new())
+            }
+        }
+
+        fn long_polls(&self) -> bool {
+            true
+        }
+
+        fn kind(&self) -> &'static str {
+            "stalled"
+        }
+    }
+
+    /// The log is the record, the bus a fast path: a consumer whose bus stays silent
+    /// (or keeps failing) while the log's head moves on reads the log itself, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_consumer_whose_bus_stalls_reads_the_ledgers_log() {
+        for fails in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = MemLog::new();
+            for v in 1..=6 {
+                log.append("A", v);
+            }
+            let sink = Arc::new(Recorder::default());
+            let (_stop, shutdown) = tokio::sync::watch::channel(false);
+            let (handle, run) = start(
+                ConsumerConfig::new("webhook", dir.path().join("webhook.db")),
+                sink.clone(),
+                log.clone(),
+                Arc::new(Stalled { fails }),
+                shutdown,
+            )
+            .unwrap();
+            tokio::spawn(run);
+            until("caught up through the log", || {
+                handle.status().position == 6
+            })
+            .await;
+            // And it keeps following the log while the bus stays so.
+            log.append("A", 7);
+            until("the next event too", || handle.status().position == 7).await;
+            assert_eq!(
+                *sink.0.lock().unwrap(),
+                (1..=7).collect::<Vec<_>>(),
+                "bus fails: {fails}"
+            );
+        }
     }
 }

@@ -411,6 +411,7 @@ pub fn start(
         shutdown,
         position,
         turn,
+        bus_silent_since: None,
     };
     Ok((
         handle,
@@ -433,6 +434,9 @@ struct Runner {
     shutdown: watch::Receiver<bool>,
     position: i64,
     turn: Arc<tokio::sync::RwLock<()>>,
+    /// Since when the bus has handed out nothing (or failed) while the log's head was
+    /// ahead of the position (see `gap::Runner::bypass`).
+    bus_silent_since: Option<std::time::Instant>,
 }
 
 enum Step {
@@ -604,8 +608,8 @@ impl Runner {
         let fetched = self
             .source
             .fetch(self.position, self.config.batch, self.config.poll)
-            .await
-            .map_err(|e| StepError::Retry(e.into()))?;
+            .await;
+        let fetched = self.bypass(fetched).await?;
         let Some(events) = self.contiguous(fetched).await? else {
             return Ok(Step::Progress);
         };
