@@ -83,6 +83,10 @@ pub struct Fault {
     pub healed: DateTime<Utc>,
     /// Seconds from the fault to the first acknowledged write sent after it.
     pub writes_back_s: Option<f64>,
+    /// The longest stretch, from the fault to the next one, without any write
+    /// acknowledged: the outage as clients saw it (a switchover's starts a moment after
+    /// it was asked for).
+    pub write_gap_s: Option<f64>,
     /// The worst delivery latency at the fault's endpoint of the events committed in
     /// the 5 s after it (or the first 20 after it): how long delivery stalled.
     pub delivery_stall_s: Option<f64>,
@@ -274,6 +278,7 @@ impl World<'_> {
             resumed,
             healed: Utc::now(),
             writes_back_s: None,
+            write_gap_s: None,
             delivery_stall_s: None,
             duplicates: 0,
             after_wake: 0,

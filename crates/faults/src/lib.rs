@@ -329,6 +329,21 @@ fn measure(
             .map(|op| op.completed)
             .min()
             .map(|t| seconds(t - at));
+        let mut acked: Vec<DateTime<Utc>> = ops
+            .iter()
+            .filter(|op| {
+                op.ok() && op.kind.is_stock_write() && op.completed > at && op.completed < end
+            })
+            .map(|op| op.completed)
+            .collect();
+        acked.sort();
+        fault.write_gap_s = std::iter::once(at)
+            .chain(acked.iter().copied())
+            .zip(acked.iter().copied())
+            .map(|(a, b)| seconds(b - a))
+            .fold(None, |worst: Option<f64>, s| {
+                Some(worst.map_or(s, |w| w.max(s)))
+            });
         let endpoint = fault.kind.endpoint();
         let mine: Vec<&Delivery> = deliveries
             .iter()

@@ -88,11 +88,12 @@ impl Report {
         let _ = writeln!(s, "## Recovery by fault (median / worst)\n");
         let _ = writeln!(
             s,
-            "| fault | times | writes answered again | delivery stall at its endpoint | duplicates per fault (median / worst) | in flight, arrived after waking | started after waking | stale token refused |"
+            "| fault | times | writes answered again | longest time without an acknowledged write | delivery stall at its endpoint | duplicates per fault (median / worst) | in flight, arrived after waking | started after waking | stale token refused |"
         );
-        let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         for (kind, faults) in self.by_kind() {
             let writes = spread(faults.iter().filter_map(|f| f.writes_back_s).collect());
+            let gap = spread(faults.iter().filter_map(|f| f.write_gap_s).collect());
             let stall = spread(faults.iter().filter_map(|f| f.delivery_stall_s).collect());
             let dups = spread(faults.iter().map(|f| f.duplicates as f64).collect());
             let wake: usize = faults.iter().map(|f| f.after_wake).sum();
@@ -101,10 +102,11 @@ impl Report {
             let pause = matches!(kind, FaultKind::LeaderPause | FaultKind::MemberPause);
             let _ = writeln!(
                 s,
-                "| {kind:?} (`{}`) | {} | {} | {} | {} | {} | {} | {refused} |",
+                "| {kind:?} (`{}`) | {} | {} | {} | {} | {} | {} | {} | {refused} |",
                 kind.endpoint(),
                 faults.len(),
                 cell(writes),
+                cell(gap),
                 cell(stall),
                 dups.map_or("—".into(), |(m, w)| format!("{m:.0} / {w:.0}")),
                 if pause {
@@ -173,18 +175,19 @@ impl Report {
         let _ = writeln!(s, "\n## Faults in order\n");
         let _ = writeln!(
             s,
-            "| at | fault | target | writes back | delivery stall | duplicates | note |"
+            "| at | fault | target | writes back | no write acknowledged | delivery stall | duplicates | note |"
         );
-        let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- |");
         for f in &self.faults {
             let secs = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.2} s"));
             let _ = writeln!(
                 s,
-                "| {} | {:?} | {} | {} | {} | {} | {} |",
+                "| {} | {:?} | {} | {} | {} | {} | {} | {} |",
                 f.at.format("%H:%M:%S%.3f"),
                 f.kind,
                 f.target,
                 secs(f.writes_back_s),
+                secs(f.write_gap_s),
                 secs(f.delivery_stall_s),
                 f.duplicates,
                 f.note
