@@ -79,8 +79,14 @@ async fn under_every_kind_of_fault_nothing_acknowledged_is_lost_nothing_oversold
                 f.kind
             );
         }
-        let gap = f.write_gap_s.expect("writes were acknowledged after the fault");
-        assert!(gap < 30.0, "{:?}: no write acknowledged for {gap} s", f.kind);
+        let gap = f
+            .write_gap_s
+            .expect("writes were acknowledged after the fault");
+        assert!(
+            gap < 30.0,
+            "{:?}: no write acknowledged for {gap} s",
+            f.kind
+        );
         let stall = f.delivery_stall_s.expect("deliveries were measured");
         assert!(stall < 30.0, "{:?}: delivery stalled {stall} s", f.kind);
     }

@@ -37,13 +37,16 @@ pub enum FaultKind {
     MemberPause,
     /// kill -9 of the NATS server that leads the stream, started again 5 s later.
     NatsLeaderKill,
+    /// The leading `serve` instance cut off from every PostgreSQL node for 8 s (no
+    /// packet crosses, nothing is closed), then the network heals.
+    Partition,
     /// Messages deleted from the stream behind invsync's back (a bus that lost what it
     /// acknowledged) while `consume wms` is frozen, so that it meets the holes.
     StreamLoss,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         Self::PrimaryKill,
         Self::Switchover,
         Self::LeaderKill,
@@ -52,6 +55,7 @@ impl FaultKind {
         Self::MemberKill,
         Self::MemberPause,
         Self::NatsLeaderKill,
+        Self::Partition,
         Self::StreamLoss,
     ];
 
@@ -111,6 +115,8 @@ pub struct World<'a> {
     pub serve: &'a mut [Instance],
     pub wms: &'a mut Instance,
     pub erp: &'a mut [Instance],
+    /// Each `serve` instance's proxies to the PostgreSQL nodes.
+    pub proxies: &'a [Vec<crate::proxy::Proxy>],
     pub http: &'a reqwest::Client,
     pub history: &'a History,
 }
@@ -250,6 +256,21 @@ impl World<'_> {
                     .wait_stream_healthy(STREAM, Duration::from_secs(60))
                     .await?;
                 (at, format!("nats{}", leader + 1), String::new())
+            }
+            FaultKind::Partition => {
+                let i = self.leader().await?;
+                let at = Utc::now();
+                for p in &self.proxies[i] {
+                    p.cut();
+                }
+                tokio::time::sleep(PAUSE).await;
+                for p in &self.proxies[i] {
+                    p.heal();
+                }
+                // Once its lease ran out (3 s), the cut-off leader may start no
+                // delivery: checked from then on, like a frozen one after it woke.
+                resumed = Some(at + chrono::Duration::seconds(3));
+                (at, self.serve[i].name.clone(), String::new())
             }
             FaultKind::StreamLoss => {
                 let from = self.nats.last_sequence(STREAM).await?;

@@ -18,6 +18,7 @@ pub mod invsync;
 pub mod nats;
 pub mod patroni;
 pub mod procs;
+pub mod proxy;
 pub mod receiver;
 pub mod report;
 pub mod workload;
@@ -122,10 +123,19 @@ async fn run_in(plan: &Plan, dir: &std::path::Path) -> Result<Report> {
         .build()?;
     let (db, bus) = (pg.url(), nats.urls());
 
+    // Each `serve` instance reaches every PostgreSQL node through a proxy of its own,
+    // which the `Partition` fault cuts.
+    let mut proxies = Vec::new();
     let mut serve = Vec::new();
     for i in 0..2 {
         let name = format!("i{i}");
-        let text = serve_config(&db, &bus, &hooks, &name);
+        let mut mine = Vec::new();
+        for port in pg.ports() {
+            mine.push(proxy::Proxy::start(port).await?);
+        }
+        let via: Vec<u16> = mine.iter().map(|p| p.port).collect();
+        proxies.push(mine);
+        let text = serve_config(&patroni::PgCluster::url_through(&via), &bus, &hooks, &name);
         let mut instance = Instance::new(&plan.invsync, &dir, &name, Role::Serve, &text)?;
         instance.start(&http).await?;
         serve.push(instance);
@@ -172,6 +182,7 @@ async fn run_in(plan: &Plan, dir: &std::path::Path) -> Result<Report> {
         serve: &mut serve,
         wms: &mut wms,
         erp: &mut erp,
+        proxies: &proxies,
         http: &http,
         history: &history,
     };

@@ -174,6 +174,20 @@ impl PgCluster {
         self.url_of("invsync")
     }
 
+    /// The nodes' PostgreSQL ports, in node order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.pg_port).collect()
+    }
+
+    /// [`url`](Self::url) through other ports (a proxy per node, in node order).
+    pub fn url_through(ports: &[u16]) -> String {
+        let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!(
+            "postgres://postgres@{}/invsync?target_session_attrs=read-write&connect_timeout=2",
+            hosts.join(",")
+        )
+    }
+
     fn url_of(&self, db: &str) -> String {
         let hosts: Vec<String> = self
             .nodes

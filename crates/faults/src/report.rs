@@ -99,7 +99,10 @@ impl Report {
             let wake: usize = faults.iter().map(|f| f.after_wake).sum();
             let started: usize = faults.iter().map(|f| f.started_after_wake).sum();
             let refused: usize = faults.iter().map(|f| f.stale_refused).sum();
-            let pause = matches!(kind, FaultKind::LeaderPause | FaultKind::MemberPause);
+            let pause = matches!(
+                kind,
+                FaultKind::LeaderPause | FaultKind::MemberPause | FaultKind::Partition
+            );
             let _ = writeln!(
                 s,
                 "| {kind:?} (`{}`) | {} | {} | {} | {} | {} | {} | {} | {refused} |",
