@@ -57,6 +57,24 @@ impl Runner {
         Ok(Some(out))
     }
 
+    /// How long the next fetch from a bus may take: what is left of the grace while
+    /// the log's head is ahead of the position (the silence counted from now if it
+    /// had not begun); `None` when nothing is waiting, or the source is the log.
+    pub(super) fn bus_patience(&mut self) -> Option<Duration> {
+        let behind = *self.head.borrow() > self.position;
+        if !behind || self.source.kind() == "embedded" {
+            return None;
+        }
+        let since = *self
+            .bus_silent_since
+            .get_or_insert_with(std::time::Instant::now);
+        Some(
+            BUS_GRACE
+                .saturating_sub(since.elapsed())
+                .max(Duration::from_millis(10)),
+        )
+    }
+
     /// What a bus handed out, or — when it has handed out nothing, or failed, for
     /// [`BUS_GRACE`] while the log's head was ahead — the next batch read from the
     /// ledger's log itself. The log is the record and the bus a fast path: a stream

@@ -605,10 +605,19 @@ impl Runner {
     /// One batch: fetch, deduplicate, deliver, commit.
     #[tracing::instrument(level = "debug", skip_all, fields(consumer.name = %self.config.name, consumer.position = self.position, log.offset = tracing::field::Empty))]
     async fn step(&mut self) -> Result<Step, StepError> {
-        let fetched = self
+        let patience = self.bus_patience();
+        let fetch = self
             .source
-            .fetch(self.position, self.config.batch, self.config.poll)
-            .await;
+            .fetch(self.position, self.config.batch, self.config.poll);
+        let fetched = match patience {
+            // The log has events the bus has not handed out yet: wait for it no
+            // longer than the grace (a pull may hang for seconds while a stream
+            // elects a new leader).
+            Some(left) => tokio::time::timeout(left, fetch)
+                .await
+                .unwrap_or_else(|_| Ok(Vec::new())),
+            None => fetch.await,
+        };
         let fetched = self.bypass(fetched).await?;
         let Some(events) = self.contiguous(fetched).await? else {
             return Ok(Step::Progress);
