@@ -58,13 +58,12 @@ impl NatsSource {
 
     /// The durable consumer, created to start after `position` when it does not exist.
     ///
-    /// Taking it up (a process starting, or one that lost it): when it has messages
-    /// handed out and never acknowledged — pulled by a process that died or was
-    /// deposed mid-delivery — it is created again from `position`, this consumer's own
-    /// record. NATS would hand those messages out again only once their `ack_wait`
-    /// (30 s) ran out: the whole SLA spent waiting for the bus to notice. The
-    /// bus's delivery counts restart with it; the runtime's position and marks decide
-    /// what is applied, so nothing is applied twice.
+    /// What a process that died mid-delivery had pulled and not acknowledged, NATS
+    /// hands out again only once its `ack_wait` (30 s) ran out. The successor does not
+    /// wait for that: the consumer runtime reads the ledger's log when its bus stays
+    /// silent while the log is ahead (`runtime::gap`), and drops the redeliveries
+    /// when they come. The bus's delivery counts stay, so a message that never gets
+    /// applied is still reported exhausted after `max_deliver`.
     async fn consumer(&self, position: i64) -> Result<PullConsumer, BusError> {
         let mut slot = self.consumer.lock().await;
         if let Some(c) = slot.as_ref() {
@@ -72,19 +71,7 @@ impl NatsSource {
         }
         let stream = self.bus.stream().await?;
         let consumer = match stream.get_consumer::<pull::Config>(&self.durable).await {
-            Ok(mut c) => {
-                let pending = c.info().await.map_err(BusError::nats)?.num_ack_pending;
-                if pending > 0 {
-                    tracing::info!(durable = %self.durable, position, unacknowledged = pending, "NATS consumer has deliveries nobody acknowledged: created again from this consumer's position");
-                    stream
-                        .delete_consumer(&self.durable)
-                        .await
-                        .map_err(BusError::nats)?;
-                    self.create(position).await?
-                } else {
-                    c
-                }
-            }
+            Ok(c) => c,
             Err(_) => self.create(position).await?,
         };
         *slot = Some(consumer.clone());

@@ -138,7 +138,7 @@ impl Sink for Webhook {
     /// was already handed to the HTTP client may see it complete when it wakes, after
     /// another process took the lease over; a receiver that keeps the highest epoch
     /// per lease and refuses a lower one is never written to by a deposed holder.
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(event.id = %event.event.event_id, log.offset = event.offset))]
+    #[tracing::instrument(name = "deliver", level = "debug", skip_all, err(level = "debug"), fields(event.id = %event.event.event_id, log.offset = event.offset))]
     async fn deliver_under(
         &self,
         event: &Incoming,
