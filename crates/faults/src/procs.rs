@@ -9,7 +9,6 @@ use anyhow::{bail, Context, Result};
 
 /// A process this suite started; SIGKILLed by its pid when dropped.
 pub struct Proc {
-    name: String,
     child: Option<Child>,
 }
 
@@ -28,10 +27,7 @@ impl Proc {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        Ok(Self {
-            name: name.to_owned(),
-            child: Some(child),
-        })
+        Ok(Self { child: Some(child) })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -46,31 +42,11 @@ impl Proc {
         }
     }
 
-    /// SIGTERM and wait up to `grace`, then SIGKILL.
-    pub fn terminate(&mut self, grace: Duration) {
-        if let Some(mut child) = self.child.take() {
-            let _ = signal(child.id(), "TERM");
-            let deadline = Instant::now() + grace;
-            while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 

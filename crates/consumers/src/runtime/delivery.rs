@@ -156,11 +156,7 @@ pub(super) async fn deliver_with_retry(
     };
     // The lease term the work is done under: once it ends (a frozen process waking
     // past its deadline, a lease lost), not one more attempt is made.
-    let term = shared
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .term
-        .clone();
+    let term = Shared::term_of(shared);
     loop {
         if term.as_ref().is_some_and(|t| !t.valid()) {
             return Err(StepError::Deposed);

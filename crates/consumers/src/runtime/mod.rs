@@ -210,6 +210,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// The lease term the current turn of work runs under (see `Shared::term`).
+    fn term_of(state: &Mutex<Shared>) -> Option<Term> {
+        state.lock().unwrap_or_else(|e| e.into_inner()).term.clone()
+    }
+
     /// When the oldest event not applied yet occurred, parked ones included.
     fn oldest_unapplied(&self) -> Option<DateTime<Utc>> {
         match (self.oldest_pending, self.oldest_parked) {

@@ -270,12 +270,7 @@ impl Retrier {
         let Some(turn) = &self.config.active else {
             return true;
         };
-        let term = self
-            .shared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .term
-            .clone();
+        let term = Shared::term_of(&self.shared);
         term.is_some_and(|t| t.valid() && turn.current().as_ref() == Some(&t))
     }
 
@@ -330,12 +325,7 @@ impl Retrier {
             let sink = self.sink.clone();
             let policy = self.config.retry.clone();
             let lease = self.config.active.clone();
-            let term = self
-                .shared
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .term
-                .clone();
+            let term = Shared::term_of(&self.shared);
             in_flight.push(Box::pin(async move {
                 let settled = match (lease, term) {
                     (Some(mut lease), Some(term)) => tokio::select! {

@@ -58,7 +58,7 @@ impl Runner {
 /// price of re-deliveries; a fenced one means another process works it now).
 pub(super) async fn share_position(config: &ConsumerConfig, state: &Mutex<Shared>, settled: i64) {
     if let Some(shared) = &config.shared {
-        let term = state.lock().unwrap_or_else(|e| e.into_inner()).term.clone();
+        let term = Shared::term_of(state);
         if let Err(error) = shared.advance(settled, term.as_ref()).await {
             tracing::warn!(consumer.name = %config.name, %error, "could not record the shared position");
         }
