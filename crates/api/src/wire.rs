@@ -319,34 +319,34 @@ pub(crate) struct ReservationView {
 impl From<Reservation> for ReservationView {
     fn from(r: Reservation) -> Self {
         Self {
-            reservation_id: r.reservation_id,
-            order_id: r.order_id.into(),
-            store_id: r.store_id.map(Into::into),
-            channel: r.channel.map(Into::into),
-            status: r.status,
+            reservation_id: r.reservation_id(),
+            order_id: r.order_id().as_str().into(),
+            store_id: r.store_id().map(|s| s.as_str().into()),
+            channel: r.channel().map(|c| c.as_str().into()),
+            status: r.status(),
             lines: r
-                .lines
-                .into_iter()
+                .lines()
+                .iter()
                 .map(|l| ReservationLineView {
                     quantity: l.quantity(),
                     released: l.released(),
                     fulfilled: l.fulfilled(),
-                    sku: l.sku.into(),
+                    sku: l.sku().as_str().into(),
                     allocations: l
-                        .allocations
-                        .into_iter()
+                        .allocations()
+                        .iter()
                         .map(|a| AllocationView {
-                            store_id: a.store_id.into(),
-                            quantity: a.quantity,
-                            released: a.released,
-                            fulfilled: a.fulfilled,
-                            short: a.short,
+                            store_id: a.store_id().as_str().into(),
+                            quantity: a.quantity(),
+                            released: a.released(),
+                            fulfilled: a.fulfilled(),
+                            short: a.short(),
                         })
                         .collect(),
                 })
                 .collect(),
-            expires_at: r.expires_at,
-            created_at: r.created_at,
+            expires_at: r.expires_at(),
+            created_at: r.created_at(),
         }
     }
 }

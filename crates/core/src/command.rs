@@ -110,12 +110,30 @@ pub enum Target {
     Channel(ChannelId),
 }
 
+impl Target {
+    /// The store, when this is one.
+    pub fn store(&self) -> Option<&StoreId> {
+        match self {
+            Self::Store(store) => Some(store),
+            Self::Channel(_) => None,
+        }
+    }
+
+    /// The channel, when this is one.
+    pub fn channel(&self) -> Option<&ChannelId> {
+        match self {
+            Self::Channel(channel) => Some(channel),
+            Self::Store(_) => None,
+        }
+    }
+}
+
 /// Reserve every line or none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reserve {
     order_id: OrderId,
     target: Target,
-    lines: Vec<(Sku, LineQuantity)>,
+    lines: Lines,
     ttl: Option<TtlSeconds>,
     idempotency_key: Option<IdempotencyKey>,
 }
@@ -129,11 +147,10 @@ impl Reserve {
         ttl: Option<TtlSeconds>,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<Self, RequestError> {
-        check_lines(&lines, "lines")?;
         Ok(Self {
             order_id,
             target: target.into(),
-            lines,
+            lines: Lines::new(lines, "lines")?,
             ttl,
             idempotency_key,
         })
@@ -149,18 +166,12 @@ impl Reserve {
 
     /// The store of a store-direct reservation.
     pub fn store_id(&self) -> Option<&StoreId> {
-        match &self.target {
-            Target::Store(store) => Some(store),
-            Target::Channel(_) => None,
-        }
+        self.target.store()
     }
 
     /// The channel of a channel reservation.
     pub fn channel(&self) -> Option<&ChannelId> {
-        match &self.target {
-            Target::Channel(channel) => Some(channel),
-            Target::Store(_) => None,
-        }
+        self.target.channel()
     }
 
     pub fn lines(&self) -> &[(Sku, LineQuantity)] {

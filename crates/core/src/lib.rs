@@ -38,5 +38,8 @@ pub use ids::{
     ChannelId, ExternalRef, IdError, IdempotencyKey, OrderId, Sku, StoreId, MAX_ID_BYTES,
 };
 pub use quantity::{Delta, LineQuantity, OnHandCount, RangeError, TtlSeconds};
-pub use reservation::{Allocated, ReleaseKind, Reservation, ReservationLine, ReservationStatus};
+pub use reservation::{
+    Allocated, InvalidReservation, ReleaseKind, Reservation, ReservationLine, ReservationStatus,
+    StoredReservation,
+};
 pub use stock::StockLevel;

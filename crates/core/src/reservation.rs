@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::command::Lines;
+use crate::command::{Lines, Target};
 use crate::error::DomainError;
 use crate::ids::{ChannelId, OrderId, Sku, StoreId};
 use crate::quantity::LineQuantity;
@@ -44,28 +44,116 @@ impl ReservationStatus {
     }
 }
 
+/// Why a reservation (or one of its lines or allocations) cannot be what it claims:
+/// the counters break `released + fulfilled <= quantity` or `short <= held`, a line
+/// has no allocation, the status does not match what is held. Only stored data or a
+/// bug can produce one; the ledger reports it as a corrupt row.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidReservation(String);
+
+fn invalid(detail: impl Into<String>) -> InvalidReservation {
+    InvalidReservation(detail.into())
+}
+
 /// Where one line (or part of it) is held: one location, with the same counters as
 /// the line. `held = quantity - released - fulfilled`.
+///
+/// Valid by construction: `quantity >= 1`, `released, fulfilled >= 0`,
+/// `released + fulfilled <= quantity` and `0 <= short <= held`. The fields are
+/// private; a value is made by [`Allocated::new`], rebuilt from storage by
+/// [`Allocated::restore`] (which checks), and changed only by the transitions of
+/// [`Reservation`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocated {
-    pub store_id: StoreId,
-    pub quantity: i64,
-    pub released: i64,
-    pub fulfilled: i64,
+    store_id: StoreId,
+    quantity: i64,
+    released: i64,
+    fulfilled: i64,
     /// Units of this allocation the location no longer has on hand and that could not
     /// be moved elsewhere (reallocation, channels.md); 0 when fully covered.
-    pub short: i64,
+    short: i64,
 }
 
 impl Allocated {
-    pub fn new(store_id: StoreId, quantity: i64) -> Self {
+    /// A new allocation holding `quantity` at `store_id`.
+    pub fn new(store_id: StoreId, quantity: LineQuantity) -> Self {
         Self {
             store_id,
-            quantity,
+            quantity: quantity.get(),
             released: 0,
             fulfilled: 0,
             short: 0,
         }
+    }
+
+    /// An allocation as it was stored, checked.
+    pub fn restore(
+        store_id: StoreId,
+        quantity: i64,
+        released: i64,
+        fulfilled: i64,
+        short: i64,
+    ) -> Result<Self, InvalidReservation> {
+        let a = Self {
+            store_id,
+            quantity,
+            released,
+            fulfilled,
+            short,
+        };
+        a.check()?;
+        Ok(a)
+    }
+
+    /// The allocation's invariant.
+    fn check(&self) -> Result<(), InvalidReservation> {
+        let Self {
+            store_id,
+            quantity,
+            released,
+            fulfilled,
+            short,
+        } = self;
+        if *quantity < 1 || *released < 0 || *fulfilled < 0 || *short < 0 {
+            return Err(invalid(format!(
+                "allocation at {store_id}: quantity {quantity}, released {released}, \
+                 fulfilled {fulfilled}, short {short} (a quantity of at least 1, no negative counter)"
+            )));
+        }
+        if released + fulfilled > *quantity {
+            return Err(invalid(format!(
+                "allocation at {store_id}: released {released} + fulfilled {fulfilled} \
+                 exceeds quantity {quantity}"
+            )));
+        }
+        if *short > self.held() {
+            return Err(invalid(format!(
+                "allocation at {store_id}: short {short} exceeds held {}",
+                self.held()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn store_id(&self) -> &StoreId {
+        &self.store_id
+    }
+
+    pub fn quantity(&self) -> i64 {
+        self.quantity
+    }
+
+    pub fn released(&self) -> i64 {
+        self.released
+    }
+
+    pub fn fulfilled(&self) -> i64 {
+        self.fulfilled
+    }
+
+    pub fn short(&self) -> i64 {
+        self.short
     }
 
     pub fn held(&self) -> i64 {
@@ -75,22 +163,58 @@ impl Allocated {
 
 /// One SKU of a reservation: where it is held, one allocation per location (one for
 /// a store-direct reservation; one or more, in allocation order, for a channel's).
-/// The line's counters are the sums of its allocations'.
+/// The line's counters are the sums of its allocations'. Never empty, and never two
+/// allocations at one location.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservationLine {
-    pub sku: Sku,
-    pub allocations: Vec<Allocated>,
+    sku: Sku,
+    allocations: Vec<Allocated>,
 }
 
 impl ReservationLine {
     /// A new line held at one location.
     pub fn new(store: StoreId, sku: Sku, quantity: LineQuantity) -> Self {
-        Self::allocated(sku, vec![Allocated::new(store, quantity.get())])
+        Self {
+            sku,
+            allocations: vec![Allocated::new(store, quantity)],
+        }
     }
 
-    /// A line made of its allocations (loaded from storage, or just allocated).
-    pub fn allocated(sku: Sku, allocations: Vec<Allocated>) -> Self {
-        Self { sku, allocations }
+    /// A line made of its allocations (loaded from storage, or just allocated),
+    /// checked.
+    pub fn allocated(sku: Sku, allocations: Vec<Allocated>) -> Result<Self, InvalidReservation> {
+        let line = Self { sku, allocations };
+        line.check()?;
+        Ok(line)
+    }
+
+    fn check(&self) -> Result<(), InvalidReservation> {
+        let sku = &self.sku;
+        if self.allocations.is_empty() {
+            return Err(invalid(format!("line {sku} has no allocation")));
+        }
+        for (j, a) in self.allocations.iter().enumerate() {
+            a.check().map_err(|e| invalid(format!("line {sku}: {e}")))?;
+            if self.allocations[..j]
+                .iter()
+                .any(|b| b.store_id == a.store_id)
+            {
+                return Err(invalid(format!(
+                    "line {sku} is allocated twice at store {}",
+                    a.store_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sku(&self) -> &Sku {
+        &self.sku
+    }
+
+    /// The allocations, in allocation order.
+    pub fn allocations(&self) -> &[Allocated] {
+        &self.allocations
     }
 
     fn sum(&self, count: impl Fn(&Allocated) -> i64) -> i64 {
@@ -159,19 +283,37 @@ impl ReservationLine {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
+/// A reservation as stored, before its checks: what [`Reservation::restore`] takes.
+#[derive(Debug, Clone)]
+pub struct StoredReservation {
     pub reservation_id: Uuid,
     pub order_id: OrderId,
-    /// The store a store-direct reservation holds at; `None` for a channel's.
-    pub store_id: Option<StoreId>,
-    /// The channel a channel reservation was allocated through; `None` for a
-    /// store-direct one.
-    pub channel: Option<ChannelId>,
+    /// Its store, or its channel.
+    pub target: Target,
     pub status: ReservationStatus,
     pub lines: Vec<ReservationLine>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+}
+
+/// An order's hold on stock. Valid by construction: at least one line, one line per
+/// SKU, a store-direct reservation's allocations all at its store, and a status that
+/// matches its counters (active exactly while something is held; fulfilled exactly
+/// when it ended with a unit fulfilled). The fields are private: [`Reservation::open`]
+/// makes a new one, [`Reservation::restore`] rebuilds a stored one (and checks it),
+/// and [`release`](Reservation::release), [`fulfil`](Reservation::fulfil),
+/// [`relocate`](Reservation::relocate) and [`set_short`](Reservation::set_short) are
+/// the only ways to change one; each checks the invariant again before it keeps
+/// its change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    reservation_id: Uuid,
+    order_id: OrderId,
+    target: Target,
+    status: ReservationStatus,
+    lines: Vec<ReservationLine>,
+    expires_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
 }
 
 /// How a release ends a reservation when nothing is left held.
@@ -198,6 +340,151 @@ enum From {
 }
 
 impl Reservation {
+    /// A new, active reservation of `lines` (each already allocated).
+    pub fn open(
+        order_id: OrderId,
+        target: Target,
+        lines: Vec<ReservationLine>,
+        expires_at: Option<DateTime<Utc>>,
+        created_at: DateTime<Utc>,
+    ) -> Result<Self, InvalidReservation> {
+        Self::restore(StoredReservation {
+            reservation_id: Uuid::now_v7(),
+            order_id,
+            target,
+            status: ReservationStatus::Active,
+            lines,
+            expires_at,
+            created_at,
+        })
+    }
+
+    /// A stored reservation, checked: a row that breaks the invariant is an error,
+    /// never a reservation that answers wrongly.
+    pub fn restore(stored: StoredReservation) -> Result<Self, InvalidReservation> {
+        let StoredReservation {
+            reservation_id,
+            order_id,
+            target,
+            status,
+            lines,
+            expires_at,
+            created_at,
+        } = stored;
+        let r = Self {
+            reservation_id,
+            order_id,
+            target,
+            status,
+            lines,
+            expires_at,
+            created_at,
+        };
+        r.check()
+            .map_err(|e| invalid(format!("reservation {reservation_id}: {e}")))?;
+        Ok(r)
+    }
+
+    /// The whole invariant (see the type's documentation).
+    fn check(&self) -> Result<(), InvalidReservation> {
+        if self.lines.is_empty() {
+            return Err(invalid("no line"));
+        }
+        for (i, line) in self.lines.iter().enumerate() {
+            line.check()?;
+            if self.lines[..i].iter().any(|l| l.sku == line.sku) {
+                return Err(invalid(format!("two lines for sku {}", line.sku)));
+            }
+            if let Target::Store(store) = &self.target {
+                if let Some(a) = line.allocations.iter().find(|a| &a.store_id != store) {
+                    return Err(invalid(format!(
+                        "line {} is allocated at store {} of a reservation at store {store}",
+                        line.sku, a.store_id
+                    )));
+                }
+            }
+        }
+        let held = self.held();
+        let fulfilled = self.lines.iter().any(|l| l.fulfilled() > 0);
+        let consistent = match self.status {
+            ReservationStatus::Active => held > 0,
+            ReservationStatus::Fulfilled => held == 0 && fulfilled,
+            ReservationStatus::Released | ReservationStatus::Expired => held == 0 && !fulfilled,
+        };
+        if !consistent {
+            return Err(invalid(format!(
+                "status {} with {held} held{}",
+                self.status.as_str(),
+                if fulfilled {
+                    " and units fulfilled"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to a copy and keeps it only if the copy still holds the
+    /// invariant: a refused change, or a bug in one, leaves the reservation as it
+    /// was.
+    fn settle<T>(
+        &mut self,
+        change: impl FnOnce(&mut Self) -> Result<T, DomainError>,
+    ) -> Result<T, DomainError> {
+        let mut next = self.clone();
+        let out = change(&mut next)?;
+        next.check().map_err(|e| {
+            DomainError::invalid_state(format!(
+                "reservation {} would break its invariant: {e}",
+                self.reservation_id
+            ))
+        })?;
+        *self = next;
+        Ok(out)
+    }
+
+    pub fn reservation_id(&self) -> Uuid {
+        self.reservation_id
+    }
+
+    pub fn order_id(&self) -> &OrderId {
+        &self.order_id
+    }
+
+    /// Its store, or its channel.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The store a store-direct reservation holds at; `None` for a channel's.
+    pub fn store_id(&self) -> Option<&StoreId> {
+        self.target.store()
+    }
+
+    /// The channel a channel reservation was allocated through; `None` for a
+    /// store-direct one.
+    pub fn channel(&self) -> Option<&ChannelId> {
+        self.target.channel()
+    }
+
+    pub fn status(&self) -> ReservationStatus {
+        self.status
+    }
+
+    /// The lines, in the order the reservation was made with.
+    pub fn lines(&self) -> &[ReservationLine] {
+        &self.lines
+    }
+
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.expires_at
+    }
+
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+
     pub fn held(&self) -> i64 {
         self.lines.iter().map(ReservationLine::held).sum()
     }
@@ -239,6 +526,20 @@ impl Reservation {
         from: &StoreId,
         to: &[(StoreId, i64)],
     ) -> Result<(), DomainError> {
+        self.settle(|r| r.move_held(sku, from, to))
+    }
+
+    fn move_held(
+        &mut self,
+        sku: &Sku,
+        from: &StoreId,
+        to: &[(StoreId, i64)],
+    ) -> Result<(), DomainError> {
+        if let Some((store, n)) = to.iter().find(|(_, n)| *n < 1) {
+            return Err(DomainError::invalid_state(format!(
+                "sku {sku}: cannot move {n} units to store {store}"
+            )));
+        }
         let units: i64 = to.iter().map(|(_, n)| n).sum();
         let Some(line) = self.lines.iter_mut().find(|l| &l.sku == sku) else {
             return Err(DomainError::invalid_state(format!(
@@ -263,7 +564,13 @@ impl Reservation {
         for (store, n) in to {
             match line.allocations.iter_mut().find(|a| &a.store_id == store) {
                 Some(a) => a.quantity += n,
-                None => line.allocations.push(Allocated::new(store.clone(), *n)),
+                None => line.allocations.push(Allocated {
+                    store_id: store.clone(),
+                    quantity: *n,
+                    released: 0,
+                    fulfilled: 0,
+                    short: 0,
+                }),
             }
         }
         Ok(())
@@ -290,21 +597,25 @@ impl Reservation {
         lines: Option<&Lines>,
         kind: ReleaseKind,
     ) -> Result<Taken, DomainError> {
-        let taken = self.take(lines, From::Last, |a, q| a.released += q)?;
-        if self.held() == 0 && !taken.is_empty() {
-            self.status = self.ended_status(kind);
-        }
-        Ok(taken)
+        self.settle(|r| {
+            let taken = r.take(lines, From::Last, |a, q| a.released += q)?;
+            if r.held() == 0 && !taken.is_empty() {
+                r.status = r.ended_status(kind);
+            }
+            Ok(taken)
+        })
     }
 
     /// Fulfils the given quantities (or everything held when `lines` is `None`).
     /// On error the reservation is unchanged.
     pub fn fulfil(&mut self, lines: Option<&Lines>) -> Result<Taken, DomainError> {
-        let taken = self.take(lines, From::First, |a, q| a.fulfilled += q)?;
-        if self.held() == 0 && !taken.is_empty() {
-            self.status = self.ended_status(ReleaseKind::Requested);
-        }
-        Ok(taken)
+        self.settle(|r| {
+            let taken = r.take(lines, From::First, |a, q| a.fulfilled += q)?;
+            if r.held() == 0 && !taken.is_empty() {
+                r.status = r.ended_status(ReleaseKind::Requested);
+            }
+            Ok(taken)
+        })
     }
 
     fn ended_status(&self, kind: ReleaseKind) -> ReservationStatus {
@@ -389,19 +700,17 @@ mod tests {
     }
 
     fn reservation() -> Reservation {
-        Reservation {
-            reservation_id: Uuid::nil(),
-            order_id: OrderId::parse("O-1").unwrap(),
-            store_id: Some(store("S1")),
-            channel: None,
-            status: ReservationStatus::Active,
-            lines: vec![
+        Reservation::open(
+            OrderId::parse("O-1").unwrap(),
+            Target::Store(store("S1")),
+            vec![
                 ReservationLine::new(store("S1"), sku("A"), q(3)),
                 ReservationLine::new(store("S1"), sku("B"), q(1)),
             ],
-            expires_at: None,
-            created_at: DateTime::UNIX_EPOCH,
-        }
+            None,
+            DateTime::UNIX_EPOCH,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -411,7 +720,7 @@ mod tests {
             .release(Some(&lines(&[("A", 2)])), ReleaseKind::Requested)
             .unwrap();
         assert_eq!(taken, vec![(store("S1"), sku("A"), 2)]);
-        assert_eq!(r.status, ReservationStatus::Active);
+        assert_eq!(r.status(), ReservationStatus::Active);
         assert_eq!(r.held(), 2);
     }
 
@@ -419,7 +728,7 @@ mod tests {
     fn a_full_release_ends_it_and_a_second_one_takes_nothing() {
         let mut r = reservation();
         assert_eq!(r.release(None, ReleaseKind::Requested).unwrap().len(), 2);
-        assert_eq!(r.status, ReservationStatus::Released);
+        assert_eq!(r.status(), ReservationStatus::Released);
         assert!(r.release(None, ReleaseKind::Requested).unwrap().is_empty());
         assert!(r.fulfil(None).unwrap().is_empty());
     }
@@ -443,30 +752,33 @@ mod tests {
         let mut r = reservation();
         r.fulfil(Some(&lines(&[("A", 3)]))).unwrap();
         r.release(None, ReleaseKind::Requested).unwrap();
-        assert_eq!(r.status, ReservationStatus::Fulfilled);
+        assert_eq!(r.status(), ReservationStatus::Fulfilled);
     }
 
     #[test]
     fn expiry_ends_as_expired() {
         let mut r = reservation();
         r.release(None, ReleaseKind::Expiry).unwrap();
-        assert_eq!(r.status, ReservationStatus::Expired);
+        assert_eq!(r.status(), ReservationStatus::Expired);
     }
 
     /// A channel reservation of 5 × A: 3 at WH1 (first in allocation order), 2 at S1.
     fn split() -> Reservation {
-        Reservation {
-            store_id: None,
-            channel: Some(ChannelId::parse("online").unwrap()),
-            lines: vec![ReservationLine::allocated(
+        Reservation::open(
+            OrderId::parse("O-1").unwrap(),
+            Target::Channel(ChannelId::parse("online").unwrap()),
+            vec![ReservationLine::allocated(
                 sku("A"),
                 vec![
-                    Allocated::new(store("WH1"), 3),
-                    Allocated::new(store("S1"), 2),
+                    Allocated::new(store("WH1"), q(3)),
+                    Allocated::new(store("S1"), q(2)),
                 ],
-            )],
-            ..reservation()
-        }
+            )
+            .unwrap()],
+            None,
+            DateTime::UNIX_EPOCH,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -479,7 +791,7 @@ mod tests {
             taken,
             vec![(store("S1"), sku("A"), 2), (store("WH1"), sku("A"), 1)]
         );
-        assert_eq!((r.lines[0].released(), r.lines[0].held()), (3, 2));
+        assert_eq!((r.lines()[0].released(), r.lines()[0].held()), (3, 2));
 
         let mut r = split();
         let taken = r.fulfil(Some(&lines(&[("A", 4)]))).unwrap();
@@ -487,8 +799,8 @@ mod tests {
             taken,
             vec![(store("WH1"), sku("A"), 3), (store("S1"), sku("A"), 1)]
         );
-        assert_eq!(r.lines[0].fulfilled(), 4);
-        assert_eq!(r.status, ReservationStatus::Active);
+        assert_eq!(r.lines()[0].fulfilled(), 4);
+        assert_eq!(r.status(), ReservationStatus::Active);
     }
 
     #[test]
@@ -499,7 +811,7 @@ mod tests {
         let mut r = split();
         let taken = r.fulfil(Some(&at("A", 2, "S1"))).unwrap();
         assert_eq!(taken, vec![(store("S1"), sku("A"), 2)]);
-        assert_eq!(r.lines[0].allocations[1].fulfilled, 2);
+        assert_eq!(r.lines()[0].allocations()[1].fulfilled(), 2);
         // S1 holds nothing more; WH1 still holds 3.
         let before = r.clone();
         assert!(r.fulfil(Some(&at("A", 1, "S1"))).is_err());
@@ -509,5 +821,90 @@ mod tests {
             r.rows(),
             vec![(store("S1"), sku("A")), (store("WH1"), sku("A"))]
         );
+    }
+
+    fn stored(status: ReservationStatus, lines: Vec<ReservationLine>) -> StoredReservation {
+        StoredReservation {
+            reservation_id: Uuid::nil(),
+            order_id: OrderId::parse("O-1").unwrap(),
+            target: Target::Store(store("S1")),
+            status,
+            lines,
+            expires_at: None,
+            created_at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn line(parts: &[(&str, i64, i64, i64, i64)]) -> Result<ReservationLine, InvalidReservation> {
+        let allocations = parts
+            .iter()
+            .map(|&(at, n, rel, ful, short)| Allocated::restore(store(at), n, rel, ful, short))
+            .collect::<Result<_, _>>()?;
+        ReservationLine::allocated(sku("A"), allocations)
+    }
+
+    #[test]
+    fn a_stored_allocation_that_breaks_its_counters_is_refused() {
+        assert!(line(&[("S1", 3, 1, 2, 0)]).is_ok());
+        for bad in [
+            (3, 2, 2, 0),  // released + fulfilled > quantity
+            (0, 0, 0, 0),  // no quantity
+            (3, -1, 0, 0), // a negative counter
+            (3, 1, 0, 3),  // short more than held
+        ] {
+            let (n, rel, ful, short) = bad;
+            let err = line(&[("S1", n, rel, ful, short)]).unwrap_err();
+            assert!(err.to_string().contains("S1"), "{bad:?}: {err}");
+        }
+        assert!(line(&[]).is_err(), "a line with no allocation");
+        assert!(
+            line(&[("S1", 1, 0, 0, 0), ("S1", 1, 0, 0, 0)]).is_err(),
+            "two allocations at one store"
+        );
+    }
+
+    #[test]
+    fn a_stored_reservation_must_match_its_status_and_its_store() {
+        let held = || line(&[("S1", 2, 0, 0, 0)]).unwrap();
+        let done = || line(&[("S1", 2, 1, 1, 0)]).unwrap();
+        let given_back = || line(&[("S1", 2, 2, 0, 0)]).unwrap();
+        assert!(Reservation::restore(stored(ReservationStatus::Active, vec![held()])).is_ok());
+        assert!(Reservation::restore(stored(ReservationStatus::Fulfilled, vec![done()])).is_ok());
+        assert!(
+            Reservation::restore(stored(ReservationStatus::Expired, vec![given_back()])).is_ok()
+        );
+        for (status, lines) in [
+            (ReservationStatus::Active, vec![given_back()]),
+            (ReservationStatus::Released, vec![held()]),
+            (ReservationStatus::Released, vec![done()]),
+            (ReservationStatus::Fulfilled, vec![given_back()]),
+            (ReservationStatus::Active, vec![]),
+            (ReservationStatus::Active, vec![held(), held()]),
+        ] {
+            assert!(
+                Reservation::restore(stored(status, lines.clone())).is_err(),
+                "{status:?} {lines:?}"
+            );
+        }
+        let elsewhere = line(&[("S2", 2, 0, 0, 0)]).unwrap();
+        let err = Reservation::restore(stored(ReservationStatus::Active, vec![elsewhere]));
+        assert!(err.unwrap_err().to_string().contains("S2"));
+    }
+
+    #[test]
+    fn a_move_of_nothing_or_of_more_than_is_held_changes_nothing() {
+        let mut r = split();
+        let before = r.clone();
+        assert!(r
+            .relocate(&sku("A"), &store("WH1"), &[(store("S2"), 0)])
+            .is_err());
+        assert!(r
+            .relocate(&sku("A"), &store("WH1"), &[(store("S2"), 4)])
+            .is_err());
+        assert_eq!(r, before);
+        r.relocate(&sku("A"), &store("WH1"), &[(store("S1"), 3)])
+            .unwrap();
+        assert_eq!(r.lines()[0].allocations().len(), 1);
+        assert_eq!(r.lines()[0].allocations()[0].quantity(), 5);
     }
 }

@@ -16,9 +16,9 @@ use invsync_core::channel::{
 };
 use invsync_core::{
     settle_fingerprint, Adjust, Allocated, Cause, Change, ChannelId, ChannelUpdatedV1, DomainError,
-    EventType, InventoryEventV1, Lines, LogRecord, Reason, ReleaseKind, Reservation,
-    ReservationLine, ReservationStatus, Reserve, SafetyStockSetV1, ShortLine, Sku, StockLevel,
-    StoreId, Target, WriteRecord,
+    EventType, InventoryEventV1, LineQuantity, Lines, LogRecord, Reason, ReleaseKind, Reservation,
+    ReservationLine, Reserve, SafetyStockSetV1, ShortLine, Sku, StockLevel, StoreId, Target,
+    WriteRecord,
 };
 use uuid::Uuid;
 
@@ -190,18 +190,15 @@ impl<T: Tx> Engine<'_, T> {
             Target::Store(store) => self.at_store(store, cmd)?,
             Target::Channel(channel) => self.in_channel(channel, cmd)?,
         };
-        let reservation = Reservation {
-            reservation_id: Uuid::now_v7(),
-            order_id: cmd.order_id().clone(),
-            store_id: cmd.store_id().cloned(),
-            channel: cmd.channel().cloned(),
-            status: ReservationStatus::Active,
+        let reservation = Reservation::open(
+            cmd.order_id().clone(),
+            cmd.target().clone(),
             lines,
-            expires_at: cmd
-                .ttl()
+            cmd.ttl()
                 .map(|ttl| self.now + chrono::TimeDelta::seconds(ttl.get())),
-            created_at: self.now,
-        };
+            self.now,
+        )
+        .map_err(|e| LedgerError::Internal(format!("a new reservation: {e}")))?;
         // Written in (store, sku) order, as the rows were read.
         parts.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         for (store, sku, quantity, after) in parts {
@@ -285,9 +282,14 @@ impl<T: Tx> Engine<'_, T> {
                     .reserve(quantity)
                     .map_err(|_| LedgerError::Internal("allocation over availability".into()))?;
                 parts.push((store.clone(), sku.clone(), quantity, after));
-                allocations.push(Allocated::new(store, quantity));
+                let units = LineQuantity::new(quantity).map_err(|e| {
+                    LedgerError::Internal(format!("an allocation of {quantity}: {e}"))
+                })?;
+                allocations.push(Allocated::new(store, units));
             }
-            lines.push(ReservationLine::allocated(sku.clone(), allocations));
+            let line = ReservationLine::allocated(sku.clone(), allocations)
+                .map_err(|e| LedgerError::Internal(format!("a new reservation line: {e}")))?;
+            lines.push(line);
         }
         Ok((lines, parts))
     }
@@ -649,9 +651,9 @@ impl<T: Tx> Engine<'_, T> {
         let mut holds = self.tx.channel_holds(store, sku)?;
         holds.retain(|r| r.allocation(sku, store).is_some_and(|a| a.held() > 0));
         holds.sort_by(|a, b| {
-            (b.created_at, b.reservation_id).cmp(&(a.created_at, a.reservation_id))
+            (b.created_at(), b.reservation_id()).cmp(&(a.created_at(), a.reservation_id()))
         });
-        let short_of = |r: &Reservation| r.allocation(sku, store).map_or(0, |a| a.short);
+        let short_of = |r: &Reservation| r.allocation(sku, store).map_or(0, |a| a.short());
         let marked: i64 = holds.iter().map(short_of).sum();
         if shortage > marked {
             let mut need = shortage - marked;
@@ -659,7 +661,7 @@ impl<T: Tx> Engine<'_, T> {
                 let Some(a) = r.allocation(sku, store) else {
                     continue;
                 };
-                let (short, take) = (a.short, (a.held() - a.short).min(need));
+                let (short, take) = (a.short(), (a.held() - a.short()).min(need));
                 if take == 0 {
                     continue;
                 }
@@ -701,7 +703,7 @@ impl<T: Tx> Engine<'_, T> {
         from: &StoreId,
         wanted: i64,
     ) -> Result<i64, LedgerError> {
-        let Some(id) = r.channel.clone() else {
+        let Some(id) = r.channel().cloned() else {
             return Ok(0);
         };
         let Some(channel) = self.tx.channel(&id)? else {
@@ -776,10 +778,10 @@ fn held_for(r: &Reservation, event_type: EventType, reason: Reason, quantity: i6
         event_type,
         reason,
         quantity,
-        order_id: Some(r.order_id.clone()),
-        reservation_id: Some(r.reservation_id),
+        order_id: Some(r.order_id().clone()),
+        reservation_id: Some(r.reservation_id()),
         external_ref: None,
-        channel: r.channel.clone(),
+        channel: r.channel().cloned(),
     }
 }
 

@@ -3,7 +3,9 @@
 //! allocation order. A store-direct reservation's elements leave the store null (its
 //! location is the reservation's), as rows written before channels existed.
 
-use invsync_core::{Allocated, ChannelId, Reservation, ReservationLine, Sku, StoreId};
+use invsync_core::{
+    Allocated, ChannelId, Reservation, ReservationLine, Sku, StoreId, StoredReservation, Target,
+};
 
 use crate::error::LedgerError;
 
@@ -22,15 +24,15 @@ pub(crate) struct PartRow<S = String> {
 
 /// The rows of a reservation, in line and allocation order.
 pub(crate) fn rows(r: &Reservation) -> impl Iterator<Item = PartRow<&str>> {
-    let direct = r.channel.is_none();
-    r.lines.iter().flat_map(move |line| {
-        line.allocations.iter().map(move |a| PartRow {
-            sku: line.sku.as_str(),
-            store_id: (!direct).then(|| a.store_id.as_str()),
-            quantity: a.quantity,
-            released: a.released,
-            fulfilled: a.fulfilled,
-            short: a.short,
+    let direct = r.channel().is_none();
+    r.lines().iter().flat_map(move |line| {
+        line.allocations().iter().map(move |a| PartRow {
+            sku: line.sku().as_str(),
+            store_id: (!direct).then(|| a.store_id().as_str()),
+            quantity: a.quantity(),
+            released: a.released(),
+            fulfilled: a.fulfilled(),
+            short: a.short(),
         })
     })
 }
@@ -78,20 +80,22 @@ pub(crate) fn rows_from_json(text: &str) -> Result<Vec<PartRow>, LedgerError> {
 
 /// Who a stored reservation is held for: its store, or its channel when it has one
 /// (a channel reservation stores '' as its store).
-pub(crate) fn place(
-    store_id: String,
-    channel: Option<String>,
-) -> Result<(Option<StoreId>, Option<ChannelId>), LedgerError> {
+pub(crate) fn place(store_id: String, channel: Option<String>) -> Result<Target, LedgerError> {
     Ok(match channel {
-        Some(c) => (
-            None,
-            Some(ChannelId::parse(c).map_err(|e| corrupt("channel", e))?),
-        ),
-        None => (
-            Some(StoreId::parse(store_id).map_err(|e| corrupt("store_id", e))?),
-            None,
-        ),
+        Some(c) => Target::Channel(ChannelId::parse(c).map_err(|e| corrupt("channel", e))?),
+        None => Target::Store(StoreId::parse(store_id).map_err(|e| corrupt("store_id", e))?),
     })
+}
+
+/// A stored reservation, read back through the reservation's own checks: a row
+/// that breaks the line invariant is a corrupt row (an error), never a reservation
+/// that answers wrongly.
+pub(crate) fn reservation(
+    mut stored: StoredReservation,
+    rows: Vec<PartRow>,
+) -> Result<Reservation, LedgerError> {
+    stored.lines = lines(stored.target.store(), rows)?;
+    Reservation::restore(stored).map_err(|e| corrupt("reservation", e))
 }
 
 /// A channel's configuration as stored (JSON text).
@@ -138,10 +142,7 @@ fn corrupt(what: &str, err: impl std::fmt::Display) -> LedgerError {
 
 /// The lines made of stored rows (in the order written): consecutive rows of one SKU
 /// are one line's allocations. `store`: the reservation's store, for rows without one.
-pub(crate) fn lines(
-    store: Option<&StoreId>,
-    rows: Vec<PartRow>,
-) -> Result<Vec<ReservationLine>, LedgerError> {
+fn lines(store: Option<&StoreId>, rows: Vec<PartRow>) -> Result<Vec<ReservationLine>, LedgerError> {
     let mut lines: Vec<(Sku, Vec<Allocated>)> = Vec::new();
     for row in rows {
         let at = match (&row.store_id, store) {
@@ -149,13 +150,8 @@ pub(crate) fn lines(
             (None, Some(s)) => s.clone(),
             (None, None) => return Err(corrupt("reservation line", "no store")),
         };
-        let part = Allocated {
-            store_id: at,
-            quantity: row.quantity,
-            released: row.released,
-            fulfilled: row.fulfilled,
-            short: row.short,
-        };
+        let part = Allocated::restore(at, row.quantity, row.released, row.fulfilled, row.short)
+            .map_err(|e| corrupt("reservation line", e))?;
         match lines.last_mut() {
             Some((sku, parts)) if sku.as_str() == row.sku => parts.push(part),
             _ => {
@@ -164,10 +160,12 @@ pub(crate) fn lines(
             }
         }
     }
-    Ok(lines
+    lines
         .into_iter()
-        .map(|(sku, parts)| ReservationLine::allocated(sku, parts))
-        .collect())
+        .map(|(sku, parts)| {
+            ReservationLine::allocated(sku, parts).map_err(|e| corrupt("reservation line", e))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -196,40 +194,82 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn lines_round_trip_through_rows_for_both_kinds_of_reservation() {
-        let sku = |s: &str| Sku::parse(s).unwrap();
-        let direct = Reservation {
+    fn stored(target: Target, lines: Vec<ReservationLine>) -> StoredReservation {
+        StoredReservation {
             reservation_id: Uuid::nil(),
             order_id: OrderId::parse("O-1").unwrap(),
-            store_id: Some(id("S1")),
-            channel: None,
+            target,
             status: ReservationStatus::Active,
-            lines: vec![
-                ReservationLine::new(id("S1"), sku("A"), LineQuantity::new(2).unwrap()),
-                ReservationLine::new(id("S1"), sku("B"), LineQuantity::new(1).unwrap()),
-            ],
+            lines,
             expires_at: None,
             created_at: DateTime::UNIX_EPOCH,
-        };
-        let stored = owned(&direct);
-        assert!(stored.iter().all(|r| r.store_id.is_none()));
-        assert_eq!(lines(Some(&id("S1")), stored).unwrap(), direct.lines);
+        }
+    }
 
-        let channel = Reservation {
-            store_id: None,
-            channel: Some(ChannelId::parse("online").unwrap()),
-            lines: vec![
+    fn q(n: i64) -> LineQuantity {
+        LineQuantity::new(n).unwrap()
+    }
+
+    fn sku(s: &str) -> Sku {
+        Sku::parse(s).unwrap()
+    }
+
+    /// Reads `r`'s rows back into a reservation of the same head.
+    fn round_trip(r: &Reservation, rows: Vec<PartRow>) -> Result<Reservation, LedgerError> {
+        reservation(stored(r.target().clone(), Vec::new()), rows)
+    }
+
+    #[test]
+    fn lines_round_trip_through_rows_for_both_kinds_of_reservation() {
+        let direct = Reservation::restore(stored(
+            Target::Store(id("S1")),
+            vec![
+                ReservationLine::new(id("S1"), sku("A"), q(2)),
+                ReservationLine::new(id("S1"), sku("B"), q(1)),
+            ],
+        ))
+        .unwrap();
+        let rows = owned(&direct);
+        assert!(rows.iter().all(|r| r.store_id.is_none()));
+        assert_eq!(round_trip(&direct, rows).unwrap(), direct);
+
+        let channel = Reservation::restore(stored(
+            Target::Channel(ChannelId::parse("online").unwrap()),
+            vec![
                 ReservationLine::allocated(
                     sku("A"),
-                    vec![Allocated::new(id("WH1"), 3), Allocated::new(id("S1"), 2)],
-                ),
-                ReservationLine::allocated(sku("B"), vec![Allocated::new(id("S1"), 1)]),
+                    vec![
+                        Allocated::new(id("WH1"), q(3)),
+                        Allocated::new(id("S1"), q(2)),
+                    ],
+                )
+                .unwrap(),
+                ReservationLine::allocated(sku("B"), vec![Allocated::new(id("S1"), q(1))]).unwrap(),
             ],
-            ..direct
+        ))
+        .unwrap();
+        let rows = owned(&channel);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(round_trip(&channel, rows).unwrap(), channel);
+    }
+
+    #[test]
+    fn a_stored_row_that_breaks_the_line_invariant_is_a_corrupt_row() {
+        let direct = Reservation::restore(stored(
+            Target::Store(id("S1")),
+            vec![ReservationLine::new(id("S1"), sku("A"), q(2))],
+        ))
+        .unwrap();
+        let broken = |edit: fn(&mut PartRow)| {
+            let mut rows = owned(&direct);
+            edit(&mut rows[0]);
+            round_trip(&direct, rows).unwrap_err().to_string()
         };
-        let stored = owned(&channel);
-        assert_eq!(stored.len(), 3);
-        assert_eq!(lines(None, stored).unwrap(), channel.lines);
+        assert!(broken(|r| r.released = 3).contains("exceeds quantity"));
+        assert!(broken(|r| r.short = 3).contains("short"));
+        assert!(broken(|r| r.store_id = Some("S2".into())).contains("S2"));
+        // Fully released but still active.
+        assert!(broken(|r| r.released = 2).contains("status active"));
+        assert!(round_trip(&direct, Vec::new()).is_err(), "no line");
     }
 }

@@ -359,7 +359,7 @@ async fn run(f: Fixture, ops: Vec<Op>) {
                     Ok(out) => {
                         placed
                             .entry(order)
-                            .or_insert(out.reservation.reservation_id);
+                            .or_insert(out.reservation.reservation_id());
                     }
                     Err(LedgerError::Domain(
                         DomainError::InsufficientStock { .. } | DomainError::IdempotencyConflict(_),
@@ -373,8 +373,8 @@ async fn run(f: Fixture, ops: Vec<Op>) {
                 };
                 let held = f.ledger.reservation(id).await.unwrap().unwrap();
                 let lines = partial.and_then(|n| {
-                    let line = held.lines.iter().find(|l| l.held() > 0)?;
-                    Some(lines(vec![(line.sku.clone(), q(n.min(line.held())))]))
+                    let line = held.lines().iter().find(|l| l.held() > 0)?;
+                    Some(lines(vec![(line.sku().clone(), q(n.min(line.held())))]))
                 });
                 let result = if matches!(op, Op::Release { .. }) {
                     f.ledger
@@ -405,14 +405,14 @@ async fn run(f: Fixture, ops: Vec<Op>) {
             .await
             .unwrap()
         {
-            for line in &r.lines {
-                for a in &line.allocations {
+            for line in r.lines() {
+                for a in line.allocations() {
                     *held
-                        .entry((a.store_id.clone(), line.sku.clone()))
+                        .entry((a.store_id().clone(), line.sku().clone()))
                         .or_default() += a.held();
                 }
             }
-            assert_eq!(r.status == ReservationStatus::Active, r.held() > 0);
+            assert_eq!(r.status() == ReservationStatus::Active, r.held() > 0);
         }
     }
     for row in f.ledger.all_stock().await.unwrap() {
@@ -508,7 +508,7 @@ async fn concurrent_repeats_of_one_request_reserve_once(backend: Backend) {
     for t in tasks {
         let outcome = t.await.unwrap();
         created += usize::from(outcome.created);
-        ids.insert(outcome.reservation.reservation_id);
+        ids.insert(outcome.reservation.reservation_id());
     }
     assert_eq!((created, ids.len()), (1, 1));
     let row = f
@@ -518,6 +518,82 @@ async fn concurrent_repeats_of_one_request_reserve_once(backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(row.level.reserved(), 3);
+}
+
+/// Runs one SQL statement on the fixture's database behind the ledger's back: `Err`
+/// with the database's message when it refuses.
+async fn raw_sql(f: &Fixture, sql: &str) -> Result<u64, String> {
+    let sql = sql.to_owned();
+    match &f._guard {
+        Guard::Dir(dir) => {
+            let conn = rusqlite::Connection::open(dir.path().join("ledger.db")).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .unwrap();
+            conn.execute(&sql, [])
+                .map(|n| n as u64)
+                .map_err(|e| e.to_string())
+        }
+        Guard::Pg(pg) => {
+            let url = pg.url();
+            tokio::task::spawn_blocking(move || {
+                let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+                c.execute(sql.as_str(), &[]).map_err(|e| {
+                    e.as_db_error()
+                        .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+                })
+            })
+            .await
+            .unwrap()
+        }
+        Guard::None => unreachable!("every fixture of the conformance suite has a database"),
+    }
+}
+
+/// The second wall behind the reservation type: the database itself refuses a row
+/// whose lines break `released + fulfilled <= quantity`, `short <= held`, or the
+/// status they imply (issue 23; the per-line CHECK went when lines moved inline).
+async fn the_database_refuses_a_reservation_row_that_breaks_the_line_invariant(backend: Backend) {
+    let Some(f) = open(backend, 256).await else {
+        return;
+    };
+    stock_in(f.ledger.as_ref(), "S1", "A", 5).await;
+    let made = f
+        .ledger
+        .reserve(reserve("O-1", "S1", &[("A", 2)], None))
+        .await
+        .unwrap()
+        .reservation;
+    let id = made.reservation_id();
+    let (key, value) = match backend {
+        Backend::Sqlite => ("id", format!("X'{}'", id.simple())),
+        Backend::Postgres => ("id", format!("'{id}'")),
+    };
+    let set = |what: &str| format!("UPDATE reservations SET {what} WHERE {key} = {value}");
+    for broken in [
+        r#"lines = '[["A",null,2,2,1,0]]'"#, // released + fulfilled > quantity
+        r#"lines = '[["A",null,2,0,0,3]]'"#, // short > held
+        r#"lines = '[["A",null,0,0,0,0]]'"#, // no quantity
+        r#"lines = '[["A",null,2,-1,0,0]]'"#, // a negative counter
+        r#"lines = '[]'"#,                   // no line
+        r#"lines = '[["A",null,2,2,0,0]]'"#, // nothing held, still active
+        "status = 'released'",               // released while 2 are held
+    ] {
+        let refused = raw_sql(&f, &set(broken)).await;
+        let message = refused.expect_err(broken);
+        assert!(
+            message.contains("reservation_lines_valid"),
+            "{broken}: {message}"
+        );
+    }
+    assert_eq!(
+        f.ledger.reservation(id).await.unwrap().as_ref(),
+        Some(&made)
+    );
+    // A row that keeps the invariant is accepted, and reads back through the type.
+    let fine = r#"lines = '[["A",null,2,1,0,0]]'"#;
+    assert_eq!(raw_sql(&f, &set(fine)).await, Ok(1));
+    let read = f.ledger.reservation(id).await.unwrap().unwrap();
+    assert_eq!((read.held(), read.lines()[0].released()), (1, 1));
 }
 
 async fn concurrent_commands_in_one_batch_keep_their_own_outcomes(backend: Backend) {
@@ -645,23 +721,23 @@ async fn a_reservation_expires_when_its_ttl_runs_out_and_not_before(backend: Bac
         .reserve(reserve("O1", "S1", &[("A", 3)], Some(60)))
         .await
         .unwrap();
-    let id = placed.reservation.reservation_id;
+    let id = placed.reservation.reservation_id();
     assert_eq!(
-        placed.reservation.expires_at,
-        Some(placed.reservation.created_at + TimeDelta::seconds(60))
+        placed.reservation.expires_at(),
+        Some(placed.reservation.created_at() + TimeDelta::seconds(60))
     );
 
     f.clock.advance(TimeDelta::seconds(59));
     assert_eq!(f.ledger.expire_due().await.unwrap(), 0);
     assert_eq!(
-        f.ledger.reservation(id).await.unwrap().unwrap().status,
+        f.ledger.reservation(id).await.unwrap().unwrap().status(),
         ReservationStatus::Active
     );
 
     f.clock.advance(TimeDelta::seconds(1));
     assert_eq!(f.ledger.expire_due().await.unwrap(), 1);
     let expired = f.ledger.reservation(id).await.unwrap().unwrap();
-    assert_eq!(expired.status, ReservationStatus::Expired);
+    assert_eq!(expired.status(), ReservationStatus::Expired);
     let row = f
         .ledger
         .stock(store("S1"), sku("A"))
@@ -692,7 +768,7 @@ async fn a_fulfilled_reservation_does_not_expire(backend: Backend) {
         .await
         .unwrap();
     f.ledger
-        .fulfil(placed.reservation.reservation_id, None, None)
+        .fulfil(placed.reservation.reservation_id(), None, None)
         .await
         .unwrap();
     f.clock.advance(TimeDelta::seconds(11));
@@ -728,7 +804,7 @@ async fn a_fulfilment_refused_part_way_leaves_nothing_and_fails_no_neighbour(bac
     let before = check_log(f.ledger.as_ref()).await.len();
     for _ in 0..5 {
         let ledger = f.ledger.clone();
-        let id = placed.reservation.reservation_id;
+        let id = placed.reservation.reservation_id();
         let refused = tokio::spawn(async move { ledger.fulfil(id, None, None).await });
         let neighbours: Vec<_> = (0..16)
             .map(|i| {
@@ -1021,7 +1097,7 @@ async fn every_kind_and_reason_of_event_validates_against_the_v1_schema(backend:
                     .unwrap()
             }
         };
-        let id = placed.reservation.reservation_id;
+        let id = placed.reservation.reservation_id();
         f.ledger
             .release(id, Some(lines(vec![(sku("A"), q(1))])), reason, None)
             .await
@@ -1348,7 +1424,7 @@ async fn a_channel_reservation_allocates_by_its_rules_and_never_into_safety_stoc
     assert!(first.created);
     let r = &first.reservation;
     assert_eq!(
-        (r.store_id.clone(), r.channel.clone()),
+        (r.store_id().cloned(), r.channel().cloned()),
         (None, Some(channel("online")))
     );
     assert_eq!(
@@ -1411,7 +1487,7 @@ async fn a_channel_reservation_allocates_by_its_rules_and_never_into_safety_stoc
 
     // A release without a store gives back the last allocation first; a fulfilment
     // naming a store ships from there.
-    let id = first.reservation.reservation_id;
+    let id = first.reservation.reservation_id();
     let released = l
         .release(
             id,
@@ -1436,7 +1512,7 @@ async fn a_channel_reservation_allocates_by_its_rules_and_never_into_safety_stoc
     let wh1 = l.stock(store("WH1"), sku("A")).await.unwrap().unwrap();
     assert_eq!((wh1.level.on_hand(), wh1.level.reserved()), (1, 1));
     let done = l.fulfil(id, None, None).await.unwrap();
-    assert_eq!(done.status, ReservationStatus::Fulfilled);
+    assert_eq!(done.status(), ReservationStatus::Fulfilled);
 
     // Every stock event of the channel reservations carries the channel.
     let events = check_log(l).await;
@@ -1608,16 +1684,16 @@ async fn holds_agree_with_rows(ledger: &dyn Ledger, orders: impl Iterator<Item =
             .await
             .unwrap()
         {
-            for line in &r.lines {
-                for a in &line.allocations {
-                    let key = (a.store_id.to_string(), line.sku.to_string());
+            for line in r.lines() {
+                for a in line.allocations() {
+                    let key = (a.store_id().to_string(), line.sku().to_string());
                     *held.entry(key.clone()).or_default() += a.held();
-                    if r.channel.is_some() {
+                    if r.channel().is_some() {
                         let c = channel_held.entry(key).or_default();
                         c.0 += a.held();
-                        c.1 += a.short;
+                        c.1 += a.short();
                     } else {
-                        assert_eq!(a.short, 0, "a store-direct hold is never marked");
+                        assert_eq!(a.short(), 0, "a store-direct hold is never marked");
                     }
                 }
             }
@@ -1634,13 +1710,13 @@ async fn holds_agree_with_rows(ledger: &dyn Ledger, orders: impl Iterator<Item =
 
 /// (store, held, short) of each allocation of the reservation's line for `sk`.
 fn held_short(r: &invsync_core::Reservation, sk: &str) -> Vec<(String, i64, i64)> {
-    r.lines
+    r.lines()
         .iter()
-        .find(|l| l.sku.as_str() == sk)
+        .find(|l| l.sku().as_str() == sk)
         .unwrap()
-        .allocations
+        .allocations()
         .iter()
-        .map(|a| (a.store_id.to_string(), a.held(), a.short))
+        .map(|a| (a.store_id().to_string(), a.held(), a.short()))
         .collect()
 }
 
@@ -1718,15 +1794,15 @@ async fn a_till_sale_moves_channel_reservations_newest_first_or_marks_them_short
         "the answer shows the row after reallocation"
     );
     let get = |id| async move { l.reservation(id).await.unwrap().unwrap() };
-    let (o, n) = (older.reservation_id, newer.reservation_id);
+    let (o, n) = (older.reservation_id(), newer.reservation_id());
     assert_eq!(held_short(&get(n).await, "A"), [("WH1".to_owned(), 1, 0)]);
     assert_eq!(
         held_short(&get(o).await, "A"),
         [("S1".to_owned(), 1, 0), ("WH1".to_owned(), 1, 0)]
     );
     assert_eq!(
-        get(direct.reservation_id).await.lines,
-        direct.lines,
+        get(direct.reservation_id()).await.lines(),
+        direct.lines(),
         "a store-direct reservation never moves"
     );
     use EventType::{Adjusted, Released, Reserved};
@@ -1763,7 +1839,7 @@ async fn a_till_sale_moves_channel_reservations_newest_first_or_marks_them_short
         held_short(&get(o).await, "A"),
         [("S1".to_owned(), 1, 1), ("WH1".to_owned(), 1, 0)]
     );
-    assert_eq!(get(direct.reservation_id).await.lines, direct.lines);
+    assert_eq!(get(direct.reservation_id()).await.lines(), direct.lines());
     assert_eq!(
         moves_after(l, before).await,
         [(Adjusted, Reason::Sale, "S1".to_owned(), -2, None)],
@@ -1788,7 +1864,7 @@ async fn a_till_sale_moves_channel_reservations_newest_first_or_marks_them_short
     l.adjust(recount).await.unwrap();
     assert_eq!(held_short(&get(o).await, "A")[0], ("S1".to_owned(), 1, 1));
     l.release(
-        direct.reservation_id,
+        direct.reservation_id(),
         None,
         ReleaseReason::OrderCancelled,
         None,
@@ -1803,10 +1879,10 @@ async fn a_till_sale_moves_channel_reservations_newest_first_or_marks_them_short
         .await
         .unwrap();
     assert!(released
-        .lines
+        .lines()
         .iter()
-        .flat_map(|l| &l.allocations)
-        .all(|a| a.held() == 0 && a.short == 0));
+        .flat_map(|l| l.allocations())
+        .all(|a| a.held() == 0 && a.short() == 0));
     l.release(n, None, ReleaseReason::OrderCancelled, None)
         .await
         .unwrap();
@@ -1839,6 +1915,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    the_database_refuses_a_reservation_row_that_breaks_the_line_invariant,
     every_kind_and_reason_of_event_validates_against_the_v1_schema,
     concurrent_commands_in_one_batch_keep_their_own_outcomes,
     a_repeated_reservation_answers_the_original_and_a_changed_one_conflicts,
@@ -2120,7 +2197,7 @@ async fn postgres_mixed_traffic_from_several_instances_never_deadlocks() {
                 ledger
                     .reserve(cmd)
                     .await
-                    .map(|o| o.reservation.reservation_id)
+                    .map(|o| o.reservation.reservation_id())
             }));
         }
         for t in tasks {
@@ -2157,7 +2234,10 @@ async fn postgres_mixed_traffic_from_several_instances_never_deadlocks() {
                 let out = placed
                     .reserve(reserve(&order, "S1", &lines, Some(1)))
                     .await?;
-                created.lock().unwrap().push(out.reservation.reservation_id);
+                created
+                    .lock()
+                    .unwrap()
+                    .push(out.reservation.reservation_id());
                 Ok(())
             }));
             if i % 10 == 0 {
@@ -2195,8 +2275,8 @@ async fn postgres_mixed_traffic_from_several_instances_never_deadlocks() {
     let mut held: HashMap<String, i64> = HashMap::new();
     for id in &all {
         let r = instances[1].reservation(*id).await.unwrap().unwrap();
-        for l in &r.lines {
-            *held.entry(l.sku.to_string()).or_default() += l.held();
+        for l in r.lines() {
+            *held.entry(l.sku().to_string()).or_default() += l.held();
         }
     }
     for s in skus {
@@ -2344,7 +2424,7 @@ async fn postgres_overlapping_channel_reservations_from_several_instances_never_
                 ledger
                     .reserve(cmd)
                     .await
-                    .map(|o| Some(o.reservation.reservation_id))
+                    .map(|o| Some(o.reservation.reservation_id()))
             }));
         }
         // Counts find nothing left at a location the channels hold at, then the stock

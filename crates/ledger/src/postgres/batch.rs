@@ -339,7 +339,7 @@ impl Tx for BufferedTx<'_, '_> {
         key: &str,
         fingerprint: &str,
     ) -> Result<(), LedgerError> {
-        let id = r.reservation_id;
+        let id = r.reservation_id();
         self.state.reservations.insert(id, r.clone());
         self.state
             .inserted
@@ -361,7 +361,7 @@ impl Tx for BufferedTx<'_, '_> {
         r: &Reservation,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        let id = r.reservation_id;
+        let id = r.reservation_id();
         let before = self.state.reservations.insert(id, r.clone());
         let is_new = self.state.inserted.iter().any(|(i, _, _)| *i == id);
         let newly_updated = !is_new && self.state.updated.insert(id);
@@ -384,7 +384,7 @@ impl Tx for BufferedTx<'_, '_> {
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
         self.update_reservation(r, now)?;
-        let id = r.reservation_id;
+        let id = r.reservation_id();
         if self.state.updated.contains(&id) && self.state.relined.insert(id) {
             self.undo.push(Box::new(move |s: &mut State| {
                 s.relined.remove(&id);
@@ -419,8 +419,8 @@ impl Tx for BufferedTx<'_, '_> {
             self.state
                 .reservations
                 .values()
-                .filter(|r| r.channel.is_some() && r.allocation(sku, store).is_some())
-                .map(|r| r.reservation_id),
+                .filter(|r| r.channel().is_some() && r.allocation(sku, store).is_some())
+                .map(|r| r.reservation_id()),
         );
         ids.sort();
         ids.dedup();
@@ -438,7 +438,7 @@ impl Tx for BufferedTx<'_, '_> {
             .chain(ids.iter().filter_map(|id| self.state.reservations.get(id)))
         {
             rows.extend(r.rows().iter().map(|(st, sk)| key(st, sk)));
-            channels.extend(r.channel.iter().cloned());
+            channels.extend(r.channel().cloned());
         }
         channels.sort();
         channels.dedup();
@@ -463,7 +463,7 @@ impl Tx for BufferedTx<'_, '_> {
         let mut holds = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(r) = self.state.reservations.get(&id) {
-                if r.status == invsync_core::ReservationStatus::Active {
+                if r.status() == invsync_core::ReservationStatus::Active {
                     holds.push(r.clone());
                 }
             }
@@ -784,7 +784,7 @@ fn lock_reservations(
                 .into_iter()
                 .map(|(store, sku)| (store.to_string(), sku.to_string())),
         );
-        state.reservations.insert(r.reservation_id, r);
+        state.reservations.insert(r.reservation_id(), r);
     }
     Ok(rows)
 }
@@ -811,7 +811,7 @@ fn lock_now(
         )
         .map_err(busy)?;
         for r in load_reservations(pg, ids, false)? {
-            state.reservations.insert(r.reservation_id, r);
+            state.reservations.insert(r.reservation_id(), r);
         }
     }
     if !rows.is_empty() {
@@ -951,16 +951,16 @@ pub(crate) fn flush(
                  $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[], $10::text[], $11::text[])
                  AS u(id, o, s, k, f, st, e, c, ch, l)",
             &[
-                &new.iter().map(|(r, _, _)| r.reservation_id).collect::<Vec<_>>(),
-                &new.iter().map(|(r, _, _)| r.order_id.as_str()).collect::<Vec<_>>(),
-                &new.iter().map(|(r, _, _)| r.store_id.as_ref().map_or("", StoreId::as_str)).collect::<Vec<_>>(),
+                &new.iter().map(|(r, _, _)| r.reservation_id()).collect::<Vec<_>>(),
+                &new.iter().map(|(r, _, _)| r.order_id().as_str()).collect::<Vec<_>>(),
+                &new.iter().map(|(r, _, _)| r.store_id().map_or("", StoreId::as_str)).collect::<Vec<_>>(),
                 &new.iter().map(|(_, k, _)| *k).collect::<Vec<_>>(),
                 &new.iter().map(|(_, _, f)| *f).collect::<Vec<_>>(),
-                &new.iter().map(|(r, _, _)| r.status.as_str()).collect::<Vec<_>>(),
-                &new.iter().map(|(r, _, _)| r.expires_at).collect::<Vec<_>>(),
-                &new.iter().map(|(r, _, _)| r.created_at).collect::<Vec<_>>(),
+                &new.iter().map(|(r, _, _)| r.status().as_str()).collect::<Vec<_>>(),
+                &new.iter().map(|(r, _, _)| r.expires_at()).collect::<Vec<_>>(),
+                &new.iter().map(|(r, _, _)| r.created_at()).collect::<Vec<_>>(),
                 &now,
-                &new.iter().map(|(r, _, _)| r.channel.as_ref().map(ChannelId::as_str)).collect::<Vec<_>>(),
+                &new.iter().map(|(r, _, _)| r.channel().map(ChannelId::as_str)).collect::<Vec<_>>(),
                 &lines,
             ],
         )?;
@@ -986,10 +986,13 @@ pub(crate) fn flush(
              FROM unnest($1::uuid[], $2::text[], $4::text[]) AS u(id, st, l)
              WHERE reservations.id = u.id",
             &[
-                &updated.iter().map(|r| r.reservation_id).collect::<Vec<_>>(),
                 &updated
                     .iter()
-                    .map(|r| r.status.as_str())
+                    .map(|r| r.reservation_id())
+                    .collect::<Vec<_>>(),
+                &updated
+                    .iter()
+                    .map(|r| r.status().as_str())
                     .collect::<Vec<_>>(),
                 &state.now.unwrap_or(now),
                 &lines,
@@ -997,7 +1000,7 @@ pub(crate) fn flush(
         )?;
         let relined = updated
             .into_iter()
-            .filter(|r| state.relined.contains(&r.reservation_id));
+            .filter(|r| state.relined.contains(&r.reservation_id()));
         list_holds(pg, statements, relined)?;
     }
 
@@ -1076,11 +1079,11 @@ fn list_holds<'r>(
     reservations: impl Iterator<Item = &'r Reservation>,
 ) -> Result<(), LedgerError> {
     let (mut stores, mut skus, mut ids) = (Vec::new(), Vec::new(), Vec::new());
-    for r in reservations.filter(|r| r.channel.is_some()) {
+    for r in reservations.filter(|r| r.channel().is_some()) {
         for (store, sku) in r.rows() {
             stores.push(store.to_string());
             skus.push(sku.to_string());
-            ids.push(r.reservation_id);
+            ids.push(r.reservation_id());
         }
     }
     if ids.is_empty() {

@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use invsync_core::{OrderId, Reservation, ReservationStatus, Sku, StockLevel, StoreId};
+use invsync_core::{
+    OrderId, Reservation, ReservationStatus, Sku, StockLevel, StoreId, StoredReservation,
+};
 use postgres::{GenericClient, Row, Statement, Transaction};
 use uuid::Uuid;
 
@@ -55,20 +57,18 @@ pub(crate) fn load_reservations(
         .iter()
         .map(|head| {
             let status: String = head.try_get(3)?;
-            let (store_id, channel) = crate::parts::place(head.try_get(2)?, head.try_get(6)?)?;
-            let parts = crate::parts::rows_from_json(head.try_get(7)?)?;
-            Ok(Reservation {
+            let stored = StoredReservation {
                 reservation_id: head.try_get(0)?,
                 order_id: OrderId::parse(head.try_get::<_, String>(1)?)
                     .map_err(|e| corrupt("order_id", e))?,
+                target: crate::parts::place(head.try_get(2)?, head.try_get(6)?)?,
                 status: ReservationStatus::parse(&status)
                     .ok_or_else(|| corrupt("status", &status))?,
-                lines: crate::parts::lines(store_id.as_ref(), parts)?,
-                store_id,
-                channel,
+                lines: Vec::new(),
                 expires_at: head.try_get(4)?,
                 created_at: head.try_get(5)?,
-            })
+            };
+            crate::parts::reservation(stored, crate::parts::rows_from_json(head.try_get(7)?)?)
         })
         .collect()
 }

@@ -176,6 +176,32 @@ CREATE TABLE leases (
     holder_since timestamptz NOT NULL
 );
 "#,
+    r#"
+-- The line invariant, checked by the database again (issue 23): migration 5 moved
+-- the lines inline and with them went the per-line CHECK of reservation_lines. Every
+-- allocation row [sku, store, quantity, released, fulfilled, short] has quantity >= 1,
+-- no negative counter, released + fulfilled <= quantity and short <= held; a
+-- reservation has at least one row and is active exactly while it holds something.
+-- The type (invsync_core::Reservation) checks the same on every change and on every
+-- read; this is the second wall, for a bug or a hand-written UPDATE.
+CREATE FUNCTION invsync_lines_valid(lines text, status text) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT CASE WHEN json_typeof(lines::json) <> 'array' THEN false ELSE (
+        SELECT count(*) > 0
+           AND coalesce(bool_and(
+                   json_typeof(e) = 'array' AND json_array_length(e) = 6
+               AND (e->>2)::bigint >= 1 AND (e->>3)::bigint >= 0
+               AND (e->>4)::bigint >= 0 AND (e->>5)::bigint >= 0
+               AND (e->>3)::bigint + (e->>4)::bigint <= (e->>2)::bigint
+               AND (e->>5)::bigint <= (e->>2)::bigint - (e->>3)::bigint - (e->>4)::bigint),
+               false)
+           AND (status = 'active') = (coalesce(sum((e->>2)::bigint - (e->>3)::bigint
+                                                   - (e->>4)::bigint), 0) > 0)
+        FROM json_array_elements(lines::json) e) END
+$$;
+ALTER TABLE reservations ADD CONSTRAINT reservation_lines_valid
+    CHECK (invsync_lines_valid(lines, status));
+"#,
 ];
 
 pub(crate) fn migrate(client: &mut Client) -> Result<(), LedgerError> {

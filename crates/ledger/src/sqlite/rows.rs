@@ -3,7 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use invsync_core::channel::Channel;
-use invsync_core::{ChannelId, OrderId, Reservation, ReservationStatus, Sku, StockLevel, StoreId};
+use invsync_core::{
+    ChannelId, OrderId, Reservation, ReservationStatus, Sku, StockLevel, StoreId, StoredReservation,
+};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
@@ -80,18 +82,16 @@ pub(crate) fn load_reservation(
     let Some(((order_id, store_id, channel), status, expires_at, created_at, lines)) = head else {
         return Ok(None);
     };
-    let (store_id, channel) = crate::parts::place(store_id, channel)?;
-    let parts = crate::parts::rows_from_json(&lines)?;
-    Ok(Some(Reservation {
+    let stored = StoredReservation {
         reservation_id: id,
         order_id: OrderId::parse(order_id).map_err(|e| corrupt("order_id", e))?,
-        lines: crate::parts::lines(store_id.as_ref(), parts)?,
-        store_id,
-        channel,
+        target: crate::parts::place(store_id, channel)?,
         status: ReservationStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        lines: Vec::new(),
         expires_at: expires_at.map(time).transpose()?,
         created_at: time(created_at)?,
-    }))
+    };
+    crate::parts::reservation(stored, crate::parts::rows_from_json(&lines)?).map(Some)
 }
 
 pub(crate) fn load_channel(

@@ -149,7 +149,48 @@ CREATE INDEX reservations_due ON reservations (expires_at)
     WHERE status = 'active' AND expires_at IS NOT NULL;
 DROP INDEX events_by_time;
 "#,
+    concat!(
+        r#"
+-- The line invariant, checked by the database again (issue 23): migration 3 moved the
+-- lines inline and with them went the per-line CHECK of reservation_lines. SQLite's
+-- CHECK cannot read a JSON array's elements, so two triggers refuse a write that
+-- breaks it (see `lines_invalid!`). The type (invsync_core::Reservation) checks the
+-- same on every change and every read; this is the second wall, for a bug or a
+-- hand-written UPDATE.
+CREATE TRIGGER reservation_lines_valid_on_insert BEFORE INSERT ON reservations
+"#,
+        lines_invalid!(),
+        r#"
+CREATE TRIGGER reservation_lines_valid_on_update BEFORE UPDATE OF lines, status ON reservations
+"#,
+        lines_invalid!(),
+    ),
 ];
+
+/// A trigger's body that refuses a written reservation (`NEW`) that breaks the line
+/// invariant: every allocation row `[sku, store, quantity, released, fulfilled,
+/// short]` has quantity >= 1, no negative counter, released + fulfilled <= quantity
+/// and short <= held; a reservation has at least one row and is active exactly while
+/// it holds something. (`->>` binds tighter than `+` and `-`.)
+macro_rules! lines_invalid {
+    () => {
+        r#"WHEN json_type(NEW.lines) IS NOT 'array'
+  OR json_array_length(NEW.lines) = 0
+  OR EXISTS (SELECT 1 FROM json_each(NEW.lines) e
+             WHERE e.type IS NOT 'array' OR json_array_length(e.value) <> 6
+                OR e.value ->> 2 < 1 OR e.value ->> 3 < 0 OR e.value ->> 4 < 0
+                OR e.value ->> 5 < 0
+                OR e.value ->> 3 + e.value ->> 4 > e.value ->> 2
+                OR e.value ->> 5 > e.value ->> 2 - e.value ->> 3 - e.value ->> 4)
+  OR (NEW.status = 'active') <> ((SELECT coalesce(sum(e.value ->> 2 - e.value ->> 3
+                                                       - e.value ->> 4), 0)
+                                    FROM json_each(NEW.lines) e) > 0)
+BEGIN
+    SELECT RAISE(ABORT, 'reservation_lines_valid: a reservation line breaks released + fulfilled <= quantity, short <= held, or its status');
+END;"#
+    };
+}
+use lines_invalid;
 
 /// Brings the database to the newest schema; refuses a database written by a newer
 /// invsync instead of guessing.
@@ -260,33 +301,31 @@ mod tests {
         let ledger = SqliteLedger::open(SqliteConfig::new(&path), clock).unwrap();
         let store = |s: &str| StoreId::parse(s).unwrap();
         let sku = |s: &str| Sku::parse(s).unwrap();
-        let part = |st: &str, q, rel, ful, short| invsync_core::Allocated {
-            store_id: store(st),
-            quantity: q,
-            released: rel,
-            fulfilled: ful,
-            short,
+        let part = |st: &str, q, rel, ful, short| {
+            invsync_core::Allocated::restore(store(st), q, rel, ful, short).unwrap()
         };
-        let direct = Reservation {
+        let line =
+            |s: &str, parts| invsync_core::ReservationLine::allocated(sku(s), parts).unwrap();
+        let direct = Reservation::restore(invsync_core::StoredReservation {
             reservation_id: id(1),
             order_id: OrderId::parse("O-1").unwrap(),
-            store_id: Some(store("S1")),
-            channel: None,
+            target: invsync_core::Target::Store(store("S1")),
             status: ReservationStatus::Active,
             lines: vec![
-                invsync_core::ReservationLine::allocated(sku("A"), vec![part("S1", 3, 1, 1, 0)]),
-                invsync_core::ReservationLine::allocated(sku("B"), vec![part("S1", 1, 0, 0, 0)]),
+                line("A", vec![part("S1", 3, 1, 1, 0)]),
+                line("B", vec![part("S1", 1, 0, 0, 0)]),
             ],
             expires_at: None,
             created_at: at(0),
-        };
+        })
+        .unwrap();
         assert_eq!(ledger.reservation(id(1)).await.unwrap(), Some(direct));
         let online = ledger.reservation(id(2)).await.unwrap().unwrap();
-        assert_eq!(online.channel, Some(ChannelId::parse("online").unwrap()));
+        assert_eq!(online.channel(), Some(&ChannelId::parse("online").unwrap()));
         assert_eq!(
-            online.lines,
-            [invsync_core::ReservationLine::allocated(
-                sku("A"),
+            online.lines(),
+            [line(
+                "A",
                 vec![part("WH1", 2, 0, 0, 0), part("S1", 1, 0, 0, 1)]
             )]
         );

@@ -191,15 +191,15 @@ impl Tx for SqliteTx<'_> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
             )?
             .execute(params![
-                r.reservation_id.as_bytes(),
-                r.order_id.as_str(),
-                r.store_id.as_ref().map_or("", StoreId::as_str),
-                r.channel.as_ref().map(ChannelId::as_str),
+                r.reservation_id().as_bytes(),
+                r.order_id().as_str(),
+                r.store_id().map_or("", StoreId::as_str),
+                r.channel().map(ChannelId::as_str),
                 key,
                 fingerprint,
-                r.status.as_str(),
-                r.expires_at.map(micros),
-                micros(r.created_at),
+                r.status().as_str(),
+                r.expires_at().map(micros),
+                micros(r.created_at()),
                 crate::parts::rows_json(r)?
             ])?;
         self.list_holds(r)
@@ -215,8 +215,8 @@ impl Tx for SqliteTx<'_> {
                 "UPDATE reservations SET status = ?2, updated_at = ?3, lines = ?4 WHERE id = ?1",
             )?
             .execute(params![
-                r.reservation_id.as_bytes(),
-                r.status.as_str(),
+                r.reservation_id().as_bytes(),
+                r.status().as_str(),
                 micros(now),
                 crate::parts::rows_json(r)?
             ])?;
@@ -357,7 +357,7 @@ impl SqliteTx<'_> {
     /// reallocation finds them. An entry is never removed: one the reservation no
     /// longer holds (moved away, or the reservation ended) is skipped when read.
     fn list_holds(&mut self, r: &Reservation) -> Result<(), LedgerError> {
-        if r.channel.is_none() {
+        if r.channel().is_none() {
             return Ok(());
         }
         let mut stmt = self.conn.prepare_cached(
@@ -367,7 +367,7 @@ impl SqliteTx<'_> {
             stmt.execute(params![
                 store.as_str(),
                 sku.as_str(),
-                r.reservation_id.as_bytes()
+                r.reservation_id().as_bytes()
             ])?;
         }
         Ok(())
