@@ -292,7 +292,7 @@ impl Target {
             loop {
                 let mut path = format!("/v1/stock?store_id={}&limit=1000", store(s));
                 if let Some(a) = &after {
-                    path.push_str(&format!("&after={}", crate::enc(a)));
+                    path.push_str(&format!("&after={}", crate::client::enc(a)));
                 }
                 let page = self.json(reqwest::Method::GET, &path, None).await?;
                 for item in page["items"].as_array().into_iter().flatten() {

@@ -70,7 +70,7 @@ pub async fn run(client: &Client, wait: Duration) -> Result<Report, ClientError>
     loop {
         let mut path = "/v1/stock/snapshot?limit=1000".to_owned();
         if let Some(a) = &after {
-            path.push_str(&format!("&after={}", crate::enc(a)));
+            path.push_str(&format!("&after={}", crate::client::enc(a)));
         }
         let (_, page) = client.call(Method::GET, &path, None).await?;
         let log_offset = page["log_offset"].as_i64().unwrap_or(0);
@@ -267,7 +267,7 @@ async fn check_channels(
         let (_, overrides) = client
             .call(
                 Method::GET,
-                &format!("/v1/channels/{}/safety-stock", crate::enc(id)),
+                &format!("/v1/channels/{}/safety-stock", crate::client::enc(id)),
                 None,
             )
             .await?;
@@ -293,21 +293,22 @@ async fn check_channels(
             .collect();
         // Up to 100 SKUs a request; a SKU holding a comma is asked on its own route.
         let (listed, alone): (Vec<&str>, Vec<&str>) = skus.iter().partition(|s| !s.contains(','));
-        let channel_q = format!("channel={}", crate::enc(id));
+        let channel_q = format!("channel={}", crate::client::enc(id));
         let paths = listed
             .chunks(100)
             .map(|chunk| {
-                let list: Vec<String> = chunk.iter().map(|s| crate::enc(s)).collect();
+                let list: Vec<String> = chunk.iter().map(|s| crate::client::enc(s)).collect();
                 format!(
                     "/v1/storefront/availability?skus={}&{channel_q}",
                     list.join(",")
                 )
             })
-            .chain(
-                alone
-                    .iter()
-                    .map(|s| format!("/v1/storefront/availability/{}?{channel_q}", crate::enc(s))),
-            );
+            .chain(alone.iter().map(|s| {
+                format!(
+                    "/v1/storefront/availability/{}?{channel_q}",
+                    crate::client::enc(s)
+                )
+            }));
         for path in paths {
             let (_, page) = client.call(Method::GET, &path, None).await?;
             let items = match page["items"].as_array() {
@@ -412,7 +413,7 @@ async fn check_storefront(
     loop {
         let mut path = "/v1/storefront/rows?limit=1000".to_owned();
         if let Some(a) = &after {
-            path.push_str(&format!("&after={}", crate::enc(a)));
+            path.push_str(&format!("&after={}", crate::client::enc(a)));
         }
         let (_, page) = client.call(Method::GET, &path, None).await?;
         for item in page["items"].as_array().into_iter().flatten() {

@@ -380,3 +380,16 @@ pub mod show {
         )
     }
 }
+/// Percent-encodes a value for a URL path segment or query.
+pub(crate) fn enc(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

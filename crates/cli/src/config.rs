@@ -23,6 +23,13 @@ pub(crate) fn bad(key: impl Into<String>, message: impl std::fmt::Display) -> Co
     }
 }
 
+/// A failure at start-up that a setting caused (a port in use, an unreadable tokens
+/// file, a data directory held by another process): the operator's to fix, so the
+/// process exits 2 as for a bad flag. The type, not the text, tells `run` so.
+pub(crate) fn setting(key: &str, message: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(bad(key, message))
+}
+
 /// The flags of `invsync serve`. Every one may also come from its environment variable
 /// or from the `--config` file (same key names).
 #[derive(Debug, Default, Clone, Args)]

@@ -11,7 +11,7 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use anyhow::Context;
+use crate::config::setting;
 
 /// The lock file inside the data directory; holds the holder's pid, for the message.
 pub const LOCK_FILE: &str = "invsync.lock";
@@ -34,9 +34,13 @@ pub fn claim(dir: &Path) -> anyhow::Result<DataDirLock> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("data-dir: cannot create {}", dir.display()))?;
-    std::fs::set_permissions(dir, Permissions::from_mode(0o700))
-        .with_context(|| format!("data-dir: cannot make {} private", dir.display()))?;
+        .map_err(|e| setting("data-dir", format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::set_permissions(dir, Permissions::from_mode(0o700)).map_err(|e| {
+        setting(
+            "data-dir",
+            format!("cannot make {} private: {e}", dir.display()),
+        )
+    })?;
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -45,7 +49,7 @@ pub fn claim(dir: &Path) -> anyhow::Result<DataDirLock> {
         .truncate(false) // the holder's pid stays readable until we hold the lock
         .mode(0o600)
         .open(&path)
-        .with_context(|| format!("data-dir: cannot open {}", path.display()))?;
+        .map_err(|e| setting("data-dir", format!("cannot open {}: {e}", path.display())))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -55,19 +59,25 @@ pub fn claim(dir: &Path) -> anyhow::Result<DataDirLock> {
                 "" => "another process".to_owned(),
                 pid => format!("another invsync process (pid {pid})"),
             };
-            anyhow::bail!(
-                "data-dir: {} is in use by {holder}; stop it first, or give this one its own --data-dir",
-                dir.display()
-            );
+            return Err(setting(
+                "data-dir",
+                format!(
+                    "{} is in use by {holder}; stop it first, or give this one its own --data-dir",
+                    dir.display()
+                ),
+            ));
         }
         Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("data-dir: cannot lock {}", path.display()))
+            return Err(setting(
+                "data-dir",
+                format!("cannot lock {}: {e}", path.display()),
+            ))
         }
     }
     file.set_len(0)
         .and_then(|()| file.rewind())
         .and_then(|()| writeln!(file, "{}", std::process::id()))
-        .with_context(|| format!("data-dir: cannot write {}", path.display()))?;
+        .map_err(|e| setting("data-dir", format!("cannot write {}: {e}", path.display())))?;
     tighten(dir)?;
     Ok(DataDirLock { _file: file })
 }
@@ -77,13 +87,17 @@ pub fn claim(dir: &Path) -> anyhow::Result<DataDirLock> {
 /// invsync keeps its files.
 fn tighten(dir: &Path) -> anyhow::Result<()> {
     let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("data-dir: cannot list {}", dir.display()))?;
+        .map_err(|e| setting("data-dir", format!("cannot list {}: {e}", dir.display())))?;
     for entry in entries.flatten() {
         let Ok(meta) = entry.metadata() else { continue };
         if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
-            std::fs::set_permissions(entry.path(), Permissions::from_mode(0o600)).with_context(
-                || format!("data-dir: cannot make {} private", entry.path().display()),
-            )?;
+            std::fs::set_permissions(entry.path(), Permissions::from_mode(0o600)).map_err(|e| {
+                let path = entry.path();
+                setting(
+                    "data-dir",
+                    format!("cannot make {} private: {e}", path.display()),
+                )
+            })?;
         }
     }
     Ok(())

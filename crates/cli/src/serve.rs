@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+
+use crate::config::setting;
 use invsync_api::{Access, AppState, Pipeline};
 use invsync_bus::{BusRelay, NatsBus, NatsConfig, NatsSource};
 use invsync_consumers::group::Member;
@@ -139,17 +141,20 @@ async fn run_as(
     invsync_api::telemetry::init();
     raise_fd_limit(config.http.max_connections);
     let access = match &config.tokens {
-        Some(path) => {
-            Access::Tokens(crate::tokens::load(path).map_err(|e| anyhow::anyhow!("tokens: {e}"))?)
-        }
+        Some(path) => Access::Tokens(crate::tokens::load(path).map_err(|e| setting("tokens", e))?),
         None if config.listen.ip().is_loopback() => {
             tracing::warn!("no --tokens given: accepting anonymous requests, on loopback only");
             Access::Anonymous
         }
-        None => anyhow::bail!(
-            "listen: refusing to serve {} without --tokens (anonymous access is for loopback only)",
-            config.listen
-        ),
+        None => {
+            return Err(setting(
+                "listen",
+                format!(
+                    "refusing to serve {} without --tokens (anonymous access is for loopback only)",
+                    config.listen
+                ),
+            ))
+        }
     };
     // The consumers' stores live here whichever database holds the ledger. Held until
     // this function returns, after the ledger and every store are closed.
@@ -163,7 +168,7 @@ async fn run_as(
     let signals = ShutdownSignals::install().context("installing signal handlers")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+        .map_err(|e| setting("listen", format!("cannot bind {}: {e}", config.listen)))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, "invsync listening");
     if let Some(listening) = listening {
@@ -431,8 +436,12 @@ pub(crate) fn instance_id(data_dir: &std::path::Path) -> anyhow::Result<String> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
     }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("data-dir: cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        setting(
+            "data-dir",
+            format!("cannot create {}: {e}", data_dir.display()),
+        )
+    })?;
     let id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
     Ok(id)
