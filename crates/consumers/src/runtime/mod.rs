@@ -20,35 +20,39 @@
 //! - `gap`: holes in what the source hands out, and falling behind retention;
 //! - `control`: replay and redrive.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use invsync_core::CloudEvent;
 use invsync_ledger::EventLog;
-use tokio::sync::{mpsc, oneshot, watch};
-use uuid::Uuid;
+use tokio::sync::{mpsc, watch};
 
 use crate::retry::RetryPolicy;
 use crate::source::{DeadLetterNote, EventSource};
 use crate::stats::Latencies;
 use crate::store::{self, Store, StoreReader};
 use crate::{ConsumerError, Incoming, Sink};
-use invsync_ledger::{LedgerError, Term, Turn};
+use invsync_ledger::{LoggedEvent, Term, Turn};
 
+mod classify;
+mod commit;
+mod config;
 mod control;
 mod delivery;
 mod gap;
+mod handle;
 mod parked;
 mod shared;
 #[cfg(test)]
 mod testing;
 
+use classify::classify;
+use commit::{filter_fresh, Batch};
+pub use config::{ConsumerConfig, ConsumerStatus, Partition, SharedPosition, Superseded};
 use control::Command;
 pub use control::{ControlError, ReplayFrom};
 use delivery::deliver_with_retry;
+pub use handle::ConsumerHandle;
 use parked::{Hold, Parking, Retrier};
 
 /// The window of the sync latency quantiles `/v1/consumers` reports.
@@ -56,134 +60,6 @@ const FIVE_MINUTES: Duration = Duration::from_secs(300);
 
 /// How often a source hears that fetched events are still being delivered.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
-
-/// How one consumer runs.
-#[derive(Debug, Clone)]
-pub struct ConsumerConfig {
-    /// The consumer's name (`storefront`, `webhook`): in metrics, the API, its store.
-    pub name: String,
-    /// Its store file.
-    pub path: PathBuf,
-    /// Most events read and committed together.
-    pub batch: usize,
-    /// Most SKUs delivered in parallel (events of one SKU are always sequential).
-    pub parallelism: usize,
-    pub retry: RetryPolicy,
-    /// Events applied later than this after they occurred count as SLA breaches.
-    pub sla: Duration,
-    /// Fallback poll when no head notification arrives (how long a bus long-polls).
-    pub poll: Duration,
-    /// When given, the consumer works only while this process holds the turn's lease
-    /// (a consumer shared by several instances runs on the one that leads; a
-    /// partition on the member that claimed it). What it records in the ledger is
-    /// fenced by the term it took over under, and it delivers nothing once that term
-    /// ended (see `invsync_ledger::lease`).
-    pub active: Option<Turn>,
-    /// How long one event's delivery (attempts and backoff) may hold its batch before
-    /// the event and its SKU's later events are parked (see [`parked`]).
-    pub park_after: Duration,
-    /// For a consumer several instances share, one working at a time: the one record
-    /// of its position that whichever instance works next resumes from.
-    pub shared: Option<Arc<dyn SharedPosition>>,
-    /// When given, this runtime works one partition of the consumer (the events whose
-    /// SKU hashes to it) and passes over every other event; several processes then
-    /// share the partitions (see [`crate::group`]).
-    pub partition: Option<Partition>,
-}
-
-/// One of a consumer's partitions: the events whose SKU's
-/// [`partition`](invsync_core::event::partition) among `of` is `index`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Partition {
-    pub index: u32,
-    pub of: u32,
-}
-
-impl Partition {
-    /// Whether this partition's runtime handles the envelope. An envelope without a
-    /// readable partition key belongs to partition 0, so that a broken one is
-    /// dead-lettered once, not once per partition.
-    fn holds(&self, envelope: &str) -> bool {
-        let owner = CloudEvent::partition_key_of(envelope.as_bytes())
-            .map_or(0, |key| invsync_core::event::partition(&key, self.of));
-        owner == self.index
-    }
-}
-
-/// The position of a consumer that several instances share, one working at a time
-/// (the webhook connector on a PostgreSQL ledger). The working instance advances it
-/// after each commit to what is settled — the checkpoint, or just before its oldest
-/// parked event — and an instance that starts working resumes from it, so a change
-/// of worker re-delivers at most the batch in flight (and, while events are parked,
-/// what came after the oldest of them).
-#[async_trait::async_trait]
-pub trait SharedPosition: std::fmt::Debug + Send + Sync + 'static {
-    /// The recorded position; 0 when none was ever recorded.
-    async fn load(&self) -> Result<i64, LedgerError>;
-    /// Moves it forward; a lower value is ignored. Refused (`Fenced`) when `term` is
-    /// given and its lease moved on: a deposed worker finishing late moves nothing.
-    async fn advance(&self, position: i64, term: Option<&Term>) -> Result<(), LedgerError>;
-    /// Sets it, also backwards (a replay); fenced like `advance`.
-    async fn set(&self, position: i64, term: Option<&Term>) -> Result<(), LedgerError>;
-}
-
-impl ConsumerConfig {
-    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
-        Self {
-            name: name.into(),
-            path: path.into(),
-            batch: 1000,
-            parallelism: 32,
-            retry: RetryPolicy::default(),
-            sla: Duration::from_secs(30),
-            poll: Duration::from_secs(1),
-            active: None,
-            park_after: Duration::from_secs(2),
-            shared: None,
-            partition: None,
-        }
-    }
-}
-
-/// A dead letter older than what its endpoint already received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Superseded {
-    pub store_id: String,
-    pub sku: String,
-    /// The dead letter's version of the row.
-    pub version: i64,
-    /// The newest version the endpoint received or has queued.
-    pub received: i64,
-}
-
-/// What `/v1/consumers` shows of a consumer.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ConsumerStatus {
-    pub name: String,
-    /// The last offset applied (or dead-lettered).
-    pub position: i64,
-    /// Events not applied yet: after the position, and parked.
-    pub lag_events: i64,
-    /// Age of the oldest event not applied yet (parked ones included).
-    pub lag_seconds: f64,
-    pub dead_letters: i64,
-    /// Events set aside because their SKU's delivery keeps failing.
-    pub parked: i64,
-    /// SKUs with parked events.
-    pub parked_skus: i64,
-    /// The last error of the oldest parked event that was tried.
-    pub parked_error: Option<String>,
-    /// Sync latency (`occurred_at` → applied) over the last 5 minutes, to within 10 %.
-    pub sync_latency_p50_ms: Option<f64>,
-    pub sync_latency_p99_ms: Option<f64>,
-    /// The same over the last hour.
-    pub sync_latency_1h_p50_ms: Option<f64>,
-    pub sync_latency_1h_p99_ms: Option<f64>,
-    /// The time of the last event applied: the view is current up to here.
-    pub as_of: Option<DateTime<Utc>>,
-    /// The last error that stopped progress, until progress resumes.
-    pub last_error: Option<String>,
-}
 
 #[derive(Debug, Default)]
 struct Shared {
@@ -221,134 +97,6 @@ impl Shared {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-}
-
-/// A running consumer, as the API and the supervisor see it.
-#[derive(Clone)]
-pub struct ConsumerHandle {
-    name: String,
-    commands: mpsc::Sender<Command>,
-    shared: Arc<Mutex<Shared>>,
-    /// The ledger's last committed offset, live.
-    head: watch::Receiver<i64>,
-    source: Arc<dyn EventSource>,
-    reader: StoreReader,
-    /// Held (shared) by the main loop and the side loop while they work a step: taken
-    /// whole, it waits until neither is delivering (see [`Self::quiesce`]).
-    turn: Arc<tokio::sync::RwLock<()>>,
-    partition: Option<Partition>,
-}
-
-impl ConsumerHandle {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Waits until the consumer is between steps: once its `active` reads `false`,
-    /// nothing of it is delivering after this returns, so another process may take
-    /// its work over without two delivering one SKU side by side.
-    pub async fn quiesce(&self) {
-        drop(self.turn.write().await);
-    }
-
-    /// A partition's runtime that another process works now: its status is not this
-    /// process's to show.
-    pub fn standing_by(&self) -> bool {
-        self.partition.is_some()
-            && !self
-                .shared
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .working
-    }
-
-    pub fn reader(&self) -> &StoreReader {
-        &self.reader
-    }
-
-    pub fn status(&self) -> ConsumerStatus {
-        let head = *self.head.borrow();
-        let now = std::time::Instant::now();
-        let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        ConsumerStatus {
-            name: self.name.clone(),
-            position: s.position,
-            lag_events: lag_events(self.source.as_ref(), head, s.position) + s.parked,
-            lag_seconds: lag_seconds(s.oldest_unapplied()),
-            dead_letters: s.dead_letters,
-            parked: s.parked,
-            parked_skus: s.parked_skus,
-            parked_error: s.parked_error.clone(),
-            sync_latency_p50_ms: s.latencies.quantile(now, FIVE_MINUTES, 0.50),
-            sync_latency_p99_ms: s.latencies.quantile(now, FIVE_MINUTES, 0.99),
-            sync_latency_1h_p50_ms: s.latencies.quantile(now, crate::stats::HISTORY, 0.50),
-            sync_latency_1h_p99_ms: s.latencies.quantile(now, crate::stats::HISTORY, 0.99),
-            as_of: s.as_of,
-            last_error: s.last_error.clone(),
-        }
-    }
-
-    async fn command<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, ControlError>>) -> Command,
-    ) -> Result<T, ControlError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
-            .await
-            .map_err(|_| ControlError::Stopped)?;
-        rx.await.map_err(|_| ControlError::Stopped)?
-    }
-
-    /// Rewinds the consumer; answers once the rewind is recorded (the rebuild then
-    /// proceeds in the background).
-    pub async fn replay(&self, from: ReplayFrom) -> Result<(), ControlError> {
-        self.command(|tx| Command::Replay(from, tx)).await
-    }
-
-    /// Queues a dead letter for another delivery; answers once it is accepted.
-    pub async fn redrive(&self, id: Uuid) -> Result<(), ControlError> {
-        self.command(|tx| Command::Redrive(id, tx)).await
-    }
-
-    /// When redriving this dead letter would send an older version of its stock row
-    /// than the endpoint already received (or has queued, parked): what it got.
-    pub async fn superseded(&self, id: Uuid) -> Result<Option<Superseded>, ConsumerError> {
-        let Some(envelope) = self.reader.dead_letter_envelope(id).await? else {
-            return Ok(None);
-        };
-        // A dead letter that is not a valid event cannot be judged (nor redriven).
-        let Ok(event) = CloudEvent::parse(envelope.as_bytes()) else {
-            return Ok(None);
-        };
-        let event = event.data;
-        let (store_id, sku) = (event.store_id.to_string(), event.product_sku.to_string());
-        let received = self.reader.seen_version(&store_id, &sku).await?;
-        Ok(received
-            .filter(|v| *v > event.version)
-            .map(|received| Superseded {
-                store_id,
-                sku,
-                version: event.version,
-                received,
-            }))
-    }
-
-    /// The sync latency `q` quantile per 10-second slot of the last hour, oldest
-    /// first, as (seconds ago, milliseconds): for the console's charts.
-    pub fn latency_series(&self, q: f64) -> Vec<(u64, Option<f64>)> {
-        let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        s.latencies
-            .series(std::time::Instant::now(), q)
-            .into_iter()
-            .map(|(ago, v)| (ago.as_secs(), v))
-            .collect()
-    }
-
-    /// Does this consumer hold that dead letter?
-    pub async fn holds_dead_letter(&self, id: Uuid) -> Result<bool, ConsumerError> {
-        Ok(self.reader.dead_letter_envelope(id).await?.is_some())
     }
 }
 
@@ -442,6 +190,16 @@ struct Runner {
     /// Since when the bus has handed out nothing (or failed) while the log's head was
     /// ahead of the position (see `gap::Runner::bypass`).
     bus_silent_since: Option<std::time::Instant>,
+}
+
+/// What the fetch stage found.
+enum Fetched {
+    /// A gap was being filled: go round again.
+    Gap,
+    /// Nothing new.
+    Nothing,
+    /// The next events, contiguous after the position.
+    Events(Vec<LoggedEvent>),
 }
 
 enum Step {
@@ -609,7 +367,53 @@ impl Runner {
 
     /// One batch: fetch, deduplicate, deliver, commit.
     #[tracing::instrument(level = "debug", skip_all, fields(consumer.name = %self.config.name, consumer.position = self.position, log.offset = tracing::field::Empty))]
+    /// One turn of the loop, in named stages: fetch (the bus, or the log when the bus
+    /// is behind) → classify (parse once; invalid envelopes to the dead letters) →
+    /// dedupe (drop what the store already applied) → deliver (with retries, parking
+    /// a failing SKU) → commit (one store transaction, then the source) → account
+    /// (status, gauges, logs).
     async fn step(&mut self) -> Result<Step, StepError> {
+        let events = match self.fetch().await? {
+            Fetched::Gap => return Ok(Step::Progress),
+            Fetched::Nothing => {
+                self.shared().oldest_pending = None;
+                self.publish_gauges();
+                return Ok(Step::Idle);
+            }
+            Fetched::Events(events) => events,
+        };
+        let Some(last) = events.last().map(|e| e.offset) else {
+            return Ok(Step::Idle);
+        };
+        tracing::Span::current().record("log.offset", last);
+        let classified = classify(
+            events,
+            self.config.partition,
+            self.sink.keeps_view(),
+            &self.config.name,
+        );
+        if let Some(first) = classified.incoming.first() {
+            self.shared().oldest_pending = Some(first.event.occurred_at);
+        }
+        let fresh = self.fresh(classified.incoming).await?;
+        let (outcomes, holds) = self.deliver(&fresh).await?;
+        let batch = Batch::new(
+            fresh,
+            outcomes,
+            classified.configs,
+            classified.invalid,
+            last,
+            last - 10 * self.config.batch as i64,
+            holds,
+        );
+        let (dead, batch) = self.commit(batch).await?;
+        self.account(&batch, dead);
+        Ok(Step::Progress)
+    }
+
+    /// Fetch: the next events after the position, contiguous (a gap is filled from
+    /// the log first).
+    async fn fetch(&mut self) -> Result<Fetched, StepError> {
         let patience = self.bus_patience();
         let fetch = self
             .source
@@ -624,88 +428,23 @@ impl Runner {
             None => fetch.await,
         };
         let fetched = self.bypass(fetched).await?;
-        let Some(events) = self.contiguous(fetched).await? else {
-            return Ok(Step::Progress);
-        };
-        let Some(last) = events.last().map(|e| e.offset) else {
-            self.shared().oldest_pending = None;
-            self.publish_gauges();
-            return Ok(Step::Idle);
-        };
-        tracing::Span::current().record("log.offset", last);
+        Ok(match self.contiguous(fetched).await? {
+            None => Fetched::Gap,
+            Some(events) if events.is_empty() => Fetched::Nothing,
+            Some(events) => Fetched::Events(events),
+        })
+    }
 
-        // Parse and validate: an event that is not a valid v1 envelope can never be
-        // applied, so it goes straight to the dead letters. An event of a type this
-        // runtime does not handle (a channel's configuration, a later version) is
-        // passed over: the position moves past it.
-        // A view-keeping consumer applies channel configuration events to its view.
-        let mut incoming = Vec::with_capacity(events.len());
-        let mut invalid = Vec::new();
-        let mut configs = Vec::new();
-        for logged in events {
-            // Another partition's event (its envelope left out by the source, or
-            // told here): passed over.
-            if self
-                .config
-                .partition
-                .is_some_and(|p| logged.envelope.is_empty() || !p.holds(&logged.envelope))
-            {
-                continue;
-            }
-            match CloudEvent::parse(logged.envelope.as_bytes()) {
-                Ok(envelope) => incoming.push(Incoming {
-                    offset: logged.offset,
-                    event: envelope.data,
-                    envelope: logged.envelope,
-                }),
-                Err(e) => match CloudEvent::type_of(logged.envelope.as_bytes()) {
-                    Some(t) if !CloudEvent::is_stock_event(&t) => {
-                        let config = self
-                            .sink
-                            .keeps_view()
-                            .then(|| store::ConfigEvent::parse(&t, logged.envelope.as_bytes()))
-                            .flatten();
-                        match config {
-                            Some(Ok(config)) => configs.push(config),
-                            Some(Err(e)) => {
-                                invalid.push((logged.offset, logged.envelope, e.to_string()))
-                            }
-                            None => {
-                                tracing::debug!(consumer.name = %self.config.name, log.offset = logged.offset, event.type = %t, "an event type this consumer does not handle; passed over");
-                            }
-                        }
-                    }
-                    _ => invalid.push((logged.offset, logged.envelope, e.to_string())),
-                },
-            }
-        }
-        if let Some(first) = incoming.first() {
-            self.shared().oldest_pending = Some(first.event.occurred_at);
-        }
-
-        let fresh = self.fresh(incoming).await?;
-        let (outcomes, holds) = self.deliver(&fresh).await?;
-        let as_of = fresh
-            .iter()
-            .zip(&outcomes)
-            .rev()
-            .find(|(_, o)| matches!(o, Outcome::Delivered))
-            .map(|(e, _)| e.event.occurred_at);
+    /// Commit: the batch's effects, dead letters and checkpoint in one store
+    /// transaction; then the shared position and the source. Returns how many
+    /// events were dead-lettered, and the batch.
+    async fn commit(&mut self, batch: Batch) -> Result<(i64, Batch), StepError> {
         let sink = self.sink.clone();
-        let keep_marks_from = last - 10 * self.config.batch as i64;
-        let batch = Batch {
-            settled: fresh.into_iter().zip(outcomes).collect(),
-            configs,
-            invalid,
-            last,
-            as_of,
-            keep_marks_from,
-            holds,
-        };
+        let last = batch.last;
         let (dead, settled, batch) = self
             .db(move |store| {
                 let mut batch = batch;
-                let dead = commit(store, sink.as_ref(), &mut batch)?;
+                let dead = commit::commit(store, sink.as_ref(), &mut batch)?;
                 Ok((dead, store::settled(store.conn())?, batch))
             })
             .await?;
@@ -716,7 +455,12 @@ impl Runner {
             tracing::debug!(consumer.name = %self.config.name, %error, "the source did not take the commit; it will redeliver");
         }
         self.note_dead_letters(&batch).await;
+        Ok((dead, batch))
+    }
 
+    /// Account: the status every reader sees (latencies, parked, dead letters, the
+    /// position), the gauges, and a warning for what did not get through.
+    fn account(&mut self, batch: &Batch, dead: i64) {
         let applied_at = Utc::now();
         let name = self.config.name.clone();
         let mut shared = self.shared();
@@ -745,14 +489,14 @@ impl Runner {
         if parked > 0 {
             shared.parked_skus = self.parking.skus() as i64;
         }
-        shared.position = last;
+        shared.position = batch.last;
         shared.oldest_pending = None;
         shared.dead_letters += dead;
-        if as_of.is_some() {
-            shared.as_of = as_of;
+        if batch.as_of.is_some() {
+            shared.as_of = batch.as_of;
         }
         drop(shared);
-        self.position = last;
+        self.position = batch.last;
         self.publish_gauges();
         if dead > 0 {
             tracing::warn!(consumer.name = %name, dead_letters = dead, "events moved to the dead letters");
@@ -760,7 +504,6 @@ impl Runner {
         if parked > 0 {
             tracing::warn!(consumer.name = %name, parked, "events parked behind a SKU whose delivery keeps failing");
         }
-        Ok(Step::Progress)
     }
 
     /// Tells the source about the batch's dead letters (a bus may keep its own).
@@ -847,134 +590,6 @@ fn record_delivered(
     }
 }
 
-/// Drops events already applied: by event_id, or by a version not above the last one
-/// applied for the key (including earlier events of the same batch).
-fn filter_fresh(store: &Store, incoming: Vec<Incoming>) -> rusqlite::Result<Vec<Incoming>> {
-    let mut newest: HashMap<(String, String), i64> = HashMap::new();
-    let mut fresh = Vec::with_capacity(incoming.len());
-    for e in incoming {
-        let key = (
-            e.event.store_id.to_string(),
-            e.event.product_sku.to_string(),
-        );
-        if newest.get(&key).is_some_and(|v| e.event.version <= *v) {
-            continue;
-        }
-        if store.already_applied(e.event.event_id, &key.0, &key.1, e.event.version)? {
-            continue;
-        }
-        newest.insert(key, e.event.version);
-        fresh.push(e);
-    }
-    Ok(fresh)
-}
-
-/// What one batch commits in the consumer's store.
-struct Batch {
-    /// Each event not applied before, with what delivery made of it.
-    settled: Vec<(Incoming, Outcome)>,
-    /// Channel configuration events, for a view-keeping consumer.
-    configs: Vec<store::ConfigEvent>,
-    /// Events that are not valid v1 envelopes: (offset, stored text, why).
-    invalid: Vec<(i64, String, String)>,
-    /// The checkpoint after this batch: the last offset read.
-    last: i64,
-    /// When the last applied event occurred, if any was.
-    as_of: Option<DateTime<Utc>>,
-    /// Dedup marks below this offset are dropped.
-    keep_marks_from: i64,
-    /// The SKUs whose events this batch parks.
-    holds: Vec<Hold>,
-}
-
-/// One transaction: the sink's effect and the dedup mark of every delivered event, the
-/// dead letters, and the checkpoint. Returns how many events were dead-lettered.
-fn commit(store: &mut Store, sink: &dyn Sink, batch: &mut Batch) -> rusqlite::Result<i64> {
-    let tx = store.transaction()?;
-    let now = Utc::now();
-    let mut dead = 0;
-    for config in &batch.configs {
-        store::config_apply(&tx, config)?;
-    }
-    let mut parked: HashMap<&str, usize> = HashMap::new();
-    for (event, outcome) in &batch.settled {
-        match outcome {
-            Outcome::Parked {
-                attempts,
-                permanent,
-                error,
-                retry_at,
-            } => {
-                let sku = event.event.product_sku.as_str();
-                let new = store::park(
-                    &tx,
-                    event.offset,
-                    sku,
-                    &event.envelope,
-                    event.event.occurred_at,
-                    &store::Attempts {
-                        attempts: *attempts,
-                        permanent: *permanent,
-                        error,
-                        retry_at: *retry_at,
-                    },
-                )?;
-                *parked.entry(sku).or_default() += usize::from(new);
-                // Marked like an applied event: a redelivered copy is skipped, and a
-                // later version of the key is still fresh (and parked behind it).
-                store::mark_applied(
-                    &tx,
-                    event.event.event_id,
-                    event.offset,
-                    event.event.store_id.as_str(),
-                    sku,
-                    event.event.version,
-                )?;
-            }
-            Outcome::Delivered => {
-                if sink.keeps_view() {
-                    store::view_apply(&tx, &event.event)?;
-                }
-                store::mark_applied(
-                    &tx,
-                    event.event.event_id,
-                    event.offset,
-                    event.event.store_id.as_str(),
-                    event.event.product_sku.as_str(),
-                    event.event.version,
-                )?;
-            }
-            Outcome::Dead { attempts, error } => {
-                store::insert_dead_letter(
-                    &tx,
-                    event.offset,
-                    &event.envelope,
-                    *attempts,
-                    error,
-                    now,
-                )?;
-                dead += 1;
-            }
-        }
-    }
-    for (offset, envelope, error) in &batch.invalid {
-        store::insert_dead_letter(&tx, *offset, envelope, 1, error, now)?;
-        dead += 1;
-    }
-    store::set_position(&tx, batch.last, batch.as_of)?;
-    store::prune_marks(&tx, batch.keep_marks_from)?;
-    tx.commit()?;
-    let parked: HashMap<String, usize> = parked
-        .into_iter()
-        .map(|(sku, n)| (sku.to_owned(), n))
-        .collect();
-    for hold in batch.holds.drain(..) {
-        let rows = parked.get(hold.sku()).copied().unwrap_or(0);
-        hold.committed(rows);
-    }
-    Ok(dead)
-}
-
 /// Events not yet applied: up to the ledger's head, or what the bus holds for the
 /// consumer when that is more. Both are lower bounds — the bus does not count events
 /// still on their way to it, and the head moves on other instances' commits — so the
@@ -1015,7 +630,7 @@ mod tests {
             keep_marks_from: 0,
             holds: Vec::new(),
         };
-        commit(store, &Storefront, &mut batch).unwrap();
+        commit::commit(store, &Storefront, &mut batch).unwrap();
         applied
     }
 
