@@ -2,7 +2,8 @@
 # on exit (with every process listed in `pids`, and the private PostgreSQL if one was
 # set up there), and offers `free_port` and `wait_up URL`.
 PGPORT=${PGPORT:-55432}
-BASE=../shared/bench/pgbench-baseline
+# The PostgreSQL baseline of performance.md, kept in the repository (bench/).
+BASE=bench/pgbench-baseline
 cargo build -q --release -p invsync
 B=$PWD/target/release/invsync
 D=$(mktemp -d)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # invsync on PostgreSQL with 1, 2 and 3 instances beside pgbench's textbook reservation
-# transaction, on one private PostgreSQL (the baseline of ../shared/bench), in one
+# transaction, on one private PostgreSQL (the baseline of bench/pgbench-baseline), in one
 # invocation, so every ratio compares figures taken minutes apart on the same server.
 #   usage: scripts/bench-instances.sh [SECONDS] [CLIENTS] [INSTANCES...]
 #   env:   BUS=nats (default) or embedded; PGPORT=55432

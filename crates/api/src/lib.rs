@@ -21,6 +21,7 @@ mod extract;
 pub mod openapi;
 mod recent;
 mod routes;
+mod schema;
 mod server;
 pub mod telemetry;
 mod wire;
@@ -204,7 +205,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(stream::stream))
-        .route("/openapi.json", get(routes::health::openapi));
+        .route("/openapi.json", get(openapi::serve));
     finish(api.merge(pipeline_routes()), state)
 }
 

@@ -3,124 +3,25 @@
 //! written against, and holds no data).
 //!
 //! Two things are added here rather than on each handler, so that no route can forget
-//! them: the problem+json answers every operation can give (see [`ErrorAnswers`]), and
-//! the `Identifier` schema of api.md that every id field and path segment refers to.
-
-use std::borrow::Cow;
+//! them: the problem+json answers every operation can give (see `ErrorAnswers`), and
+//! the `Identifier` schema of api.md (`crate::schema`) that every id field and path
+//! segment refers to.
 
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::{Modify, OpenApi};
 
+use crate::schema::{AdjustReason, Allocation, Identifier, ReleaseReason, Split};
 use crate::{error, routes, wire};
 
-/// Characters an identifier may not begin or end with: control characters and
-/// Unicode white space (what Rust's `char::is_whitespace` and `is_control` match).
-const EDGE_EXCLUDED: &str = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
-
-/// The identifier rule of api.md as a JSON Schema string. `maxLength` counts
-/// characters while the rule counts UTF-8 bytes (255): the description says so.
-pub(crate) struct Identifier;
-
-impl PartialSchema for Identifier {
-    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
-        let pattern =
-            format!(r"^(?!\.\.?$)[^{EDGE_EXCLUDED}](?:[^\x00-\x1f\x7f-\x9f]*[^{EDGE_EXCLUDED}])?$");
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .min_length(Some(1))
-            .max_length(Some(invsync_core::MAX_ID_BYTES))
-            .pattern(Some(pattern))
-            .description(Some(
-                "Any UTF-8 string of 1 to 255 bytes with no control characters, no \
-                 leading or trailing white space, and not `.` or `..`. Percent-encoded \
-                 in a path (`TSHIRT%20RED%2FXL`).",
-            ))
-            .examples(["TSHIRT RED/XL"])
-            .into()
-    }
+/// This document, served (built once, on first request).
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", operation_id = "openapi", security(()),
+    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
+pub(crate) async fn serve() -> impl axum::response::IntoResponse {
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    axum::Json(DOCUMENT.get_or_init(document))
 }
-
-impl ToSchema for Identifier {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("Identifier")
-    }
-}
-
-/// A string enum of the values `T` serializes to: the reasons a client may send.
-fn names<T: serde::Serialize>(all: &[T]) -> Vec<String> {
-    all.iter()
-        .filter_map(|v| serde_json::to_value(v).ok()?.as_str().map(str::to_owned))
-        .collect()
-}
-
-fn string_enum(values: Vec<String>, description: &str) -> RefOr<utoipa::openapi::schema::Schema> {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(values))
-        .description(Some(description))
-        .into()
-}
-
-/// `reason` of an adjustment.
-pub(crate) struct AdjustReason;
-
-impl PartialSchema for AdjustReason {
-    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
-        string_enum(
-            names(&invsync_core::AdjustReason::ALL),
-            "Why on_hand changes.",
-        )
-    }
-}
-
-impl ToSchema for AdjustReason {}
-
-/// `reason` of a release.
-pub(crate) struct ReleaseReason;
-
-impl PartialSchema for ReleaseReason {
-    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
-        string_enum(
-            names(&invsync_core::ReleaseReason::ALL),
-            "Why stock is released (default `order_cancelled`).",
-        )
-    }
-}
-
-impl ToSchema for ReleaseReason {}
-
-/// `allocation` of a channel.
-pub(crate) struct Allocation;
-
-impl PartialSchema for Allocation {
-    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
-        string_enum(
-            names(&invsync_core::channel::Allocation::ALL),
-            "The order a channel's locations are tried in: `priority` (lowest number \
-             first, ties by store_id) or `most_available` (most channel-available units \
-             first).",
-        )
-    }
-}
-
-impl ToSchema for Allocation {}
-
-/// `split` of a channel.
-pub(crate) struct Split;
-
-impl PartialSchema for Split {
-    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
-        string_enum(
-            names(&invsync_core::channel::Split::ALL),
-            "How an order may be divided: `none` (all from one location), `by_line` \
-             (each line from one location), `by_unit` (a line across locations).",
-        )
-    }
-}
-
-impl ToSchema for Split {}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -136,7 +37,7 @@ impl ToSchema for Split {}
         routes::pipeline::availability, routes::pipeline::availability_list, routes::pipeline::rows, routes::pipeline::consumers,
         routes::pipeline::replay, routes::pipeline::dead_letters, routes::pipeline::redrive, routes::pipeline::overview,
         routes::health::healthz, routes::health::readyz, routes::health::metrics,
-        routes::health::openapi, routes::health::dashboard, routes::health::whoami,
+        serve, routes::health::dashboard, routes::health::whoami,
     ),
     components(schemas(
         Identifier, AdjustReason, ReleaseReason, Allocation, Split,
@@ -272,7 +173,7 @@ fn declare_errors(op: &mut Operation) {
 }
 
 /// The document as served. On top of what the annotations generate, it states the
-/// rules JSON Schema can express but utoipa's attributes cannot (see [`refine`]).
+/// rules JSON Schema can express but utoipa's attributes cannot (see `refine`).
 pub fn document() -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     refine(&mut doc);

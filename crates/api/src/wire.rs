@@ -22,7 +22,7 @@ pub(crate) const MAX_BATCH: usize = 1000;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LineBody {
-    #[schema(value_type = crate::openapi::Identifier)]
+    #[schema(value_type = crate::schema::Identifier)]
     pub(crate) sku: Sku,
     #[schema(value_type = i64, minimum = 1, maximum = 1000000)]
     pub(crate) quantity: LineQuantity,
@@ -36,14 +36,14 @@ pub(crate) fn lines(body: Vec<LineBody>) -> Vec<(Sku, LineQuantity)> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SettleLineBody {
-    #[schema(value_type = crate::openapi::Identifier)]
+    #[schema(value_type = crate::schema::Identifier)]
     pub(crate) sku: Sku,
     #[schema(value_type = i64, minimum = 1, maximum = 1000000)]
     pub(crate) quantity: LineQuantity,
     /// Acts on the line's allocation at this location only (fulfil from the location
     /// that shipped); without it a release takes from the allocations in reverse
     /// allocation order, a fulfilment in allocation order.
-    #[schema(value_type = Option<crate::openapi::Identifier>)]
+    #[schema(value_type = Option<crate::schema::Identifier>)]
     pub(crate) store_id: Option<StoreId>,
 }
 
@@ -63,15 +63,15 @@ pub(crate) fn settle_lines(body: Option<Vec<SettleLineBody>>) -> Result<Option<L
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReserveBody {
-    #[schema(value_type = crate::openapi::Identifier)]
+    #[schema(value_type = crate::schema::Identifier)]
     pub(crate) order_id: OrderId,
     /// The store to reserve at; exactly one of `store_id` and `channel`.
-    #[schema(value_type = Option<crate::openapi::Identifier>)]
+    #[schema(value_type = Option<crate::schema::Identifier>)]
     pub(crate) store_id: Option<StoreId>,
     /// The channel whose locations the ledger allocates the lines to (by its
     /// `allocation` and `split`, never into safety stock); exactly one of `store_id`
     /// and `channel`.
-    #[schema(value_type = Option<crate::openapi::Identifier>)]
+    #[schema(value_type = Option<crate::schema::Identifier>)]
     pub(crate) channel: Option<ChannelId>,
     /// 1 to 500 lines, each SKU at most once. All are reserved or none.
     #[schema(min_items = 1, max_items = 500)]
@@ -89,7 +89,7 @@ pub(crate) struct ReleaseBody {
     #[schema(min_items = 1, max_items = 500)]
     pub(crate) lines: Option<Vec<SettleLineBody>>,
     /// Defaults to `order_cancelled`.
-    #[schema(value_type = Option<crate::openapi::ReleaseReason>)]
+    #[schema(value_type = Option<crate::schema::ReleaseReason>)]
     pub(crate) reason: Option<ReleaseReason>,
 }
 
@@ -105,9 +105,9 @@ pub(crate) struct FulfilBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdjustmentBody {
-    #[schema(value_type = crate::openapi::Identifier)]
+    #[schema(value_type = crate::schema::Identifier)]
     pub(crate) store_id: StoreId,
-    #[schema(value_type = crate::openapi::Identifier)]
+    #[schema(value_type = crate::schema::Identifier)]
     pub(crate) sku: Sku,
     /// A relative change; exactly one of `delta` and `set_on_hand`.
     #[schema(value_type = Option<i64>, minimum = -1000000000, maximum = 1000000000)]
@@ -115,17 +115,17 @@ pub(crate) struct AdjustmentBody {
     /// An absolute count; exactly one of `delta` and `set_on_hand`.
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000000)]
     pub(crate) set_on_hand: Option<OnHandCount>,
-    #[schema(value_type = crate::openapi::AdjustReason)]
+    #[schema(value_type = crate::schema::AdjustReason)]
     pub(crate) reason: AdjustReason,
     /// Makes the adjustment idempotent: a repeat gets the original answer.
-    #[schema(value_type = Option<crate::openapi::Identifier>)]
+    #[schema(value_type = Option<crate::schema::Identifier>)]
     pub(crate) external_ref: Option<ExternalRef>,
     /// Compare-and-set: refused with `version_conflict` unless the row is at this version.
     #[schema(minimum = 0)]
     pub(crate) if_version: Option<i64>,
     /// The channel the change happened in (a till sale: `pos-S1`); carried by the
     /// event. Not checked against configured channels.
-    #[schema(value_type = Option<crate::openapi::Identifier>)]
+    #[schema(value_type = Option<crate::schema::Identifier>)]
     pub(crate) channel: Option<ChannelId>,
 }
 
@@ -386,7 +386,7 @@ pub(crate) struct EventsView {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ChannelLocationBody {
-    #[schema(value_type = crate::openapi::Identifier)]
+    #[schema(value_type = crate::schema::Identifier)]
     pub(crate) store_id: StoreId,
     /// With `allocation: priority`, lower numbers are tried first (default 0; ties by
     /// `store_id`).
@@ -402,9 +402,9 @@ pub(crate) struct ChannelLocationBody {
 pub(crate) struct ChannelBody {
     /// A display name (1 to 200 bytes).
     pub(crate) name: Option<String>,
-    #[schema(value_type = crate::openapi::Allocation)]
+    #[schema(value_type = crate::schema::Allocation)]
     pub(crate) allocation: Allocation,
-    #[schema(value_type = crate::openapi::Split)]
+    #[schema(value_type = crate::schema::Split)]
     pub(crate) split: Split,
     /// 1 to 100 locations, each store at most once. Unknown stores are allowed: a
     /// location may get stock later.
@@ -428,9 +428,9 @@ pub(crate) struct ChannelView {
     pub(crate) channel_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) name: Option<String>,
-    #[schema(value_type = crate::openapi::Allocation)]
+    #[schema(value_type = crate::schema::Allocation)]
     pub(crate) allocation: Allocation,
-    #[schema(value_type = crate::openapi::Split)]
+    #[schema(value_type = crate::schema::Split)]
     pub(crate) split: Split,
     pub(crate) locations: Vec<ChannelLocationView>,
     /// Bumped by every change; pass it as `if_version` to change it safely.
@@ -468,9 +468,9 @@ pub(crate) struct ChannelList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SafetyItemBody {
-    #[schema(value_type = crate::openapi::Identifier)]
+    #[schema(value_type = crate::schema::Identifier)]
     pub(crate) store_id: StoreId,
-    #[schema(value_type = crate::openapi::Identifier)]
+    #[schema(value_type = crate::schema::Identifier)]
     pub(crate) sku: Sku,
     /// The buffer (0 to 1e9); `null` removes the override.
     #[schema(minimum = 0, maximum = 1000000000)]
@@ -488,9 +488,9 @@ pub(crate) struct SafetyStockBody {
 /// One per-SKU safety-stock override in force.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SafetyOverrideView {
-    #[schema(value_type = crate::openapi::Identifier)]
+    #[schema(value_type = crate::schema::Identifier)]
     pub(crate) store_id: String,
-    #[schema(value_type = crate::openapi::Identifier)]
+    #[schema(value_type = crate::schema::Identifier)]
     pub(crate) sku: String,
     pub(crate) safety_stock: i64,
     /// Rises by one with every change of this (channel, store, sku)'s override.

@@ -540,7 +540,7 @@ struct Client {
 }
 
 impl Client {
-    /// One request of the workload; returns "<operation> <status>[ <code>]".
+    /// One request of the workload; returns `"<operation> <status>[ <code>]"`.
     async fn step(&mut self, workload: Workload) -> String {
         self.n += 1;
         let roll = rand::rng().random_range(0..100);
@@ -636,7 +636,7 @@ impl Client {
     }
 }
 
-/// "<operation> <status>[ <code>]" and, on success, the answer's body.
+/// `"<operation> <status>[ <code>]"` and, on success, the answer's body.
 async fn describe(
     operation: &str,
     answer: reqwest::Result<reqwest::Response>,

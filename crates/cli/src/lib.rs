@@ -3,15 +3,15 @@
 //!
 //! # Layout
 //!
-//! - [`args`]: the command line, declared once (clap).
-//! - [`cmd`]: the client commands, one file per group; [`client`] is their HTTP
-//!   client and its errors, [`output`] what they print.
+//! - `args`: the command line, declared once (clap).
+//! - `cmd`: the client commands, one file per group; [`client`] is their HTTP
+//!   client and its errors, `output` what they print.
 //! - [`config`]: `serve`'s typed configuration (flags > env > file > defaults).
 //! - [`datadir`]: the data directory's permissions and its one-process lock.
 //! - [`serve`]: the server's tasks under one supervisor, with graceful shutdown.
 //! - [`check`]: the audit behind `invsync check`.
 //! - [`tokens`]: the tokens file and `token new`.
-//! - [`bench`]: the load generator.
+//! - [`mod@bench`]: the load generator.
 //! - [`demo`]: `invsync demo`, a shop around the embedded server.
 #![forbid(unsafe_code)]
 

@@ -185,7 +185,7 @@ impl Reserve {
     /// The key a repeat of this request is recognised by: the `Idempotency-Key` when
     /// given, else the (order, store) or (order, channel) pair. The prefixes keep the
     /// spaces apart, and `|` splits order from store only because neither side can
-    /// contain a bare `|` (see [`escape_pipe`]), so no two pairs share a key.
+    /// contain a bare `|` (see `escape_pipe`), so no two pairs share a key.
     pub fn idempotency_key(&self) -> String {
         match (&self.idempotency_key, &self.target) {
             (Some(key), _) => format!("key:{key}"),

@@ -14,7 +14,7 @@ use crate::AppState;
 
 /// Applies one adjustment (`delta` or `set_on_hand`).
 #[utoipa::path(post, path = "/v1/adjustments", tag = "adjustments", operation_id = "adjust", request_body = AdjustmentBody,
-    params(("Idempotency-Key" = Option<crate::openapi::Identifier>, Header, description = "Makes a retry apply the write once (see api.md)")),
+    params(("Idempotency-Key" = Option<crate::schema::Identifier>, Header, description = "Makes a retry apply the write once (see api.md)")),
     responses((status = 200, body = AdjustmentView),
         (status = 409, description = "insufficient_on_hand, version_conflict, idempotency_conflict", body = crate::error::Problem)))]
 pub(crate) async fn adjust(
@@ -32,7 +32,7 @@ pub(crate) async fn adjust(
 /// A malformed item refuses the whole batch (nothing is applied); business refusals
 /// are answered per item.
 #[utoipa::path(post, path = "/v1/adjustments/batch", tag = "adjustments", operation_id = "adjust_batch", request_body = AdjustmentBatchBody,
-    params(("Idempotency-Key" = Option<crate::openapi::Identifier>, Header, description = "Makes a retry apply the write once (see api.md)")),
+    params(("Idempotency-Key" = Option<crate::schema::Identifier>, Header, description = "Makes a retry apply the write once (see api.md)")),
     responses((status = 200, body = BatchView)))]
 pub(crate) async fn batch(
     _: Auth<AdjustScope>,

@@ -25,7 +25,7 @@ fn channel_id(raw: String) -> Result<ChannelId, ApiError> {
 /// channel is at that version (0: only if it does not exist yet); else 409
 /// `version_conflict`. The same configuration again changes nothing.
 #[utoipa::path(put, path = "/v1/channels/{channel_id}", tag = "channels", operation_id = "put_channel",
-    params(("channel_id" = crate::openapi::Identifier, Path)), request_body = ChannelBody,
+    params(("channel_id" = crate::schema::Identifier, Path)), request_body = ChannelBody,
     responses((status = 200, body = ChannelView),
         (status = 409, description = "version_conflict", body = crate::error::Problem)))]
 pub(crate) async fn put(
@@ -59,7 +59,7 @@ pub(crate) async fn put(
 }
 
 #[utoipa::path(get, path = "/v1/channels/{channel_id}", tag = "channels", operation_id = "get_channel",
-    params(("channel_id" = crate::openapi::Identifier, Path)),
+    params(("channel_id" = crate::schema::Identifier, Path)),
     responses((status = 200, body = ChannelView), (status = 404, body = crate::error::Problem)))]
 pub(crate) async fn get_one(
     _: Auth<ReadScope>,
@@ -90,7 +90,7 @@ pub(crate) async fn list(
 /// override, so the location's default applies again). Answers how many items
 /// changed something; each is recorded as a `SAFETY_STOCK_SET` event.
 #[utoipa::path(put, path = "/v1/channels/{channel_id}/safety-stock", tag = "channels", operation_id = "set_safety_stock",
-    params(("channel_id" = crate::openapi::Identifier, Path)), request_body = SafetyStockBody,
+    params(("channel_id" = crate::schema::Identifier, Path)), request_body = SafetyStockBody,
     responses((status = 200, body = SafetyStockView), (status = 404, body = crate::error::Problem)))]
 pub(crate) async fn set_safety_stock(
     _: Auth<AdminScope>,
@@ -116,7 +116,7 @@ pub(crate) async fn set_safety_stock(
 /// The channel's per-SKU safety-stock overrides in force (where none is set, the
 /// location's `safety_stock` applies).
 #[utoipa::path(get, path = "/v1/channels/{channel_id}/safety-stock", tag = "channels", operation_id = "get_safety_stock",
-    params(("channel_id" = crate::openapi::Identifier, Path)),
+    params(("channel_id" = crate::schema::Identifier, Path)),
     responses((status = 200, body = SafetyOverrideList), (status = 404, body = crate::error::Problem)))]
 pub(crate) async fn get_safety_stock(
     _: Auth<ReadScope>,

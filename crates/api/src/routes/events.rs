@@ -62,7 +62,7 @@ pub(crate) async fn list(
 #[serde(deny_unknown_fields)]
 pub(crate) struct RecentQuery {
     /// The SKU whose events to show (every store).
-    #[param(value_type = crate::openapi::Identifier)]
+    #[param(value_type = crate::schema::Identifier)]
     sku: String,
     /// 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]

@@ -52,14 +52,6 @@ pub(crate) async fn metrics() -> impl IntoResponse {
     )
 }
 
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", operation_id = "openapi", security(()),
-    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
-pub(crate) async fn openapi() -> impl IntoResponse {
-    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
-    Json(DOCUMENT.get_or_init(crate::openapi::document))
-}
-
 /// Who the bearer token (if any) belongs to and what it may do: lets the console say
 /// which of its parts the token opens. Needs no token; a token the server does not
 /// know is 401.

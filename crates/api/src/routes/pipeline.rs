@@ -59,7 +59,7 @@ pub(crate) struct AvailabilityView {
 pub(crate) struct ChannelQuery {
     /// Availability through this channel: its locations only, net of its safety
     /// stock.
-    #[param(value_type = Option<crate::openapi::Identifier>)]
+    #[param(value_type = Option<crate::schema::Identifier>)]
     channel: Option<String>,
 }
 
@@ -75,7 +75,7 @@ pub(crate) struct ListingQuery {
     #[param(required = true)]
     skus: Option<String>,
     /// Availability through this channel.
-    #[param(value_type = Option<crate::openapi::Identifier>)]
+    #[param(value_type = Option<crate::schema::Identifier>)]
     channel: Option<String>,
 }
 
@@ -153,7 +153,7 @@ async fn availability_of(
 /// projection has never seen has no stores and `available` 0. With `channel`, only
 /// the channel's locations, each net of its safety stock (404 for an unknown channel).
 #[utoipa::path(get, path = "/v1/storefront/availability/{sku}", tag = "storefront", operation_id = "storefront_availability",
-    params(("sku" = crate::openapi::Identifier, Path), ChannelQuery), responses((status = 200, body = AvailabilityView)))]
+    params(("sku" = crate::schema::Identifier, Path), ChannelQuery), responses((status = 200, body = AvailabilityView)))]
 pub(crate) async fn availability(
     _: Auth<ReadScope>,
     State(state): State<AppState>,
@@ -387,7 +387,7 @@ pub(crate) struct ReplayBody {
 /// Rewinds a consumer. A delivery consumer (`webhook`) re-delivers from the offset or
 /// time; the storefront rebuilds its whole view from a ledger snapshot and the log.
 #[utoipa::path(post, path = "/v1/consumers/{name}/replay", tag = "consumers", operation_id = "replay_consumer", request_body = ReplayBody,
-    params(("name" = String, Path), ("Idempotency-Key" = Option<crate::openapi::Identifier>, Header, description = "A retry under the same key acts once (remembered in memory for a day)")),
+    params(("name" = String, Path), ("Idempotency-Key" = Option<crate::schema::Identifier>, Header, description = "A retry under the same key acts once (remembered in memory for a day)")),
     responses((status = 202), (status = 404, body = crate::error::Problem), (status = 410, body = crate::error::Problem)))]
 pub(crate) async fn replay(
     _: Auth<AdminScope>,
@@ -535,7 +535,7 @@ pub(crate) struct RedriveQuery {
 /// the delivery succeeds. Refused (409) when the endpoint already received a newer
 /// version of the same stock row, unless `force=true`.
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/redrive", tag = "consumers", operation_id = "redrive_dead_letter",
-    params(("id" = Uuid, Path), RedriveQuery, ("Idempotency-Key" = Option<crate::openapi::Identifier>, Header, description = "A retry under the same key acts once (remembered in memory for a day)")),
+    params(("id" = Uuid, Path), RedriveQuery, ("Idempotency-Key" = Option<crate::schema::Identifier>, Header, description = "A retry under the same key acts once (remembered in memory for a day)")),
     responses((status = 202), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem, description = "the endpoint already received a newer version of this stock row")))]
 pub(crate) async fn redrive(
     _: Auth<AdminScope>,

@@ -18,7 +18,7 @@ use crate::AppState;
 /// Reserves every line or none. A repeat (same `Idempotency-Key`, or same order and
 /// store when no key is given) with the same body answers 200 with the original.
 #[utoipa::path(post, path = "/v1/reservations", tag = "reservations", operation_id = "reserve", request_body = ReserveBody,
-    params(("Idempotency-Key" = Option<crate::openapi::Identifier>, Header)),
+    params(("Idempotency-Key" = Option<crate::schema::Identifier>, Header)),
     responses((status = 201, body = ReservationView), (status = 200, description = "a repeat", body = ReservationView),
         (status = 404, description = "not_found: the channel is not configured", body = crate::error::Problem),
         (status = 409, description = "insufficient_stock (with `lines`; through a channel, `available` is the channel's availability), idempotency_conflict", body = crate::error::Problem)))]
@@ -96,7 +96,7 @@ pub(crate) async fn get_one(
 #[serde(deny_unknown_fields)]
 pub(crate) struct ByOrder {
     /// The order whose reservations to list (required).
-    #[param(value_type = crate::openapi::Identifier, required = true)]
+    #[param(value_type = crate::schema::Identifier, required = true)]
     order_id: Option<String>,
 }
 
@@ -121,7 +121,7 @@ pub(crate) async fn list(
 /// Releases the given lines, or everything still held. Releasing a reservation that
 /// holds nothing answers 200 with no event, so retries are safe.
 #[utoipa::path(post, path = "/v1/reservations/{reservation_id}/release", tag = "reservations", operation_id = "release",
-    params(("reservation_id" = Uuid, Path), ("Idempotency-Key" = Option<crate::openapi::Identifier>, Header, description = "Makes a retry apply the write once (see api.md)")), request_body(content = Option<ReleaseBody>),
+    params(("reservation_id" = Uuid, Path), ("Idempotency-Key" = Option<crate::schema::Identifier>, Header, description = "Makes a retry apply the write once (see api.md)")), request_body(content = Option<ReleaseBody>),
     responses((status = 200, body = ReservationView),
         (status = 409, description = "invalid_state: more than is held", body = crate::error::Problem)))]
 pub(crate) async fn release(
@@ -147,7 +147,7 @@ pub(crate) async fn release(
 /// Fulfils the given lines, or everything still held: they leave `reserved` and
 /// `on_hand` together.
 #[utoipa::path(post, path = "/v1/reservations/{reservation_id}/fulfil", tag = "reservations", operation_id = "fulfil",
-    params(("reservation_id" = Uuid, Path), ("Idempotency-Key" = Option<crate::openapi::Identifier>, Header, description = "Makes a retry apply the write once (see api.md)")), request_body(content = Option<FulfilBody>),
+    params(("reservation_id" = Uuid, Path), ("Idempotency-Key" = Option<crate::schema::Identifier>, Header, description = "Makes a retry apply the write once (see api.md)")), request_body(content = Option<FulfilBody>),
     responses((status = 200, body = ReservationView),
         (status = 409, description = "invalid_state, insufficient_on_hand", body = crate::error::Problem)))]
 pub(crate) async fn fulfil(

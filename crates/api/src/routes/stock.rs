@@ -14,7 +14,7 @@ use crate::AppState;
 
 /// One (store, sku) level.
 #[utoipa::path(get, path = "/v1/stock/{store_id}/{sku}", tag = "stock", operation_id = "get_stock",
-    params(("store_id" = crate::openapi::Identifier, Path), ("sku" = crate::openapi::Identifier, Path)),
+    params(("store_id" = crate::schema::Identifier, Path), ("sku" = crate::schema::Identifier, Path)),
     responses((status = 200, body = StockView), (status = 404, body = crate::error::Problem)))]
 pub(crate) async fn get_one(
     _: Auth<ReadScope>,
@@ -33,16 +33,16 @@ pub(crate) async fn get_one(
 #[serde(deny_unknown_fields)]
 pub(crate) struct StockQuery {
     /// Every store holding this SKU.
-    #[param(value_type = Option<crate::openapi::Identifier>)]
+    #[param(value_type = Option<crate::schema::Identifier>)]
     sku: Option<String>,
     /// One store's stock, paged by SKU.
-    #[param(value_type = Option<crate::openapi::Identifier>)]
+    #[param(value_type = Option<crate::schema::Identifier>)]
     store_id: Option<String>,
     /// Page size with `store_id`: 1 to 1,000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// Cursor from the previous page's `next` (with `store_id`).
-    #[param(value_type = Option<crate::openapi::Identifier>)]
+    #[param(value_type = Option<crate::schema::Identifier>)]
     after: Option<String>,
 }
 

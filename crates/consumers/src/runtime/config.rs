@@ -35,7 +35,7 @@ pub struct ConsumerConfig {
     /// ended (see `invsync_ledger::lease`).
     pub active: Option<Turn>,
     /// How long one event's delivery (attempts and backoff) may hold its batch before
-    /// the event and its SKU's later events are parked (see [`parked`]).
+    /// the event and its SKU's later events are parked (see `parked`).
     pub park_after: Duration,
     /// For a consumer several instances share, one working at a time: the one record
     /// of its position that whichever instance works next resumes from.

@@ -11,7 +11,7 @@
 //! the checkpoint together: a crash before that commit redoes the batch, and after it
 //! nothing is applied twice.
 //!
-//! A SKU whose delivery keeps failing is parked ([`parked`]): its events wait in the
+//! A SKU whose delivery keeps failing is parked (`parked`): its events wait in the
 //! store for a side loop while the checkpoint moves on for every other SKU.
 //!
 //! - this module: the loop — fetch, deduplicate, deliver, commit;

@@ -1,7 +1,7 @@
 //! The PostgreSQL ledger, for production and for several instances on one database.
 //!
-//! Writes: commands run through the same [`Engine`] as SQLite, coalesced by key into
-//! lane batches that are one unit of work each ([`lanes`], [`batch`]). Stock rows are
+//! Writes: commands run through the same `Engine` as SQLite, coalesced by key into
+//! lane batches that are one unit of work each (`lanes`, `batch`). Stock rows are
 //! locked `FOR UPDATE` in (store, sku) order, so concurrent reservations serialize on
 //! the row locks and two batches cannot deadlock over them. A batch that loses a
 //! race (a unique key, a serialization failure) is retried from the start, which

@@ -5,7 +5,7 @@
 //! transaction with one fsync — group commit. A refused job decides so before it
 //! writes, so it leaves no trace and never affects its neighbours; a job that fails
 //! part-way through its writes (I/O, a broken invariant) rolls the batch back and
-//! every job in it is answered `Unavailable` (see [`Writer::run_one`]). Answers
+//! every job in it is answered `Unavailable` (see `Writer::run_one`). Answers
 //! are sent only after the commit: a success means the change is on disk. Reads use a
 //! small pool of read-only connections and never wait for the writer.
 //!
