@@ -171,20 +171,17 @@ CREATE TRIGGER reservation_lines_valid_on_update BEFORE UPDATE OF lines, status 
 /// invariant: every allocation row `[sku, store, quantity, released, fulfilled,
 /// short]` has quantity >= 1, no negative counter, released + fulfilled <= quantity
 /// and short <= held; a reservation has at least one row and is active exactly while
-/// it holds something. (`->>` binds tighter than `+` and `-`.)
+/// it holds something. One pass over the rows (a reservation's writes pay for it).
 macro_rules! lines_invalid {
     () => {
         r#"WHEN json_type(NEW.lines) IS NOT 'array'
-  OR json_array_length(NEW.lines) = 0
-  OR EXISTS (SELECT 1 FROM json_each(NEW.lines) e
-             WHERE e.type IS NOT 'array' OR json_array_length(e.value) <> 6
-                OR e.value ->> 2 < 1 OR e.value ->> 3 < 0 OR e.value ->> 4 < 0
-                OR e.value ->> 5 < 0
-                OR e.value ->> 3 + e.value ->> 4 > e.value ->> 2
-                OR e.value ->> 5 > e.value ->> 2 - e.value ->> 3 - e.value ->> 4)
-  OR (NEW.status = 'active') <> ((SELECT coalesce(sum(e.value ->> 2 - e.value ->> 3
-                                                       - e.value ->> 4), 0)
-                                    FROM json_each(NEW.lines) e) > 0)
+  OR (SELECT count(*) = 0
+             OR max(t IS NOT 'array' OR n <> 6 OR q < 1 OR r < 0 OR f < 0 OR s < 0
+                    OR r + f > q OR s > q - r - f)
+             OR (NEW.status = 'active') <> (sum(q - r - f) > 0)
+      FROM (SELECT e.type AS t, json_array_length(e.value) AS n, e.value ->> 2 AS q,
+                   e.value ->> 3 AS r, e.value ->> 4 AS f, e.value ->> 5 AS s
+            FROM json_each(NEW.lines) e))
 BEGIN
     SELECT RAISE(ABORT, 'reservation_lines_valid: a reservation line breaks released + fulfilled <= quantity, short <= held, or its status');
 END;"#
