@@ -20,10 +20,11 @@
 //!
 //! One instance at a time leads (the `relay` lease, see [`crate::lease`]): it
 //! publishes the log to the bus and runs the shared webhook connectors. Every instance
-//! follows the head (`Relay`) to wake its own consumers.
+//! follows the head (`heartbeat.rs`) to wake its own consumers.
 
 mod batch;
 mod group;
+mod heartbeat;
 mod lanes;
 mod lease;
 mod rows;
@@ -31,7 +32,7 @@ mod schema;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -48,7 +49,7 @@ use self::rows::STOCK_COLUMNS;
 use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::error::LedgerError;
-use crate::lease::{Term, Turn, RELAY_LEASE, RENEW_EVERY};
+use crate::lease::{Term, Turn};
 use crate::model::{
     AdjustmentOutcome, EventPage, LoggedEvent, ReserveOutcome, SnapshotPage, StockRow,
 };
@@ -85,10 +86,6 @@ impl r2d2::ManageConnection for Manager {
         self.0.has_broken(&mut conn.client)
     }
 }
-
-/// How often the head is read: consumers on this instance wake within this of a
-/// commit on any instance.
-const HEAD_POLL: Duration = Duration::from_millis(5);
 
 /// How many times a command that lost a race is tried before answering `Unavailable`.
 const ATTEMPTS: usize = 8;
@@ -132,7 +129,7 @@ pub struct PgLedger {
     /// Whether, and under which term, this instance holds the relay lease.
     leadership: watch::Receiver<Option<Term>>,
     closed: Arc<AtomicBool>,
-    relay: Mutex<Option<std::thread::JoinHandle<()>>>,
+    heartbeat: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// `None` only while being dropped (it holds pool handles too).
     lanes: Option<lanes::Lanes>,
     /// How to open a session of its own (a consumer group's member).
@@ -142,7 +139,7 @@ pub struct PgLedger {
 }
 
 impl PgLedger {
-    /// Connects, migrates, and starts the relay thread. Fails when the database cannot
+    /// Connects, migrates, and starts the heartbeat thread. Fails when the database cannot
     /// be reached at start (a running instance instead answers 503 and recovers).
     pub fn open(config: PgConfig, clock: Arc<dyn Clock>) -> Result<Self, LedgerError> {
         let mut pg: postgres::Config = config
@@ -175,7 +172,7 @@ impl PgLedger {
         let (head_tx, head) = watch::channel(last);
         let closed = Arc::new(AtomicBool::new(false));
         let (leading, leadership) = watch::channel(None);
-        let relay = Relay {
+        let heartbeat = heartbeat::Heartbeat {
             holder: lease::holder(),
             pg: pg.clone(),
             pool: pool.clone(),
@@ -185,9 +182,11 @@ impl PgLedger {
             lead: config.relay,
         };
         let handle = std::thread::Builder::new()
-            .name("ledger-relay".into())
-            .spawn(move || relay.run())
-            .map_err(|e| LedgerError::Internal(format!("cannot start the relay thread: {e}")))?;
+            .name("ledger-heartbeat".into())
+            .spawn(move || heartbeat.run())
+            .map_err(|e| {
+                LedgerError::Internal(format!("cannot start the heartbeat thread: {e}"))
+            })?;
         let source: Arc<str> = config.source.into();
         let lanes =
             lanes::Lanes::start(config.lanes, config.max_batch, pool.clone(), clock, source)?;
@@ -197,7 +196,7 @@ impl PgLedger {
             head,
             leadership,
             closed,
-            relay: Mutex::new(Some(handle)),
+            heartbeat: Mutex::new(Some(handle)),
             pg,
             server: Mutex::new(None),
         })
@@ -386,109 +385,6 @@ fn with_keepalives(pg: &mut postgres::Config) {
     }
     if pg.get_tcp_user_timeout().is_none() {
         pg.tcp_user_timeout(Duration::from_secs(10));
-    }
-}
-
-/// Follows the log's head for this instance, and takes and renews the relay lease.
-struct Relay {
-    /// This instance as a lease holder.
-    holder: String,
-    pg: postgres::Config,
-    pool: Pool,
-    head: watch::Sender<i64>,
-    leading: watch::Sender<Option<Term>>,
-    closed: Arc<AtomicBool>,
-    lead: bool,
-}
-
-impl Relay {
-    fn run(self) {
-        // The lease's own session (statements on it time out in seconds).
-        let mut session: Option<Client> = None;
-        let mut next_renewal = Instant::now();
-        while !self.closed.load(Ordering::SeqCst) {
-            if self.lead && Instant::now() >= next_renewal {
-                next_renewal = Instant::now() + RENEW_EVERY;
-                self.renew(&mut session);
-            }
-            // Renewals that stopped succeeding end the term at its deadline, whoever
-            // notices first; this thread tells the rest of the process.
-            self.leading.send_if_modified(|held| {
-                if held.as_ref().is_some_and(|t| !t.valid()) {
-                    tracing::warn!("the relay lease ran out without a renewal; no longer leading");
-                    *held = None;
-                    return true;
-                }
-                false
-            });
-            // Follow the log's head, which every writing transaction moves.
-            if let Ok(mut c) = self.pool.get_timeout(Duration::from_secs(1)) {
-                if let Ok(row) = c
-                    .client
-                    .query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])
-                {
-                    let last: i64 = row.get(0);
-                    self.head
-                        .send_if_modified(|h| std::mem::replace(h, last) != last);
-                }
-            }
-            std::thread::sleep(HEAD_POLL);
-        }
-        // Stepping down on a clean stop: another instance takes over at once instead
-        // of after the lease lapses.
-        if self.leading.borrow().is_some() {
-            if let Some(c) = session.as_mut() {
-                let _ = lease::give_up(c, RELAY_LEASE, &self.holder);
-            }
-            self.leading.send_replace(None);
-        }
-    }
-
-    /// Takes the lease, or renews the term held.
-    fn renew(&self, session: &mut Option<Client>) {
-        if session.is_none() {
-            *session = lease::session(&self.pg).ok();
-        }
-        let Some(c) = session.as_mut() else { return };
-        match lease::acquire(c, RELAY_LEASE, &self.holder) {
-            Ok(Some(term)) => {
-                self.leading.send_if_modified(|held| match held {
-                    Some(t) if *t == term && t.valid() => {
-                        t.extend_as(&term);
-                        false
-                    }
-                    _ => {
-                        tracing::info!(
-                            lease.epoch = term.epoch(),
-                            "this instance now leads (publishing to the bus, shared webhooks)"
-                        );
-                        *held = Some(term.clone());
-                        true
-                    }
-                });
-            }
-            Ok(None) => {
-                self.leading.send_if_modified(|held| match held.take() {
-                    Some(t) => {
-                        tracing::warn!(
-                            lease.epoch = t.epoch(),
-                            "another instance holds the relay lease now; no longer leading"
-                        );
-                        t.end();
-                        true
-                    }
-                    None => false,
-                });
-            }
-            Err(e) => {
-                // The term stays until its deadline: a renewal that fails once in a
-                // while costs nothing, one that keeps failing ends the term in time.
-                tracing::debug!(error = %e, "relay lease: renewal failed");
-                if c.is_closed() || e.as_db_error().is_none() {
-                    *session = None;
-                }
-            }
-        }
     }
 }
 
@@ -794,7 +690,11 @@ impl Ledger for PgLedger {
 
     async fn shutdown(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        let handle = self.relay.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }

@@ -204,12 +204,17 @@ ALTER TABLE reservations ADD CONSTRAINT reservation_lines_valid
 "#,
 ];
 
+/// The session advisory lock key instances starting together queue on while one
+/// migrates: the only advisory lock invsync takes (leadership and partition claims
+/// are leases, see `lease.rs`).
+const MIGRATION_LOCK: i64 = 7461301;
+
 pub(crate) fn migrate(client: &mut Client) -> Result<(), LedgerError> {
     // Instances starting together queue on this lock: even `CREATE TABLE IF NOT
     // EXISTS` can fail when two sessions run it at once.
-    client.execute("SELECT pg_advisory_lock(7461301)", &[])?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
     let result = apply(client);
-    let _ = client.execute("SELECT pg_advisory_unlock(7461301)", &[]);
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
     result
 }
 
