@@ -250,8 +250,16 @@ impl Shelf {
     /// Units the channel may take here: `max(0, available − safety_stock)`.
     pub fn channel_available(&self) -> i64 {
         self.level
-            .map_or(0, |l| (l.available() - self.safety_stock).max(0))
+            .map_or(0, |l| channel_available(l.available(), self.safety_stock))
     }
+}
+
+/// The channel formula of channels.md, the one place it is written: of `available`
+/// units at a location, a channel may take what is above its safety stock there,
+/// never less than 0. (The storefront's view keeps `available` only, so it applies
+/// this directly.)
+pub fn channel_available(available: i64, safety_stock: i64) -> i64 {
+    (available - safety_stock).max(0)
 }
 
 /// Where one line of an order is taken from: (location, quantity), in allocation
