@@ -745,7 +745,7 @@ async fn every_error_code_is_produced_as_problem_json(backend: Backend) {
     assert_problem(&other, "idempotency_conflict");
 
     // A ledger that has stopped answers 503 `unavailable`, never a 500 or a hang.
-    invsync_ledger::Ledger::shutdown(app.ledger.as_ref()).await;
+    invsync_ledger::Housekeeping::shutdown(app.ledger.as_ref()).await;
     assert_problem(
         &app.post("/v1/reservations", reserve_body("O-9", "S1", &[("A", 1)]))
             .await,
@@ -1360,7 +1360,7 @@ async fn the_storefront_keeps_answering_while_the_ledger_is_down() {
     assert_eq!(view["available"], 9);
     assert!(view["as_of"].is_string());
 
-    invsync_ledger::Ledger::shutdown(app.ledger.as_ref()).await;
+    invsync_ledger::Housekeeping::shutdown(app.ledger.as_ref()).await;
     assert_eq!(
         app.post("/v1/reservations", reserve_body("O-2", "S1", &[("A", 1)]))
             .await

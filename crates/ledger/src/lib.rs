@@ -211,14 +211,14 @@ impl PartitionClaims for SoleMember {
     }
 }
 
-/// How far back [`Ledger::recent_events_of`] looks, in events.
+/// How far back [`StockReads::recent_events_of`] looks, in events.
 pub const RECENT_WINDOW: i64 = 10_000;
 
-/// The ledger as the API and the background tasks see it. Every write is one atomic
-/// transaction that also appends its events to the log; a successful answer means the
-/// change is durably committed.
+/// Reservations: made, settled and expired, and read back. Every write is one
+/// atomic transaction that also appends its events to the log; a successful answer
+/// means the change is durably committed (so for every write trait below).
 #[async_trait]
-pub trait Ledger: LogCursors {
+pub trait Reservations: Send + Sync {
     /// Reserves every line or none; a repeat of the same request answers the original.
     async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError>;
     /// Releases the lines (everything still held when `None`). `key`: a scoped
@@ -238,12 +238,23 @@ pub trait Ledger: LogCursors {
         lines: ReleaseLines,
         key: Option<String>,
     ) -> Result<Reservation, LedgerError>;
+    async fn reservation(&self, id: Uuid) -> Result<Option<Reservation>, LedgerError>;
+    async fn reservations_by_order(&self, order: OrderId) -> Result<Vec<Reservation>, LedgerError>;
+    /// Releases every active reservation whose TTL has run out; returns how many.
+    async fn expire_due(&self) -> Result<usize, LedgerError>;
+}
+
+/// Changes of on-hand stock.
+#[async_trait]
+pub trait Adjustments: Send + Sync {
     async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError>;
     /// Applies each adjustment atomically on its own; answers in the same order.
     async fn adjust_many(&self, cmds: Vec<Adjust>) -> Vec<Result<AdjustmentOutcome, LedgerError>>;
-    /// Releases every active reservation whose TTL has run out; returns how many.
-    async fn expire_due(&self) -> Result<usize, LedgerError>;
+}
 
+/// Channels and their per-SKU safety stock.
+#[async_trait]
+pub trait Channels: Send + Sync {
     /// Creates or replaces a channel (compare-and-set on `if_version`; 0 means it must
     /// not exist yet) and records `CHANNEL_UPDATED`; the same configuration again
     /// answers the channel unchanged.
@@ -263,7 +274,11 @@ pub trait Ledger: LogCursors {
     async fn channel(&self, id: ChannelId) -> Result<Option<Channel>, LedgerError>;
     /// Every channel, by id.
     async fn channels(&self) -> Result<Vec<Channel>, LedgerError>;
+}
 
+/// Reads of the stock rows.
+#[async_trait]
+pub trait StockReads: Send + Sync {
     async fn stock(&self, store: StoreId, sku: Sku) -> Result<Option<StockRow>, LedgerError>;
     async fn stock_by_sku(&self, sku: Sku) -> Result<Vec<StockRow>, LedgerError>;
     /// One page of a store's stock, by SKU, after the cursor SKU.
@@ -275,10 +290,6 @@ pub trait Ledger: LogCursors {
     ) -> Result<Vec<StockRow>, LedgerError>;
     /// Every stock row (for audits and tests; not for request paths).
     async fn all_stock(&self) -> Result<Vec<StockRow>, LedgerError>;
-    async fn reservation(&self, id: Uuid) -> Result<Option<Reservation>, LedgerError>;
-    async fn reservations_by_order(&self, order: OrderId) -> Result<Vec<Reservation>, LedgerError>;
-    /// Deletes events older than `retention` (the log keeps its offsets); returns how many.
-    async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError>;
     /// How many (store, sku) pairs have `available < 0` (a shortage).
     async fn shortages(&self) -> Result<i64, LedgerError>;
     /// The rows with a shortage, the largest first (then by store and SKU), at most
@@ -291,10 +302,24 @@ pub trait Ledger: LogCursors {
         sku: Sku,
         limit: usize,
     ) -> Result<Vec<LoggedEvent>, LedgerError>;
+}
+
+/// What keeps the ledger in shape: retention, the head, stopping.
+#[async_trait]
+pub trait Housekeeping: Send + Sync {
+    /// Deletes events older than `retention` (the log keeps its offsets); returns how many.
+    async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError>;
     /// Waits until this instance's head has seen every event committed so far (on
     /// both ledgers a commit writes its events straight into the log; on PostgreSQL
     /// the head follows commits of every instance by polling).
     async fn flush(&self, timeout: std::time::Duration) -> Result<(), LedgerError>;
+    /// Finishes queued writes and stops; later writes answer `Unavailable`.
+    async fn shutdown(&self);
+}
+
+/// Whether the ledger can serve, and where.
+#[async_trait]
+pub trait Health: Send + Sync {
     /// Succeeds when the ledger can serve requests.
     async fn ping(&self) -> Result<(), LedgerError>;
     /// The database server the last successful [`ping`](Self::ping) reached
@@ -303,6 +328,27 @@ pub trait Ledger: LogCursors {
     fn server(&self) -> Option<String> {
         None
     }
-    /// Finishes queued writes and stops; later writes answer `Unavailable`.
-    async fn shutdown(&self);
+}
+
+/// The ledger as the API and the background tasks see it: every narrow trait of the
+/// crate at once. A back end implements each of them; this one comes with them.
+/// Code that needs one side only takes that trait (the consumers take [`EventLog`]
+/// and [`LogCursors`]).
+pub trait Ledger:
+    LogCursors + Reservations + Adjustments + Channels + StockReads + Housekeeping + Health
+{
+}
+
+impl<T> Ledger for T where
+    T: LogCursors + Reservations + Adjustments + Channels + StockReads + Housekeeping + Health
+{
+}
+
+/// The ledger's traits, for `use invsync_ledger::prelude::*` where a `dyn Ledger` is
+/// called (a supertrait's methods need the trait in scope).
+pub mod prelude {
+    pub use crate::{
+        Adjustments as _, Channels as _, EventLog as _, Health as _, Housekeeping as _,
+        LogCursors as _, Reservations as _, StockReads as _,
+    };
 }

@@ -4,6 +4,7 @@
 // Tests fail loudly on anything unexpected.
 #![allow(clippy::unwrap_used)]
 
+use invsync_ledger::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 

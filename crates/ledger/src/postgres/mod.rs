@@ -23,12 +23,15 @@
 //! follows the head (`heartbeat.rs`) to wake its own consumers.
 
 mod batch;
+mod commands;
 mod group;
 mod heartbeat;
 mod lanes;
 mod lease;
+mod reads;
 mod rows;
 mod schema;
+mod upkeep;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,10 +39,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use invsync_core::channel::{Channel, ChannelConfig, SafetyOverrides};
-use invsync_core::{
-    Adjust, ChannelId, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId, Target,
-};
+use invsync_core::{Sku, StoreId, Target};
 use postgres::{Client, IsolationLevel, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 use tokio::sync::watch;
@@ -50,10 +50,8 @@ use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::error::LedgerError;
 use crate::lease::{Term, Turn};
-use crate::model::{
-    AdjustmentOutcome, EventPage, LoggedEvent, ReserveOutcome, SnapshotPage, StockRow,
-};
-use crate::{EventLog, Ledger, LogCursors, ReleaseLines};
+use crate::model::{EventPage, LoggedEvent, SnapshotPage, StockRow};
+use crate::{Channels, EventLog, LogCursors};
 
 type Pool = r2d2::Pool<Manager>;
 
@@ -385,319 +383,6 @@ fn with_keepalives(pg: &mut postgres::Config) {
     }
     if pg.get_tcp_user_timeout().is_none() {
         pg.tcp_user_timeout(Duration::from_secs(10));
-    }
-}
-
-#[async_trait]
-impl Ledger for PgLedger {
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(order.id = %cmd.order_id(), store.id = cmd.store_id().map(StoreId::as_str), channel.id = cmd.channel().map(ChannelId::as_str)))]
-    async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError> {
-        let first = cmd.lines().iter().map(|(sku, _)| sku.to_string()).min();
-        let key = (lane_place(cmd.target()), first);
-        let skus = cmd.lines().iter().map(|(sku, _)| sku.clone());
-        let prefetch = match cmd.target() {
-            Target::Store(store) => batch::Prefetch {
-                idempotency_key: Some(cmd.idempotency_key()),
-                rows: skus
-                    .map(|sku| (store.to_string(), sku.to_string()))
-                    .collect(),
-                ..batch::Prefetch::default()
-            },
-            Target::Channel(channel) => batch::Prefetch {
-                idempotency_key: Some(cmd.idempotency_key()),
-                channel: Some((channel.clone(), skus.collect())),
-                ..batch::Prefetch::default()
-            },
-        };
-        self.coalesced(key, prefetch, move |e| e.reserve(&cmd))
-            .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(reservation.id = %id))]
-    async fn release(
-        &self,
-        id: Uuid,
-        lines: ReleaseLines,
-        reason: ReleaseReason,
-        key: Option<String>,
-    ) -> Result<Reservation, LedgerError> {
-        let lane = self.lane_of_reservation(id).await?;
-        self.coalesced(lane, batch::Prefetch::holding(id), move |e| {
-            e.client_release(id, lines.as_ref(), reason, key.as_deref())
-        })
-        .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(reservation.id = %id))]
-    async fn fulfil(
-        &self,
-        id: Uuid,
-        lines: ReleaseLines,
-        key: Option<String>,
-    ) -> Result<Reservation, LedgerError> {
-        let lane = self.lane_of_reservation(id).await?;
-        self.coalesced(lane, batch::Prefetch::holding(id), move |e| {
-            e.client_fulfil(id, lines.as_ref(), key.as_deref())
-        })
-        .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(store.id = %cmd.store_id, product.sku = %cmd.sku))]
-    async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError> {
-        let key = (cmd.store_id.to_string(), Some(cmd.sku.to_string()));
-        let prefetch = batch::Prefetch {
-            rows: vec![(cmd.store_id.to_string(), cmd.sku.to_string())],
-            ..batch::Prefetch::default()
-        };
-        self.coalesced(key, prefetch, move |e| e.adjust(&cmd)).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(commands = cmds.len()))]
-    async fn adjust_many(&self, cmds: Vec<Adjust>) -> Vec<Result<AdjustmentOutcome, LedgerError>> {
-        // Queued together, so the lanes commit them in a few shared transactions.
-        futures::future::join_all(cmds.into_iter().map(|cmd| self.adjust(cmd))).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
-    async fn expire_due(&self) -> Result<usize, LedgerError> {
-        crate::in_chunks(crate::EXPIRY_CHUNK, || {
-            self.write(|e| e.expire_due(crate::EXPIRY_CHUNK))
-        })
-        .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(channel.id = %id))]
-    async fn put_channel(
-        &self,
-        id: ChannelId,
-        config: ChannelConfig,
-        if_version: Option<i64>,
-    ) -> Result<Channel, LedgerError> {
-        self.write(move |e| e.put_channel(&id, config.clone(), if_version))
-            .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(channel.id = %id))]
-    async fn set_safety_stock(
-        &self,
-        id: ChannelId,
-        items: SafetyOverrides,
-    ) -> Result<usize, LedgerError> {
-        self.write(move |e| e.set_safety_stock(&id, &items)).await
-    }
-
-    async fn channel(&self, id: ChannelId) -> Result<Option<Channel>, LedgerError> {
-        self.read(move |c| {
-            c.query_opt(
-                "SELECT version, config FROM channels WHERE channel_id = $1",
-                &[&id.as_str()],
-            )?
-            .map(|r| crate::parts::channel(id.as_str(), r.try_get(0)?, r.try_get::<_, &str>(1)?))
-            .transpose()
-        })
-        .await
-    }
-
-    async fn channels(&self) -> Result<Vec<Channel>, LedgerError> {
-        self.read(|c| {
-            c.query(
-                "SELECT channel_id, version, config FROM channels ORDER BY channel_id",
-                &[],
-            )?
-            .iter()
-            .map(|r| {
-                crate::parts::channel(
-                    r.try_get::<_, &str>(0)?,
-                    r.try_get(1)?,
-                    r.try_get::<_, &str>(2)?,
-                )
-            })
-            .collect()
-        })
-        .await
-    }
-
-    async fn stock(&self, store: StoreId, sku: Sku) -> Result<Option<StockRow>, LedgerError> {
-        self.read(move |c| {
-            let sql = format!("SELECT {STOCK_COLUMNS} FROM stock WHERE store_id = $1 AND sku = $2");
-            Ok(stock_rows(c, &sql, &[&store.as_str(), &sku.as_str()])?.pop())
-        })
-        .await
-    }
-
-    async fn stock_by_sku(&self, sku: Sku) -> Result<Vec<StockRow>, LedgerError> {
-        self.read(move |c| {
-            let sql = format!("SELECT {STOCK_COLUMNS} FROM stock WHERE sku = $1 ORDER BY store_id");
-            stock_rows(c, &sql, &[&sku.as_str()])
-        })
-        .await
-    }
-
-    async fn stock_by_store(
-        &self,
-        store: StoreId,
-        after: Option<Sku>,
-        limit: usize,
-    ) -> Result<Vec<StockRow>, LedgerError> {
-        self.read(move |c| {
-            let sql = format!("SELECT {STOCK_COLUMNS} FROM stock WHERE store_id = $1 AND sku > $2 ORDER BY sku LIMIT $3");
-            let after = after.as_ref().map_or("", Sku::as_str);
-            stock_rows(c, &sql, &[&store.as_str(), &after, &(limit as i64)])
-        })
-        .await
-    }
-
-    async fn all_stock(&self) -> Result<Vec<StockRow>, LedgerError> {
-        self.read(|c| {
-            stock_rows(
-                c,
-                &format!("SELECT {STOCK_COLUMNS} FROM stock ORDER BY store_id, sku"),
-                &[],
-            )
-        })
-        .await
-    }
-
-    async fn reservation(&self, id: Uuid) -> Result<Option<Reservation>, LedgerError> {
-        self.read(move |c| rows::load_reservation(c, id)).await
-    }
-
-    async fn reservations_by_order(&self, order: OrderId) -> Result<Vec<Reservation>, LedgerError> {
-        self.read(move |c| {
-            in_snapshot(c, |tx| {
-                let ids: Vec<Uuid> = tx
-                    .query(
-                        "SELECT id FROM reservations WHERE order_id = $1 ORDER BY created_at, id",
-                        &[&order.as_str()],
-                    )?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                let mut out = Vec::with_capacity(ids.len());
-                for id in ids {
-                    out.extend(rows::load_reservation(tx, id)?);
-                }
-                Ok(out)
-            })
-        })
-        .await
-    }
-
-    async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError> {
-        let retention = crate::retention_delta(retention)?;
-        crate::in_chunks(crate::PURGE_CHUNK, || {
-            self.write(move |e| e.purge_events(retention, crate::PURGE_CHUNK))
-        })
-        .await
-    }
-
-    async fn shortages(&self) -> Result<i64, LedgerError> {
-        self.read(|c| {
-            Ok(
-                c.query_one("SELECT count(*) FROM stock WHERE on_hand < reserved", &[])?
-                    .get(0),
-            )
-        })
-        .await
-    }
-
-    async fn shortage_rows(&self, limit: usize) -> Result<Vec<StockRow>, LedgerError> {
-        self.read(move |c| {
-            let sql = format!(
-                "SELECT {STOCK_COLUMNS} FROM stock WHERE on_hand < reserved \
-                 ORDER BY reserved - on_hand DESC, store_id, sku LIMIT $1"
-            );
-            stock_rows(c, &sql, &[&(limit as i64)])
-        })
-        .await
-    }
-
-    async fn recent_events_of(
-        &self,
-        sku: Sku,
-        limit: usize,
-    ) -> Result<Vec<LoggedEvent>, LedgerError> {
-        self.read(move |c| {
-            Ok(c.query(
-                "SELECT log_offset, envelope FROM events \
-                 WHERE log_offset > (SELECT value FROM meta WHERE key = 'last_offset') - $1 \
-                   AND sku = $2 ORDER BY log_offset DESC LIMIT $3",
-                &[&crate::RECENT_WINDOW, &sku.as_str(), &(limit as i64)],
-            )?
-            .iter()
-            .map(|r| LoggedEvent {
-                offset: r.get(0),
-                envelope: r.get(1),
-            })
-            .collect())
-        })
-        .await
-    }
-
-    async fn flush(&self, timeout: Duration) -> Result<(), LedgerError> {
-        // Committed events are in the log already; wait until this instance's head
-        // (what wakes its consumers) has seen them too.
-        let last: i64 = self
-            .read(|c| {
-                Ok(
-                    c.query_one("SELECT value FROM meta WHERE key = 'last_offset'", &[])?
-                        .get(0),
-                )
-            })
-            .await?;
-        let mut head = self.head.clone();
-        let reached = tokio::time::timeout(timeout, head.wait_for(|h| *h >= last))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if reached {
-            Ok(())
-        } else {
-            Err(LedgerError::Unavailable(format!(
-                "the head has not reached offset {last}"
-            )))
-        }
-    }
-
-    async fn ping(&self) -> Result<(), LedgerError> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(LedgerError::Unavailable(
-                "the ledger is shutting down".into(),
-            ));
-        }
-        let server: String = self
-            .read(|c| {
-                Ok(c.query_one(
-                    "SELECT coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'local socket')",
-                    &[],
-                )?
-                .get(0))
-            })
-            .await?;
-        let mut known = self.server.lock().unwrap_or_else(|e| e.into_inner());
-        if known.as_deref() != Some(server.as_str()) {
-            tracing::info!(ledger.server = %server, was = ?*known, "the ledger is served by this PostgreSQL server now");
-            *known = Some(server);
-        }
-        Ok(())
-    }
-
-    fn server(&self) -> Option<String> {
-        self.server
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    async fn shutdown(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        let handle = self
-            .heartbeat
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
     }
 }
 

@@ -15,9 +15,12 @@
 //! second round of writes and an fsync of the database file. The writer keeps a far
 //! higher automatic threshold only as a backstop, should the checkpointer fall behind.
 
+mod commands;
+mod reads;
 mod rows;
 mod schema;
 mod tx;
+mod upkeep;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,21 +28,17 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use invsync_core::channel::{Channel, ChannelConfig, SafetyOverrides};
-use invsync_core::{Adjust, ChannelId, OrderId, ReleaseReason, Reservation, Reserve, Sku, StoreId};
+use invsync_core::{Sku, StoreId};
 use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot, watch};
-use uuid::Uuid;
 
 use self::rows::STOCK_COLUMNS;
 use self::tx::SqliteTx;
 use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::error::LedgerError;
-use crate::model::{
-    AdjustmentOutcome, EventPage, LoggedEvent, ReserveOutcome, SnapshotPage, StockRow,
-};
-use crate::{EventLog, Ledger, LogCursors, ReleaseLines, Term, Turn};
+use crate::model::{EventPage, LoggedEvent, SnapshotPage};
+use crate::{Channels, EventLog, LogCursors, Term, Turn};
 
 /// How the SQLite ledger runs.
 #[derive(Debug, Clone)]
@@ -421,251 +420,6 @@ fn in_snapshot<T>(
     let out = f(&tx)?;
     tx.finish()?;
     Ok(out)
-}
-
-#[async_trait]
-impl Ledger for SqliteLedger {
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(order.id = %cmd.order_id(), store.id = cmd.store_id().map(StoreId::as_str), channel.id = cmd.channel().map(ChannelId::as_str)))]
-    async fn reserve(&self, cmd: Reserve) -> Result<ReserveOutcome, LedgerError> {
-        self.write(move |e| e.reserve(&cmd)).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(reservation.id = %id))]
-    async fn release(
-        &self,
-        id: Uuid,
-        lines: ReleaseLines,
-        reason: ReleaseReason,
-        key: Option<String>,
-    ) -> Result<Reservation, LedgerError> {
-        self.write(move |e| e.client_release(id, lines.as_ref(), reason, key.as_deref()))
-            .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(reservation.id = %id))]
-    async fn fulfil(
-        &self,
-        id: Uuid,
-        lines: ReleaseLines,
-        key: Option<String>,
-    ) -> Result<Reservation, LedgerError> {
-        self.write(move |e| e.client_fulfil(id, lines.as_ref(), key.as_deref()))
-            .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(store.id = %cmd.store_id, product.sku = %cmd.sku))]
-    async fn adjust(&self, cmd: Adjust) -> Result<AdjustmentOutcome, LedgerError> {
-        self.write(move |e| e.adjust(&cmd)).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(commands = cmds.len()))]
-    async fn adjust_many(&self, cmds: Vec<Adjust>) -> Vec<Result<AdjustmentOutcome, LedgerError>> {
-        // Queued together, they usually share one batch (one fsync), yet each is
-        // decided and answered on its own.
-        let mut queued = Vec::with_capacity(cmds.len());
-        for cmd in cmds {
-            queued.push(self.enqueue(move |e| e.adjust(&cmd)).await);
-        }
-        let mut out = Vec::with_capacity(queued.len());
-        for answer in queued {
-            out.push(match answer {
-                Ok(answer) => Self::answer(answer).await,
-                Err(err) => Err(err),
-            });
-        }
-        out
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
-    async fn expire_due(&self) -> Result<usize, LedgerError> {
-        crate::in_chunks(crate::EXPIRY_CHUNK, || {
-            self.write(|e| e.expire_due(crate::EXPIRY_CHUNK))
-        })
-        .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(channel.id = %id))]
-    async fn put_channel(
-        &self,
-        id: ChannelId,
-        config: ChannelConfig,
-        if_version: Option<i64>,
-    ) -> Result<Channel, LedgerError> {
-        self.write(move |e| e.put_channel(&id, config, if_version))
-            .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(channel.id = %id))]
-    async fn set_safety_stock(
-        &self,
-        id: ChannelId,
-        items: SafetyOverrides,
-    ) -> Result<usize, LedgerError> {
-        self.write(move |e| e.set_safety_stock(&id, &items)).await
-    }
-
-    async fn channel(&self, id: ChannelId) -> Result<Option<Channel>, LedgerError> {
-        self.read(move |c| rows::load_channel(c, &id)).await
-    }
-
-    async fn channels(&self) -> Result<Vec<Channel>, LedgerError> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT channel_id, version, config FROM channels ORDER BY channel_id",
-            )?;
-            let mut found = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(row) = found.next()? {
-                out.push(crate::parts::channel(
-                    &row.get::<_, String>(0)?,
-                    row.get(1)?,
-                    &row.get::<_, String>(2)?,
-                )?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn stock(&self, store: StoreId, sku: Sku) -> Result<Option<StockRow>, LedgerError> {
-        self.read(move |c| {
-            let sql = format!("SELECT {STOCK_COLUMNS} FROM stock WHERE store_id = ?1 AND sku = ?2");
-            Ok(rows::stock_rows(c, &sql, params![store.as_str(), sku.as_str()])?.pop())
-        })
-        .await
-    }
-
-    async fn stock_by_sku(&self, sku: Sku) -> Result<Vec<StockRow>, LedgerError> {
-        self.read(move |c| {
-            let sql = format!("SELECT {STOCK_COLUMNS} FROM stock WHERE sku = ?1 ORDER BY store_id");
-            rows::stock_rows(c, &sql, [sku.as_str()])
-        })
-        .await
-    }
-
-    async fn stock_by_store(
-        &self,
-        store: StoreId,
-        after: Option<Sku>,
-        limit: usize,
-    ) -> Result<Vec<StockRow>, LedgerError> {
-        self.read(move |c| {
-            let sql = format!(
-                "SELECT {STOCK_COLUMNS} FROM stock WHERE store_id = ?1 AND sku > ?2 ORDER BY sku LIMIT ?3"
-            );
-            let after = after.as_ref().map_or("", Sku::as_str);
-            rows::stock_rows(c, &sql, params![store.as_str(), after, limit as i64])
-        })
-        .await
-    }
-
-    async fn all_stock(&self) -> Result<Vec<StockRow>, LedgerError> {
-        self.read(|c| {
-            let sql = format!("SELECT {STOCK_COLUMNS} FROM stock ORDER BY store_id, sku");
-            rows::stock_rows(c, &sql, [])
-        })
-        .await
-    }
-
-    async fn reservation(&self, id: Uuid) -> Result<Option<Reservation>, LedgerError> {
-        self.read(move |c| rows::load_reservation(c, id)).await
-    }
-
-    async fn reservations_by_order(&self, order: OrderId) -> Result<Vec<Reservation>, LedgerError> {
-        self.read(move |c| {
-            in_snapshot(c, |c| {
-                let ids = rows::reservation_ids(
-                    c,
-                    "SELECT id FROM reservations WHERE order_id = ?1 ORDER BY created_at, id",
-                    [order.as_str()],
-                )?;
-                let mut out = Vec::with_capacity(ids.len());
-                for id in ids {
-                    out.extend(rows::load_reservation(c, id)?);
-                }
-                Ok(out)
-            })
-        })
-        .await
-    }
-
-    async fn purge_events(&self, retention: std::time::Duration) -> Result<usize, LedgerError> {
-        let retention = crate::retention_delta(retention)?;
-        crate::in_chunks(crate::PURGE_CHUNK, || {
-            self.write(move |e| e.purge_events(retention, crate::PURGE_CHUNK))
-        })
-        .await
-    }
-
-    async fn shortages(&self) -> Result<i64, LedgerError> {
-        self.read(|c| {
-            Ok(c.query_row(
-                "SELECT count(*) FROM stock WHERE on_hand < reserved",
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .await
-    }
-
-    async fn shortage_rows(&self, limit: usize) -> Result<Vec<StockRow>, LedgerError> {
-        self.read(move |c| {
-            let sql = format!(
-                "SELECT {STOCK_COLUMNS} FROM stock WHERE on_hand < reserved \
-                 ORDER BY reserved - on_hand DESC, store_id, sku LIMIT ?1"
-            );
-            rows::stock_rows(c, &sql, [limit as i64])
-        })
-        .await
-    }
-
-    async fn recent_events_of(
-        &self,
-        sku: Sku,
-        limit: usize,
-    ) -> Result<Vec<LoggedEvent>, LedgerError> {
-        self.read(move |c| {
-            let mut statement = c.prepare_cached(
-                "SELECT log_offset, envelope FROM events \
-                 WHERE log_offset > (SELECT coalesce(max(log_offset), 0) FROM events) - ?1 \
-                   AND sku = ?2 ORDER BY log_offset DESC LIMIT ?3",
-            )?;
-            let rows = statement.query_map(
-                rusqlite::params![crate::RECENT_WINDOW, sku.as_str(), limit as i64],
-                |r| {
-                    Ok(LoggedEvent {
-                        offset: r.get(0)?,
-                        envelope: r.get(1)?,
-                    })
-                },
-            )?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    async fn flush(&self, _timeout: std::time::Duration) -> Result<(), LedgerError> {
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), LedgerError> {
-        if self.jobs.is_closed() {
-            return Err(LedgerError::Unavailable("the ledger writer stopped".into()));
-        }
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
-            .await
-    }
-
-    async fn shutdown(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.jobs.send(Job::Stop(done)).await.is_ok() {
-            let _ = wait.await;
-        }
-        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
-    }
 }
 
 #[async_trait]

@@ -222,7 +222,8 @@ mod tests {
     use invsync_core::{ChannelId, OrderId, Reservation, ReservationStatus, Sku, StoreId};
 
     use super::*;
-    use crate::{EventLog, Ledger, ManualClock, SqliteConfig, SqliteLedger};
+    use crate::prelude::*;
+    use crate::{ManualClock, SqliteConfig, SqliteLedger};
 
     /// A database written by schema 2 (lines in their own table, a time index on the
     /// log) opens under this build: its reservations read the same, a channel
