@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A configuration value that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +30,15 @@ pub(crate) fn setting(key: &str, message: impl std::fmt::Display) -> anyhow::Err
     anyhow::Error::new(bad(key, message))
 }
 
-/// The flags of `invsync serve`. Every one may also come from its environment variable
-/// or from the `--config` file (same key names).
-#[derive(Debug, Default, Clone, Args)]
+/// The settings of `invsync serve`, declared once: each is a flag, its environment
+/// variable, and a key of the `--config` file (the flag's name, in kebab case). The
+/// file is read into this same struct; [`ServeArgs::over`] lays the flags over it.
+#[derive(Debug, Default, Clone, Args, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServeArgs {
     /// TOML file with the same keys as these flags.
     #[arg(long, env = "INVSYNC_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Directory of the embedded ledger (default ./invsync-data).
     #[arg(long, env = "INVSYNC_DATA_DIR", value_name = "DIR")]
@@ -128,39 +131,38 @@ pub struct ServeArgs {
     /// anyway; event streams end at once (default 10s).
     #[arg(long, env = "INVSYNC_SHUTDOWN_GRACE", value_name = "DUR")]
     pub shutdown_grace: Option<String>,
+    /// More webhook endpoints, each its own consumer: the file's `[[webhook]]` tables
+    /// (no flag: a list of tables has none).
+    #[arg(skip)]
+    #[serde(default, rename = "webhook", skip_serializing_if = "Vec::is_empty")]
+    pub(crate) webhooks: Vec<EndpointSpec>,
 }
 
-/// The `--config` file: the same keys as the flags.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    listen: Option<String>,
-    database_url: Option<String>,
-    bus: Option<String>,
-    bus_stream: Option<String>,
-    bus_replicas: Option<usize>,
-    retention: Option<String>,
-    sla: Option<String>,
-    webhook_url: Option<String>,
-    webhook_secret: Option<String>,
-    webhook_secret_file: Option<PathBuf>,
-    webhook_previous_secret: Option<String>,
-    webhook_timeout: Option<String>,
-    webhook_retry_cap: Option<String>,
-    webhook_dead_after: Option<String>,
-    webhook_park_after: Option<String>,
-    /// More webhook endpoints, each its own consumer: `[[webhook]]` tables.
-    #[serde(default, rename = "webhook")]
-    webhooks: Vec<EndpointSpec>,
-    tokens: Option<PathBuf>,
-    log_format: Option<String>,
-    deployment: Option<String>,
-    max_batch: Option<usize>,
-    max_connections: Option<usize>,
-    header_timeout: Option<String>,
-    body_timeout: Option<String>,
-    shutdown_grace: Option<String>,
+impl ServeArgs {
+    /// These settings laid over `file`'s: a flag (or its variable) that is set wins,
+    /// the file fills in the rest. One generic overlay of the two as documents, so no
+    /// setting is named twice.
+    fn over(self, file: ServeArgs) -> Result<ServeArgs, ConfigError> {
+        let config = self.config.clone();
+        let mut merged = document(&file)?;
+        if let (Some(into), serde_json::Value::Object(flags)) =
+            (merged.as_object_mut(), document(&self)?)
+        {
+            for (key, value) in flags {
+                if !value.is_null() {
+                    into.insert(key, value);
+                }
+            }
+        }
+        let mut args: ServeArgs = serde_json::from_value(merged)
+            .map_err(|e| bad("config", format!("merging the flags over the file: {e}")))?;
+        args.config = config;
+        Ok(args)
+    }
+}
+
+fn document(args: &ServeArgs) -> Result<serde_json::Value, ConfigError> {
+    serde_json::to_value(args).map_err(|e| bad("config", format!("reading the settings: {e}")))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,31 +263,27 @@ impl Config {
     pub fn resolve_with(args: ServeArgs, default_listen: &str) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
+        let args = args.over(file)?;
         let data_dir = args
             .data_dir
-            .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("./invsync-data"));
-        let listen = args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| default_listen.to_owned());
+        let listen = args.listen.unwrap_or_else(|| default_listen.to_owned());
         let listen: SocketAddr = listen.parse().map_err(|e| {
             bad(
                 "listen",
                 format!("{listen:?} is not an address like 127.0.0.1:8080 ({e})"),
             )
         })?;
-        let database = match args.database_url.or(file.database_url) {
+        let database = match args.database_url {
             None => Database::Sqlite(data_dir.join("ledger.db")),
             Some(url) => parse_database_url(&url)?,
         };
         let stream = args
             .bus_stream
-            .or(file.bus_stream)
             .unwrap_or_else(|| "INVSYNC_EVENTS".to_owned());
-        let replicas = args.bus_replicas.or(file.bus_replicas).unwrap_or(1);
+        let replicas = args.bus_replicas.unwrap_or(1);
         if !(1..=5).contains(&replicas) {
             return Err(bad(
                 "bus-replicas",
@@ -293,34 +291,29 @@ impl Config {
             ));
         }
         let bus = parse_bus(
-            &args
-                .bus
-                .or(file.bus)
-                .unwrap_or_else(|| "embedded".to_owned()),
+            &args.bus.unwrap_or_else(|| "embedded".to_owned()),
             stream,
             replicas,
         )?;
-        let retention = duration("retention", args.retention.or(file.retention), "7d")?;
-        let sla = duration("sla", args.sla.or(file.sla), "30s")?;
+        let retention = duration("retention", args.retention, "7d")?;
+        let sla = duration("sla", args.sla, "30s")?;
         let flags = EndpointSpec {
             name: Some(FLAGS_ENDPOINT.to_owned()),
-            url: args.webhook_url.or(file.webhook_url),
-            secret: args.webhook_secret.or(file.webhook_secret),
-            secret_file: args.webhook_secret_file.or(file.webhook_secret_file),
-            previous_secret: args
-                .webhook_previous_secret
-                .or(file.webhook_previous_secret),
+            url: args.webhook_url,
+            secret: args.webhook_secret,
+            secret_file: args.webhook_secret_file,
+            previous_secret: args.webhook_previous_secret,
             events: None,
-            timeout: args.webhook_timeout.or(file.webhook_timeout),
-            retry_cap: args.webhook_retry_cap.or(file.webhook_retry_cap),
-            dead_after: args.webhook_dead_after.or(file.webhook_dead_after),
-            park_after: args.webhook_park_after.or(file.webhook_park_after),
+            timeout: args.webhook_timeout,
+            retry_cap: args.webhook_retry_cap,
+            dead_after: args.webhook_dead_after,
+            park_after: args.webhook_park_after,
         };
         let mut webhooks = Vec::new();
         if flags.url.is_some() || flags.secret.is_some() || flags.secret_file.is_some() {
             webhooks.push(flags.resolve(|field| format!("webhook-{field}"))?);
         }
-        for (i, spec) in file.webhooks.into_iter().enumerate() {
+        for (i, spec) in args.webhooks.into_iter().enumerate() {
             let webhook = spec.resolve(|field| format!("webhook[{i}].{field}"))?;
             if webhook.name == "storefront"
                 || webhooks.iter().any(|w: &Webhook| w.name == webhook.name)
@@ -332,7 +325,7 @@ impl Config {
             }
             webhooks.push(webhook);
         }
-        let log_format = match args.log_format.or(file.log_format).as_deref() {
+        let log_format = match args.log_format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
@@ -342,13 +335,10 @@ impl Config {
                 ))
             }
         };
-        let deployment = args
-            .deployment
-            .or(file.deployment)
-            .unwrap_or_else(|| "local".to_owned());
+        let deployment = args.deployment.unwrap_or_else(|| "local".to_owned());
         invsync_core::StoreId::parse(deployment.as_str())
             .map_err(|e| bad("deployment", format!("{deployment:?}: {e}")))?;
-        let max_batch = args.max_batch.or(file.max_batch).unwrap_or(256);
+        let max_batch = args.max_batch.unwrap_or(256);
         if !(1..=10_000).contains(&max_batch) {
             return Err(bad(
                 "max-batch",
@@ -356,10 +346,7 @@ impl Config {
             ));
         }
         let defaults = invsync_api::ServeLimits::default();
-        let max_connections = args
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(defaults.max_connections);
+        let max_connections = args.max_connections.unwrap_or(defaults.max_connections);
         if !(1..=1_000_000).contains(&max_connections) {
             return Err(bad(
                 "max-connections",
@@ -368,21 +355,9 @@ impl Config {
         }
         let http = invsync_api::ServeLimits {
             max_connections,
-            header_timeout: duration(
-                "header-timeout",
-                args.header_timeout.or(file.header_timeout),
-                "10s",
-            )?,
-            body_timeout: duration(
-                "body-timeout",
-                args.body_timeout.or(file.body_timeout),
-                "30s",
-            )?,
-            grace: duration(
-                "shutdown-grace",
-                args.shutdown_grace.or(file.shutdown_grace),
-                "10s",
-            )?,
+            header_timeout: duration("header-timeout", args.header_timeout, "10s")?,
+            body_timeout: duration("body-timeout", args.body_timeout, "30s")?,
+            grace: duration("shutdown-grace", args.shutdown_grace, "10s")?,
         };
         Ok(Self {
             data_dir,
@@ -392,7 +367,7 @@ impl Config {
             retention,
             sla,
             webhooks,
-            tokens: args.tokens.or(file.tokens),
+            tokens: args.tokens,
             log_format,
             source: format!("invsync://{deployment}"),
             max_batch,
@@ -406,9 +381,9 @@ pub const FLAGS_ENDPOINT: &str = "webhook";
 
 /// One webhook endpoint as configured: the `--webhook-*` flags, or a `[[webhook]]`
 /// table of the file (whose keys are these, in kebab case).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct EndpointSpec {
+pub(crate) struct EndpointSpec {
     name: Option<String>,
     url: Option<String>,
     secret: Option<String>,
@@ -535,7 +510,7 @@ fn read_secret(path: &Path, key: &str) -> Result<String, ConfigError> {
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| bad("config", format!("{}: {}", path.display(), e.message())))
