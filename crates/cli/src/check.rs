@@ -61,11 +61,41 @@ fn key(v: &Value, store: &str, sku: &str) -> Key {
     )
 }
 
+/// Runs every check against the server behind `client`: the ledger's rows against
+/// their events, the log's offsets and versions, the storefront against the ledger,
+/// and every channel's availability against the formula.
 pub async fn run(client: &Client, wait: Duration) -> Result<Report, ClientError> {
     let mut report = Report::default();
+    let rows = read_snapshot(client).await?;
+    let snapshot_offset = rows.iter().map(|r| r.2).max().unwrap_or(0);
+    let log = read_log(client, wait, &rows, snapshot_offset, &mut report).await?;
+    check_rows(&rows, &log, snapshot_offset, &mut report);
+    let histories = log.histories;
 
-    // 1. The snapshot, page by page, each with the offset it is consistent with.
-    let mut rows: Vec<(Key, Value, i64)> = Vec::new();
+    // 4. The storefront projection, once it has caught up with the snapshot; then
+    // 5. its channel availability against the formula, from the ledger's rows.
+    let caught_up = check_storefront(
+        client,
+        wait,
+        snapshot_offset,
+        &rows,
+        &histories,
+        &mut report,
+    )
+    .await?;
+    if caught_up {
+        check_channels(client, &rows, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// A ledger row of the snapshot: its key, the row, and the log offset its page is
+/// consistent with.
+type SnapshotRow = (Key, Value, i64);
+
+/// 1. The snapshot, page by page, each with the offset it is consistent with.
+async fn read_snapshot(client: &Client) -> Result<Vec<SnapshotRow>, ClientError> {
+    let mut rows: Vec<SnapshotRow> = Vec::new();
     let mut after: Option<String> = None;
     loop {
         let mut path = "/v1/stock/snapshot?limit=1000".to_owned();
@@ -82,12 +112,29 @@ pub async fn run(client: &Client, wait: Duration) -> Result<Report, ClientError>
             None => break,
         }
     }
-    let snapshot_offset = rows.iter().map(|r| r.2).max().unwrap_or(0);
+    Ok(rows)
+}
 
-    // 2. The log up to (at least) the snapshot's offset, and then up to the versions
-    //    the rows hold: on PostgreSQL a row may already reflect a change whose event
-    //    the relay has not moved into the log yet, so keep reading (briefly) until
-    //    every row's version is in the log.
+/// What the log says: each key's history, the last offset read, the oldest retained
+/// and how many events were read.
+struct Log {
+    histories: HashMap<Key, History>,
+    cursor: i64,
+    oldest: i64,
+    events: usize,
+}
+
+/// 2. The log up to (at least) the snapshot's offset, and then up to the versions the
+///    rows hold: on PostgreSQL a row may already reflect a change whose event is not
+///    in the log yet, so keep reading (briefly) until every row's version is in it.
+///    Offsets must have no gap, and each key's versions rise by one.
+async fn read_log(
+    client: &Client,
+    wait: Duration,
+    rows: &[SnapshotRow],
+    snapshot_offset: i64,
+    report: &mut Report,
+) -> Result<Log, ClientError> {
     let mut histories: HashMap<Key, History> = HashMap::new();
     let (mut cursor, oldest) = match client
         .call(Method::GET, "/v1/events?after=0&limit=1", None)
@@ -169,11 +216,26 @@ pub async fn run(client: &Client, wait: Duration) -> Result<Report, ClientError>
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(Log {
+        histories,
+        cursor,
+        oldest,
+        events,
+    })
+}
 
-    // 3. Each row against the event of its own version, and never behind the log as
-    //    of its page's offset.
+/// 3. Each row against the event of its own version, and never behind the log as of
+///    its page's offset; no key with events but no row.
+fn check_rows(rows: &[SnapshotRow], log: &Log, snapshot_offset: i64, report: &mut Report) {
+    let Log {
+        histories,
+        cursor,
+        oldest,
+        events,
+    } = log;
+    let (cursor, oldest) = (*cursor, *oldest);
     let mut unverifiable = 0;
-    for ((store, sku), row, page_offset) in &rows {
+    for ((store, sku), row, page_offset) in rows {
         let name = format!("{store}/{sku}");
         let version = row["version"].as_i64().unwrap_or(-1);
         let Some(history) = histories.get(&(store.clone(), sku.clone())) else {
@@ -203,7 +265,7 @@ pub async fn run(client: &Client, wait: Duration) -> Result<Report, ClientError>
         }
     }
     let row_keys: std::collections::HashSet<&Key> = rows.iter().map(|r| &r.0).collect();
-    for (k, h) in &histories {
+    for (k, h) in histories {
         if !row_keys.contains(k) && h.at(snapshot_offset).is_some() {
             report.problem(format!(
                 "{}/{}: events in the log but no ledger row",
@@ -221,22 +283,6 @@ pub async fn run(client: &Client, wait: Duration) -> Result<Report, ClientError>
             String::new()
         }
     ));
-
-    // 4. The storefront projection, once it has caught up with the snapshot; then
-    // 5. its channel availability against the formula, from the ledger's rows.
-    let caught_up = check_storefront(
-        client,
-        wait,
-        snapshot_offset,
-        &rows,
-        &histories,
-        &mut report,
-    )
-    .await?;
-    if caught_up {
-        check_channels(client, &rows, &mut report).await?;
-    }
-    Ok(report)
 }
 
 /// The storefront's channel availability, for every channel and every SKU the ledger
@@ -316,45 +362,9 @@ async fn check_channels(
                 None => vec![page],
             };
             for item in &items {
-                let sku = item["sku"].as_str().unwrap_or("?");
-                let name = format!("storefront channel {id} {sku}");
-                let stores = item["stores"].as_array().cloned().unwrap_or_default();
-                if stores.len() != defaults.len() {
-                    report.problem(format!(
-                        "{name}: {} locations, the channel has {}",
-                        stores.len(),
-                        defaults.len()
-                    ));
-                }
-                let total: i64 = stores.iter().filter_map(|s| s["available"].as_i64()).sum();
-                if item["available"].as_i64() != Some(total) {
-                    report.problem(format!(
-                        "{name}: available {} is not the sum of its locations' {total}",
-                        item["available"]
-                    ));
-                }
-                for s in &stores {
-                    let store = s["store_id"].as_str().unwrap_or("?");
-                    let k = (store.to_owned(), sku.to_owned());
-                    let (available, version) = ledger.get(&k).copied().unwrap_or((0, 0));
-                    if s["version"].as_i64() != Some(version) {
-                        moved_on += 1;
-                        continue;
-                    }
-                    let Some(default) = defaults.get(store) else {
-                        report.problem(format!("{name}: {store} is not a location of it"));
-                        continue;
-                    };
-                    let safety = overrides.get(&k).copied().unwrap_or(*default);
-                    let expected = (available - safety).max(0);
-                    compared += 1;
-                    if s["available"].as_i64() != Some(expected) {
-                        report.problem(format!(
-                            "{name} at {store}: shows {}, the ledger's available {available} less safety stock {safety} gives {expected}",
-                            s["available"]
-                        ));
-                    }
-                }
+                let (c, m) = compare_item(item, id, &defaults, &overrides, &ledger, report);
+                compared += c;
+                moved_on += m;
             }
         }
     }
@@ -371,6 +381,60 @@ async fn check_channels(
         }
     ));
     Ok(())
+}
+
+/// One SKU of one channel as the storefront shows it, against the formula computed
+/// from the ledger's rows. Returns how many location figures were compared, and how
+/// many were skipped because the row changed since the snapshot.
+fn compare_item(
+    item: &Value,
+    id: &str,
+    defaults: &HashMap<&str, i64>,
+    overrides: &HashMap<Key, i64>,
+    ledger: &HashMap<&Key, (i64, i64)>,
+    report: &mut Report,
+) -> (usize, usize) {
+    let (mut compared, mut moved_on) = (0, 0);
+    let sku = item["sku"].as_str().unwrap_or("?");
+    let name = format!("storefront channel {id} {sku}");
+    let stores = item["stores"].as_array().cloned().unwrap_or_default();
+    if stores.len() != defaults.len() {
+        report.problem(format!(
+            "{name}: {} locations, the channel has {}",
+            stores.len(),
+            defaults.len()
+        ));
+    }
+    let total: i64 = stores.iter().filter_map(|s| s["available"].as_i64()).sum();
+    if item["available"].as_i64() != Some(total) {
+        report.problem(format!(
+            "{name}: available {} is not the sum of its locations' {total}",
+            item["available"]
+        ));
+    }
+    for s in &stores {
+        let store = s["store_id"].as_str().unwrap_or("?");
+        let k = (store.to_owned(), sku.to_owned());
+        let (available, version) = ledger.get(&k).copied().unwrap_or((0, 0));
+        if s["version"].as_i64() != Some(version) {
+            moved_on += 1;
+            continue;
+        }
+        let Some(default) = defaults.get(store) else {
+            report.problem(format!("{name}: {store} is not a location of it"));
+            continue;
+        };
+        let safety = overrides.get(&k).copied().unwrap_or(*default);
+        let expected = (available - safety).max(0);
+        compared += 1;
+        if s["available"].as_i64() != Some(expected) {
+            report.problem(format!(
+                "{name} at {store}: shows {}, the ledger's available {available} less safety stock {safety} gives {expected}",
+                s["available"]
+            ));
+        }
+    }
+    (compared, moved_on)
 }
 
 async fn check_storefront(
