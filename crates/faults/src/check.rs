@@ -291,40 +291,60 @@ fn check_reservations(log: &[Logged], f: &mut Findings) {
     }
 }
 
-fn check_ops(log: &[Logged], ops: &[Op], f: &mut Findings) {
-    // Reservations by order id (their own RESERVED events, not reallocations).
-    let mut by_order: HashMap<&str, HashSet<&str>> = HashMap::new();
-    let mut by_ref: HashMap<&str, Vec<&Logged>> = HashMap::new();
-    let mut released: HashSet<&str> = HashSet::new();
-    let mut fulfilled: HashSet<&str> = HashSet::new();
-    for e in log.iter().filter(|e| e.is_stock()) {
-        let data = e.data();
-        match (e.event_type(), e.text("reason")) {
-            ("RESERVED", reason) if reason != "reallocated" => {
-                if let (Some(o), Some(r)) =
-                    (data["order_id"].as_str(), data["reservation_id"].as_str())
-                {
-                    by_order.entry(o).or_default().insert(r);
+/// What the log holds of the operations' effects, by the keys the operations name.
+#[derive(Default)]
+struct Effects<'a> {
+    /// Reservations by order id (their own RESERVED events, not reallocations).
+    by_order: HashMap<&'a str, HashSet<&'a str>>,
+    /// Adjustments by external_ref.
+    by_ref: HashMap<&'a str, Vec<&'a Logged>>,
+    /// Reservations a client released (not a reallocation's move).
+    released: HashSet<&'a str>,
+    fulfilled: HashSet<&'a str>,
+}
+
+impl<'a> Effects<'a> {
+    fn of(log: &'a [Logged]) -> Self {
+        let mut x = Effects::default();
+        for e in log.iter().filter(|e| e.is_stock()) {
+            let data = e.data();
+            match (e.event_type(), e.text("reason")) {
+                ("RESERVED", reason) if reason != "reallocated" => {
+                    if let (Some(o), Some(r)) =
+                        (data["order_id"].as_str(), data["reservation_id"].as_str())
+                    {
+                        x.by_order.entry(o).or_default().insert(r);
+                    }
                 }
-            }
-            ("RELEASED", reason) if reason != "reallocated" => {
-                if let Some(r) = data["reservation_id"].as_str() {
-                    released.insert(r);
+                ("RELEASED", reason) if reason != "reallocated" => {
+                    if let Some(r) = data["reservation_id"].as_str() {
+                        x.released.insert(r);
+                    }
                 }
-            }
-            ("ADJUSTED", "fulfilled") => {
-                if let Some(r) = data["reservation_id"].as_str() {
-                    fulfilled.insert(r);
+                ("ADJUSTED", "fulfilled") => {
+                    if let Some(r) = data["reservation_id"].as_str() {
+                        x.fulfilled.insert(r);
+                    }
                 }
-            }
-            ("ADJUSTED", _) => {
-                if let Some(r) = data["external_ref"].as_str() {
-                    by_ref.entry(r).or_default().push(e);
+                ("ADJUSTED", _) => {
+                    if let Some(r) = data["external_ref"].as_str() {
+                        x.by_ref.entry(r).or_default().push(e);
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
+        x
     }
+}
+
+fn check_ops(log: &[Logged], ops: &[Op], f: &mut Findings) {
+    let Effects {
+        by_order,
+        by_ref,
+        released,
+        fulfilled,
+    } = Effects::of(log);
     for op in ops {
         let outcome = match &op.outcome {
             Outcome::Ok { .. } => "ok",

@@ -108,6 +108,33 @@ pub struct Fault {
     pub note: String,
 }
 
+impl Fault {
+    /// A fault just struck and healed; its measures are filled in after the run.
+    fn struck(
+        kind: FaultKind,
+        target: String,
+        at: DateTime<Utc>,
+        resumed: Option<DateTime<Utc>>,
+        note: String,
+    ) -> Self {
+        Self {
+            kind,
+            target,
+            at,
+            resumed,
+            healed: Utc::now(),
+            writes_back_s: None,
+            write_gap_s: None,
+            delivery_stall_s: None,
+            duplicates: 0,
+            after_wake: 0,
+            started_after_wake: 0,
+            stale_refused: 0,
+            note,
+        }
+    }
+}
+
 /// Everything a fault can strike.
 pub struct World<'a> {
     pub pg: &'a mut PgCluster,
@@ -286,26 +313,17 @@ impl World<'_> {
                 )
             }
         };
-        // Whatever was struck is back in service before the next fault.
+        self.back_in_service().await?;
+        Ok(Fault::struck(kind, target, at, resumed, note))
+    }
+
+    /// Whatever was struck is back in service before the next fault.
+    async fn back_in_service(&mut self) -> Result<()> {
         for s in self.serve.iter_mut().chain(self.erp.iter_mut()) {
             if !s.running() {
                 s.start(self.http).await?;
             }
         }
-        Ok(Fault {
-            kind,
-            target,
-            at,
-            resumed,
-            healed: Utc::now(),
-            writes_back_s: None,
-            write_gap_s: None,
-            delivery_stall_s: None,
-            duplicates: 0,
-            after_wake: 0,
-            started_after_wake: 0,
-            stale_refused: 0,
-            note,
-        })
+        Ok(())
     }
 }

@@ -121,43 +121,14 @@ async fn run_in(plan: &Plan, dir: &std::path::Path) -> Result<Report> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
-    let (db, bus) = (pg.url(), nats.urls());
+    let bus = nats.urls();
 
-    // Each `serve` instance reaches every PostgreSQL node through a proxy of its own,
-    // which the `Partition` fault cuts.
-    let mut proxies = Vec::new();
-    let mut serve = Vec::new();
-    for i in 0..2 {
-        let name = format!("i{i}");
-        let mut mine = Vec::new();
-        for port in pg.ports() {
-            mine.push(proxy::Proxy::start(port).await?);
-        }
-        let via: Vec<u16> = mine.iter().map(|p| p.port).collect();
-        proxies.push(mine);
-        let text = serve_config(&patroni::PgCluster::url_through(&via), &bus, &hooks, &name);
-        let mut instance = Instance::new(&plan.invsync, &dir, &name, Role::Serve, &text)?;
-        instance.start(&http).await?;
-        serve.push(instance);
-    }
-    workload::setup(&http, &serve[0].url()).await?;
-    let consume = |name: &str, endpoint: &str, partitioned: bool| {
-        let text = consume_config(&db, &bus, &hooks, endpoint, name);
-        let role = Role::Consume {
-            endpoint: endpoint.to_owned(),
-            partitioned,
-        };
-        Instance::new(&plan.invsync, &dir, name, role, &text)
-    };
-    let mut wms = consume("wms", "wms", false)?;
-    wms.start(&http).await?;
-    let mut erp = vec![
-        consume("erp-m0", "erp", true)?,
-        consume("erp-m1", "erp", true)?,
-    ];
-    for m in &mut erp {
-        m.start(&http).await?;
-    }
+    let Instances {
+        proxies,
+        mut serve,
+        mut wms,
+        mut erp,
+    } = start_instances(plan, &dir, &pg, &bus, &hooks, &http).await?;
     nats.wait_stream_healthy(faults::STREAM, Duration::from_secs(60))
         .await?;
 
@@ -202,12 +173,111 @@ async fn run_in(plan: &Plan, dir: &std::path::Path) -> Result<Report> {
     // Everything settles: every endpoint and storefront catches up with the log.
     let url = pg.url();
     let (log, rows) = tokio::task::spawn_blocking(move || check::read_ledger(&url)).await??;
+    let caught_up = every_endpoint_caught_up(&receiver, &log).await;
+    let mut findings = check::check_ledger(&log, &rows, &history.ops());
+    if let Err(e) = caught_up {
+        findings.problems.push(e.to_string());
+    }
+    let storefronts = storefronts_converge(&http, &serve, &log).await;
+    findings.problems.extend(storefronts);
+    findings
+        .problems
+        .extend(invsync_check(&plan.invsync, &serve[0].url()).await);
+
+    let deliveries = receiver.deliveries();
+    let convergence = converge(&deliveries, &log, &nats, &mut findings).await;
+    let logs: std::collections::HashMap<String, PathBuf> = serve
+        .iter()
+        .chain(erp.iter())
+        .chain(std::iter::once(&wms))
+        .map(|i| (i.name.clone(), i.log_path()))
+        .collect();
+    let refused = receiver.refused();
+    measure(&mut faults, &history, &deliveries, &refused, &log, &logs);
+    check_bounds(&faults, &deliveries, &mut findings);
+    Ok(Report {
+        started,
+        ended,
+        ops: history.len(),
+        nats_syncs_always: nats.syncs_always,
+        findings,
+        convergence,
+        faults,
+        dir: plan.dir.clone(),
+    })
+}
+
+/// The invsync processes of the suite, started.
+struct Instances {
+    /// Per `serve` instance, its proxy to each PostgreSQL node.
+    proxies: Vec<Vec<proxy::Proxy>>,
+    serve: Vec<Instance>,
+    wms: Instance,
+    erp: Vec<Instance>,
+}
+
+/// Starts two `serve` instances (each reaching every PostgreSQL node through proxies
+/// of its own, which the `Partition` fault cuts), sets the shop up, then the `wms`
+/// consumer and the two members of the partitioned `erp` group.
+async fn start_instances(
+    plan: &Plan,
+    dir: &std::path::Path,
+    pg: &patroni::PgCluster,
+    bus: &str,
+    hooks: &str,
+    http: &reqwest::Client,
+) -> Result<Instances> {
+    let db = pg.url();
+    let mut proxies = Vec::new();
+    let mut serve = Vec::new();
+    for i in 0..2 {
+        let name = format!("i{i}");
+        let mut mine = Vec::new();
+        for port in pg.ports() {
+            mine.push(proxy::Proxy::start(port).await?);
+        }
+        let via: Vec<u16> = mine.iter().map(|p| p.port).collect();
+        proxies.push(mine);
+        let text = serve_config(&patroni::PgCluster::url_through(&via), bus, hooks, &name);
+        let mut instance = Instance::new(&plan.invsync, dir, &name, Role::Serve, &text)?;
+        instance.start(http).await?;
+        serve.push(instance);
+    }
+    workload::setup(http, &serve[0].url()).await?;
+    let consume = |name: &str, endpoint: &str, partitioned: bool| {
+        let text = consume_config(&db, bus, hooks, endpoint, name);
+        let role = Role::Consume {
+            endpoint: endpoint.to_owned(),
+            partitioned,
+        };
+        Instance::new(&plan.invsync, dir, name, role, &text)
+    };
+    let mut wms = consume("wms", "wms", false)?;
+    wms.start(http).await?;
+    let mut erp = vec![
+        consume("erp-m0", "erp", true)?,
+        consume("erp-m1", "erp", true)?,
+    ];
+    for m in &mut erp {
+        m.start(http).await?;
+    }
+    Ok(Instances {
+        proxies,
+        serve,
+        wms,
+        erp,
+    })
+}
+
+/// Waits (bounded) until every webhook endpoint has received every stock event of
+/// the log.
+async fn every_endpoint_caught_up(receiver: &Receiver, log: &[check::Logged]) -> Result<()> {
     let stock_ids: std::collections::HashSet<String> = log
         .iter()
         .filter(|e| e.is_stock())
         .map(|e| e.id().to_owned())
         .collect();
-    let caught_up = procs::eventually(
+    procs::eventually(
         "every webhook endpoint received every stock event",
         Duration::from_secs(120),
         || async {
@@ -225,18 +295,17 @@ async fn run_in(plan: &Plan, dir: &std::path::Path) -> Result<Report> {
                 .then_some(())
         },
     )
-    .await;
-    let mut findings = check::check_ledger(&log, &rows, &history.ops());
-    if let Err(e) = caught_up {
-        findings.problems.push(e.to_string());
-    }
-    let storefronts = storefronts_converge(&http, &serve, &log).await;
-    findings.problems.extend(storefronts);
-    findings
-        .problems
-        .extend(invsync_check(&plan.invsync, &serve[0].url()).await);
+    .await
+}
 
-    let deliveries = receiver.deliveries();
+/// How each endpoint and the stream converged on the log; what never arrived (or what
+/// the stream holds that the log does not) is a problem.
+async fn converge(
+    deliveries: &[Delivery],
+    log: &[check::Logged],
+    nats: &nats::NatsCluster,
+    findings: &mut check::Findings,
+) -> Vec<check::Convergence> {
     let mut convergence = Vec::new();
     for endpoint in ["shop", "wms", "erp"] {
         let mine: Vec<Delivery> = deliveries
@@ -244,7 +313,7 @@ async fn run_in(plan: &Plan, dir: &std::path::Path) -> Result<Report> {
             .filter(|d| d.endpoint == endpoint)
             .cloned()
             .collect();
-        let c = check::check_receiver(endpoint, &log, &mine);
+        let c = check::check_receiver(endpoint, log, &mine);
         if c.missing > 0 {
             findings
                 .problems
@@ -253,22 +322,21 @@ async fn run_in(plan: &Plan, dir: &std::path::Path) -> Result<Report> {
         convergence.push(c);
     }
     let stream = nats.event_ids(faults::STREAM).await.unwrap_or_default();
-    let (stream_check, foreign) = check::check_stream(&log, &stream);
+    let (stream_check, foreign) = check::check_stream(log, &stream);
     if foreign > 0 {
         findings.problems.push(format!(
             "the stream holds {foreign} events the log does not"
         ));
     }
     convergence.push(stream_check);
-    let logs: std::collections::HashMap<String, PathBuf> = serve
-        .iter()
-        .chain(erp.iter())
-        .chain(std::iter::once(&wms))
-        .map(|i| (i.name.clone(), i.log_path()))
-        .collect();
-    let refused = receiver.refused();
-    measure(&mut faults, &history, &deliveries, &refused, &log, &logs);
-    for f in &faults {
+    convergence
+}
+
+/// The bounds every fault must keep: re-deliveries within one batch, no delivery
+/// started after a frozen process woke, and the fencing token on every delivery made
+/// under a lease and only there.
+fn check_bounds(faults: &[Fault], deliveries: &[Delivery], findings: &mut check::Findings) {
+    for f in faults {
         // A change of worker re-delivers at most the batch in flight (a consumer's
         // batch is at most 1,000 events), plus what waited behind a parked SKU.
         if f.duplicates > DUPLICATE_BOUND {
@@ -285,7 +353,7 @@ async fn run_in(plan: &Plan, dir: &std::path::Path) -> Result<Report> {
         }
     }
     // The fencing token is on every delivery made under a lease, and only there.
-    for d in &deliveries {
+    for d in deliveries {
         let leased = d.endpoint != "wms";
         if d.lease.is_some() != leased {
             findings.problems.push(format!(
@@ -295,16 +363,6 @@ async fn run_in(plan: &Plan, dir: &std::path::Path) -> Result<Report> {
             break;
         }
     }
-    Ok(Report {
-        started,
-        ended,
-        ops: history.len(),
-        nats_syncs_always: nats.syncs_always,
-        findings,
-        convergence,
-        faults,
-        dir: plan.dir.clone(),
-    })
 }
 
 /// Fills in each fault's measures from the history and the deliveries.

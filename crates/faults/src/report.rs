@@ -58,6 +58,17 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut s = String::new();
+        self.write_summary(&mut s);
+        self.write_recovery(&mut s);
+        self.write_operations(&mut s);
+        self.write_convergence(&mut s);
+        self.write_problems(&mut s);
+        self.write_timeline(&mut s);
+        s
+    }
+
+    /// The title, the run and its verdict, the topology.
+    fn write_summary(&self, s: &mut String) {
         let _ = writeln!(s, "# Fault suite report\n");
         let _ = writeln!(
             s,
@@ -85,6 +96,10 @@ impl Report {
                 "nats-server 2.9: no `sync_interval`, flushed on its own schedule"
             }
         );
+    }
+
+    /// Recovery by kind of fault.
+    fn write_recovery(&self, s: &mut String) {
         let _ = writeln!(s, "## Recovery by fault (median / worst)\n");
         let _ = writeln!(
             s,
@@ -124,6 +139,10 @@ impl Report {
                 },
             );
         }
+    }
+
+    /// The operations by outcome.
+    fn write_operations(&self, s: &mut String) {
         let _ = writeln!(s, "\n## Operations\n");
         let _ = writeln!(s, "| kind | ok | failed | unknown |");
         let _ = writeln!(s, "| --- | --- | --- | --- |");
@@ -142,6 +161,10 @@ impl Report {
             "\nUnknown outcomes: {} applied (once), {} not applied.\n",
             self.findings.unknown_applied, self.findings.unknown_not_applied
         );
+    }
+
+    /// How each reader converged on the log, and what the log holds.
+    fn write_convergence(&self, s: &mut String) {
         let _ = writeln!(s, "## Convergence\n");
         let _ = writeln!(
             s,
@@ -165,6 +188,10 @@ impl Report {
             self.findings.reservations_checked,
             self.findings.channel_reservations_checked
         );
+    }
+
+    /// What did not hold.
+    fn write_problems(&self, s: &mut String) {
         let _ = writeln!(s, "## Problems\n");
         if self.findings.problems.is_empty() {
             let _ = writeln!(s, "None.");
@@ -175,6 +202,10 @@ impl Report {
         for p in &self.findings.problems {
             let _ = writeln!(s, "- {p}");
         }
+    }
+
+    /// Every fault in the order injected.
+    fn write_timeline(&self, s: &mut String) {
         let _ = writeln!(s, "\n## Faults in order\n");
         let _ = writeln!(
             s,
@@ -196,6 +227,5 @@ impl Report {
                 f.note
             );
         }
-        s
     }
 }
