@@ -18,7 +18,14 @@
 #   - identifiers are at most 255 *bytes* of UTF-8 (maxLength counts characters);
 #   - cursors (`after`) are only valid as returned in `next`.
 # The reverse check (negative_data_rejection: what the schema forbids is refused)
-# does run.
+# does run. The schema says what it can (issue 23): exactly one of store_id and
+# channel, of delta and set_on_hand, of from_offset and since, each with a value;
+# the identifier rule; the `skus` list; and integers written as 5.0 are integers,
+# as JSON Schema says. schemathesis still warns that three operations "mostly
+# rejected generated data": GET /v1/stock (exactly one of two query parameters) and
+# POST /v1/adjustments and /v1/reservations, whose random rows and channels mostly
+# do not exist or hold too little stock (404 and 409 are the answers, not a schema
+# mismatch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/debug/invsync}
@@ -52,6 +59,9 @@ schemathesis run "http://127.0.0.1:$PORT/openapi.json" \
   --report junit --report-dir "$D/report" > "$D/schemathesis.out" 2>&1
 rc=$?
 set -e
+# The warnings (an operation whose generated data the server mostly refused: the
+# schema says less than the server enforces), whole.
+sed -n '/^=* WARNINGS =*$/,/^=* SUMMARY =*$/p' "$D/schemathesis.out" | sed '1d;$d' | cut -c1-300
 # The summary and each failure's heading, without the (sometimes huge) payloads.
 grep -E '^(_{3,}|- ST|    (Expected|Received|Documented|Invalid component|Got )|=+ |  (❌|✅|Selected|Tested)|Test cases|  [0-9]+ generated)' "$D/schemathesis.out" | cut -c1-300
 if [ $rc -ne 0 ]; then

@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::schema::{AdjustReason, Allocation, Identifier, ReleaseReason, Split};
+use crate::schema::{AdjustReason, Allocation, Identifier, ReleaseReason, SkuList, Split};
 use crate::{error, routes, wire};
 
 /// This document, served (built once, on first request).
@@ -40,7 +40,7 @@ pub(crate) async fn serve() -> impl axum::response::IntoResponse {
         serve, routes::health::dashboard, routes::health::whoami,
     ),
     components(schemas(
-        Identifier, AdjustReason, ReleaseReason, Allocation, Split,
+        Identifier, SkuList, AdjustReason, ReleaseReason, Allocation, Split,
         error::Problem, wire::LineBody, wire::ReserveBody, wire::ReleaseBody, wire::FulfilBody,
         wire::AdjustmentBody, wire::AdjustmentBatchBody, wire::StockView, wire::StockList,
         wire::StockPage, wire::SnapshotView, wire::AdjustmentView, wire::BatchView,
@@ -185,7 +185,8 @@ pub fn document() -> serde_json::Value {
 /// - a parameter that is absent is never `null` (HTTP has no null): optional
 ///   parameters lose the `"null"` type utoipa gives `Option<T>`;
 /// - an adjustment has exactly one of `delta` and `set_on_hand`, and `delta` is never
-///   0; a replay has exactly one of `from_offset` and `since`.
+///   0; a replay has exactly one of `from_offset` and `since`; a reservation exactly
+///   one of `store_id` and `channel`.
 fn refine(doc: &mut serde_json::Value) {
     use serde_json::{json, Value};
     if let Some(paths) = doc["paths"].as_object_mut() {
@@ -208,7 +209,10 @@ fn refine(doc: &mut serde_json::Value) {
             }
         }
     }
-    let one_of = |fields: [&str; 2]| json!(fields.map(|f| json!({"required": [f]})));
+    // The one given must be given a value: a `null` is as good as absent.
+    let one_of = |fields: [&str; 2]| {
+        json!(fields.map(|f| json!({"required": [f], "properties": {f: {"not": {"type": "null"}}}})))
+    };
     let schemas = &mut doc["components"]["schemas"];
     if schemas["AdjustmentBody"].is_object() {
         schemas["AdjustmentBody"]["oneOf"] = one_of(["delta", "set_on_hand"]);
@@ -216,5 +220,8 @@ fn refine(doc: &mut serde_json::Value) {
     }
     if schemas["ReplayBody"].is_object() {
         schemas["ReplayBody"]["oneOf"] = one_of(["from_offset", "since"]);
+    }
+    if schemas["ReserveBody"].is_object() {
+        schemas["ReserveBody"]["oneOf"] = one_of(["store_id", "channel"]);
     }
 }

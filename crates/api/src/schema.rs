@@ -41,6 +41,34 @@ impl ToSchema for Identifier {
     }
 }
 
+/// A comma-separated list of 1 to 100 SKUs (`skus` of the storefront's listing): each
+/// an identifier that holds no comma.
+pub(crate) struct SkuList;
+
+impl PartialSchema for SkuList {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        let one = format!(
+            r"(?!\.\.?(?:,|$))[^{EDGE_EXCLUDED},](?:[^\x00-\x1f\x7f-\x9f,]*[^{EDGE_EXCLUDED},])?"
+        );
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .pattern(Some(format!("^{one}(?:,{one}){{0,99}}$")))
+            .description(Some(
+                "1 to 100 SKUs, comma-separated; a SKU holding a comma is asked for on \
+                 its own route.",
+            ))
+            .examples(["TSHIRT RED/XL,MUG-1"])
+            .into()
+    }
+}
+
+impl ToSchema for SkuList {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("SkuList")
+    }
+}
+
 /// A string enum of the values `T` serializes to: the reasons a client may send.
 fn names<T: serde::Serialize>(all: &[T]) -> Vec<String> {
     all.iter()

@@ -122,6 +122,7 @@ pub(crate) struct AdjustmentBody {
     pub(crate) external_ref: Option<ExternalRef>,
     /// Compare-and-set: refused with `version_conflict` unless the row is at this version.
     #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "invsync_core::optional_integer")]
     pub(crate) if_version: Option<i64>,
     /// The channel the change happened in (a till sale: `pos-S1`); carried by the
     /// event. Not checked against configured channels.
@@ -413,6 +414,7 @@ pub(crate) struct ChannelBody {
     /// Compare-and-set: applies only if the channel is at this version (0: only if it
     /// does not exist yet).
     #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "invsync_core::optional_integer")]
     pub(crate) if_version: Option<i64>,
 }
 

@@ -37,7 +37,9 @@ pub use event::{
 pub use ids::{
     ChannelId, ExternalRef, IdError, IdempotencyKey, OrderId, Sku, StoreId, MAX_ID_BYTES,
 };
-pub use quantity::{Delta, LineQuantity, OnHandCount, RangeError, TtlSeconds};
+pub use quantity::{
+    optional_integer, Delta, Integer, LineQuantity, OnHandCount, RangeError, TtlSeconds,
+};
 pub use reservation::{
     Allocated, InvalidReservation, ReleaseKind, Reservation, ReservationLine, ReservationStatus,
     StoredReservation,

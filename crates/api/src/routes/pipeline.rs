@@ -72,7 +72,7 @@ const MAX_LISTED_SKUS: usize = 100;
 pub(crate) struct ListingQuery {
     /// 1 to 100 SKUs, comma-separated (a SKU holding a comma is asked for on its own
     /// route).
-    #[param(required = true)]
+    #[param(required = true, value_type = crate::schema::SkuList)]
     skus: Option<String>,
     /// Availability through this channel.
     #[param(value_type = Option<crate::schema::Identifier>)]
@@ -171,7 +171,8 @@ pub(crate) async fn availability(
 /// Availability of up to 100 SKUs at once (a product listing page), as the route per
 /// SKU answers each, in the order asked.
 #[utoipa::path(get, path = "/v1/storefront/availability", tag = "storefront", operation_id = "storefront_availability_list",
-    params(ListingQuery), responses((status = 200, body = AvailabilityList)))]
+    params(ListingQuery), responses((status = 200, body = AvailabilityList),
+        (status = 404, description = "not_found: no such channel")))]
 pub(crate) async fn availability_list(
     _: Auth<ReadScope>,
     State(state): State<AppState>,
@@ -379,6 +380,7 @@ fn consumer<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a ConsumerHandle
 pub(crate) struct ReplayBody {
     /// Replay from this offset (inclusive). Exactly one of `from_offset` and `since`.
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "invsync_core::optional_integer")]
     from_offset: Option<i64>,
     /// Replay from the first event at or after this time (RFC 3339).
     since: Option<DateTime<Utc>>,
@@ -388,7 +390,9 @@ pub(crate) struct ReplayBody {
 /// time; the storefront rebuilds its whole view from a ledger snapshot and the log.
 #[utoipa::path(post, path = "/v1/consumers/{name}/replay", tag = "consumers", operation_id = "replay_consumer", request_body = ReplayBody,
     params(("name" = String, Path), ("Idempotency-Key" = Option<crate::schema::Identifier>, Header, description = "A retry under the same key acts once (remembered in memory for a day)")),
-    responses((status = 202), (status = 404, body = crate::error::Problem), (status = 410, body = crate::error::Problem)))]
+    responses((status = 202), (status = 404, body = crate::error::Problem),
+        (status = 409, body = crate::error::Problem, description = "idempotency_conflict: the Idempotency-Key was used for another replay"),
+        (status = 410, body = crate::error::Problem)))]
 pub(crate) async fn replay(
     _: Auth<AdminScope>,
     State(state): State<AppState>,
