@@ -221,19 +221,28 @@ fn pipeline_routes() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/storefront/availability",
-            get(pipeline::availability_list),
+            get(pipeline::storefront::availability_list),
         )
         .route(
             "/v1/storefront/availability/{sku}",
-            get(pipeline::availability),
+            get(pipeline::storefront::availability),
         )
-        .route("/v1/storefront/rows", get(pipeline::rows))
-        .route("/v1/consumers", get(pipeline::consumers))
-        .route("/v1/overview", get(pipeline::overview))
+        .route("/v1/storefront/rows", get(pipeline::storefront::rows))
+        .route("/v1/consumers", get(pipeline::consumers::consumers))
+        .route("/v1/overview", get(pipeline::consumers::overview))
         .route("/v1/whoami", get(health::whoami))
-        .route("/v1/consumers/{name}/replay", post(pipeline::replay))
-        .route("/v1/dead-letters", get(pipeline::dead_letters))
-        .route("/v1/dead-letters/{id}/redrive", post(pipeline::redrive))
+        .route(
+            "/v1/consumers/{name}/replay",
+            post(pipeline::consumers::replay),
+        )
+        .route(
+            "/v1/dead-letters",
+            get(pipeline::dead_letters::dead_letters),
+        )
+        .route(
+            "/v1/dead-letters/{id}/redrive",
+            post(pipeline::dead_letters::redrive),
+        )
         .route("/", get(health::dashboard))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -52,6 +52,7 @@ pub(crate) fn test_event_of(sku: &str, version: i64, available: i64) -> Incoming
 }
 mod error;
 pub mod group;
+mod redrive;
 pub mod runtime;
 pub mod source;
 mod stats;
@@ -63,6 +64,7 @@ use async_trait::async_trait;
 use invsync_core::InventoryEventV1;
 
 pub use error::{ConsumerError, SourceError};
+pub use redrive::{redrive, RedriveDecision};
 pub use retry::RetryPolicy;
 pub use runtime::{
     start, ConsumerConfig, ConsumerHandle, ConsumerStatus, ControlError, Partition, ReplayFrom,

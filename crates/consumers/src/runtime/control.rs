@@ -50,6 +50,9 @@ impl Runner {
             }
             Command::Redrive(id, reply) => {
                 let result = self.redrive(id).await;
+                if let Err(error) = &result {
+                    tracing::warn!(dead_letter.id = %id, consumer.name = %self.config.name, %error, "redrive failed");
+                }
                 let _ = reply.send(result);
             }
         }

@@ -101,6 +101,17 @@ impl ConsumerHandle {
         self.command(|tx| Command::Redrive(id, tx)).await
     }
 
+    /// Queues a redelivery of dead letter `id` on the runtime and returns at once:
+    /// the runtime works it between batches and logs a failure itself (the dead
+    /// letter stays, one more attempt counted).
+    pub async fn queue_redrive(&self, id: Uuid) -> Result<(), ControlError> {
+        let (tx, _unheard) = oneshot::channel();
+        self.commands
+            .send(Command::Redrive(id, tx))
+            .await
+            .map_err(|_| ControlError::Stopped)
+    }
+
     /// When redriving this dead letter would send an older version of its stock row
     /// than the endpoint already received (or has queued, parked): what it got.
     pub async fn superseded(&self, id: Uuid) -> Result<Option<Superseded>, ConsumerError> {
