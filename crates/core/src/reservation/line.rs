@@ -25,7 +25,7 @@ pub(super) fn invalid(detail: impl Into<String>) -> InvalidReservation {
 /// `released + fulfilled <= quantity` and `0 <= short <= held`. The fields are
 /// private; a value is made by [`Allocated::new`], rebuilt from storage by
 /// [`Allocated::restore`] (which checks), and changed only by the transitions of
-/// [`Reservation`].
+/// [`Reservation`](super::Reservation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocated {
     pub(super) store_id: StoreId,
