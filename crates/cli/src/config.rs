@@ -32,7 +32,7 @@ pub(crate) fn setting(key: &str, message: impl std::fmt::Display) -> anyhow::Err
 
 /// The settings of `invsync serve`, declared once: each is a flag, its environment
 /// variable, and a key of the `--config` file (the flag's name, in kebab case). The
-/// file is read into this same struct; [`ServeArgs::over`] lays the flags over it.
+/// file is read into this same struct; `ServeArgs::over` lays the flags over it.
 #[derive(Debug, Default, Clone, Args, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServeArgs {
