@@ -149,45 +149,7 @@ CREATE INDEX reservations_due ON reservations (expires_at)
     WHERE status = 'active' AND expires_at IS NOT NULL;
 DROP INDEX events_by_time;
 "#,
-    concat!(
-        r#"
--- The line invariant, checked by the database again (issue 23): migration 3 moved the
--- lines inline and with them went the per-line CHECK of reservation_lines. SQLite's
--- CHECK cannot read a JSON array's elements, so two triggers refuse a write that
--- breaks it (see `lines_invalid!`). The type (invsync_core::Reservation) checks the
--- same on every change and every read; this is the second wall, for a bug or a
--- hand-written UPDATE.
-CREATE TRIGGER reservation_lines_valid_on_insert BEFORE INSERT ON reservations
-"#,
-        lines_invalid!(),
-        r#"
-CREATE TRIGGER reservation_lines_valid_on_update BEFORE UPDATE OF lines, status ON reservations
-"#,
-        lines_invalid!(),
-    ),
 ];
-
-/// A trigger's body that refuses a written reservation (`NEW`) that breaks the line
-/// invariant: every allocation row `[sku, store, quantity, released, fulfilled,
-/// short]` has quantity >= 1, no negative counter, released + fulfilled <= quantity
-/// and short <= held; a reservation has at least one row and is active exactly while
-/// it holds something. One pass over the rows (a reservation's writes pay for it).
-macro_rules! lines_invalid {
-    () => {
-        r#"WHEN json_type(NEW.lines) IS NOT 'array'
-  OR (SELECT count(*) = 0
-             OR max(t IS NOT 'array' OR n <> 6 OR q < 1 OR r < 0 OR f < 0 OR s < 0
-                    OR r + f > q OR s > q - r - f)
-             OR (NEW.status = 'active') <> (sum(q - r - f) > 0)
-      FROM (SELECT e.type AS t, json_array_length(e.value) AS n, e.value ->> 2 AS q,
-                   e.value ->> 3 AS r, e.value ->> 4 AS f, e.value ->> 5 AS s
-            FROM json_each(NEW.lines) e))
-BEGIN
-    SELECT RAISE(ABORT, 'reservation_lines_valid: a reservation line breaks released + fulfilled <= quantity, short <= held, or its status');
-END;"#
-    };
-}
-use lines_invalid;
 
 /// Brings the database to the newest schema; refuses a database written by a newer
 /// invsync instead of guessing.
