@@ -438,17 +438,13 @@ impl Tx for BufferedTx<'_, '_> {
         offset: i64,
         term: Option<&crate::Term>,
     ) -> Result<(), LedgerError> {
-        if let Some(term) = term {
-            crate::postgres::lease::check_fence(self.pg, term)?;
-        }
-        execute(
-            self.pg,
-            self.statements,
+        self.write_cursor(
+            name,
+            offset,
+            term,
             "INSERT INTO meta (key, value) VALUES ($1, $2)
              ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, EXCLUDED.value)",
-            &[&crate::cursor_key(name), &offset],
-        )?;
-        Ok(())
+        )
     }
 
     fn set_cursor(
@@ -457,14 +453,33 @@ impl Tx for BufferedTx<'_, '_> {
         offset: i64,
         term: Option<&crate::Term>,
     ) -> Result<(), LedgerError> {
+        self.write_cursor(
+            name,
+            offset,
+            term,
+            "INSERT INTO meta (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        )
+    }
+}
+
+impl BufferedTx<'_, '_> {
+    /// Writes a named cursor with `sql` (an upsert of its key and offset), after the
+    /// fence check when written under a lease term.
+    fn write_cursor(
+        &mut self,
+        name: &str,
+        offset: i64,
+        term: Option<&crate::Term>,
+        sql: &'static str,
+    ) -> Result<(), LedgerError> {
         if let Some(term) = term {
             crate::postgres::lease::check_fence(self.pg, term)?;
         }
         execute(
             self.pg,
             self.statements,
-            "INSERT INTO meta (key, value) VALUES ($1, $2)
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            sql,
             &[&crate::cursor_key(name), &offset],
         )?;
         Ok(())
